@@ -1,0 +1,135 @@
+package bootstrap
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrMounted is returned when a tree to remove has something mounted in it.
+var ErrMounted = errors.New("has file systems mounted inside")
+
+// RemoveTree deletes dir and everything below it without following any
+// symbolic link and without crossing into another mount: a host directory
+// bind-mounted inside survives, and the removal fails instead.
+func RemoveTree(dir string) error {
+	dir = filepath.Clean(dir)
+	if mps := MountsUnder(dir); len(mps) > 0 {
+		return fmt.Errorf("%s %w (%s): unmount them first", dir, ErrMounted, strings.Join(mps, ", "))
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return unix.Unlink(dir)
+	}
+	parent, err := unix.Open(filepath.Dir(dir), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	defer unix.Close(parent)
+	if err := removeAt(parent, filepath.Base(dir), st.Dev); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
+}
+
+// removeAt removes the directory name inside the open directory parent.
+func removeAt(parent int, name string, dev uint64) error {
+	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	d := os.NewFile(uintptr(fd), name)
+	defer d.Close()
+	for {
+		names, err := d.Readdirnames(256)
+		for _, n := range names {
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue
+				}
+				return err
+			}
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				if st.Dev != dev {
+					return fmt.Errorf("%s: %w", n, ErrMounted)
+				}
+				if err := removeAt(fd, n, dev); err != nil {
+					return fmt.Errorf("%s/%w", n, err)
+				}
+				continue
+			}
+			if err := unix.Unlinkat(fd, n, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("%s: %w", n, err)
+			}
+		}
+		if errors.Is(err, io.EOF) || (err == nil && len(names) == 0) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := unix.Unlinkat(parent, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	return nil
+}
+
+// Personalise makes a freshly bootstrapped or cloned root its own machine:
+// hostname set, machine id emptied so the first boot generates one. Every
+// write stays inside root even if the tree holds hostile symbolic links.
+func Personalise(root, hostname string) error {
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	for _, f := range []struct {
+		path, content string
+	}{
+		{"etc/hostname", hostname + "\n"},
+		{"etc/machine-id", ""},
+	} {
+		if err := writeInRoot(r, f.path, f.content); err != nil {
+			return fmt.Errorf("personalise %s: %w", f.path, err)
+		}
+	}
+	return nil
+}
+
+// writeInRoot replaces path inside r atomically. A symbolic link at path is
+// replaced, never followed.
+func writeInRoot(r *os.Root, path, content string) error {
+	tmp := filepath.Join(filepath.Dir(path), ".#nsbox."+filepath.Base(path))
+	_ = r.Remove(tmp)
+	f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(f, content); err != nil {
+		f.Close()
+		_ = r.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		_ = r.Remove(tmp)
+		return err
+	}
+	if err := r.Rename(tmp, path); err != nil {
+		_ = r.Remove(tmp)
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nsbox/nsbox/machine"
+	"github.com/urfave/cli/v2"
+)
+
+func bootCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "boot",
+		Aliases:   []string{"start"},
+		Usage:     "boot machines as systemd services and wait until they run",
+		ArgsUsage: "NAME...",
+		Description: "Options given here are remembered in /etc/systemd/nspawn/NAME.nspawn\n" +
+			"and used on later boots (and by machinectl start).\n\n" +
+			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "bind", Usage: "bind-mount SRC[:DST[:OPTS]] (repeatable)"},
+			&cli.StringSliceFlag{Name: "bind-ro", Usage: "bind-mount SRC[:DST[:OPTS]] read-only (repeatable)"},
+			&cli.BoolFlag{Name: "no-binds", Usage: "forget the remembered binds"},
+			&cli.StringFlag{Name: "network", Usage: "veth (default), none, host, bridge:BR or zone:Z"},
+			&cli.BoolFlag{Name: "private-users", Value: true, Usage: "map the machine's users to an unused host range (--private-users=false to share the host's)"},
+			&cli.BoolFlag{Name: "console", Usage: "run in the foreground on this terminal"},
+			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up when the machine is not running by then"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return usagef("boot takes one or more machine names (see: nsbox boot --help)")
+			}
+			req := machine.BootRequest{Network: c.String("network"), Timeout: c.Duration("timeout"), Console: c.Bool("console")}
+			if c.IsSet("private-users") {
+				pu := c.Bool("private-users")
+				req.PrivateUsers = &pu
+			}
+			for _, spec := range c.StringSlice("bind") {
+				b, err := machine.ParseBind(spec, false)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				req.Binds, req.BindsSet = append(req.Binds, b), true
+			}
+			for _, spec := range c.StringSlice("bind-ro") {
+				b, err := machine.ParseBind(spec, true)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				req.Binds, req.BindsSet = append(req.Binds, b), true
+			}
+			if c.Bool("no-binds") {
+				req.Binds, req.BindsSet = nil, true
+			}
+			if req.Console && c.NArg() > 1 {
+				return usagef("--console boots one machine")
+			}
+			m, err := manager(c)
+			if err != nil {
+				return err
+			}
+			names := c.Args().Slice()
+			if len(names) == 1 {
+				if err := m.Boot(c.Context, names[0], req); err != nil {
+					return fmt.Errorf("boot %s: %w", names[0], err)
+				}
+				if !quiet(c) && !req.Console {
+					fmt.Fprintf(os.Stderr, "%s is running; open a shell with: nsbox shell %s\n", names[0], names[0])
+				}
+				return nil
+			}
+			// Several machines boot in parallel; each result is reported and
+			// one failure does not stop the others.
+			errs := make([]error, len(names))
+			var wg sync.WaitGroup
+			for i, n := range names {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs[i] = m.Boot(c.Context, n, req)
+				}()
+			}
+			wg.Wait()
+			failed := 0
+			for i, n := range names {
+				if errs[i] != nil {
+					failed++
+					report(fmt.Errorf("boot %s: %w", n, errs[i]))
+				} else if !quiet(c) {
+					fmt.Fprintf(os.Stderr, "%s is running\n", n)
+				}
+			}
+			if failed > 0 {
+				return exitCode(exitError)
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine"
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+func createCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "create",
+		Usage:     "bootstrap a new machine from a Debian or Ubuntu release",
+		ArgsUsage: "NAME",
+		Description: "Bootstraps a root file system into ROOT-DIR/NAME. When NAME is a release\n" +
+			"codename (bookworm, trixie, jammy, noble, ...) that is the release.\n\n" +
+			"   nsbox create bookworm\n   nsbox create web --release trixie --include nginx",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "release", Aliases: []string{"r"}, Usage: "release codename (default: NAME, if it is one)"},
+			&cli.StringFlag{Name: "distro", Usage: "debian or ubuntu (default: follows from the release)"},
+			&cli.StringFlag{Name: "mirror", Usage: "archive mirror URL (default: debootstrap's own)"},
+			&cli.StringFlag{Name: "variant", Value: "minbase", Usage: "debootstrap variant"},
+			&cli.StringFlag{Name: "include", Usage: "extra packages, comma-separated"},
+			&cli.StringFlag{Name: "arch", Usage: "architecture (default: the host's)"},
+		},
+		Action: func(c *cli.Context) error {
+			name, err := nameArg(c)
+			if err != nil {
+				return err
+			}
+			m, err := manager(c)
+			if err != nil {
+				return err
+			}
+			var include []string
+			if s := c.String("include"); s != "" {
+				include = strings.Split(s, ",")
+			}
+			p := newProgress(os.Stderr, quiet(c), logrus.IsLevelEnabled(logrus.InfoLevel))
+			err = m.Create(c.Context, name, machine.CreateOptions{
+				Release: c.String("release"), Distro: c.String("distro"), Mirror: c.String("mirror"),
+				Variant: c.String("variant"), Include: include, Arch: c.String("arch"),
+				Progress: p.stage,
+			})
+			p.done()
+			if err != nil {
+				return fmt.Errorf("create %s: %w", name, err)
+			}
+			if !quiet(c) {
+				fmt.Fprintf(os.Stderr, "created %s in %s (%s); boot it with: nsbox boot %s\n", name, m.Dir(name), p.elapsed(), name)
+			}
+			return nil
+		},
+	}
+}
+
+// progress shows a bootstrap's stage: one live line on a terminal, a line
+// per phase otherwise, debootstrap's own lines with --verbose.
+type progress struct {
+	f       *os.File
+	tty     bool
+	quiet   bool
+	verbose bool
+	start   time.Time
+	phase   string
+	drawn   bool
+}
+
+func newProgress(f *os.File, quiet, verbose bool) *progress {
+	return &progress{f: f, tty: term.IsTerminal(int(f.Fd())), quiet: quiet, verbose: verbose, start: time.Now()}
+}
+
+func (p *progress) elapsed() string { return time.Since(p.start).Round(time.Second).String() }
+
+func (p *progress) stage(s bootstrap.Stage) {
+	switch {
+	case p.quiet:
+	case p.verbose:
+		fmt.Fprintln(p.f, s.Line)
+	case p.tty:
+		if s.Phase == "" {
+			return
+		}
+		line := fmt.Sprintf("[%5s] %s", p.elapsed(), s.Phase)
+		if s.Packages > 0 {
+			line += fmt.Sprintf(" %d packages", s.Packages)
+		}
+		if s.Package != "" {
+			line += ": " + s.Package
+		}
+		fmt.Fprintf(p.f, "\r\033[K%s", line)
+		p.drawn = true
+	default:
+		if s.Phase != "" && s.Phase != p.phase {
+			fmt.Fprintf(p.f, "[%5s] %s\n", p.elapsed(), s.Phase)
+		}
+	}
+	if s.Phase != "" {
+		p.phase = s.Phase
+	}
+}
+
+func (p *progress) done() {
+	if p.drawn {
+		fmt.Fprint(p.f, "\r\033[K")
+	}
+}

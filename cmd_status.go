@@ -1,0 +1,79 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show one machine's state, leader, unit, addresses and boot options",
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{outputFlag},
+		Action: func(c *cli.Context) error {
+			if err := checkOutput(c); err != nil {
+				return err
+			}
+			name, err := nameArg(c)
+			if err != nil {
+				return err
+			}
+			m, err := manager(c)
+			if err != nil {
+				return err
+			}
+			i, err := m.Status(c.Context, name)
+			if err != nil {
+				return fmt.Errorf("status %s: %w", name, err)
+			}
+			if c.String("output") == "json" {
+				return writeJSON(os.Stdout, i)
+			}
+			row := func(k, v string) { fmt.Printf("%11s: %s\n", k, v) }
+			fmt.Println(i.Name)
+			row("State", i.State)
+			if i.Since != nil {
+				row("Since", fmt.Sprintf("%s (%s ago)", i.Since.Local().Format(time.DateTime), time.Since(*i.Since).Round(time.Second)))
+			}
+			if i.Leader > 0 {
+				row("Leader", fmt.Sprint(i.Leader))
+			}
+			if i.Unit != "" {
+				row("Unit", i.Unit)
+			}
+			row("Backend", i.Backend)
+			row("OS", strings.TrimSpace(dash(i.OS)+" "+i.Version))
+			row("Root", dash(i.Root))
+			if len(i.Interfaces) > 0 {
+				row("Interfaces", strings.Join(i.Interfaces, ", "))
+			}
+			if len(i.Addresses) > 0 {
+				row("Addresses", strings.Join(i.Addresses, ", "))
+			}
+			if !i.Managed {
+				row("Managed", "no (not an nsbox machine)")
+			}
+			if o := i.Options; o != nil {
+				row("Network", o.Network)
+				pu := "pick (user namespace)"
+				if !o.PrivateUsers {
+					pu = "no (shares the host's users)"
+				}
+				row("Users", pu)
+				for _, b := range o.Binds {
+					kind := "Bind"
+					if b.ReadOnly {
+						kind = "Bind (ro)"
+					}
+					row(kind, b.String())
+				}
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,77 @@
+package machine
+
+import (
+	"context"
+	"io"
+	"syscall"
+	"time"
+)
+
+// Running is what a backend knows of one running machine.
+type Running struct {
+	Name          string
+	Class         string // "container", "vm"
+	Service       string // who registered it: "systemd-nspawn", "nsbox", ...
+	Unit          string
+	Leader        int
+	RootDirectory string
+	Since         time.Time
+	// Addresses the backend knows without asking the network namespace.
+	Addresses []string
+}
+
+// StartSpec is a machine ready to launch: its nspawn command line and what
+// the backend needs to supervise it.
+type StartSpec struct {
+	Name string
+	Root string
+	// Argv is the full command line, systemd-nspawn first.
+	Argv    []string
+	Timeout time.Duration
+}
+
+// ExecSpec is a command to run inside a running machine.
+type ExecSpec struct {
+	Argv   []string
+	User   string // "" means root
+	Env    []string
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	// TTY gives the command a pseudo terminal of its own, proxied to the
+	// caller's terminal; never the caller's terminal itself.
+	TTY bool
+}
+
+// Backend runs machines. Two implement it: machined (systemd hosts) and
+// direct (systemd-nspawn without machined, for hosts without systemd).
+// Nothing outside this package chooses between them.
+type Backend interface {
+	// Name is "machined" or "direct".
+	Name() string
+	// Registered reports whether nspawn registers with machined.
+	Registered() bool
+	// Start launches the machine and returns once it runs; it does not
+	// wait for the machine's own init.
+	Start(ctx context.Context, spec StartSpec) error
+	// List lists running machines, including ones nsbox did not start.
+	List(ctx context.Context) ([]Running, error)
+	// Get reports one running machine, or ErrNotRunning.
+	Get(ctx context.Context, name string) (Running, error)
+	// Kill sends sig to the machine's leader (its PID 1) or, with all, to
+	// every process of it.
+	Kill(ctx context.Context, name string, all bool, sig syscall.Signal) error
+	// Terminate ends the machine at once.
+	Terminate(ctx context.Context, name string) error
+	// Exec runs a command in the machine and returns its exit status
+	// (128+N for a signal).
+	Exec(ctx context.Context, name string, e ExecSpec) (int, error)
+	// Shell opens an interactive login shell for user on the caller's
+	// terminal.
+	Shell(ctx context.Context, name, user string) error
+	// Cleanup removes what a failed or finished start left (a failed unit,
+	// a state file).
+	Cleanup(ctx context.Context, name string)
+	// LogTail returns the last n lines of the machine's console or unit log.
+	LogTail(ctx context.Context, name string, n int) []string
+}

@@ -1,0 +1,418 @@
+package machine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// Direct runs machines without machined: systemd-nspawn --register=no
+// under a small nsbox supervisor process that restarts it on reboot and
+// records it in a state file under RunDir.
+type Direct struct {
+	RunDir string // state files: RunDir/machines/NAME.json
+	LogDir string // console logs: LogDir/NAME.log
+	Runner bootstrap.Runner
+	// Supervisor is the command that runs "nsbox __supervise"; it gets the
+	// state file, log file and nspawn command line appended.
+	Supervisor []string
+}
+
+// directState is what the supervisor records of a running machine.
+type directState struct {
+	Name       string    `json:"name"`
+	Root       string    `json:"root"`
+	Supervisor Proc      `json:"supervisor"`
+	Nspawn     Proc      `json:"nspawn"`
+	Leader     Proc      `json:"leader"`
+	Since      time.Time `json:"since"`
+	Log        string    `json:"log"`
+}
+
+// Name implements Backend.
+func (d *Direct) Name() string { return "direct" }
+
+// Registered implements Backend: nspawn runs with --register=no.
+func (d *Direct) Registered() bool { return false }
+
+func (d *Direct) statePath(name string) string {
+	return filepath.Join(d.RunDir, "machines", name+".json")
+}
+
+func (d *Direct) logPath(name string) string {
+	return filepath.Join(d.LogDir, name+".log")
+}
+
+func (d *Direct) readState(name string) (directState, error) {
+	var st directState
+	b, err := os.ReadFile(d.statePath(name))
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+// Start implements Backend: it launches the supervisor in a session of its
+// own and returns once the supervisor has recorded the container's leader.
+func (d *Direct) Start(ctx context.Context, spec StartSpec) error {
+	for _, dir := range []string{filepath.Join(d.RunDir, "machines"), d.LogDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	logPath := d.logPath(spec.Name)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o640)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	args := append(append([]string{}, d.Supervisor[1:]...), d.statePath(spec.Name), logPath, "--")
+	args = append(args, spec.Argv...)
+	cmd := exec.Command(d.Supervisor[0], args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = "/"
+	logrus.Debugf("run: %s %s", cmd.Path, strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start supervisor: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	for {
+		if st, err := d.readState(spec.Name); err == nil && st.Supervisor.PID == cmd.Process.Pid && st.Leader.PID > 0 {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("systemd-nspawn exited at once")
+		case <-ctx.Done():
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Supervise is the body of "nsbox __supervise": it runs nspawn, records the
+// machine in statePath, starts nspawn again when the container reboots
+// (exit status 133, as systemd-nspawn@.service does) and removes the state
+// when the machine is gone. SIGTERM is passed on to nspawn, which then
+// shuts the container down.
+func Supervise(statePath, logPath string, argv []string) int {
+	self, err := ProcOf(os.Getpid())
+	if err != nil {
+		logrus.Error(err)
+		return 1
+	}
+	name := strings.TrimSuffix(filepath.Base(statePath), ".json")
+	root := ""
+	for _, a := range argv {
+		if v, ok := strings.CutPrefix(a, "--directory="); ok {
+			root = v
+		}
+	}
+	defer os.Remove(statePath)
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	for {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintf(os.Stderr, "nsbox: start %s: %v\n", argv[0], err)
+			return 1
+		}
+		nspawn, _ := ProcOf(cmd.Process.Pid)
+		waited := make(chan error, 1)
+		go func() { waited <- cmd.Wait() }()
+		st := directState{Name: name, Root: root, Supervisor: self, Nspawn: nspawn, Since: time.Now(), Log: logPath}
+		recorded := false
+		var werr error
+	wait:
+		for {
+			select {
+			case werr = <-waited:
+				break wait
+			case s := <-sigs:
+				if s == syscall.SIGTERM {
+					_ = cmd.Process.Signal(syscall.SIGTERM)
+				}
+			case <-time.After(10 * time.Millisecond):
+				if recorded {
+					continue
+				}
+				if leader, ok := containerChild(nspawn.PID); ok {
+					st.Leader = leader
+					if err := writeFileAtomic(statePath, mustJSON(st), 0o644); err != nil {
+						fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
+					}
+					recorded = true
+				}
+			}
+		}
+		status := 0
+		if werr != nil {
+			var ee *exec.ExitError
+			if !errors.As(werr, &ee) {
+				return 1
+			}
+			status = bootstrap.ExitStatus(ee.ProcessState)
+		}
+		if status != 133 {
+			return status
+		}
+		fmt.Fprintln(os.Stderr, "nsbox: container rebooted; starting it again")
+	}
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		panic(err)
+	}
+	return append(b, '\n')
+}
+
+// live returns the state of a running machine. State of a machine whose
+// supervisor died is stale: it is removed and ErrNotRunning returned.
+func (d *Direct) live(name string) (directState, error) {
+	st, err := d.readState(name)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return st, ErrNotRunning
+		}
+		return st, err
+	}
+	if !st.Supervisor.Alive() {
+		if !st.Leader.Alive() {
+			_ = os.Remove(d.statePath(name))
+			return st, ErrNotRunning
+		}
+		// Supervisor killed, container still up: still running, and
+		// stop/terminate act on the leader.
+	}
+	return st, nil
+}
+
+// Get implements Backend.
+func (d *Direct) Get(ctx context.Context, name string) (Running, error) {
+	st, err := d.live(name)
+	if err != nil {
+		return Running{}, err
+	}
+	r := Running{Name: name, Class: "container", Service: "nsbox", RootDirectory: st.Root, Since: st.Since}
+	if st.Leader.Alive() {
+		r.Leader = st.Leader.PID
+	}
+	return r, nil
+}
+
+// List implements Backend.
+func (d *Direct) List(ctx context.Context) ([]Running, error) {
+	files, _ := filepath.Glob(filepath.Join(d.RunDir, "machines", "*.json"))
+	var out []Running
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".json")
+		if strings.HasPrefix(name, ".#") {
+			continue
+		}
+		if r, err := d.Get(ctx, name); err == nil {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// Kill implements Backend.
+func (d *Direct) Kill(ctx context.Context, name string, all bool, sig syscall.Signal) error {
+	st, err := d.live(name)
+	if err != nil {
+		return err
+	}
+	if !st.Leader.Alive() {
+		return fmt.Errorf("%s: container is between boots", name)
+	}
+	if !all {
+		return syscall.Kill(st.Leader.PID, sig)
+	}
+	for _, pid := range pidNamespaceMembers(st.Leader.PID) {
+		_ = syscall.Kill(pid, sig)
+	}
+	return nil
+}
+
+// Terminate implements Backend: the leader is killed, which ends the
+// container's PID namespace; nspawn then exits and cleans up.
+func (d *Direct) Terminate(ctx context.Context, name string) error {
+	st, err := d.live(name)
+	if err != nil {
+		return err
+	}
+	// Tell the supervisor first, so it does not take this for a reboot.
+	if st.Supervisor.Alive() {
+		_ = syscall.Kill(st.Supervisor.PID, syscall.SIGTERM)
+	}
+	if st.Leader.Alive() {
+		_ = syscall.Kill(st.Leader.PID, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if !st.Supervisor.Alive() && !st.Nspawn.Alive() && !st.Leader.Alive() {
+			_ = os.Remove(d.statePath(name))
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st.Nspawn.Alive() {
+		_ = syscall.Kill(st.Nspawn.PID, syscall.SIGKILL)
+	}
+	if st.Supervisor.Alive() {
+		_ = syscall.Kill(st.Supervisor.PID, syscall.SIGKILL)
+	}
+	_ = os.Remove(d.statePath(name))
+	return nil
+}
+
+// nsenterArgs enters every namespace of leader, with its root and working
+// directory, and runs argv there with a clean environment.
+func nsenterArgs(leader int, user string, env []string, argv []string) []string {
+	args := []string{"-t", fmt.Sprint(leader), "-a", "-r", "-w", "--", "/usr/bin/env", "-i",
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"container=systemd-nspawn"}
+	if user == "" || user == "root" || user == "0" {
+		args = append(args, "HOME=/root", "USER=root", "LOGNAME=root")
+		args = append(args, env...)
+		return append(args, argv...)
+	}
+	args = append(args, env...)
+	return append(append(args, "/usr/sbin/runuser", "-u", user, "--"), argv...)
+}
+
+// Exec implements Backend by entering the leader's namespaces.
+func (d *Direct) Exec(ctx context.Context, name string, e ExecSpec) (int, error) {
+	st, err := d.live(name)
+	if err != nil {
+		return 0, err
+	}
+	if !st.Leader.Alive() {
+		return 0, fmt.Errorf("%s: container is between boots", name)
+	}
+	c := &bootstrap.Cmd{Path: "nsenter", Args: nsenterArgs(st.Leader.PID, e.User, e.Env, e.Argv)}
+	return runExec(ctx, d.Runner, c, e)
+}
+
+// runExec runs c with e's streams, on a pseudo terminal of its own when
+// e.TTY, and returns its exit status.
+func runExec(ctx context.Context, r bootstrap.Runner, c *bootstrap.Cmd, e ExecSpec) (int, error) {
+	if e.TTY {
+		master, slave, err := pty.Open()
+		if err != nil {
+			return 0, err
+		}
+		defer master.Close()
+		c.TTY = slave
+		done := make(chan struct{})
+		go func() { attachTerminal(master); close(done) }()
+		err = r.Run(ctx, c)
+		slave.Close()
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+		}
+		return exitStatus(err)
+	}
+	c.Stdin, c.Stdout, c.Stderr = shieldReader(e.Stdin), shieldWriter(e.Stdout), shieldWriter(e.Stderr)
+	return exitStatus(r.Run(ctx, c))
+}
+
+func exitStatus(err error) (int, error) {
+	var ee *bootstrap.ExitError
+	if errors.As(err, &ee) {
+		return ee.Status, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return 0, nil
+}
+
+// Shell implements Backend: a login shell through runuser -l on a pseudo
+// terminal of its own.
+func (d *Direct) Shell(ctx context.Context, name, user string) error {
+	if user == "" {
+		user = "root"
+	}
+	term := os.Getenv("TERM")
+	if term == "" {
+		term = "vt220"
+	}
+	_, err := d.Exec(ctx, name, ExecSpec{
+		Argv: []string{"/usr/sbin/runuser", "-l", user},
+		Env:  []string{"TERM=" + term},
+		TTY:  true,
+	})
+	return err
+}
+
+// Cleanup implements Backend.
+func (d *Direct) Cleanup(ctx context.Context, name string) {
+	if st, err := d.readState(name); err == nil && !st.Supervisor.Alive() && !st.Leader.Alive() {
+		_ = os.Remove(d.statePath(name))
+	}
+}
+
+// LogTail implements Backend: the end of the console log.
+func (d *Direct) LogTail(ctx context.Context, name string, n int) []string {
+	b, err := os.ReadFile(d.logPath(name))
+	if err != nil {
+		return nil
+	}
+	return lastLines(string(b), n)
+}
+
+func lastLines(s string, n int) []string {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(stripANSI(l)); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return lines
+}
+
+// stripANSI drops terminal escape sequences from console output.
+func stripANSI(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0x1b && i+1 < len(s) && s[i+1] == '[' {
+			j := i + 2
+			for j < len(s) && (s[j] < '@' || s[j] > '~') {
+				j++
+			}
+			i = j
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

@@ -1,0 +1,414 @@
+package machine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/network"
+	"github.com/sirupsen/logrus"
+)
+
+// Signals systemd in a container understands (systemd(1)).
+var (
+	sigPoweroff = syscall.Signal(34 + 4) // SIGRTMIN+4
+	sigReboot   = syscall.SIGINT
+)
+
+// BootRequest is a boot: options given on the command line override the
+// remembered ones, and are remembered in turn.
+type BootRequest struct {
+	Network      string // "" keeps the remembered one
+	Binds        []Bind // replaces the remembered binds when BindsSet
+	BindsSet     bool
+	PrivateUsers *bool
+	Timeout      time.Duration
+	// Console runs the machine in the foreground on this terminal.
+	Console bool
+}
+
+// BootError is a boot that did not reach a running system; Log holds the
+// machine's last log lines.
+type BootError struct {
+	Name string
+	Why  string
+	Log  []string
+}
+
+func (e *BootError) Error() string { return fmt.Sprintf("%s: %s", ErrBootFailed, e.Why) }
+
+// Unwrap makes errors.Is(err, ErrBootFailed) hold.
+func (e *BootError) Unwrap() error { return ErrBootFailed }
+
+// Options returns the remembered boot options of name.
+func (m *Manager) Options(name string) (BootOptions, error) {
+	o, _, err := readSettings(m.settingsPath(name))
+	return o, err
+}
+
+// validateRoot refuses a tree nspawn cannot boot, before nspawn runs.
+func validateRoot(root string) error {
+	if _, ok := readOSRelease(root); !ok {
+		return fmt.Errorf("%s has no os-release: not an OS tree nspawn can boot", root)
+	}
+	if fi, err := os.Stat(root + "/usr"); err != nil || !fi.IsDir() {
+		return fmt.Errorf("%s has no /usr: not an OS tree nspawn can boot", root)
+	}
+	return nil
+}
+
+// Boot starts machine name and waits until its systemd reports running or
+// degraded. On failure or timeout it stops what it started and returns a
+// *BootError with the machine's last log lines.
+func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error {
+	if err := m.checkName(name, true); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	if _, err := m.Backend.Get(ctx, name); err == nil {
+		return fmt.Errorf("%w: %s (stop it first: nsbox stop %s)", ErrRunning, name, name)
+	} else if !errors.Is(err, ErrNotRunning) {
+		return err
+	}
+	root := m.Dir(name)
+	if err := validateRoot(root); err != nil {
+		return err
+	}
+	opts, err := m.Options(name)
+	if err != nil {
+		return err
+	}
+	if req.Network != "" {
+		if err := ValidateNetwork(req.Network); err != nil {
+			return err
+		}
+		opts.Network = req.Network
+	}
+	if req.BindsSet {
+		opts.Binds = req.Binds
+	}
+	if req.PrivateUsers != nil {
+		opts.PrivateUsers = *req.PrivateUsers
+	}
+	for _, b := range opts.Binds {
+		if fi, err := os.Stat(b.Source); err != nil || !fi.IsDir() && !fi.Mode().IsRegular() {
+			return fmt.Errorf("%w: bind source %s does not exist", ErrInvalidOption, b.Source)
+		}
+	}
+	// A hand-started nspawn holds the image lock even where no backend
+	// knows the machine.
+	lock, err := LockImage(root, true)
+	if errors.Is(err, ErrBusy) {
+		return fmt.Errorf("%w: %s is in use by another systemd-nspawn or nsbox", ErrRunning, root)
+	}
+	if err != nil {
+		return err
+	}
+	lock.Unlock()
+	if err := writeFileAtomic(m.settingsPath(name), []byte(opts.SettingsFile()), 0o644); err != nil {
+		return fmt.Errorf("remember options: %w", err)
+	}
+	m.linkImage(name)
+
+	cfg := NspawnConfig{
+		Name: name, Root: root, BootOptions: opts,
+		Registered: m.Backend.Registered(),
+		ResolvConf: network.ResolvConfMode("/etc/resolv.conf", opts.Network != "host"),
+	}
+	if req.Console {
+		return m.console(ctx, cfg)
+	}
+	timeout := req.Timeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	spec := StartSpec{Name: name, Root: root, Argv: append([]string{"systemd-nspawn"}, NspawnArgs(cfg)...), Timeout: timeout}
+	bctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	fail := func(why string) error {
+		// Read the log before stopping: stopping adds its own lines.
+		stopCtx, stopCancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer stopCancel()
+		log := m.Backend.LogTail(stopCtx, name, 15)
+		if _, err := m.Backend.Get(stopCtx, name); err == nil {
+			_ = m.Backend.Terminate(stopCtx, name)
+			m.waitGone(stopCtx, name, 10*time.Second)
+		}
+		m.Backend.Cleanup(stopCtx, name)
+		return &BootError{Name: name, Why: why, Log: log}
+	}
+	if err := m.Backend.Start(bctx, spec); err != nil {
+		if bctx.Err() != nil && ctx.Err() == nil {
+			return fail(fmt.Sprintf("not running after %s", timeout))
+		}
+		if ctx.Err() != nil {
+			_ = fail("interrupted")
+			return ctx.Err()
+		}
+		return fail(err.Error())
+	}
+	state, err := m.waitRunning(bctx, name)
+	if err != nil {
+		if ctx.Err() != nil {
+			_ = fail("interrupted")
+			return ctx.Err()
+		}
+		if bctx.Err() != nil {
+			return fail(fmt.Sprintf("system state still %q after %s", state, timeout))
+		}
+		return fail(err.Error())
+	}
+	logrus.Infof("%s is %s", name, state)
+	return nil
+}
+
+// waitRunning polls the container's systemd until it reports running or
+// degraded; it returns the last state seen.
+func (m *Manager) waitRunning(ctx context.Context, name string) (string, error) {
+	last := "unknown"
+	for {
+		if _, err := m.Backend.Get(ctx, name); errors.Is(err, ErrNotRunning) {
+			return last, fmt.Errorf("machine stopped during boot (last state %q)", last)
+		}
+		var out bytes.Buffer
+		_, err := m.Backend.Exec(ctx, name, ExecSpec{Argv: []string{"systemctl", "is-system-running"}, Stdout: &out})
+		if err == nil {
+			if s := strings.TrimSpace(out.String()); s != "" {
+				last = s
+			}
+			switch last {
+			case "running", "degraded":
+				return last, nil
+			case "stopping", "offline":
+				return last, fmt.Errorf("system is %s", last)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return last, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// console runs the machine in the foreground on the caller's terminal.
+func (m *Manager) console(ctx context.Context, cfg NspawnConfig) error {
+	args := NspawnArgs(cfg)
+	for i, a := range args {
+		switch a {
+		case "--console=read-only":
+			args[i] = "--console=interactive"
+		case "--keep-unit":
+			// machined then makes a scope of its own for the machine.
+			if cfg.Registered {
+				args[i] = "--quiet"
+			}
+		}
+	}
+	c := &bootstrap.Cmd{Path: "systemd-nspawn", Args: args, Foreground: true,
+		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	return m.Runner.Run(ctx, c)
+}
+
+// waitGone waits until the backend no longer knows name.
+func (m *Manager) waitGone(ctx context.Context, name string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if _, err := m.Backend.Get(ctx, name); errors.Is(err, ErrNotRunning) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return false
+}
+
+// running checks that name is a running machine.
+func (m *Manager) running(ctx context.Context, name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if _, err := m.Backend.Get(ctx, name); errors.Is(err, ErrNotRunning) {
+		if m.exists(name) {
+			return fmt.Errorf("%w: %s (start it: nsbox boot %s)", ErrNotRunning, name, name)
+		}
+		return fmt.Errorf("%w %q (see: nsbox list)", ErrNotFound, name)
+	} else if err != nil {
+		return err
+	}
+	return requireRoot()
+}
+
+// Stop powers name off cleanly and waits; after timeout it terminates it.
+func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) error {
+	if err := m.running(ctx, name); err != nil {
+		return err
+	}
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	if err := m.Backend.Kill(ctx, name, false, sigPoweroff); err != nil && !errors.Is(err, ErrNotRunning) {
+		logrus.Warnf("poweroff %s: %v; terminating", name, err)
+	}
+	if !m.waitGone(ctx, name, timeout) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		logrus.Warnf("%s did not power off within %s; terminating it", name, timeout)
+		if err := m.Backend.Terminate(ctx, name); err != nil && !errors.Is(err, ErrNotRunning) {
+			return err
+		}
+		if !m.waitGone(ctx, name, 15*time.Second) {
+			return fmt.Errorf("%s is still running after terminate", name)
+		}
+	}
+	m.Backend.Cleanup(ctx, name)
+	return nil
+}
+
+// Reboot asks name's systemd to reboot; the backend starts it again.
+func (m *Manager) Reboot(ctx context.Context, name string) error {
+	if err := m.running(ctx, name); err != nil {
+		return err
+	}
+	return m.Backend.Kill(ctx, name, false, sigReboot)
+}
+
+// Terminate ends name at once, without a clean shutdown.
+func (m *Manager) Terminate(ctx context.Context, name string) error {
+	if err := m.running(ctx, name); err != nil {
+		return err
+	}
+	if err := m.Backend.Terminate(ctx, name); err != nil {
+		return err
+	}
+	m.waitGone(ctx, name, 15*time.Second)
+	m.Backend.Cleanup(ctx, name)
+	return nil
+}
+
+// Kill sends sig to name's leader, or with all to all its processes.
+func (m *Manager) Kill(ctx context.Context, name string, all bool, sig syscall.Signal) error {
+	if err := m.running(ctx, name); err != nil {
+		return err
+	}
+	return m.Backend.Kill(ctx, name, all, sig)
+}
+
+// Remove deletes a stopped machine: its root, its settings and its link in
+// ImagesDir. A running machine is refused unless force, which stops it.
+func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
+	if err := m.checkName(name, true); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	if _, err := m.Backend.Get(ctx, name); err == nil {
+		if !force {
+			return fmt.Errorf("%w: %s (stop it first, or use --force)", ErrRunning, name)
+		}
+		if err := m.Stop(ctx, name, 30*time.Second); err != nil {
+			return err
+		}
+	}
+	root := m.Dir(name)
+	lock, err := LockImage(root, true)
+	if errors.Is(err, ErrBusy) {
+		return fmt.Errorf("%w: %s is in use by a systemd-nspawn that nsbox did not start", ErrRunning, root)
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	// The tree goes first: if it cannot (a mount inside), the machine keeps
+	// its settings and stays whole enough to boot.
+	if err := bootstrap.RemoveTree(root); err != nil {
+		return err
+	}
+	_ = os.Remove(m.settingsPath(name))
+	m.unlinkImage(name)
+	_ = os.Remove(m.LogDir + "/" + name + ".log")
+	return nil
+}
+
+// Shell runs argv in name as user (a login shell when argv is empty) and
+// returns its exit status. A stopped machine is entered with
+// systemd-nspawn -D instead, for customising its tree.
+func (m *Manager) Shell(ctx context.Context, name, user string, argv []string) (int, error) {
+	if err := m.checkName(name, false); err != nil {
+		return 0, err
+	}
+	if err := requireRoot(); err != nil {
+		return 0, err
+	}
+	_, err := m.Backend.Get(ctx, name)
+	if errors.Is(err, ErrNotRunning) {
+		if !m.exists(name) {
+			return 0, fmt.Errorf("%w %q (see: nsbox list)", ErrNotFound, name)
+		}
+		return m.enterStopped(ctx, name, user, argv)
+	}
+	if err != nil {
+		return 0, err
+	}
+	tty := isTerminal(os.Stdin) && isTerminal(os.Stdout)
+	if len(argv) == 0 {
+		return 0, m.Backend.Shell(ctx, name, user)
+	}
+	return m.Backend.Exec(ctx, name, ExecSpec{
+		Argv: argv, User: user, TTY: tty,
+		Env:   []string{"TERM=" + envOr("TERM", "vt220")},
+		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+	})
+}
+
+// enterStopped runs argv (or a shell) in the stopped machine's tree with
+// systemd-nspawn, which takes the image lock for the duration.
+func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []string) (int, error) {
+	opts, err := m.Options(name)
+	if err != nil {
+		return 0, err
+	}
+	fmt.Fprintf(os.Stderr, "nsbox: %s is not running; entering its tree with systemd-nspawn (boot it with: nsbox boot %s)\n", name, name)
+	args := []string{"--quiet", "--directory=" + m.Dir(name), "--machine=" + name,
+		"--settings=no", "--register=no", "--keep-unit"}
+	if opts.PrivateUsers {
+		args = append(args, "--private-users=pick", "--private-users-ownership=auto")
+	}
+	if user != "" {
+		args = append(args, "--user="+user)
+	}
+	tty := isTerminal(os.Stdin) && isTerminal(os.Stdout)
+	if !tty {
+		args = append(args, "--pipe")
+	}
+	args = append(args, "--")
+	args = append(args, argv...)
+	c := &bootstrap.Cmd{Path: "systemd-nspawn", Args: args}
+	if tty {
+		// nspawn gives the payload a pseudo terminal of its own.
+		c.Foreground = true
+		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+		return exitStatus(m.Runner.Run(ctx, c))
+	}
+	return runExec(ctx, m.Runner, c, ExecSpec{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,163 @@
+package machine
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nsbox/nsbox/network"
+)
+
+// Info is what list and status report of one machine. The JSON shape is
+// part of nsbox's interface (docs/json.md).
+type Info struct {
+	Name       string       `json:"name"`
+	State      string       `json:"state"` // "running" or "stopped"
+	OS         string       `json:"os"`
+	Version    string       `json:"version"`
+	Addresses  []string     `json:"addresses"`
+	Root       string       `json:"root"`
+	Since      *time.Time   `json:"since,omitempty"`
+	Managed    bool         `json:"managed"` // false: known to machined, not an nsbox machine
+	Leader     int          `json:"leader,omitempty"`
+	Unit       string       `json:"unit,omitempty"`
+	Service    string       `json:"service,omitempty"`
+	Interfaces []string     `json:"interfaces"`
+	Backend    string       `json:"backend"`
+	Options    *BootOptions `json:"boot_options,omitempty"`
+}
+
+// onDisk lists the machines under RootDir: directories with valid names
+// that hold an OS tree. Staging trees (".#...") and anything else are
+// passed over.
+func (m *Manager) onDisk() []string {
+	ents, err := os.ReadDir(m.RootDir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") || ValidateName(e.Name()) != nil {
+			continue
+		}
+		if m.exists(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// mergeList joins the machines on disk with the running ones. A running
+// machine whose root is not RootDir/NAME (or its ImagesDir link) is
+// foreign: listed, marked unmanaged, and never touched unless named.
+func mergeList(p Paths, disk []string, running []Running, backend string) []Info {
+	byName := map[string]*Info{}
+	var out []*Info
+	for _, n := range disk {
+		i := &Info{Name: n, State: "stopped", Root: filepath.Join(p.RootDir, n), Managed: true, Backend: backend}
+		byName[n] = i
+		out = append(out, i)
+	}
+	for _, r := range running {
+		i, ok := byName[r.Name]
+		ours := ok && (r.RootDirectory == "" || r.RootDirectory == i.Root ||
+			r.RootDirectory == filepath.Join(p.ImagesDir, r.Name))
+		if !ours {
+			i = &Info{Name: r.Name, Root: r.RootDirectory, Backend: backend}
+			out = append(out, i)
+			if ok {
+				// Same name, other tree: show both, the foreign one marked.
+				i.Name = r.Name
+			}
+		}
+		i.State = "running"
+		i.Leader = r.Leader
+		i.Unit = r.Unit
+		i.Service = r.Service
+		i.Addresses = r.Addresses
+		if !r.Since.IsZero() {
+			since := r.Since
+			i.Since = &since
+		}
+	}
+	sort.SliceStable(out, func(a, b int) bool { return out[a].Name < out[b].Name })
+	res := make([]Info, len(out))
+	for k, i := range out {
+		if i.Addresses == nil {
+			i.Addresses = []string{}
+		}
+		if i.Interfaces == nil {
+			i.Interfaces = []string{}
+		}
+		res[k] = *i
+	}
+	return res
+}
+
+// List reports every nsbox machine, running or not, and the other
+// machines the backend knows.
+func (m *Manager) List(ctx context.Context) ([]Info, error) {
+	running, err := m.Backend.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	infos := mergeList(m.Paths, m.onDisk(), running, m.Backend.Name())
+	for k := range infos {
+		m.fill(&infos[k])
+	}
+	return infos, nil
+}
+
+// fill adds what is read from the tree and the network namespace.
+func (m *Manager) fill(i *Info) {
+	if i.Root != "" {
+		if osr, ok := readOSRelease(i.Root); ok {
+			i.OS, i.Version = osr.ID, osr.Version
+		}
+	}
+	if i.State != "running" || i.Leader <= 0 {
+		return
+	}
+	if len(i.Addresses) == 0 {
+		if addrs, err := network.Addresses(i.Leader); err == nil {
+			i.Addresses = addrs
+		}
+	}
+	if peers, err := network.HostPeers(i.Leader); err == nil {
+		for _, p := range peers {
+			i.Interfaces = append(i.Interfaces, p.Name)
+		}
+	}
+}
+
+// Status reports one machine, nsbox's or foreign.
+func (m *Manager) Status(ctx context.Context, name string) (Info, error) {
+	if err := ValidateName(name); err != nil {
+		return Info{}, err
+	}
+	var running []Running
+	if r, err := m.Backend.Get(ctx, name); err == nil {
+		running = append(running, r)
+	} else if err != ErrNotRunning {
+		return Info{}, err
+	}
+	var disk []string
+	if m.exists(name) {
+		disk = append(disk, name)
+	}
+	infos := mergeList(m.Paths, disk, running, m.Backend.Name())
+	if len(infos) == 0 {
+		return Info{}, m.checkName(name, true)
+	}
+	i := infos[0]
+	m.fill(&i)
+	if i.Managed {
+		if o, err := m.Options(name); err == nil {
+			i.Options = &o
+		}
+	}
+	return i, nil
+}

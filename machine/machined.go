@@ -1,0 +1,242 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/dbusapi"
+)
+
+// MachinedAPI is the part of machined nsbox uses; dbusapi.Machined
+// implements it, tests fake it.
+type MachinedAPI interface {
+	ListMachines() ([]dbusapi.MachineEntry, error)
+	GetMachine(name string) (dbusapi.Machine, error)
+	GetMachineAddresses(name string) ([]string, error)
+	KillMachine(name, who string, sig syscall.Signal) error
+	TerminateMachine(name string) error
+	OpenMachineShell(name, user string, env []string) (*os.File, error)
+}
+
+// SystemdAPI is the part of the systemd manager nsbox uses.
+type SystemdAPI interface {
+	StartTransientUnit(ctx context.Context, spec dbusapi.ServiceSpec) (string, error)
+	GetUnitState(ctx context.Context, name string) (dbusapi.UnitState, error)
+	StopUnit(ctx context.Context, name string) error
+	ResetFailedUnit(ctx context.Context, name string) error
+}
+
+// Machined runs machines as transient systemd services that machined
+// registers, as systemd-nspawn@.service does.
+type Machined struct {
+	Machines MachinedAPI
+	Systemd  SystemdAPI
+	Runner   bootstrap.Runner
+}
+
+// Name implements Backend.
+func (m *Machined) Name() string { return "machined" }
+
+// Registered implements Backend.
+func (m *Machined) Registered() bool { return true }
+
+// UnitName is the transient service nsbox runs a machine in.
+func UnitName(name string) string { return "nsbox-" + name + ".service" }
+
+// ServiceSpec is the transient unit for a machine, with the sandboxing of
+// systemd's own systemd-nspawn@.service.
+func ServiceSpec(spec StartSpec) dbusapi.ServiceSpec {
+	return dbusapi.ServiceSpec{
+		Name:                   UnitName(spec.Name),
+		Description:            "nsbox machine " + spec.Name,
+		ExecStart:              spec.Argv,
+		Type:                   "notify",
+		Slice:                  "machine.slice",
+		Delegate:               true,
+		KillMode:               "mixed",
+		RestartForceExitStatus: []int32{133},
+		SuccessExitStatus:      []int32{133},
+		DevicePolicy:           "closed",
+		DeviceAllow: [][2]string{
+			{"/dev/net/tun", "rwm"},
+			{"char-pts", "rw"},
+			{"/dev/loop-control", "rw"},
+			{"block-loop", "rw"},
+			{"block-blkext", "rw"},
+			{"/dev/mapper/control", "rw"},
+			{"block-device-mapper", "rw"},
+		},
+		TimeoutStartSec: uint64(spec.Timeout / time.Microsecond),
+	}
+}
+
+// Start implements Backend. The unit is Type=notify and nspawn runs with
+// --notify-ready=yes, so the start job ends once the container's own
+// systemd has finished starting up.
+func (m *Machined) Start(ctx context.Context, spec StartSpec) error {
+	unit := UnitName(spec.Name)
+	// A failed unit of an earlier boot keeps the name taken.
+	_ = m.Systemd.ResetFailedUnit(ctx, unit)
+	result, err := m.Systemd.StartTransientUnit(ctx, ServiceSpec(spec))
+	if err != nil {
+		return err
+	}
+	if result != "done" {
+		return fmt.Errorf("unit %s: start job %s", unit, result)
+	}
+	return nil
+}
+
+// List implements Backend.
+func (m *Machined) List(ctx context.Context) ([]Running, error) {
+	entries, err := m.Machines.ListMachines()
+	if err != nil {
+		return nil, fmt.Errorf("machined: %w", err)
+	}
+	var out []Running
+	for _, e := range entries {
+		if e.Class == "host" {
+			continue
+		}
+		r, err := m.Get(ctx, e.Name)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Get implements Backend.
+func (m *Machined) Get(ctx context.Context, name string) (Running, error) {
+	mm, err := m.Machines.GetMachine(name)
+	if errors.Is(err, dbusapi.ErrNoSuchMachine) {
+		return Running{}, ErrNotRunning
+	}
+	if err != nil {
+		return Running{}, fmt.Errorf("machined: %w", err)
+	}
+	r := Running{
+		Name: mm.Name, Class: mm.Class, Service: mm.Service, Unit: mm.Unit,
+		Leader: mm.Leader, RootDirectory: mm.RootDirectory, Since: mm.Since,
+	}
+	if addrs, err := m.Machines.GetMachineAddresses(name); err == nil {
+		r.Addresses = addrs
+	}
+	return r, nil
+}
+
+// Kill implements Backend.
+func (m *Machined) Kill(ctx context.Context, name string, all bool, sig syscall.Signal) error {
+	who := "leader"
+	if all {
+		who = "all"
+	}
+	err := m.Machines.KillMachine(name, who, sig)
+	if errors.Is(err, dbusapi.ErrNoSuchMachine) {
+		return ErrNotRunning
+	}
+	return err
+}
+
+// Terminate implements Backend.
+func (m *Machined) Terminate(ctx context.Context, name string) error {
+	err := m.Machines.TerminateMachine(name)
+	if errors.Is(err, dbusapi.ErrNoSuchMachine) {
+		return ErrNotRunning
+	}
+	return err
+}
+
+// escapeExecArg doubles '$': systemd expands $VAR in a transient unit's
+// command line, and systemd-run of systemd 252 cannot turn that off.
+func escapeExecArg(s string) string { return strings.ReplaceAll(s, "$", "$$") }
+
+// SystemdRunArgs is the command line that runs argv in machine name and
+// passes its exit status back. systemd-run reports a command killed by a
+// signal as 255 (or 0 for SIGTERM), so argv runs under a shell that turns
+// the signal into 128+N; "exit $?" keeps the shell from exec'ing argv.
+func SystemdRunArgs(name string, e ExecSpec) []string {
+	args := []string{"--machine=" + name, "--quiet", "--wait", "--collect", "--service-type=exec"}
+	if e.TTY {
+		args = append(args, "--pty")
+	} else {
+		args = append(args, "--pipe")
+	}
+	user := e.User
+	if user == "" {
+		user = "root"
+	}
+	args = append(args, "--uid="+user)
+	for _, kv := range e.Env {
+		args = append(args, "--setenv="+kv)
+	}
+	args = append(args, "--", "/bin/sh", "-c", escapeExecArg(`"$@"; exit $?`), "sh")
+	for _, a := range e.Argv {
+		args = append(args, escapeExecArg(a))
+	}
+	return args
+}
+
+// Exec implements Backend through systemd-run --machine, which runs the
+// command as a service of the container's own systemd.
+func (m *Machined) Exec(ctx context.Context, name string, e ExecSpec) (int, error) {
+	c := &bootstrap.Cmd{Path: "systemd-run", Args: SystemdRunArgs(name, e)}
+	if e.TTY {
+		// systemd-run allocates the pseudo terminal in the container and
+		// proxies it to ours itself; it must stay in our foreground group.
+		c.Foreground = true
+		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+		return exitStatus(m.Runner.Run(ctx, c))
+	}
+	return runExec(ctx, m.Runner, c, e)
+}
+
+// Shell implements Backend through machined's OpenMachineShell, as
+// machinectl shell does.
+func (m *Machined) Shell(ctx context.Context, name, user string) error {
+	if user == "" {
+		user = "root"
+	}
+	term := os.Getenv("TERM")
+	if term == "" {
+		term = "vt220"
+	}
+	master, err := m.Machines.OpenMachineShell(name, user, []string{"TERM=" + term})
+	if err != nil {
+		return fmt.Errorf("open shell: %w", err)
+	}
+	defer master.Close()
+	attachTerminal(master)
+	return nil
+}
+
+// Cleanup implements Backend: a failed unit is forgotten so the next boot
+// can use the name, and a unit still up is stopped.
+func (m *Machined) Cleanup(ctx context.Context, name string) {
+	unit := UnitName(name)
+	if st, err := m.Systemd.GetUnitState(ctx, unit); err == nil && st.ActiveState != "inactive" && st.ActiveState != "failed" {
+		_ = m.Systemd.StopUnit(ctx, unit)
+	}
+	_ = m.Systemd.ResetFailedUnit(ctx, unit)
+}
+
+// LogTail implements Backend: the unit's journal.
+func (m *Machined) LogTail(ctx context.Context, name string, n int) []string {
+	var out strings.Builder
+	err := m.Runner.Run(ctx, &bootstrap.Cmd{
+		Path:   "journalctl",
+		Args:   []string{"--unit=" + UnitName(name), "--lines=" + fmt.Sprint(n), "--no-pager", "--output=cat", "--boot"},
+		Stdout: &out,
+	})
+	if err != nil {
+		return nil
+	}
+	return lastLines(out.String(), n)
+}

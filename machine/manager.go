@@ -1,0 +1,282 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/sirupsen/logrus"
+)
+
+// Paths are where nsbox keeps machines and its own files.
+type Paths struct {
+	RootDir     string // machine roots: RootDir/NAME (default /srv)
+	SettingsDir string // remembered boot options, NAME.nspawn (/etc/systemd/nspawn)
+	ImagesDir   string // where machinectl looks for images (/var/lib/machines)
+	RunDir      string // runtime state (/run/nsbox)
+	LogDir      string // console logs of the direct backend (/var/log/nsbox)
+	CacheDir    string // debootstrap's package cache (/var/cache/nsbox)
+}
+
+// DefaultPaths are the standard locations.
+func DefaultPaths() Paths {
+	return Paths{
+		RootDir:     "/srv",
+		SettingsDir: "/etc/systemd/nspawn",
+		ImagesDir:   "/var/lib/machines",
+		RunDir:      "/run/nsbox",
+		LogDir:      "/var/log/nsbox",
+		CacheDir:    "/var/cache/nsbox",
+	}
+}
+
+// Manager runs the lifecycle of machines over one Backend.
+type Manager struct {
+	Paths
+	Backend Backend
+	// Why says why this backend was chosen, for --verbose and doctor.
+	Why    string
+	Runner bootstrap.Runner
+}
+
+// Config chooses and configures a Manager.
+type Config struct {
+	Paths
+	// Backend is "auto", "machined" or "direct".
+	Backend string
+	// Supervisor is how to start "nsbox __supervise" for the direct backend.
+	Supervisor []string
+}
+
+// Booted reports whether systemd is PID 1 (sd_booted).
+func Booted() bool {
+	_, err := os.Stat("/run/systemd/system")
+	return err == nil
+}
+
+// Open picks the backend: machined where systemd is PID 1 and machined
+// answers, direct otherwise, unless cfg.Backend names one.
+func Open(ctx context.Context, cfg Config) (*Manager, error) {
+	m := &Manager{Paths: cfg.Paths, Runner: bootstrap.ExecRunner{}}
+	direct := &Direct{RunDir: cfg.RunDir, LogDir: cfg.LogDir, Runner: m.Runner, Supervisor: cfg.Supervisor}
+	useMachined := func() error {
+		if !Booted() {
+			return fmt.Errorf("%w: machined: systemd is not PID 1 on this host (use --backend direct)", ErrNoBackend)
+		}
+		md, err := dbusapi.NewMachined()
+		if err != nil {
+			return fmt.Errorf("%w: %v (is systemd-machined installed? apt-get install systemd-container)", ErrNoBackend, err)
+		}
+		sd, err := dbusapi.NewSystemd(ctx)
+		if err != nil {
+			md.Close()
+			return fmt.Errorf("%w: %v", ErrNoBackend, err)
+		}
+		m.Backend = &Machined{Machines: md, Systemd: sd, Runner: m.Runner}
+		return nil
+	}
+	switch cfg.Backend {
+	case "", "auto":
+		if !Booted() {
+			m.Backend, m.Why = direct, "systemd is not PID 1 (no /run/systemd/system)"
+		} else if err := useMachined(); err != nil {
+			m.Backend, m.Why = direct, "machined does not answer: "+err.Error()
+		} else {
+			m.Why = "systemd is PID 1 and machined answers"
+		}
+	case "machined":
+		if err := useMachined(); err != nil {
+			return nil, err
+		}
+		m.Why = "chosen with --backend"
+	case "direct":
+		m.Backend, m.Why = direct, "chosen with --backend"
+	default:
+		return nil, fmt.Errorf("%w: backend %q (use auto, machined or direct)", ErrInvalidOption, cfg.Backend)
+	}
+	logrus.Debugf("backend %s: %s", m.Backend.Name(), m.Why)
+	return m, nil
+}
+
+// Dir is the root directory of machine name. name must be valid.
+func (m *Manager) Dir(name string) string { return filepath.Join(m.RootDir, name) }
+
+func (m *Manager) settingsPath(name string) string {
+	return filepath.Join(m.SettingsDir, name+".nspawn")
+}
+
+// requireRoot fails unless running as root.
+func requireRoot() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%w (try: sudo nsbox ...)", ErrNotRoot)
+	}
+	return nil
+}
+
+// exists reports whether name is a machine on disk: a real directory (not
+// a link) under RootDir that holds an OS tree.
+func (m *Manager) exists(name string) bool {
+	fi, err := os.Lstat(m.Dir(name))
+	if err != nil || !fi.IsDir() {
+		return false
+	}
+	_, ok := readOSRelease(m.Dir(name))
+	return ok
+}
+
+// checkName validates name and, with mustExist, that it is a machine.
+func (m *Manager) checkName(name string, mustExist bool) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if mustExist && !m.exists(name) {
+		return fmt.Errorf("%w %q under %s (see: nsbox list)", ErrNotFound, name, m.RootDir)
+	}
+	return nil
+}
+
+// CreateOptions say what to bootstrap.
+type CreateOptions struct {
+	Release  string
+	Distro   string
+	Mirror   string
+	Variant  string
+	Include  []string
+	Arch     string
+	Progress func(bootstrap.Stage)
+}
+
+// ResolveRelease decides the release of a new machine: the given one, or
+// the machine's own name when that is a known codename.
+func ResolveRelease(name string, o CreateOptions) (bootstrap.Release, error) {
+	rel := o.Release
+	if rel == "" {
+		if !bootstrap.IsRelease(name) {
+			return bootstrap.Release{}, fmt.Errorf("%w: %q is not a release name, so --release is needed (known: %s)",
+				ErrInvalidOption, name, strings.Join(bootstrap.KnownReleases(o.Distro), ", "))
+		}
+		rel = name
+	}
+	return bootstrap.LookupRelease(rel, o.Distro)
+}
+
+// Create bootstraps a new machine into RootDir/name. It works in a
+// temporary ".#name.XXXX" directory beside the target and renames it into
+// place at the end, so an interrupted or failed create leaves nothing.
+func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) error {
+	if err := m.checkName(name, false); err != nil {
+		return err
+	}
+	rel, err := ResolveRelease(name, o)
+	if err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	bo := bootstrap.Options{
+		Release: rel, Mirror: o.Mirror, Variant: o.Variant, Include: o.Include, Arch: o.Arch,
+		CacheDir: filepath.Join(m.CacheDir, "debs", rel.Distro.Name+"-"+rel.Name),
+	}
+	if err := bootstrap.Check(bo, exec.LookPath); err != nil {
+		return err
+	}
+	target := m.Dir(name)
+	lock, err := LockImage(target, true)
+	if errors.Is(err, ErrBusy) {
+		return fmt.Errorf("%s is being created or used by another process", name)
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	if _, err := os.Lstat(target); err == nil {
+		return fmt.Errorf("%w: %s (remove it first: nsbox remove %s)", ErrExists, target, name)
+	}
+	m.sweepStaging(name)
+	staging, err := os.MkdirTemp(m.RootDir, ".#"+name+".")
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(staging, 0o755); err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			bootstrap.UnmountUnder(staging)
+			if err := bootstrap.RemoveTree(staging); err != nil {
+				logrus.Warnf("could not remove %s: %v", staging, err)
+			}
+		}
+	}()
+	if err := bootstrap.Debootstrap(ctx, m.Runner, bo, staging, o.Progress); err != nil {
+		return err
+	}
+	if err := bootstrap.Personalise(staging, name); err != nil {
+		return err
+	}
+	if err := renameNoReplace(staging, target); err != nil {
+		return fmt.Errorf("%w: %s", ErrExists, target)
+	}
+	ok = true
+	m.linkImage(name)
+	return nil
+}
+
+// sweepStaging removes the leftovers of creates of name that died (killed
+// with SIGKILL, power loss). The caller holds name's lock, so no live
+// create of name can own them.
+func (m *Manager) sweepStaging(name string) {
+	left, _ := filepath.Glob(filepath.Join(m.RootDir, ".#"+name+".*"))
+	for _, dir := range left {
+		if strings.HasSuffix(dir, ".lck") {
+			continue
+		}
+		if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
+			continue
+		}
+		logrus.Infof("removing %s, left by an interrupted create", dir)
+		bootstrap.UnmountUnder(dir)
+		if err := bootstrap.RemoveTree(dir); err != nil {
+			logrus.Warnf("could not remove %s: %v", dir, err)
+		}
+	}
+}
+
+// linkImage makes the machine visible to machinectl and
+// systemd-nspawn@.service, which look in ImagesDir only.
+func (m *Manager) linkImage(name string) {
+	if m.ImagesDir == "" || filepath.Clean(m.ImagesDir) == filepath.Clean(m.RootDir) {
+		return
+	}
+	link := filepath.Join(m.ImagesDir, name)
+	if cur, err := os.Readlink(link); err == nil && cur == m.Dir(name) {
+		return
+	}
+	if _, err := os.Lstat(link); err == nil {
+		logrus.Warnf("%s exists and is not nsbox's: machinectl will not see %s", link, name)
+		return
+	}
+	if err := os.MkdirAll(m.ImagesDir, 0o700); err != nil {
+		logrus.Warnf("link %s: %v", link, err)
+		return
+	}
+	if err := os.Symlink(m.Dir(name), link); err != nil {
+		logrus.Warnf("link %s: %v", link, err)
+	}
+}
+
+// unlinkImage removes the ImagesDir link, only if it is nsbox's.
+func (m *Manager) unlinkImage(name string) {
+	link := filepath.Join(m.ImagesDir, name)
+	if cur, err := os.Readlink(link); err == nil && cur == m.Dir(name) {
+		_ = os.Remove(link)
+	}
+}

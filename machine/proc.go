@@ -1,0 +1,118 @@
+package machine
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Proc names a process safely across PID reuse: its PID and its start time
+// in clock ticks since boot, from /proc/PID/stat.
+type Proc struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"`
+}
+
+// procRoot is /proc; tests point it at a fake tree.
+var procRoot = "/proc"
+
+// readProc reads the start time and state of pid. The command name in
+// /proc/PID/stat may hold spaces and parentheses, so fields are counted
+// from the last ')'.
+func readProc(pid int) (start uint64, state byte, err error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state); starttime is field 22.
+	if len(f) < 20 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	start, err = strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return start, f[0][0], nil
+}
+
+// ProcOf records pid with its start time.
+func ProcOf(pid int) (Proc, error) {
+	start, _, err := readProc(pid)
+	return Proc{PID: pid, Start: start}, err
+}
+
+// Alive reports whether p is still the same, living process: a PID reused
+// by another process, or a zombie, is not alive.
+func (p Proc) Alive() bool {
+	if p.PID <= 0 {
+		return false
+	}
+	start, state, err := readProc(p.PID)
+	return err == nil && start == p.Start && state != 'Z' && state != 'X'
+}
+
+// children lists the child PIDs of pid.
+func children(pid int) []int {
+	var out []int
+	tasks, _ := filepath.Glob(filepath.Join(procRoot, strconv.Itoa(pid), "task", "*", "children"))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// pidNamespaceMembers lists every process in the PID namespace of pid.
+func pidNamespaceMembers(pid int) []int {
+	ns, err := os.Readlink(filepath.Join(procRoot, strconv.Itoa(pid), "ns", "pid"))
+	if err != nil {
+		return nil
+	}
+	ents, _ := os.ReadDir(procRoot)
+	var out []int
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, err := os.Readlink(filepath.Join(procRoot, e.Name(), "ns", "pid")); err == nil && l == ns {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// containerChild finds the container's PID 1 among nspawn's children: the
+// one in a PID namespace of its own. nspawn's short-lived intermediate child
+// shares nspawn's namespace and is passed over.
+func containerChild(nspawn int) (Proc, bool) {
+	own, err := os.Readlink(filepath.Join(procRoot, strconv.Itoa(nspawn), "ns", "pid"))
+	if err != nil {
+		return Proc{}, false
+	}
+	for _, kid := range children(nspawn) {
+		ns, err := os.Readlink(filepath.Join(procRoot, strconv.Itoa(kid), "ns", "pid"))
+		if err != nil || ns == own {
+			continue
+		}
+		if p, err := ProcOf(kid); err == nil {
+			return p, true
+		}
+	}
+	return Proc{}, false
+}

@@ -1,0 +1,190 @@
+// Command nsbox manages systemd-nspawn machines: create them from a
+// release, boot them as services, open shells in them, list them.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/nsbox/nsbox/machine"
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit statuses (documented in the README).
+const (
+	exitError       = 1
+	exitUsage       = 2
+	exitInterrupted = 130
+	exitTerminated  = 143
+)
+
+// usageError marks a mistake in the command line itself.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+// exitCode is an error that carries a command's own exit status (shell).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+func newApp() *cli.App {
+	// -v is --verbose here, as in most tools; the version has no short flag.
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
+	return &cli.App{
+		Name:    "nsbox",
+		Usage:   "manage systemd-nspawn machines with less typing",
+		Version: version,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "root-dir", Value: "/srv", EnvVars: []string{"NSBOX_ROOT"}, Usage: "directory that holds machine roots"},
+			&cli.StringFlag{Name: "backend", Value: "auto", EnvVars: []string{"NSBOX_BACKEND"}, Usage: "auto, machined or direct"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "say what is being done"},
+			&cli.BoolFlag{Name: "debug", Usage: "log every command run and its output"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only results and errors"},
+		},
+		Before:                    setupLogging,
+		Commands:                  commands(),
+		EnableBashCompletion:      true,
+		HideHelpCommand:           true,
+		OnUsageError:              func(_ *cli.Context, err error, _ bool) error { return usageError{err.Error()} },
+		CommandNotFound:           nil,
+		ExitErrHandler:            func(*cli.Context, error) {},
+		UseShortOptionHandling:    true,
+		Suggest:                   true,
+		DisableSliceFlagSeparator: true,
+	}
+}
+
+func commands() []*cli.Command {
+	return []*cli.Command{
+		createCommand(), bootCommand(), shellCommand(), listCommand(), statusCommand(),
+		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
+		doctorCommand(), superviseCommand(),
+	}
+}
+
+func setupLogging(c *cli.Context) error {
+	logrus.SetOutput(os.Stderr)
+	logrus.SetFormatter(&logrus.TextFormatter{
+		DisableTimestamp: term.IsTerminal(int(os.Stderr.Fd())),
+		FullTimestamp:    true,
+	})
+	switch {
+	case c.Bool("debug"):
+		logrus.SetLevel(logrus.DebugLevel)
+	case c.Bool("verbose"):
+		logrus.SetLevel(logrus.InfoLevel)
+	default:
+		logrus.SetLevel(logrus.WarnLevel)
+	}
+	return nil
+}
+
+// manager opens the machine manager for the global flags.
+func manager(c *cli.Context) (*machine.Manager, error) {
+	root := c.String("root-dir")
+	if !filepath.IsAbs(root) {
+		return nil, usagef("--root-dir %q must be an absolute path", root)
+	}
+	fi, err := os.Stat(root)
+	if err != nil {
+		return nil, fmt.Errorf("root directory %s does not exist (create it, or pass --root-dir)", root)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("root directory %s is not a directory", root)
+	}
+	paths := machine.DefaultPaths()
+	paths.RootDir = filepath.Clean(root)
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return machine.Open(c.Context, machine.Config{
+		Paths:      paths,
+		Backend:    c.String("backend"),
+		Supervisor: []string{self, "--root-dir", paths.RootDir, superviseName},
+	})
+}
+
+// nameArg returns the single machine name argument of a command.
+func nameArg(c *cli.Context) (string, error) {
+	if c.NArg() != 1 {
+		return "", usagef("%s takes one machine name (see: nsbox %s --help)", c.Command.Name, c.Command.Name)
+	}
+	return c.Args().First(), nil
+}
+
+// quiet reports whether -q was given.
+func quiet(c *cli.Context) bool { return c.Bool("quiet") }
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+// run executes the command line and returns the exit status. The first
+// SIGINT or SIGTERM cancels the context so the running operation cleans up
+// what it made; a second one exits at once.
+func run(args []string) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	var got os.Signal
+	go func() {
+		got = <-sigs
+		cancel()
+		second := <-sigs
+		fmt.Fprintln(os.Stderr, "nsbox: interrupted again; exiting now (a temporary .#NAME tree or mount may be left; the next create sweeps it)")
+		if second == syscall.SIGTERM {
+			os.Exit(exitTerminated)
+		}
+		os.Exit(exitInterrupted)
+	}()
+	err := newApp().RunContext(ctx, args)
+	if ctx.Err() != nil && got != nil {
+		fmt.Fprintln(os.Stderr, "nsbox: interrupted")
+		if got == syscall.SIGTERM {
+			return exitTerminated
+		}
+		return exitInterrupted
+	}
+	return report(err)
+}
+
+// report prints err as one line and maps it to an exit status.
+func report(err error) int {
+	if err == nil {
+		return 0
+	}
+	var code exitCode
+	if errors.As(err, &code) {
+		return int(code)
+	}
+	msg := strings.TrimSpace(err.Error())
+	fmt.Fprintf(os.Stderr, "nsbox: %s\n", msg)
+	var be *machine.BootError
+	if errors.As(err, &be) && len(be.Log) > 0 {
+		fmt.Fprintf(os.Stderr, "last log lines of %s:\n", be.Name)
+		for _, l := range be.Log {
+			fmt.Fprintf(os.Stderr, "  %s\n", l)
+		}
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitError
+}
