@@ -70,6 +70,7 @@ type progress struct {
 	start   time.Time
 	phase   string
 	drawn   bool
+	said    map[string]bool
 }
 
 func newProgress(f *os.File, quiet, verbose bool) *progress {
@@ -97,7 +98,12 @@ func (p *progress) stage(s bootstrap.Stage) {
 		fmt.Fprintf(p.f, "\r\033[K%s", line)
 		p.drawn = true
 	default:
-		if s.Phase != "" && s.Phase != p.phase {
+		// debootstrap goes back and forth between phases; say each once.
+		if s.Phase != "" && !p.said[s.Phase] {
+			if p.said == nil {
+				p.said = map[string]bool{}
+			}
+			p.said[s.Phase] = true
 			fmt.Fprintf(p.f, "[%5s] %s\n", p.elapsed(), s.Phase)
 		}
 	}

@@ -130,6 +130,14 @@ func Supervise(statePath, logPath string, argv []string) int {
 		}
 	}
 	defer os.Remove(statePath)
+	if err := joinCgroup(name); err != nil {
+		fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
+		return 1
+	}
+	defer func() {
+		leaveCgroup()
+		removeCgroup(name)
+	}()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	for {

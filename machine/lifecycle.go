@@ -187,7 +187,7 @@ func (m *Manager) waitRunning(ctx context.Context, name string) (string, error) 
 			switch last {
 			case "running", "degraded":
 				return last, nil
-			case "stopping", "offline":
+			case "stopping":
 				return last, fmt.Errorf("system is %s", last)
 			}
 		}
