@@ -32,6 +32,11 @@ func bootCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return usagef("boot takes one or more machine names (see: nsbox boot --help)")
 			}
+			if n := c.String("network"); n != "" {
+				if err := machine.ValidateNetwork(n); err != nil {
+					return usagef("%v", err)
+				}
+			}
 			req := machine.BootRequest{Network: c.String("network"), Timeout: c.Duration("timeout"), Console: c.Bool("console")}
 			if c.IsSet("private-users") {
 				pu := c.Bool("private-users")

@@ -153,7 +153,8 @@ func run(args []string) int {
 		}
 		os.Exit(exitInterrupted)
 	}()
-	err := newApp().RunContext(ctx, args)
+	app := newApp()
+	err := app.RunContext(ctx, hoistFlags(app, args))
 	if ctx.Err() != nil && got != nil {
 		fmt.Fprintln(os.Stderr, "nsbox: interrupted")
 		if got == syscall.SIGTERM {

@@ -56,7 +56,7 @@ func NspawnArgs(c NspawnConfig) []string {
 	if c.ResolvConf != "" {
 		args = append(args, "--resolv-conf="+c.ResolvConf)
 	}
-	for _, b := range c.Binds {
+	for _, b := range withIDMap(c.Binds, c.PrivateUsers) {
 		if b.ReadOnly {
 			args = append(args, "--bind-ro="+b.String())
 		} else {

@@ -43,6 +43,21 @@ func (b Bind) String() string {
 	return s
 }
 
+// withIDMap returns the binds as nspawn should mount them: under private
+// users a plain bind shows host files as owned by nobody and refuses the
+// machine's root, so binds without options of their own get "idmap", which
+// maps host root to the machine's root.
+func withIDMap(binds []Bind, privateUsers bool) []Bind {
+	out := make([]Bind, len(binds))
+	for i, b := range binds {
+		if privateUsers && b.Options == "" {
+			b.Options = "idmap"
+		}
+		out[i] = b
+	}
+	return out
+}
+
 // BootOptions are the settings a machine boots with. They are remembered
 // in /etc/systemd/nspawn/NAME.nspawn, which machinectl reads too.
 type BootOptions struct {
@@ -86,7 +101,7 @@ func (o BootOptions) SettingsFile() string {
 	if o.PrivateUsers {
 		b.WriteString("PrivateUsersOwnership=auto\n")
 	}
-	for _, bd := range o.Binds {
+	for _, bd := range withIDMap(o.Binds, o.PrivateUsers) {
 		if bd.ReadOnly {
 			fmt.Fprintf(&b, "BindReadOnly=%s\n", bd)
 		} else {

@@ -1,0 +1,67 @@
+# nsbox: build, test and try it. Recipes install the host packages they need.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Debian packages nsbox and its tests need on the host.
+host_packages := "systemd-container debootstrap dbus iproute2 util-linux"
+
+# list the recipes
+default:
+    @just --list
+
+# install the Debian packages nsbox needs (once per machine)
+deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    for p in {{host_packages}}; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    fi
+
+# build the nsbox binary into ./nsbox
+build:
+    go build -o nsbox .
+
+# gofmt and go vet
+lint:
+    test -z "$(gofmt -l .)" || { gofmt -l .; exit 1; }
+    go vet ./...
+    go vet -tags e2e ./e2e/
+
+# unit tests (no root, no network)
+unit:
+    go test ./...
+
+# end-to-end tests against real nspawn, debootstrap, machined (root)
+e2e: deps
+    go test -tags e2e -count=1 -timeout 60m -v ./e2e/
+
+# every test: lint, unit, then end to end
+test: lint unit e2e
+
+# the main job: create, boot, list, shell into, stop a bookworm machine
+demo: deps build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+    ./nsbox doctor || true
+    if ! ./nsbox status demo >/dev/null 2>&1; then
+        step ./nsbox create demo --release bookworm
+    fi
+    ./nsbox stop demo >/dev/null 2>&1 || true
+    step ./nsbox boot demo
+    step ./nsbox list
+    step ./nsbox shell demo -- sh -c '. /etc/os-release; echo "hello from $PRETTY_NAME, systemd says: $(systemctl is-system-running)"'
+    step ./nsbox status demo
+    step ./nsbox stop demo
+    step ./nsbox list
+    printf '\nThe machine is kept in /srv/demo; remove it with: ./nsbox remove demo\n'
+
+# benchmarks (side by side ratios)
+bench: deps build
+    go test -run '^$' -bench . -benchtime 3x ./...

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// hoistFlags lets command flags follow positional arguments, as in
+// "nsbox create web --release trixie": urfave/cli v2 stops reading flags at
+// the first positional argument, so the command's flags are moved before
+// them. Everything after "--" stays where it is.
+func hoistFlags(app *cli.App, args []string) []string {
+	// Skip the program name and global flags to find the command.
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "--" {
+		if takesValue(app.Flags, args[i]) {
+			i++
+		}
+		i++
+	}
+	if i >= len(args) {
+		return args
+	}
+	cmd := app.Command(args[i])
+	if cmd == nil || cmd.SkipFlagParsing {
+		return args
+	}
+	var flags, positional []string
+	rest := args[i+1:]
+	for j := 0; j < len(rest); j++ {
+		a := rest[j]
+		if a == "--" {
+			positional = append(positional, rest[j:]...)
+			break
+		}
+		if strings.HasPrefix(a, "-") && a != "-" {
+			flags = append(flags, a)
+			if takesValue(cmd.Flags, a) && j+1 < len(rest) {
+				j++
+				flags = append(flags, rest[j])
+			}
+			continue
+		}
+		positional = append(positional, a)
+	}
+	out := append(append([]string{}, args[:i+1]...), flags...)
+	return append(out, positional...)
+}
+
+// takesValue reports whether arg names a flag that takes its value from
+// the next argument.
+func takesValue(flags []cli.Flag, arg string) bool {
+	if strings.Contains(arg, "=") {
+		return false
+	}
+	name := strings.TrimLeft(arg, "-")
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n != name {
+				continue
+			}
+			if bf, ok := f.(*cli.BoolFlag); ok && bf != nil {
+				return false
+			}
+			return true
+		}
+	}
+	return false
+}

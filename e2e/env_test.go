@@ -1,0 +1,185 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+)
+
+// env is a place where nsbox runs: this host, or the test host.
+type env struct {
+	name    string   // "direct" or "machined"
+	prefix  []string // turns a command into one that runs there
+	nsbox   string   // path of the binary there
+	rootDir string   // --root-dir for machines
+	host    *testHost
+}
+
+// result is what a finished command left.
+type result struct {
+	cmd    string
+	stdout string
+	stderr string
+	code   int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("$ %s\nexit %d\nstdout: %s\nstderr: %s", r.cmd, r.code, r.stdout, r.stderr)
+}
+
+// run runs argv in the environment with stdin and a 10-minute bound.
+func (e *env) runIn(t *testing.T, stdin string, argv ...string) result {
+	t.Helper()
+	full := append(append([]string{}, e.prefix...), argv...)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	r := result{cmd: strings.Join(argv, " "), stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+		if r.code < 0 {
+			r.code = 255
+		}
+	case err != nil:
+		t.Fatalf("%s: %v", r.cmd, err)
+	}
+	return r
+}
+
+func (e *env) run(t *testing.T, argv ...string) result {
+	t.Helper()
+	return e.runIn(t, "", argv...)
+}
+
+// sh runs a shell script in the environment.
+func (e *env) sh(t *testing.T, script string) result {
+	t.Helper()
+	return e.run(t, "sh", "-c", script)
+}
+
+// nsb runs nsbox with the environment's backend and root directory.
+func (e *env) nsb(t *testing.T, args ...string) result {
+	t.Helper()
+	return e.run(t, append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...)...)
+}
+
+// mustNsb runs nsbox and fails the test unless it exits 0.
+func (e *env) mustNsb(t *testing.T, args ...string) result {
+	t.Helper()
+	r := e.nsb(t, args...)
+	if r.code != 0 {
+		e.diagnose(t)
+		t.Fatalf("nsbox failed:\n%s", r)
+	}
+	return r
+}
+
+// mustSh runs a script and fails the test unless it exits 0.
+func (e *env) mustSh(t *testing.T, script string) string {
+	t.Helper()
+	r := e.sh(t, script)
+	if r.code != 0 {
+		t.Fatalf("command failed:\n%s", r)
+	}
+	return r.stdout
+}
+
+// pty runs nsbox on a pseudo terminal, types each input line after a
+// pause, and returns everything the terminal showed.
+func (e *env) pty(t *testing.T, inputs []string, args ...string) (string, int) {
+	t.Helper()
+	full := append(append([]string{}, e.prefix...), append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...)...)
+	cmd := exec.Command(full[0], full[1:]...)
+	f, err := pty.Start(cmd)
+	if err != nil {
+		t.Fatalf("pty: %v", err)
+	}
+	defer f.Close()
+	var out bytes.Buffer
+	done := make(chan struct{})
+	go func() { _, _ = io.Copy(&out, f); close(done) }()
+	for _, in := range inputs {
+		time.Sleep(time.Second)
+		if _, err := f.Write([]byte(in)); err != nil {
+			t.Fatalf("pty write: %v", err)
+		}
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case <-waited:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("interactive shell did not exit; the terminal showed:\n%s", out.String())
+	}
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
+	return out.String(), cmd.ProcessState.ExitCode()
+}
+
+// diagnose prints what a person needs to see why a scenario failed.
+func (e *env) diagnose(t *testing.T) {
+	t.Helper()
+	if e.host != nil {
+		t.Logf("test host journal:\n%s", e.sh(t, "journalctl -n 50 --no-pager").stdout)
+		t.Logf("nsbox units:\n%s", e.sh(t, "journalctl -u 'nsbox-*' -n 50 --no-pager").stdout)
+		return
+	}
+	t.Logf("console logs:\n%s", e.sh(t, "tail -n 30 /var/log/nsbox/e2e-*.log 2>/dev/null").stdout)
+}
+
+// hostEnv is nsbox on this host.
+func hostEnv(t *testing.T, backend string) *env {
+	root, err := os.MkdirTemp("/var/tmp", "nsbox-e2e-root-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{name: backend, prefix: nil, nsbox: nsboxBin, rootDir: root}
+	t.Cleanup(func() {
+		// Machines a failed test left: stop and remove them, then the root.
+		r := e.nsb(t, "list", "--output", "json")
+		for _, n := range machineNames(r.stdout) {
+			e.nsb(t, "remove", "--force", n)
+		}
+		os.Remove(root)
+	})
+	return e
+}
+
+// guestEnv is nsbox inside the booted test host.
+func guestEnv(t *testing.T, h *testHost) *env {
+	e := &env{name: "machined", prefix: h.prefix(), nsbox: "/usr/local/bin/nsbox", rootDir: "/srv", host: h}
+	t.Cleanup(func() {
+		r := e.nsb(t, "list", "--output", "json")
+		for _, n := range machineNames(r.stdout) {
+			if strings.HasPrefix(n, "e2e-") {
+				e.nsb(t, "remove", "--force", n)
+			}
+		}
+	})
+	return e
+}

@@ -1,0 +1,301 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// info is the part of "nsbox list/status --output json" the tests read.
+type info struct {
+	Name       string   `json:"name"`
+	State      string   `json:"state"`
+	OS         string   `json:"os"`
+	Version    string   `json:"version"`
+	Addresses  []string `json:"addresses"`
+	Root       string   `json:"root"`
+	Managed    bool     `json:"managed"`
+	Leader     int      `json:"leader"`
+	Unit       string   `json:"unit"`
+	Interfaces []string `json:"interfaces"`
+	Backend    string   `json:"backend"`
+}
+
+func machineNames(listJSON string) []string {
+	var infos []info
+	_ = json.Unmarshal([]byte(listJSON), &infos)
+	var out []string
+	for _, i := range infos {
+		if i.Managed {
+			out = append(out, i.Name)
+		}
+	}
+	return out
+}
+
+func list(t *testing.T, e *env) map[string]info {
+	t.Helper()
+	r := e.mustNsb(t, "list", "--output", "json")
+	var infos []info
+	if err := json.Unmarshal([]byte(r.stdout), &infos); err != nil {
+		t.Fatalf("list --output json is not JSON: %v\n%s", err, r.stdout)
+	}
+	out := map[string]info{}
+	for _, i := range infos {
+		out[i.Name] = i
+	}
+	return out
+}
+
+func status(t *testing.T, e *env, name string) info {
+	t.Helper()
+	r := e.mustNsb(t, "status", "--output", "json", name)
+	var i info
+	if err := json.Unmarshal([]byte(r.stdout), &i); err != nil {
+		t.Fatalf("status --output json is not JSON: %v\n%s", err, r.stdout)
+	}
+	return i
+}
+
+// wantFail checks an error the user caused: non-zero, exactly one line on
+// stderr that says what, nothing on stdout.
+func wantFail(t *testing.T, r result, code int, says string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if r.code != code || len(lines) != 1 || !strings.Contains(r.stderr, says) || !strings.HasPrefix(lines[0], "nsbox: ") {
+		t.Errorf("want exit %d and one line saying %q:\n%s", code, says, r)
+	}
+}
+
+// waitFor polls cond until it holds or d passes, and reports what it saw.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, seen := cond()
+		if ok {
+			return
+		}
+		last = seen
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s; last seen: %s", what, d, last)
+}
+
+func TestDirect(t *testing.T) {
+	if systemdBooted() {
+		t.Skip("systemd is PID 1 here: the direct backend is for hosts without it")
+	}
+	scenarios(t, hostEnv(t, "direct"))
+}
+
+func TestMachined(t *testing.T) {
+	var e *env
+	if systemdBooted() {
+		e = hostEnv(t, "machined")
+	} else {
+		if host == nil {
+			h, err := bootTestHost()
+			if err != nil {
+				t.Fatalf("test host: %v", err)
+			}
+			host = h
+		}
+		e = guestEnv(t, host)
+	}
+	scenarios(t, e)
+}
+
+// scenarios is the lifecycle every backend must pass, in order.
+func scenarios(t *testing.T, e *env) {
+	const name = "e2e-bw"
+	root := e.rootDir + "/" + name
+	machined := e.name == "machined"
+
+	t.Run("create", func(t *testing.T) {
+		e.mustNsb(t, "create", name, "--release", "bookworm")
+		e.mustSh(t, "test -d "+root+" && test -f "+root+"/etc/os-release")
+		if got := strings.TrimSpace(e.mustSh(t, "cat "+root+"/etc/hostname")); got != name {
+			t.Errorf("hostname %q, want %q", got, name)
+		}
+		if got := e.mustSh(t, "stat -c %s "+root+"/etc/machine-id"); strings.TrimSpace(got) != "0" {
+			t.Errorf("machine-id not emptied: size %s", got)
+		}
+		e.mustSh(t, "! ls -a "+e.rootDir+" | grep -q '^\\.#"+name+"\\.'")
+		i, ok := list(t, e)[name]
+		if !ok || i.State != "stopped" || i.OS != "debian" || i.Version != "12" || i.Root != root {
+			t.Fatalf("list: %+v", i)
+		}
+	})
+
+	t.Run("boot", func(t *testing.T) {
+		e.mustNsb(t, "boot", name)
+		i := status(t, e, name)
+		if i.State != "running" || i.Leader <= 0 || i.Backend != e.name {
+			t.Fatalf("status after boot: %+v", i)
+		}
+		state := strings.TrimSpace(e.nsb(t, "shell", name, "--", "systemctl", "is-system-running").stdout)
+		if state != "running" && state != "degraded" {
+			t.Errorf("container systemd is %q", state)
+		}
+		if len(i.Interfaces) != 1 || i.Interfaces[0] != "ve-"+name {
+			t.Errorf("interfaces %v, want [ve-%s]", i.Interfaces, name)
+		}
+		e.mustSh(t, "ip link show ve-"+name)
+		if machined {
+			out := e.mustSh(t, "busctl call org.freedesktop.machine1 /org/freedesktop/machine1 org.freedesktop.machine1.Manager ListMachines")
+			if !strings.Contains(out, `"`+name+`"`) {
+				t.Errorf("machined's ListMachines lacks %s: %s", name, out)
+			}
+			leader := strings.TrimSpace(e.mustSh(t, "machinectl show --property=Leader --value "+name))
+			if leader != fmt.Sprint(i.Leader) {
+				t.Errorf("machinectl says leader %s, nsbox says %d", leader, i.Leader)
+			}
+			if unit := strings.TrimSpace(e.mustSh(t, "machinectl show --property=Unit --value "+name)); unit != i.Unit {
+				t.Errorf("machinectl says unit %s, nsbox says %s", unit, i.Unit)
+			}
+		}
+		if l := list(t, e)[name]; l.State != "running" {
+			t.Errorf("list says %s", l.State)
+		}
+	})
+
+	t.Run("shell", func(t *testing.T) {
+		r := e.mustNsb(t, "shell", name, "--", "cat", "/etc/os-release")
+		if !strings.Contains(r.stdout, "VERSION_CODENAME=bookworm") {
+			t.Errorf("os-release: %s", r.stdout)
+		}
+		if r := e.nsb(t, "shell", name, "--", "sh", "-c", "exit 7"); r.code != 7 {
+			t.Errorf("exit 7 came back as %d\n%s", r.code, r)
+		}
+		if r := e.nsb(t, "shell", name, "--", "sh", "-c", "kill -9 $$"); r.code != 137 {
+			t.Errorf("SIGKILL came back as %d, want 137\n%s", r.code, r)
+		}
+		if r := e.runIn(t, "through stdin\n", e.nsbox, "--backend", e.name, "--root-dir", e.rootDir, "shell", name, "--", "cat"); r.stdout != "through stdin\n" {
+			t.Errorf("stdin not passed: %s", r)
+		}
+		if r := e.nsb(t, "shell", name, "--", "sh", "-c", "echo $HOME; hostname"); r.stdout != "/root\n"+name+"\n" {
+			t.Errorf("environment: %s", r)
+		}
+		out, code := e.pty(t, []string{"echo $((6*7))\r", "exit\r"}, "shell", name)
+		if code != 0 || !strings.Contains(out, "\n42") {
+			t.Errorf("interactive shell: exit %d, terminal showed:\n%s", code, out)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		wantFail(t, e.nsb(t, "create", name, "--release", "bookworm"), 1, "already exists")
+		wantFail(t, e.nsb(t, "boot", "e2e-nope"), 1, "no such machine")
+		wantFail(t, e.nsb(t, "boot", name), 1, "is running")
+		wantFail(t, e.nsb(t, "remove", name), 1, "is running")
+		wantFail(t, e.nsb(t, "shell", "e2e-nope", "--", "true"), 1, "no such machine")
+		wantFail(t, e.nsb(t, "create", "../etc", "--release", "bookworm"), 1, "invalid machine name")
+		wantFail(t, e.nsb(t, "create", "e2e-x", "--release", "hamm"), 1, "unknown release")
+		wantFail(t, e.nsb(t, "stop", "e2e-nope"), 1, "no such machine")
+		wantFail(t, e.nsb(t, "boot", name, "--network", "wifi"), 2, "network")
+		if i := status(t, e, name); i.State != "running" {
+			t.Errorf("after the refused commands %s is %s", name, i.State)
+		}
+		e.mustSh(t, "test ! -e "+e.rootDir+"/e2e-x && test ! -e "+e.rootDir+"/e2e-nope")
+	})
+
+	t.Run("stop", func(t *testing.T) {
+		e.mustNsb(t, "stop", name)
+		if i := list(t, e)[name]; i.State != "stopped" {
+			t.Errorf("list after stop: %+v", i)
+		}
+		e.mustSh(t, "! ip link show ve-"+name+" 2>/dev/null")
+		if machined {
+			e.mustSh(t, "! machinectl show "+name+" >/dev/null 2>&1")
+			if out := e.sh(t, "systemctl list-units --all --no-legend 'nsbox-"+name+".service'").stdout; strings.TrimSpace(out) != "" {
+				t.Errorf("unit left after stop: %s", out)
+			}
+		}
+		wantFail(t, e.nsb(t, "stop", name), 1, "not running")
+	})
+
+	t.Run("binds", func(t *testing.T) {
+		e.mustSh(t, "rm -rf /var/tmp/e2e-data /var/tmp/e2e-ro && mkdir -p /var/tmp/e2e-data /var/tmp/e2e-ro && echo from-host > /var/tmp/e2e-data/host.txt && echo ro > /var/tmp/e2e-ro/ro.txt")
+		e.mustNsb(t, "boot", name, "--bind", "/var/tmp/e2e-data:/mnt/data", "--bind-ro", "/var/tmp/e2e-ro:/mnt/ro")
+		if r := e.mustNsb(t, "shell", name, "--", "cat", "/mnt/data/host.txt"); r.stdout != "from-host\n" {
+			t.Errorf("host file inside: %s", r)
+		}
+		e.mustNsb(t, "shell", name, "--", "sh", "-c", "echo from-machine > /mnt/data/machine.txt")
+		if got := e.mustSh(t, "cat /var/tmp/e2e-data/machine.txt; stat -c %u /var/tmp/e2e-data/machine.txt"); got != "from-machine\n0\n" {
+			t.Errorf("machine's file on the host (content, owner): %q", got)
+		}
+		if r := e.nsb(t, "shell", name, "--", "sh", "-c", "echo x > /mnt/ro/new.txt"); r.code == 0 {
+			t.Errorf("write to a --bind-ro succeeded: %s", r)
+		}
+		e.mustSh(t, "test ! -e /var/tmp/e2e-ro/new.txt")
+		// Options are remembered: a plain boot gets the same binds.
+		e.mustNsb(t, "stop", name)
+		e.mustNsb(t, "boot", name)
+		if r := e.mustNsb(t, "shell", name, "--", "cat", "/mnt/data/machine.txt"); r.stdout != "from-machine\n" {
+			t.Errorf("remembered bind: %s", r)
+		}
+		e.mustSh(t, "grep -q '^Bind=/var/tmp/e2e-data:/mnt/data' /etc/systemd/nspawn/"+name+".nspawn")
+		e.mustNsb(t, "stop", name)
+		e.mustNsb(t, "boot", name, "--no-binds")
+	})
+
+	t.Run("reboot", func(t *testing.T) {
+		before := status(t, e, name).Leader
+		e.mustNsb(t, "reboot", name)
+		waitFor(t, 60*time.Second, "reboot to a new leader that runs", func() (bool, string) {
+			i := status(t, e, name)
+			if i.State != "running" || i.Leader == before || i.Leader == 0 {
+				return false, fmt.Sprintf("%+v", i)
+			}
+			r := e.nsb(t, "shell", name, "--", "systemctl", "is-system-running")
+			s := strings.TrimSpace(r.stdout)
+			return s == "running" || s == "degraded", s
+		})
+	})
+
+	t.Run("two at once", func(t *testing.T) {
+		const other = "e2e-bw2"
+		e.mustNsb(t, "stop", name)
+		e.mustSh(t, "cp -a "+root+" "+e.rootDir+"/"+other+" && echo "+other+" > "+e.rootDir+"/"+other+"/etc/hostname")
+		e.mustNsb(t, "boot", name, other)
+		a, b := status(t, e, name), status(t, e, other)
+		if a.State != "running" || b.State != "running" || a.Leader == b.Leader {
+			t.Fatalf("both should run with their own leader: %+v %+v", a, b)
+		}
+		if strings.Join(a.Interfaces, ",") == strings.Join(b.Interfaces, ",") || len(b.Interfaces) != 1 {
+			t.Errorf("interfaces not distinct: %v %v", a.Interfaces, b.Interfaces)
+		}
+		if r := e.mustNsb(t, "shell", other, "--", "hostname"); r.stdout != other+"\n" {
+			t.Errorf("second machine: %s", r)
+		}
+		e.mustNsb(t, "remove", "--force", other)
+		if _, ok := list(t, e)[other]; ok {
+			t.Errorf("%s still listed after remove --force", other)
+		}
+	})
+
+	if machined {
+		t.Run("foreign machine", func(t *testing.T) {
+			e.mustSh(t, "mkdir -p /var/lib/machines && cp -a "+root+" /var/lib/machines/e2e-foreign && machinectl start e2e-foreign")
+			defer e.sh(t, "machinectl terminate e2e-foreign; sleep 1; rm -rf /var/lib/machines/e2e-foreign")
+			waitFor(t, 30*time.Second, "foreign machine listed", func() (bool, string) {
+				i, ok := list(t, e)["e2e-foreign"]
+				return ok && i.State == "running" && !i.Managed, fmt.Sprintf("%+v", i)
+			})
+		})
+	}
+
+	t.Run("remove", func(t *testing.T) {
+		e.mustNsb(t, "remove", "--force", name)
+		e.mustSh(t, "test ! -e "+root+" && test ! -e /etc/systemd/nspawn/"+name+".nspawn && test ! -L /var/lib/machines/"+name)
+		if _, ok := list(t, e)[name]; ok {
+			t.Errorf("%s still listed after remove", name)
+		}
+		wantFail(t, e.nsb(t, "remove", name), 1, "no such machine")
+	})
+}

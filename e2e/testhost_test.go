@@ -1,0 +1,175 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// testHostPackages make a Debian root a systemd host that can run nsbox.
+var testHostPackages = []string{
+	"systemd", "systemd-sysv", "dbus", "iproute2", "systemd-container", "debootstrap", "util-linux",
+}
+
+const testHostRelease = "bookworm"
+
+// testHost is a booted Debian root: systemd as PID 1, machined, D-Bus.
+type testHost struct {
+	nspawn *exec.Cmd
+	leader int
+	log    string
+	exited chan struct{}
+}
+
+// testHostRoot returns the cached test host root, bootstrapping it on the
+// first run. The cache key covers the release and the package list.
+func testHostRoot() (string, error) {
+	sum := sha256.Sum256([]byte(testHostRelease + " " + strings.Join(testHostPackages, ",") + " v1"))
+	dir := filepath.Join(cacheDir, "testhost-"+testHostRelease+"-"+hex.EncodeToString(sum[:6]))
+	if _, err := os.Stat(filepath.Join(dir, "usr", "bin", "systemd-nspawn")); err == nil {
+		return dir, nil
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", err
+	}
+	tmp := dir + ".tmp"
+	_ = exec.Command("rm", "-rf", "--one-file-system", tmp).Run()
+	debs := filepath.Join(cacheDir, "debs")
+	if err := os.MkdirAll(debs, 0o755); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(os.Stderr, "e2e: bootstrapping the test host into %s (cached for later runs)\n", dir)
+	start := time.Now()
+	cmd := exec.Command("debootstrap", "--variant=minbase", "--cache-dir="+debs,
+		"--include="+strings.Join(testHostPackages, ","), testHostRelease, tmp)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tail := string(out)
+		if len(tail) > 2000 {
+			tail = tail[len(tail)-2000:]
+		}
+		return "", fmt.Errorf("debootstrap test host: %v\n%s", err, tail)
+	}
+	// Copies of one root would share a machine id; nspawn then refuses to
+	// link journals. Empty means "generate one at boot".
+	for path, content := range map[string]string{
+		"etc/machine-id": "",
+		"etc/hostname":   "nsbox-e2e-host\n",
+	} {
+		if err := os.WriteFile(filepath.Join(tmp, path), []byte(content), 0o644); err != nil {
+			return "", err
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(tmp, "var/cache/nsbox"), 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(os.Stderr, "e2e: test host bootstrapped in %s\n", time.Since(start).Round(time.Second))
+	return dir, nil
+}
+
+// bootTestHost boots an ephemeral copy of the test host root with the
+// freshly built nsbox in it, and waits for its systemd.
+func bootTestHost() (*testHost, error) {
+	root, err := testHostRoot()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll("/var/cache/nsbox", 0o755); err != nil {
+		return nil, err
+	}
+	logf, err := os.CreateTemp("", "nsbox-e2e-host-*.log")
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	h := &testHost{log: logf.Name(), exited: make(chan struct{})}
+	start := time.Now()
+	h.nspawn = exec.Command("systemd-nspawn", "--quiet", "--directory="+root, "--ephemeral",
+		"--register=no", "--keep-unit", "--settings=no", "--boot", "--machine=nsbox-e2e-host",
+		"--capability=CAP_NET_ADMIN", "--console=read-only",
+		"--bind-ro="+nsboxBin+":/usr/local/bin/nsbox",
+		// debootstrap's downloads are shared with the host's nsbox cache.
+		"--bind=/var/cache/nsbox:/var/cache/nsbox")
+	h.nspawn.Stdout, h.nspawn.Stderr = logf, logf
+	h.nspawn.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := h.nspawn.Start(); err != nil {
+		return nil, fmt.Errorf("boot test host: %w", err)
+	}
+	go func() { _ = h.nspawn.Wait(); close(h.exited) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for h.leader == 0 {
+		if time.Now().After(deadline) {
+			h.PowerOff()
+			return nil, fmt.Errorf("test host has no PID 1 after 60s; log %s", h.log)
+		}
+		select {
+		case <-h.exited:
+			log, _ := os.ReadFile(h.log)
+			return nil, fmt.Errorf("test host exited:\n%s", log)
+		case <-time.After(20 * time.Millisecond):
+		}
+		h.leader = containerChild(h.nspawn.Process.Pid)
+	}
+	out, err := exec.Command("timeout", "120", "nsenter", "-t", strconv.Itoa(h.leader), "-a",
+		"systemctl", "is-system-running", "--wait").CombinedOutput()
+	state := strings.TrimSpace(string(out))
+	if state != "running" && state != "degraded" {
+		h.PowerOff()
+		return nil, fmt.Errorf("test host is %q (%v); log %s", state, err, h.log)
+	}
+	fmt.Fprintf(os.Stderr, "e2e: test host %s after %s\n", state, time.Since(start).Round(10*time.Millisecond))
+	return h, nil
+}
+
+// prefix runs a command inside the test host with a clean environment.
+func (h *testHost) prefix() []string {
+	return []string{"nsenter", "-t", strconv.Itoa(h.leader), "-a", "-r", "-w", "--", "/usr/bin/env", "-i",
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"}
+}
+
+// PowerOff shuts the test host down (SIGRTMIN+4 to its systemd), and
+// kills it if it has not stopped within a minute. nspawn then removes the
+// ephemeral copy, its mounts and veths.
+func (h *testHost) PowerOff() {
+	select {
+	case <-h.exited:
+		return
+	default:
+	}
+	if h.leader > 0 {
+		_ = syscall.Kill(h.leader, syscall.Signal(34+4))
+	}
+	select {
+	case <-h.exited:
+	case <-time.After(60 * time.Second):
+		_ = syscall.Kill(-h.nspawn.Process.Pid, syscall.SIGKILL)
+		<-h.exited
+	}
+}
+
+// containerChild is the child of nspawn in a PID namespace of its own.
+func containerChild(nspawn int) int {
+	own, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", nspawn))
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", nspawn))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(b)) {
+			pid, _ := strconv.Atoi(f)
+			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && ns != own {
+				return pid
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,113 @@
+package machine
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestNspawnArgs(t *testing.T) {
+	base := []string{"--quiet", "--boot", "--directory=/srv/web", "--machine=web", "--keep-unit",
+		"--settings=no", "--notify-ready=yes", "--console=read-only", "--link-journal=try-guest"}
+	for _, tc := range []struct {
+		what string
+		cfg  NspawnConfig
+		want []string
+	}{
+		{"defaults on machined", NspawnConfig{Name: "web", Root: "/srv/web", BootOptions: DefaultBootOptions(), Registered: true, ResolvConf: "replace-host"},
+			[]string{"--private-users=pick", "--private-users-ownership=auto", "--network-veth", "--resolv-conf=replace-host"}},
+		{"direct backend", NspawnConfig{Name: "web", Root: "/srv/web", BootOptions: DefaultBootOptions()},
+			[]string{"--register=no", "--private-users=pick", "--private-users-ownership=auto", "--network-veth"}},
+		{"no network, no userns", NspawnConfig{Name: "web", Root: "/srv/web", Registered: true, BootOptions: BootOptions{Network: "none"}},
+			[]string{"--private-users=no", "--private-network"}},
+		{"host network", NspawnConfig{Name: "web", Root: "/srv/web", Registered: true, BootOptions: BootOptions{Network: "host"}},
+			[]string{"--private-users=no"}},
+		{"bridge and zone", NspawnConfig{Name: "web", Root: "/srv/web", Registered: true, BootOptions: BootOptions{Network: "bridge:br0"}},
+			[]string{"--private-users=no", "--network-bridge=br0"}},
+		{"binds under userns get idmap", NspawnConfig{Name: "web", Root: "/srv/web", Registered: true, BootOptions: BootOptions{
+			Network: "veth", PrivateUsers: true,
+			Binds: []Bind{{Source: "/data", Dest: "/mnt/data"}, {Source: "/ro", Dest: "/ro", ReadOnly: true, Options: "norbind"}}}},
+			[]string{"--private-users=pick", "--private-users-ownership=auto", "--network-veth",
+				"--bind=/data:/mnt/data:idmap", "--bind-ro=/ro:/ro:norbind"}},
+	} {
+		got := NspawnArgs(tc.cfg)
+		want := append(append([]string{}, base...), tc.want...)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s:\n got %q\nwant %q", tc.what, got, want)
+		}
+	}
+}
+
+func TestParseBind(t *testing.T) {
+	for _, tc := range []struct {
+		spec string
+		want Bind
+		err  bool
+	}{
+		{"/data", Bind{Source: "/data", Dest: "/data"}, false},
+		{"/data:/mnt", Bind{Source: "/data", Dest: "/mnt"}, false},
+		{"/data:/mnt:norbind", Bind{Source: "/data", Dest: "/mnt", Options: "norbind"}, false},
+		{"/data/../x/:/mnt/", Bind{Source: "/x", Dest: "/mnt"}, false},
+		{"data:/mnt", Bind{}, true},
+		{"/data:mnt", Bind{}, true},
+	} {
+		got, err := ParseBind(tc.spec, false)
+		if (err != nil) != tc.err || (err == nil && got != tc.want) {
+			t.Errorf("ParseBind(%q) = %+v, %v", tc.spec, got, err)
+		}
+	}
+}
+
+func TestSettingsFileRoundTrip(t *testing.T) {
+	for _, o := range []BootOptions{
+		DefaultBootOptions(),
+		{Network: "none", PrivateUsers: false},
+		{Network: "host", PrivateUsers: true, Binds: []Bind{{Source: "/a", Dest: "/b", Options: "idmap"}, {Source: "/c", Dest: "/c", ReadOnly: true, Options: "idmap"}}},
+		{Network: "bridge:br0", PrivateUsers: true},
+		{Network: "zone:lab", PrivateUsers: true},
+	} {
+		text := o.SettingsFile()
+		got, err := ParseSettingsFile(text)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, text)
+		}
+		if !reflect.DeepEqual(got, o) {
+			t.Errorf("round trip:\n got %+v\nwant %+v\n%s", got, o, text)
+		}
+	}
+}
+
+func TestSettingsFileIsNspawnFormat(t *testing.T) {
+	text := BootOptions{Network: "none", PrivateUsers: true, Binds: []Bind{{Source: "/d", Dest: "/d"}}}.SettingsFile()
+	for _, want := range []string{"[Exec]\nBoot=yes\nPrivateUsers=pick\n", "[Files]\nPrivateUsersOwnership=auto\nBind=/d:/d:idmap\n", "[Network]\nPrivate=yes\nVirtualEthernet=no\n"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("settings file lacks %q:\n%s", want, text)
+		}
+	}
+	if _, err := ParseSettingsFile("[Exec]\nnonsense\n"); err == nil {
+		t.Error("a line without = was accepted")
+	}
+}
+
+func TestSystemdRunArgs(t *testing.T) {
+	got := SystemdRunArgs("web", ExecSpec{Argv: []string{"sh", "-c", "echo $HOME"}, Env: []string{"TERM=xterm"}})
+	want := []string{"--machine=web", "--quiet", "--wait", "--collect", "--service-type=exec", "--pipe", "--uid=root",
+		"--setenv=TERM=xterm", "--", "/bin/sh", "-c", `"$$@"; exit $$?`, "sh", "sh", "-c", "echo $$HOME"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	if got := SystemdRunArgs("web", ExecSpec{Argv: []string{"id"}, User: "www", TTY: true}); got[5] != "--pty" || got[6] != "--uid=www" {
+		t.Errorf("tty/user: %q", got)
+	}
+}
+
+func TestNsenterArgs(t *testing.T) {
+	got := strings.Join(nsenterArgs(42, "", []string{"TERM=xterm"}, []string{"id", "-u"}), " ")
+	if !strings.HasPrefix(got, "-t 42 -a -r -w -- /usr/bin/env -i PATH=") || !strings.HasSuffix(got, "HOME=/root USER=root LOGNAME=root TERM=xterm id -u") {
+		t.Errorf("root: %s", got)
+	}
+	got = strings.Join(nsenterArgs(42, "www", nil, []string{"id"}), " ")
+	if !strings.HasSuffix(got, "/usr/sbin/runuser -u www -- id") {
+		t.Errorf("user: %s", got)
+	}
+}
