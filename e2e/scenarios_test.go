@@ -183,7 +183,7 @@ func scenarios(t *testing.T, e *env) {
 			t.Errorf("environment: %s", r)
 		}
 		out, code := e.pty(t, []string{"echo $((6*7))\r", "exit\r"}, "shell", name)
-		if code != 0 || !strings.Contains(out, "\n42") {
+		if code != 0 || !strings.Contains(out, "42\r\n") {
 			t.Errorf("interactive shell: exit %d, terminal showed:\n%s", code, out)
 		}
 	})
@@ -297,5 +297,23 @@ func scenarios(t *testing.T, e *env) {
 			t.Errorf("%s still listed after remove", name)
 		}
 		wantFail(t, e.nsb(t, "remove", name), 1, "no such machine")
+	})
+
+	t.Run("nothing left behind", func(t *testing.T) {
+		if out := e.sh(t, "ip -br link | grep -o '^ve-e2e[^@ ]*'").stdout; out != "" {
+			t.Errorf("veths left: %s", out)
+		}
+		if out := e.sh(t, "pgrep -fa '[s]ystemd-nspawn.*e2e-|[_]_supervise.*e2e-'").stdout; out != "" {
+			t.Errorf("processes left: %s", out)
+		}
+		if out := e.sh(t, "grep ' "+e.rootDir+"/' /proc/self/mountinfo").stdout; out != "" {
+			t.Errorf("mounts left: %s", out)
+		}
+		if out := e.sh(t, "ls -A "+e.rootDir+" | grep -v '^\\.#.*\\.lck$' | grep '^\\.#'").stdout; out != "" {
+			t.Errorf("temporary trees left: %s", out)
+		}
+		if out := e.sh(t, "ls /run/nsbox/machines/ 2>/dev/null | grep e2e-").stdout; out != "" {
+			t.Errorf("state files left: %s", out)
+		}
 	})
 }

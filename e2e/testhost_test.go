@@ -121,12 +121,19 @@ func bootTestHost() (*testHost, error) {
 		}
 		h.leader = containerChild(h.nspawn.Process.Pid)
 	}
-	out, err := exec.Command("timeout", "120", "nsenter", "-t", strconv.Itoa(h.leader), "-a",
-		"systemctl", "is-system-running", "--wait").CombinedOutput()
-	state := strings.TrimSpace(string(out))
-	if state != "running" && state != "degraded" {
-		h.PowerOff()
-		return nil, fmt.Errorf("test host is %q (%v); log %s", state, err, h.log)
+	// "offline" means its systemd does not answer yet: poll, do not --wait.
+	state := ""
+	for deadline := time.Now().Add(120 * time.Second); ; {
+		out, _ := exec.Command("nsenter", append(h.prefix(), "systemctl", "is-system-running")[1:]...).Output()
+		state = strings.TrimSpace(string(out))
+		if state == "running" || state == "degraded" {
+			break
+		}
+		if time.Now().After(deadline) {
+			h.PowerOff()
+			return nil, fmt.Errorf("test host is %q after 120s; log %s", state, h.log)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Fprintf(os.Stderr, "e2e: test host %s after %s\n", state, time.Since(start).Round(10*time.Millisecond))
 	return h, nil

@@ -188,6 +188,15 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 		return err
 	}
 	target := m.Dir(name)
+	exists := func() error {
+		if _, err := os.Lstat(target); err == nil {
+			return fmt.Errorf("%w: %s (remove it first: nsbox remove %s)", ErrExists, target, name)
+		}
+		return nil
+	}
+	if err := exists(); err != nil {
+		return err
+	}
 	lock, err := LockImage(target, true)
 	if errors.Is(err, ErrBusy) {
 		return fmt.Errorf("%s is being created or used by another process", name)
@@ -196,8 +205,8 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 		return err
 	}
 	defer lock.Unlock()
-	if _, err := os.Lstat(target); err == nil {
-		return fmt.Errorf("%w: %s (remove it first: nsbox remove %s)", ErrExists, target, name)
+	if err := exists(); err != nil {
+		return err
 	}
 	m.sweepStaging(name)
 	staging, err := os.MkdirTemp(m.RootDir, ".#"+name+".")

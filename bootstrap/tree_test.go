@@ -1,0 +1,90 @@
+package bootstrap
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestMountsUnder(t *testing.T) {
+	info := `22 1 8:1 / / rw - ext4 /dev/vda rw
+30 22 0:5 / /srv/.#web.123/proc rw - proc proc rw
+31 22 0:6 / /srv/.#web.123/sys rw - sysfs sys rw
+32 30 0:7 / /srv/.#web.123/proc/sys/fs/binfmt_misc rw - binfmt_misc x rw
+33 22 0:8 / /srv/.#web.1234/proc rw - proc proc rw
+34 22 0:9 / /srv/with\040space rw - tmpfs t rw
+`
+	got := mountsUnder(bufio.NewScanner(strings.NewReader(info)), "/srv/.#web.123")
+	want := []string{"/srv/.#web.123/proc/sys/fs/binfmt_misc", "/srv/.#web.123/proc", "/srv/.#web.123/sys"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+	if got := mountsUnder(bufio.NewScanner(strings.NewReader(info)), "/srv/with space"); len(got) != 1 {
+		t.Errorf("escaped mount point: %q", got)
+	}
+}
+
+func TestRemoveTreeDoesNotFollowLinks(t *testing.T) {
+	dir := t.TempDir()
+	outside := filepath.Join(dir, "outside")
+	os.MkdirAll(outside, 0o755)
+	os.WriteFile(filepath.Join(outside, "keep"), []byte("x"), 0o644)
+	root := filepath.Join(dir, "machine")
+	os.MkdirAll(filepath.Join(root, "etc", "deep"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc", "deep", "f"), []byte("x"), 0o644)
+	os.Symlink(outside, filepath.Join(root, "link"))
+	os.Symlink(outside+"/keep", filepath.Join(root, "etc", "filelink"))
+	os.Link(filepath.Join(outside, "keep"), filepath.Join(root, "hardlink"))
+	if err := RemoveTree(root); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(root); !os.IsNotExist(err) {
+		t.Errorf("root still there: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(outside, "keep")); err != nil || string(b) != "x" {
+		t.Errorf("file outside changed: %q %v", b, err)
+	}
+	if err := RemoveTree(root); err != nil {
+		t.Errorf("removing a missing tree: %v", err)
+	}
+}
+
+func TestPersonaliseStaysInsideRoot(t *testing.T) {
+	dir := t.TempDir()
+	host := filepath.Join(dir, "host-hostname")
+	os.WriteFile(host, []byte("host\n"), 0o644)
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	// A hostile tree: its hostname is a link to a host file.
+	os.Symlink(host, filepath.Join(root, "etc", "hostname"))
+	os.WriteFile(filepath.Join(root, "etc", "machine-id"), []byte("0123\n"), 0o444)
+	if err := Personalise(root, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(host); string(b) != "host\n" {
+		t.Errorf("host file written through a link: %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "etc", "hostname")); string(b) != "web\n" {
+		t.Errorf("hostname %q", b)
+	}
+	if fi, _ := os.Lstat(filepath.Join(root, "etc", "hostname")); fi.Mode()&os.ModeSymlink != 0 {
+		t.Error("hostname is still a link")
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "etc", "machine-id")); len(b) != 0 {
+		t.Errorf("machine-id %q", b)
+	}
+
+	// etc itself a link out of the root: refused, nothing written.
+	root2 := filepath.Join(dir, "root2")
+	os.MkdirAll(root2, 0o755)
+	os.Symlink(dir, filepath.Join(root2, "etc"))
+	if err := Personalise(root2, "web"); err == nil {
+		t.Error("wrote through an etc link that leaves the root")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "hostname")); err == nil {
+		t.Error("a file was created outside the root")
+	}
+}
