@@ -1,0 +1,217 @@
+package machine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/dbusapi"
+)
+
+func TestMergeList(t *testing.T) {
+	p := Paths{RootDir: "/srv", ImagesDir: "/var/lib/machines"}
+	since := time.Unix(1700000000, 0)
+	got := mergeList(p, []string{"a", "b", "c"}, []Running{
+		{Name: "b", RootDirectory: "/srv/b", Leader: 10, Unit: "nsbox-b.service", Since: since, Addresses: []string{"10.0.0.2"}},
+		{Name: "c", RootDirectory: "/var/lib/machines/c", Leader: 11}, // started by machinectl start
+		{Name: "x", RootDirectory: "/var/lib/machines/x", Leader: 12, Service: "systemd-nspawn"},
+	}, "machined")
+	var names, states []string
+	for _, i := range got {
+		names = append(names, i.Name)
+		states = append(states, i.State)
+	}
+	if !reflect.DeepEqual(names, []string{"a", "b", "c", "x"}) || !reflect.DeepEqual(states, []string{"stopped", "running", "running", "running"}) {
+		t.Fatalf("names %v states %v", names, states)
+	}
+	if !got[0].Managed || !got[1].Managed || !got[2].Managed || got[3].Managed {
+		t.Errorf("managed flags: %+v", got)
+	}
+	if got[1].Leader != 10 || got[1].Since == nil || !got[1].Since.Equal(since) || got[1].Addresses[0] != "10.0.0.2" {
+		t.Errorf("running fields: %+v", got[1])
+	}
+	if got[0].Addresses == nil || got[0].Interfaces == nil {
+		t.Error("empty lists must be [] in JSON, not null")
+	}
+	// A machine of another tree under the same name is foreign.
+	got = mergeList(p, []string{"a"}, []Running{{Name: "a", RootDirectory: "/elsewhere/a"}}, "machined")
+	if len(got) != 2 || got[0].State != "stopped" || got[1].Managed {
+		t.Errorf("same name, other tree: %+v", got)
+	}
+}
+
+func TestInfoJSONShape(t *testing.T) {
+	i := mergeList(Paths{RootDir: "/srv"}, []string{"web"}, nil, "direct")[0]
+	i.OS, i.Version = "debian", "12"
+	b, _ := json.Marshal(i)
+	var m map[string]any
+	json.Unmarshal(b, &m)
+	for _, k := range []string{"name", "state", "os", "version", "addresses", "root", "managed", "interfaces", "backend"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("JSON lacks %q: %s", k, b)
+		}
+	}
+	if m["state"] != "stopped" || m["root"] != "/srv/web" {
+		t.Errorf("JSON values: %s", b)
+	}
+}
+
+// fakeMachined is machined and systemd as the machined backend sees them.
+type fakeMachined struct {
+	machines map[string]dbusapi.Machine
+	started  []dbusapi.ServiceSpec
+	result   string
+	killed   []string
+	units    map[string]dbusapi.UnitState
+}
+
+func (f *fakeMachined) ListMachines() ([]dbusapi.MachineEntry, error) {
+	out := []dbusapi.MachineEntry{{Name: ".host", Class: "host"}}
+	for n, m := range f.machines {
+		out = append(out, dbusapi.MachineEntry{Name: n, Class: m.Class, Service: m.Service})
+	}
+	return out, nil
+}
+func (f *fakeMachined) GetMachine(name string) (dbusapi.Machine, error) {
+	m, ok := f.machines[name]
+	if !ok {
+		return m, dbusapi.ErrNoSuchMachine
+	}
+	return m, nil
+}
+func (f *fakeMachined) GetMachineAddresses(name string) ([]string, error) { return nil, nil }
+func (f *fakeMachined) KillMachine(name, who string, sig syscall.Signal) error {
+	if _, ok := f.machines[name]; !ok {
+		return dbusapi.ErrNoSuchMachine
+	}
+	f.killed = append(f.killed, who+":"+sig.String())
+	if sig == sigPoweroff {
+		delete(f.machines, name)
+	}
+	return nil
+}
+func (f *fakeMachined) TerminateMachine(name string) error {
+	delete(f.machines, name)
+	return nil
+}
+func (f *fakeMachined) OpenMachineShell(name, user string, env []string) (*os.File, error) {
+	return nil, errors.New("not in tests")
+}
+func (f *fakeMachined) StartTransientUnit(ctx context.Context, spec dbusapi.ServiceSpec) (string, error) {
+	f.started = append(f.started, spec)
+	return f.result, nil
+}
+func (f *fakeMachined) GetUnitState(ctx context.Context, name string) (dbusapi.UnitState, error) {
+	return f.units[name], nil
+}
+func (f *fakeMachined) StopUnit(ctx context.Context, name string) error        { return nil }
+func (f *fakeMachined) ResetFailedUnit(ctx context.Context, name string) error { return nil }
+
+// noRunner fails every program: these tests must not run any.
+type noRunner struct{ ran []string }
+
+func (n *noRunner) Run(ctx context.Context, c *bootstrap.Cmd) error {
+	n.ran = append(n.ran, c.String())
+	return &bootstrap.ExitError{Cmd: c.Path, Status: 1}
+}
+
+func newTestManager(t *testing.T, f *fakeMachined) (*Manager, *noRunner) {
+	t.Helper()
+	dir := t.TempDir()
+	p := Paths{RootDir: filepath.Join(dir, "srv"), SettingsDir: filepath.Join(dir, "nspawn"), ImagesDir: filepath.Join(dir, "machines"),
+		RunDir: filepath.Join(dir, "run"), LogDir: filepath.Join(dir, "log"), CacheDir: filepath.Join(dir, "cache")}
+	os.MkdirAll(p.RootDir, 0o700)
+	r := &noRunner{}
+	return &Manager{Paths: p, Runner: r, Backend: &Machined{Machines: f, Systemd: f, Runner: r}}, r
+}
+
+func mkMachine(t *testing.T, m *Manager, name string) {
+	t.Helper()
+	os.MkdirAll(filepath.Join(m.Dir(name), "etc"), 0o755)
+	os.MkdirAll(filepath.Join(m.Dir(name), "usr"), 0o755)
+	os.WriteFile(filepath.Join(m.Dir(name), "etc", "os-release"), []byte("ID=debian\nVERSION_ID=\"12\"\n"), 0o644)
+}
+
+func TestErrorPathsThroughFakeMachined(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lifecycle checks root first")
+	}
+	ctx := context.Background()
+	f := &fakeMachined{machines: map[string]dbusapi.Machine{}, result: "done"}
+	m, runner := newTestManager(t, f)
+	mkMachine(t, m, "web")
+	f.machines["web"] = dbusapi.Machine{Name: "web", Class: "container", RootDirectory: m.Dir("web"), Leader: 99}
+
+	for _, tc := range []struct {
+		what string
+		err  error
+		want error
+	}{
+		{"boot unknown", m.Boot(ctx, "nope", BootRequest{}), ErrNotFound},
+		{"boot running", m.Boot(ctx, "web", BootRequest{}), ErrRunning},
+		{"boot invalid", m.Boot(ctx, "../etc", BootRequest{}), ErrInvalidName},
+		{"remove running", m.Remove(ctx, "web", false), ErrRunning},
+		{"stop unknown", m.Stop(ctx, "nope", time.Second), ErrNotFound},
+		{"reboot unknown", m.Reboot(ctx, "nope"), ErrNotFound},
+	} {
+		if !errors.Is(tc.err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.what, tc.err, tc.want)
+		}
+	}
+	if _, err := os.Stat(m.Dir("web")); err != nil {
+		t.Errorf("refused remove touched the tree: %v", err)
+	}
+	if len(f.started) != 0 || len(runner.ran) != 0 {
+		t.Errorf("refused commands started something: %v %v", f.started, runner.ran)
+	}
+
+	// Stop sends SIGRTMIN+4 to the leader and waits for machined to drop it.
+	if err := m.Stop(ctx, "web", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.killed) != 1 || !strings.HasPrefix(f.killed[0], "leader:") {
+		t.Errorf("stop killed %v", f.killed)
+	}
+	wantErr := m.Stop(ctx, "web", time.Second)
+	if !errors.Is(wantErr, ErrNotRunning) {
+		t.Errorf("stop of a stopped machine: %v", wantErr)
+	}
+
+	// A failed start job is a boot failure; the settings are still written.
+	f.result = "failed"
+	err := m.Boot(ctx, "web", BootRequest{Network: "none", Timeout: time.Second})
+	var be *BootError
+	if !errors.As(err, &be) || !errors.Is(err, ErrBootFailed) {
+		t.Fatalf("failed start job: %v", err)
+	}
+	spec := f.started[0]
+	if spec.Name != "nsbox-web.service" || !spec.Delegate || spec.KillMode != "mixed" || spec.Type != "notify" || spec.ExecStart[0] != "systemd-nspawn" {
+		t.Errorf("unit: %+v", spec)
+	}
+	if !strings.Contains(strings.Join(spec.ExecStart, " "), "--private-network") {
+		t.Errorf("--network none not applied: %q", spec.ExecStart)
+	}
+	if o, _ := m.Options("web"); o.Network != "none" {
+		t.Errorf("options not remembered: %+v", o)
+	}
+}
+
+func TestResolveRelease(t *testing.T) {
+	if r, err := ResolveRelease("jammy", CreateOptions{}); err != nil || r.Distro.Name != "ubuntu" {
+		t.Errorf("jammy: %+v %v", r, err)
+	}
+	if r, err := ResolveRelease("web", CreateOptions{Release: "trixie"}); err != nil || r.Name != "trixie" {
+		t.Errorf("web --release trixie: %+v %v", r, err)
+	}
+	if _, err := ResolveRelease("web", CreateOptions{}); err == nil || !strings.Contains(err.Error(), "--release") {
+		t.Errorf("web without --release: %v", err)
+	}
+}

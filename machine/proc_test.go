@@ -1,0 +1,68 @@
+package machine
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func fakeProc(t *testing.T, pid, stat string) {
+	t.Helper()
+	dir := filepath.Join(procRoot, pid)
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644)
+}
+
+func TestProcAliveGuardsPIDReuse(t *testing.T) {
+	old := procRoot
+	procRoot = t.TempDir()
+	defer func() { procRoot = old }()
+	// The command name may hold spaces and parentheses.
+	fakeProc(t, "100", "100 (systemd (x) y) S 1 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5555 0 0")
+	p, err := ProcOf(100)
+	if err != nil || p.Start != 5555 {
+		t.Fatalf("ProcOf: %+v %v", p, err)
+	}
+	if !p.Alive() {
+		t.Error("same process not alive")
+	}
+	// PID reused by a later process: another start time.
+	fakeProc(t, "100", "100 (bash) S 1 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 7777 0 0")
+	if p.Alive() {
+		t.Error("reused PID taken for the machine")
+	}
+	fakeProc(t, "100", "100 (systemd) Z 1 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5555 0 0")
+	if p.Alive() {
+		t.Error("zombie taken for alive")
+	}
+	if (Proc{PID: 4242, Start: 1}).Alive() {
+		t.Error("missing process alive")
+	}
+}
+
+func TestDirectStaleStateIsCleaned(t *testing.T) {
+	old := procRoot
+	procRoot = t.TempDir()
+	defer func() { procRoot = old }()
+	d := &Direct{RunDir: t.TempDir()}
+	os.MkdirAll(filepath.Join(d.RunDir, "machines"), 0o755)
+	st := directState{Name: "web", Supervisor: Proc{PID: 10, Start: 1}, Leader: Proc{PID: 11, Start: 2}}
+	writeFileAtomic(d.statePath("web"), mustJSON(st), 0o644)
+	if _, err := d.Get(nil, "web"); err != ErrNotRunning {
+		t.Errorf("dead machine: %v", err)
+	}
+	if _, err := os.Stat(d.statePath("web")); !os.IsNotExist(err) {
+		t.Error("stale state file kept")
+	}
+	// Alive supervisor and leader: running.
+	fakeProc(t, "10", "10 (nsbox) S 1 10 10 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0")
+	fakeProc(t, "11", "11 (systemd) S 10 11 11 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 2 0 0")
+	writeFileAtomic(d.statePath("web"), mustJSON(st), 0o644)
+	r, err := d.Get(nil, "web")
+	if err != nil || r.Leader != 11 {
+		t.Errorf("running machine: %+v %v", r, err)
+	}
+	if fi, _ := os.Stat(d.statePath("web")); fi.Mode().Perm() != 0o644 {
+		t.Errorf("state file mode %v", fi.Mode())
+	}
+}
