@@ -19,7 +19,9 @@ func createCommand() *cli.Command {
 		Usage:     "bootstrap a new machine from a Debian or Ubuntu release",
 		ArgsUsage: "NAME",
 		Description: "Bootstraps a root file system into ROOT-DIR/NAME. When NAME is a release\n" +
-			"codename (bookworm, trixie, jammy, noble, ...) that is the release.\n\n" +
+			"codename (bookworm, trixie, jammy, noble, ...) that is the release. The\n" +
+			"first create of a release bootstraps a base into /var/cache/nsbox/bases;\n" +
+			"later ones copy it (see: nsbox cache).\n\n" +
 			"   nsbox create bookworm\n   nsbox create web --release trixie --include nginx",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "release", Aliases: []string{"r"}, Usage: "release codename (default: NAME, if it is one)"},
@@ -28,6 +30,9 @@ func createCommand() *cli.Command {
 			&cli.StringFlag{Name: "variant", Value: "minbase", Usage: "debootstrap variant"},
 			&cli.StringFlag{Name: "include", Usage: "extra packages, comma-separated"},
 			&cli.StringFlag{Name: "arch", Usage: "architecture (default: the host's)"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "bootstrap straight into the machine, not from a cached base"},
+			&cli.StringFlag{Name: "bootstrapper", Usage: "debootstrap or mmdebstrap (default: mmdebstrap when installed)"},
+			&cli.DurationFlag{Name: "refresh-older-than", Usage: "refresh a cached base older than this before use (e.g. 720h)"},
 		},
 		Action: func(c *cli.Context) error {
 			name, err := nameArg(c)
@@ -46,6 +51,7 @@ func createCommand() *cli.Command {
 			err = m.Create(c.Context, name, machine.CreateOptions{
 				Release: c.String("release"), Distro: c.String("distro"), Mirror: c.String("mirror"),
 				Variant: c.String("variant"), Include: include, Arch: c.String("arch"),
+				NoCache: c.Bool("no-cache"), Bootstrapper: c.String("bootstrapper"), MaxAge: c.Duration("refresh-older-than"),
 				Progress: p.stage,
 			})
 			p.done()

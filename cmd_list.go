@@ -68,7 +68,7 @@ func dash(s string) string {
 func writeTable(w io.Writer, infos []machine.Info, legend bool) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if legend {
-		fmt.Fprintln(tw, "NAME\tSTATE\tOS\tVERSION\tADDRESSES\tROOT\tSINCE")
+		fmt.Fprintln(tw, "NAME\tSTATE\tOS\tVERSION\tUSAGE\tADDRESSES\tROOT\tSINCE")
 	}
 	for _, i := range infos {
 		name := i.Name
@@ -79,7 +79,15 @@ func writeTable(w io.Writer, infos []machine.Info, legend bool) {
 		if i.Since != nil {
 			since = i.Since.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, i.State, dash(i.OS), dash(i.Version),
+		usage := "-"
+		if i.Managed {
+			usage = humanBytes(i.Usage)
+		}
+		state := i.State
+		if i.ReadOnly {
+			state += " (ro)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, state, dash(i.OS), dash(i.Version), usage,
 			dash(strings.Join(i.Addresses, ",")), dash(i.Root), since)
 	}
 	tw.Flush()

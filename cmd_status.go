@@ -49,6 +49,13 @@ func statusCommand() *cli.Command {
 			row("Backend", i.Backend)
 			row("OS", strings.TrimSpace(dash(i.OS)+" "+i.Version))
 			row("Root", dash(i.Root))
+			if i.Managed {
+				ro := ""
+				if i.ReadOnly {
+					ro = ", read-only"
+				}
+				row("Disk", humanBytes(i.Usage)+ro)
+			}
 			if len(i.Interfaces) > 0 {
 				row("Interfaces", strings.Join(i.Interfaces, ", "))
 			}

@@ -72,7 +72,8 @@ func commands() []*cli.Command {
 	return []*cli.Command{
 		createCommand(), bootCommand(), shellCommand(), listCommand(), statusCommand(),
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
-		doctorCommand(), superviseCommand(),
+		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(),
+		cacheCommand(), doctorCommand(), superviseCommand(),
 	}
 }
 

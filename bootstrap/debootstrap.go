@@ -22,6 +22,9 @@ type Options struct {
 	Arch    string   // empty: the host's
 	// CacheDir keeps downloaded .debs between runs (debootstrap --cache-dir).
 	CacheDir string
+	// Bootstrapper is "debootstrap", "mmdebstrap", or "" for the fastest
+	// one installed.
+	Bootstrapper string
 }
 
 // Packages is the full package list installed into the new root.

@@ -36,6 +36,13 @@ var phases = map[string]string{
 	"Found":       "resolving",
 	"Chosen":      "resolving",
 	"Base":        "done",
+	// mmdebstrap's stages.
+	"running":     "resolving",
+	"downloading": "retrieving",
+	"extracting":  "extracting",
+	"installing":  "installing",
+	"cleaning":    "configuring",
+	"success":     "done",
 }
 
 func (p *progressParser) line(l string) {

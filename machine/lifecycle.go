@@ -119,7 +119,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	m.linkImage(name)
 
 	cfg := NspawnConfig{
-		Name: name, Root: root, BootOptions: opts,
+		Name: name, Root: root, BootOptions: opts, ReadOnly: m.ReadOnly(name),
 		Registered: m.Backend.Registered(),
 		ResolvConf: network.ResolvConfMode("/etc/resolv.conf", opts.Network != "host"),
 	}
@@ -324,6 +324,9 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 		}
 	}
 	root := m.Dir(name)
+	if m.ReadOnly(name) {
+		return fmt.Errorf("%s is read-only (make it writable first: nsbox read-only %s false)", name, name)
+	}
 	lock, err := LockImage(root, true)
 	if errors.Is(err, ErrBusy) {
 		return fmt.Errorf("%w: %s is in use by a systemd-nspawn that nsbox did not start", ErrRunning, root)

@@ -6,8 +6,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/network"
 )
 
@@ -27,6 +29,8 @@ type Info struct {
 	Service    string       `json:"service,omitempty"`
 	Interfaces []string     `json:"interfaces"`
 	Backend    string       `json:"backend"`
+	Usage      int64        `json:"usage_bytes"` // disk usage of the tree
+	ReadOnly   bool         `json:"read_only"`
 	Options    *BootOptions `json:"boot_options,omitempty"`
 }
 
@@ -105,9 +109,16 @@ func (m *Manager) List(ctx context.Context) ([]Info, error) {
 		return nil, err
 	}
 	infos := mergeList(m.Paths, m.onDisk(), running, m.Backend.Name())
+	// Disk usage walks each tree: do them side by side.
+	var wg sync.WaitGroup
 	for k := range infos {
-		m.fill(&infos[k])
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.fill(&infos[k])
+		}()
 	}
+	wg.Wait()
 	return infos, nil
 }
 
@@ -117,6 +128,10 @@ func (m *Manager) fill(i *Info) {
 		if osr, ok := readOSRelease(i.Root); ok {
 			i.OS, i.Version = osr.ID, osr.Version
 		}
+	}
+	if i.Managed {
+		i.Usage, _ = bootstrap.DiskUsage(i.Root)
+		i.ReadOnly = m.ReadOnly(i.Name)
 	}
 	if i.State != "running" || i.Leader <= 0 {
 		return

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
@@ -149,7 +150,24 @@ type CreateOptions struct {
 	Variant  string
 	Include  []string
 	Arch     string
+	// NoCache bootstraps straight into the machine instead of copying a
+	// cached base.
+	NoCache bool
+	// Bootstrapper is "debootstrap", "mmdebstrap" or "" (the fastest one
+	// installed).
+	Bootstrapper string
+	// MaxAge is the age past which a cached base is refreshed before use;
+	// zero never refreshes (nsbox only warns).
+	MaxAge   time.Duration
 	Progress func(bootstrap.Stage)
+}
+
+// StaleBaseAge is the age after which nsbox tells the user a base is old.
+const StaleBaseAge = 30 * 24 * time.Hour
+
+// Bases is the base cache under CacheDir.
+func (m *Manager) Bases() *bootstrap.BaseCache {
+	return &bootstrap.BaseCache{Dir: filepath.Join(m.CacheDir, "bases"), Runner: m.Runner, LookPath: exec.LookPath}
 }
 
 // ResolveRelease decides the release of a new machine: the given one, or
@@ -182,7 +200,8 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	}
 	bo := bootstrap.Options{
 		Release: rel, Mirror: o.Mirror, Variant: o.Variant, Include: o.Include, Arch: o.Arch,
-		CacheDir: filepath.Join(m.CacheDir, "debs", rel.Distro.Name+"-"+rel.Name),
+		CacheDir:     filepath.Join(m.CacheDir, "debs", rel.Distro.Name+"-"+rel.Name),
+		Bootstrapper: o.Bootstrapper,
 	}
 	if err := bootstrap.Check(bo, exec.LookPath); err != nil {
 		return err
@@ -225,7 +244,12 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 			}
 		}
 	}()
-	if err := bootstrap.Debootstrap(ctx, m.Runner, bo, staging, o.Progress); err != nil {
+	if o.NoCache {
+		err = bootstrap.Bootstrap(ctx, m.Runner, bo, staging, o.Progress, exec.LookPath)
+	} else {
+		err = m.cloneBase(ctx, bo, o, staging)
+	}
+	if err != nil {
 		return err
 	}
 	if err := bootstrap.Personalise(staging, name); err != nil {
@@ -237,6 +261,38 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	ok = true
 	m.linkImage(name)
 	return nil
+}
+
+// cloneBase copies the cached base for bo into staging, bootstrapping the
+// base first when it is not cached yet.
+func (m *Manager) cloneBase(ctx context.Context, bo bootstrap.Options, o CreateOptions, staging string) error {
+	bases := m.Bases()
+	root, info, unlock, err := bases.Get(ctx, bo, o.Progress)
+	if err != nil {
+		return err
+	}
+	if age := info.Age(); o.MaxAge > 0 && age > o.MaxAge {
+		unlock()
+		logrus.Warnf("base %s is %s old: refreshing it", info.Key, age.Round(time.Hour))
+		if _, err := bases.Refresh(ctx, info, o.Progress); err != nil {
+			return err
+		}
+		root, info, unlock, err = bases.Get(ctx, bo, o.Progress)
+		if err != nil {
+			return err
+		}
+	} else if age > StaleBaseAge {
+		logrus.Warnf("base %s is %d days old (refresh it: nsbox cache refresh %s)", info.Key, int(age.Hours()/24), info.Key)
+	}
+	defer unlock()
+	if o.Progress != nil {
+		o.Progress(bootstrap.Stage{Phase: "copying base " + info.Key})
+	}
+	// cp copies into staging itself, which must not exist yet.
+	if err := os.Remove(staging); err != nil {
+		return err
+	}
+	return bootstrap.CopyTree(ctx, m.Runner, root, staging)
 }
 
 // sweepStaging removes the leftovers of creates of name that died (killed

@@ -14,6 +14,8 @@ type NspawnConfig struct {
 	Registered bool
 	// ResolvConf is the --resolv-conf= mode.
 	ResolvConf string
+	// ReadOnly mounts the root read-only (nsbox read-only NAME).
+	ReadOnly bool
 }
 
 // NspawnArgs turns c into systemd-nspawn's arguments (without the program
@@ -52,6 +54,9 @@ func NspawnArgs(c NspawnConfig) []string {
 		args = append(args, "--network-zone="+strings.TrimPrefix(c.Network, "zone:"))
 	default:
 		args = append(args, "--network-veth")
+	}
+	if c.ReadOnly {
+		args = append(args, "--read-only")
 	}
 	if c.ResolvConf != "" {
 		args = append(args, "--resolv-conf="+c.ResolvConf)

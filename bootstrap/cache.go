@@ -1,0 +1,338 @@
+package bootstrap
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// BaseCache keeps pristine bootstrapped roots, one per distro, release,
+// architecture, variant, mirror and package set, so that creating a machine
+// costs a copy instead of a bootstrap.
+type BaseCache struct {
+	Dir    string // e.g. /var/cache/nsbox/bases
+	Runner Runner
+	// LookPath finds programs (mmdebstrap); exec.LookPath in production.
+	LookPath func(string) (string, error)
+}
+
+// BaseInfo describes one cached base; it is stored as base.json beside the
+// base's root.
+type BaseInfo struct {
+	Key          string    `json:"key"`
+	Distro       string    `json:"distro"`
+	Release      string    `json:"release"`
+	Arch         string    `json:"arch"`
+	Variant      string    `json:"variant"`
+	Mirror       string    `json:"mirror,omitempty"`
+	Packages     []string  `json:"packages"`
+	Bootstrapper string    `json:"bootstrapper"`
+	Created      time.Time `json:"created"`
+	Size         int64     `json:"size_bytes"`
+	Root         string    `json:"root"`
+}
+
+// Age is how long ago the base was bootstrapped.
+func (b BaseInfo) Age() time.Duration { return time.Since(b.Created) }
+
+// debArch names the host's architecture as Debian does.
+func debArch() string {
+	switch runtime.GOARCH {
+	case "386":
+		return "i386"
+	case "arm":
+		return "armhf"
+	case "ppc64le":
+		return "ppc64el"
+	}
+	return runtime.GOARCH
+}
+
+// BaseKey names the base for o: readable, with a hash of everything that
+// changes its contents.
+func BaseKey(o Options) string {
+	arch, variant := o.Arch, o.Variant
+	if arch == "" {
+		arch = debArch()
+	}
+	if variant == "" {
+		variant = "minbase"
+	}
+	pkgs := o.Packages()
+	sort.Strings(pkgs)
+	sum := sha256.Sum256([]byte(strings.Join([]string{o.Release.Distro.Name, o.Release.Name, arch, variant, o.Mirror, strings.Join(pkgs, ",")}, "\x00")))
+	return fmt.Sprintf("%s-%s-%s-%s-%s", o.Release.Distro.Name, o.Release.Name, arch, variant, hex.EncodeToString(sum[:4]))
+}
+
+func (c *BaseCache) dir(key string) string { return filepath.Join(c.Dir, key) }
+
+// lock takes the base's lock, waiting for another nsbox that bootstraps
+// or refreshes it.
+func (c *BaseCache) lock(ctx context.Context, key string) (*FileLock, error) {
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	return LockFile(ctx, filepath.Join(c.Dir, ".#"+key+".lck"), true, true)
+}
+
+// Get returns the root of the base for o, bootstrapping it first when it
+// is not cached. Concurrent callers for one base bootstrap it once: the
+// others wait for the lock and then find it. The returned unlock must be
+// called once the caller has copied the base.
+func (c *BaseCache) Get(ctx context.Context, o Options, progress func(Stage)) (root string, info BaseInfo, unlock func(), err error) {
+	key := BaseKey(o)
+	l, err := c.lock(ctx, key)
+	if err != nil {
+		return "", info, nil, fmt.Errorf("base %s: %w", key, err)
+	}
+	if info, err := c.read(key); err == nil {
+		return info.Root, info, l.Unlock, nil
+	}
+	info, err = c.build(ctx, key, o, progress)
+	if err != nil {
+		l.Unlock()
+		return "", info, nil, err
+	}
+	return info.Root, info, l.Unlock, nil
+}
+
+// read loads a base's description; a base without one is incomplete.
+func (c *BaseCache) read(key string) (BaseInfo, error) {
+	var info BaseInfo
+	b, err := os.ReadFile(filepath.Join(c.dir(key), "base.json"))
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return info, err
+	}
+	info.Root = filepath.Join(c.dir(key), "root")
+	if fi, err := os.Stat(info.Root); err != nil || !fi.IsDir() {
+		return info, fmt.Errorf("base %s has no root", key)
+	}
+	return info, nil
+}
+
+// build bootstraps the base into a temporary directory and renames it into
+// place. The caller holds the base's lock.
+func (c *BaseCache) build(ctx context.Context, key string, o Options, progress func(Stage)) (BaseInfo, error) {
+	c.sweep(key)
+	tmp, err := os.MkdirTemp(c.Dir, ".#"+key+".")
+	if err != nil {
+		return BaseInfo{}, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			UnmountUnder(tmp)
+			_ = RemoveTree(tmp)
+		}
+	}()
+	root := filepath.Join(tmp, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return BaseInfo{}, err
+	}
+	tool := o.Bootstrapper
+	if tool == "" {
+		tool = "debootstrap"
+		if _, err := c.LookPath("mmdebstrap"); err == nil {
+			tool = "mmdebstrap"
+		}
+		o.Bootstrapper = tool
+	}
+	if err := Bootstrap(ctx, c.Runner, o, root, progress, c.LookPath); err != nil {
+		return BaseInfo{}, err
+	}
+	arch, variant := o.Arch, o.Variant
+	if arch == "" {
+		arch = debArch()
+	}
+	if variant == "" {
+		variant = "minbase"
+	}
+	info := BaseInfo{
+		Key: key, Distro: o.Release.Distro.Name, Release: o.Release.Name, Arch: arch, Variant: variant,
+		Mirror: o.Mirror, Packages: o.Packages(), Bootstrapper: tool, Created: time.Now().UTC(),
+	}
+	info.Size, _ = DiskUsage(root)
+	b, _ := json.MarshalIndent(info, "", "  ")
+	if err := os.WriteFile(filepath.Join(tmp, "base.json"), append(b, '\n'), 0o644); err != nil {
+		return BaseInfo{}, err
+	}
+	dst := c.dir(key)
+	if _, err := os.Lstat(dst); err == nil {
+		// An incomplete base (no base.json): replace it.
+		if err := RemoveTree(dst); err != nil {
+			return BaseInfo{}, err
+		}
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return BaseInfo{}, err
+	}
+	ok = true
+	info.Root = filepath.Join(dst, "root")
+	return info, nil
+}
+
+// sweep removes temporary trees of key left by a killed nsbox. The caller
+// holds the base's lock, so no live bootstrap owns them.
+func (c *BaseCache) sweep(key string) {
+	left, _ := filepath.Glob(filepath.Join(c.Dir, ".#"+key+".*"))
+	for _, d := range left {
+		if strings.HasSuffix(d, ".lck") {
+			continue
+		}
+		UnmountUnder(d)
+		if err := RemoveTree(d); err != nil {
+			logrus.Warnf("could not remove %s: %v", d, err)
+		}
+	}
+}
+
+// List describes every cached base.
+func (c *BaseCache) List() ([]BaseInfo, error) {
+	ents, err := os.ReadDir(c.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []BaseInfo
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if info, err := c.read(e.Name()); err == nil {
+			out = append(out, info)
+		}
+	}
+	return out, nil
+}
+
+// Find returns the bases whose key, or distro-release, matches name.
+func (c *BaseCache) Find(name string) ([]BaseInfo, error) {
+	all, err := c.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []BaseInfo
+	for _, b := range all {
+		if name == "" || b.Key == name || b.Release == name || b.Distro+"-"+b.Release == name {
+			out = append(out, b)
+		}
+	}
+	return out, nil
+}
+
+// Refresh bootstraps base key anew and swaps it in atomically; machines
+// cloned from the old one are not touched.
+func (c *BaseCache) Refresh(ctx context.Context, info BaseInfo, progress func(Stage)) (BaseInfo, error) {
+	l, err := c.lock(ctx, info.Key)
+	if err != nil {
+		return info, err
+	}
+	defer l.Unlock()
+	rel, err := LookupRelease(info.Release, info.Distro)
+	if err != nil {
+		return info, err
+	}
+	base := make(map[string]bool)
+	for _, p := range BasePackages {
+		base[p] = true
+	}
+	var include []string
+	for _, p := range info.Packages {
+		if !base[p] {
+			include = append(include, p)
+		}
+	}
+	o := Options{Release: rel, Mirror: info.Mirror, Variant: info.Variant, Arch: info.Arch, Include: include, Bootstrapper: info.Bootstrapper,
+		CacheDir: filepath.Join(filepath.Dir(c.Dir), "debs", rel.Distro.Name+"-"+rel.Name)}
+	old := filepath.Join(c.Dir, ".#old-"+info.Key)
+	_ = RemoveTree(old)
+	if err := os.Rename(c.dir(info.Key), old); err != nil {
+		return info, err
+	}
+	fresh, err := c.build(ctx, info.Key, o, progress)
+	if err != nil {
+		// Put the old base back.
+		_ = os.Rename(old, c.dir(info.Key))
+		return info, err
+	}
+	return fresh, RemoveTree(old)
+}
+
+// Remove deletes a cached base, waiting for creates that copy it.
+func (c *BaseCache) Remove(ctx context.Context, key string) error {
+	l, err := c.lock(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	return RemoveTree(c.dir(key))
+}
+
+// CopyTree copies the tree src into the empty directory dst, keeping
+// owners, modes, times, extended attributes and ACLs, device nodes, hard
+// links and holes. Where the file system can share blocks (btrfs, XFS) the
+// copy is a reflink and costs next to nothing.
+func CopyTree(ctx context.Context, r Runner, src, dst string) error {
+	err := r.Run(ctx, &Cmd{Path: "cp", Args: []string{"--archive", "--reflink=auto", "--sparse=auto", "--one-file-system", "--no-target-directory", src, dst}})
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	return nil
+}
+
+// DiskUsage adds up the blocks of every file under root, counting hard
+// links once and not crossing into other file systems, as du -sx does.
+func DiskUsage(root string) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(root, &st); err != nil {
+		return 0, err
+	}
+	dev := st.Dev
+	seen := map[[2]uint64]bool{}
+	var total int64
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		s, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil
+		}
+		if s.Dev != dev {
+			return filepath.SkipDir
+		}
+		if s.Nlink > 1 && !d.IsDir() {
+			k := [2]uint64{s.Dev, s.Ino}
+			if seen[k] {
+				return nil
+			}
+			seen[k] = true
+		}
+		total += s.Blocks * 512
+		return nil
+	})
+	return total, err
+}

@@ -1,0 +1,64 @@
+package bootstrap
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// MmdebstrapArgs builds mmdebstrap's command line for o into target. It
+// installs what debootstrap would: the variant, BasePackages and o.Include.
+func MmdebstrapArgs(o Options, target string) []string {
+	variant := o.Variant
+	if variant == "" {
+		variant = "minbase"
+	}
+	args := []string{
+		"--mode=root",
+		"--variant=" + variant,
+		"--include=" + strings.Join(o.Packages(), ","),
+		"--components=" + strings.Join(o.Release.Distro.Components, ","),
+		"--keyring=" + o.Release.Distro.Keyring,
+	}
+	if o.Arch != "" {
+		args = append(args, "--architectures="+o.Arch)
+	}
+	args = append(args, o.Release.Name, target)
+	if o.Mirror != "" {
+		args = append(args, o.Mirror)
+	}
+	return args
+}
+
+// Mmdebstrap bootstraps o into the empty directory target with mmdebstrap.
+func Mmdebstrap(ctx context.Context, r Runner, o Options, target string, progress func(Stage)) error {
+	p := newProgressParser(progress)
+	err := r.Run(ctx, &Cmd{Path: "mmdebstrap", Args: MmdebstrapArgs(o, target), Lines: p.line})
+	UnmountUnder(target)
+	if err != nil {
+		return fmt.Errorf("mmdebstrap %s: %w", o.Release.Name, err)
+	}
+	return nil
+}
+
+// Bootstrap runs the bootstrapper o names ("" picks mmdebstrap when it is
+// installed, as it is faster, and debootstrap otherwise).
+func Bootstrap(ctx context.Context, r Runner, o Options, target string, progress func(Stage), lookPath func(string) (string, error)) error {
+	tool := o.Bootstrapper
+	if tool == "" {
+		tool = "debootstrap"
+		if _, err := lookPath("mmdebstrap"); err == nil {
+			tool = "mmdebstrap"
+		}
+	}
+	switch tool {
+	case "debootstrap":
+		return Debootstrap(ctx, r, o, target, progress)
+	case "mmdebstrap":
+		if _, err := lookPath("mmdebstrap"); err != nil {
+			return fmt.Errorf("mmdebstrap %w (install it: apt-get install mmdebstrap)", ErrToolMissing)
+		}
+		return Mmdebstrap(ctx, r, o, target, progress)
+	}
+	return fmt.Errorf("unknown bootstrapper %q (use debootstrap or mmdebstrap)", tool)
+}

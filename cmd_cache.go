@@ -1,0 +1,144 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine"
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
+)
+
+func cacheCommand() *cli.Command {
+	bases := func(c *cli.Context) (*machine.Manager, *bootstrap.BaseCache, error) {
+		m, err := manager(c)
+		if err != nil {
+			return nil, nil, err
+		}
+		return m, m.Bases(), nil
+	}
+	find := func(c *cli.Context, bc *bootstrap.BaseCache) ([]bootstrap.BaseInfo, error) {
+		if c.NArg() != 1 {
+			return nil, usagef("%s takes one base: a key or a release (see: nsbox cache list)", c.Command.Name)
+		}
+		found, err := bc.Find(c.Args().First())
+		if err != nil {
+			return nil, err
+		}
+		if len(found) == 0 {
+			return nil, fmt.Errorf("no cached base %q (see: nsbox cache list)", c.Args().First())
+		}
+		return found, nil
+	}
+	return &cli.Command{
+		Name:  "cache",
+		Usage: "list, refresh or remove the cached bases machines are copied from",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "list",
+				Usage: "list cached bases with their size and age",
+				Flags: []cli.Flag{outputFlag, &cli.BoolFlag{Name: "no-legend", Usage: "no header line"}},
+				Action: func(c *cli.Context) error {
+					if err := checkOutput(c); err != nil {
+						return err
+					}
+					_, bc, err := bases(c)
+					if err != nil {
+						return err
+					}
+					list, err := bc.List()
+					if err != nil {
+						return fmt.Errorf("cache list: %w", err)
+					}
+					if c.String("output") == "json" {
+						if list == nil {
+							list = []bootstrap.BaseInfo{}
+						}
+						return writeJSON(os.Stdout, list)
+					}
+					tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+					if !c.Bool("no-legend") {
+						fmt.Fprintln(tw, "BASE\tRELEASE\tSIZE\tAGE\tBOOTSTRAPPER")
+					}
+					for _, b := range list {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Key, b.Distro+" "+b.Release, humanBytes(b.Size), humanAge(b.Age()), b.Bootstrapper)
+					}
+					return tw.Flush()
+				},
+			},
+			{
+				Name:      "refresh",
+				Usage:     "bootstrap a base anew, so new machines get current packages",
+				ArgsUsage: "BASE|RELEASE",
+				Action: func(c *cli.Context) error {
+					_, bc, err := bases(c)
+					if err != nil {
+						return err
+					}
+					found, err := find(c, bc)
+					if err != nil {
+						return err
+					}
+					for _, b := range found {
+						p := newProgress(os.Stderr, quiet(c), logrus.IsLevelEnabled(logrus.InfoLevel))
+						_, err := bc.Refresh(c.Context, b, p.stage)
+						p.done()
+						if err != nil {
+							return fmt.Errorf("cache refresh %s: %w", b.Key, err)
+						}
+						if !quiet(c) {
+							fmt.Fprintf(os.Stderr, "refreshed %s (%s)\n", b.Key, p.elapsed())
+						}
+					}
+					return nil
+				},
+			},
+			{
+				Name:      "remove",
+				Usage:     "delete a cached base (machines made from it are not touched)",
+				ArgsUsage: "BASE|RELEASE",
+				Action: func(c *cli.Context) error {
+					_, bc, err := bases(c)
+					if err != nil {
+						return err
+					}
+					found, err := find(c, bc)
+					if err != nil {
+						return err
+					}
+					for _, b := range found {
+						if err := bc.Remove(c.Context, b.Key); err != nil {
+							return fmt.Errorf("cache remove %s: %w", b.Key, err)
+						}
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fG", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.0fM", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.0fK", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+func humanAge(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dm", int(d.Minutes()))
+}

@@ -1,0 +1,309 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"golang.org/x/sys/unix"
+)
+
+// lockStopped takes name's image lock exclusively, refusing a machine that
+// runs (under nsbox, or a systemd-nspawn started by hand).
+func (m *Manager) lockStopped(ctx context.Context, name string) (*Lock, error) {
+	if _, err := m.Backend.Get(ctx, name); err == nil {
+		return nil, fmt.Errorf("%w: %s (stop it first: nsbox stop %s)", ErrRunning, name, name)
+	}
+	l, err := LockImage(m.Dir(name), true)
+	if errors.Is(err, ErrBusy) {
+		return nil, fmt.Errorf("%w: %s is in use by a systemd-nspawn or another nsbox", ErrRunning, name)
+	}
+	return l, err
+}
+
+// newTree runs fill on a temporary ".#dst.XXXX" directory beside the
+// target and renames it into place as machine dst, personalised; on any
+// failure nothing is left. fill gets a path that does not exist yet.
+func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string) error) error {
+	if err := m.checkName(dst, false); err != nil {
+		return err
+	}
+	target := m.Dir(dst)
+	if _, err := os.Lstat(target); err == nil {
+		return fmt.Errorf("%w: %s (remove it first: nsbox remove %s)", ErrExists, target, dst)
+	}
+	lock, err := LockImage(target, true)
+	if errors.Is(err, ErrBusy) {
+		return fmt.Errorf("%s is being created or used by another process", dst)
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	if _, err := os.Lstat(target); err == nil {
+		return fmt.Errorf("%w: %s", ErrExists, target)
+	}
+	m.sweepStaging(dst)
+	tmp, err := os.MkdirTemp(m.RootDir, ".#"+dst+".")
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			bootstrap.UnmountUnder(tmp)
+			_ = bootstrap.RemoveTree(tmp)
+		}
+	}()
+	if err := os.Remove(tmp); err != nil {
+		return err
+	}
+	if err := fill(tmp); err != nil {
+		return err
+	}
+	if err := bootstrap.Personalise(tmp, dst); err != nil {
+		return err
+	}
+	if err := renameNoReplace(tmp, target); err != nil {
+		return fmt.Errorf("%w: %s", ErrExists, target)
+	}
+	ok = true
+	m.linkImage(dst)
+	return nil
+}
+
+// Clone copies stopped machine src to a new machine dst, with its boot
+// options. The copy gets its own hostname and machine id.
+func (m *Manager) Clone(ctx context.Context, src, dst string) error {
+	if err := m.checkName(src, true); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	if err := m.checkName(dst, false); err != nil {
+		return err
+	}
+	lock, err := m.lockStopped(ctx, src)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	err = m.newTree(ctx, dst, func(tmp string) error {
+		return bootstrap.CopyTree(ctx, m.Runner, m.Dir(src), tmp)
+	})
+	if err != nil {
+		return err
+	}
+	if b, err := os.ReadFile(m.settingsPath(src)); err == nil {
+		if err := writeFileAtomic(m.settingsPath(dst), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Rename gives stopped machine old the name new: its tree, settings and
+// ImagesDir link move; a hostname that was the old name follows.
+func (m *Manager) Rename(ctx context.Context, old, new string) error {
+	if err := m.checkName(old, true); err != nil {
+		return err
+	}
+	if err := m.checkName(new, false); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	lock, err := m.lockStopped(ctx, old)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	nl, err := LockImage(m.Dir(new), true)
+	if err != nil {
+		return fmt.Errorf("%s is being created or used by another process", new)
+	}
+	defer nl.Unlock()
+	if err := renameNoReplace(m.Dir(old), m.Dir(new)); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%w: %s", ErrExists, m.Dir(new))
+		}
+		return err
+	}
+	if b, err := os.ReadFile(m.settingsPath(old)); err == nil {
+		if err := writeFileAtomic(m.settingsPath(new), b, 0o644); err == nil {
+			_ = os.Remove(m.settingsPath(old))
+		}
+	}
+	m.unlinkImage(old)
+	m.linkImage(new)
+	if r, err := os.OpenRoot(m.Dir(new)); err == nil {
+		if b, err := r.ReadFile("etc/hostname"); err == nil && strings.TrimSpace(string(b)) == old {
+			_ = bootstrap.Personalise(m.Dir(new), new)
+		}
+		r.Close()
+	}
+	return nil
+}
+
+// compression picks tar's compression flag from a file name.
+func compression(file string) (string, error) {
+	switch {
+	case strings.HasSuffix(file, ".tar"):
+		return "", nil
+	case strings.HasSuffix(file, ".tar.gz"), strings.HasSuffix(file, ".tgz"):
+		return "--gzip", nil
+	case strings.HasSuffix(file, ".tar.zst"), strings.HasSuffix(file, ".tar.zstd"):
+		return "--zstd", nil
+	case strings.HasSuffix(file, ".tar.xz"):
+		return "--xz", nil
+	}
+	return "", fmt.Errorf("%w: %s: name it .tar, .tar.gz, .tar.zst or .tar.xz", ErrInvalidOption, file)
+}
+
+// tarArgs keeps what a root file system needs: numeric owners, modes,
+// extended attributes (file capabilities) and ACLs.
+var tarArgs = []string{"--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--one-file-system"}
+
+// Export writes stopped machine name as a tarball of its root to file,
+// through a temporary file renamed into place.
+func (m *Manager) Export(ctx context.Context, name, file string) error {
+	if err := m.checkName(name, true); err != nil {
+		return err
+	}
+	comp, err := compression(file)
+	if err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	lock, err := m.lockStopped(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(abs), ".#"+filepath.Base(abs)+".")
+	if err != nil {
+		return err
+	}
+	tmp.Close()
+	args := append([]string{"--create", "--file=" + tmp.Name(), "--directory=" + m.Dir(name)}, tarArgs...)
+	if comp != "" {
+		args = append(args, comp)
+	}
+	if err := m.Runner.Run(ctx, &bootstrap.Cmd{Path: "tar", Args: append(args, ".")}); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("export: %w", err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), abs)
+}
+
+// Import makes a new machine from a tarball of a root file system (file,
+// or "-" for stdin). Every member is checked before anything is written:
+// absolute paths, ".." and paths through the archive's own symbolic links
+// are refused, so nothing can land outside the new root.
+func (m *Manager) Import(ctx context.Context, name, file string, stdin io.Reader) error {
+	if err := m.checkName(name, false); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	src := file
+	if file == "-" {
+		// Two passes (check, extract) need the archive twice: spool it.
+		f, err := os.CreateTemp(m.RootDir, ".#import-"+name+".")
+		if err != nil {
+			return err
+		}
+		defer os.Remove(f.Name())
+		if _, err := io.Copy(f, stdin); err != nil {
+			f.Close()
+			return err
+		}
+		f.Close()
+		src = f.Name()
+	}
+	if err := CheckArchive(src); err != nil {
+		return fmt.Errorf("import %s: %w", file, err)
+	}
+	return m.newTree(ctx, name, func(tmp string) error {
+		if err := os.Mkdir(tmp, 0o755); err != nil {
+			return err
+		}
+		args := append([]string{"--extract", "--file=" + src, "--directory=" + tmp, "--same-permissions", "--same-owner"}, tarArgs...)
+		// tar finds the compression from the file's contents.
+		if err := m.Runner.Run(ctx, &bootstrap.Cmd{Path: "tar", Args: args}); err != nil {
+			return fmt.Errorf("import: %w", err)
+		}
+		if _, ok := readOSRelease(tmp); !ok {
+			return fmt.Errorf("import: %s has no os-release: not a root file system", file)
+		}
+		return nil
+	})
+}
+
+// fsImmutable is FS_IMMUTABLE_FL: the flag machinectl read-only sets on
+// a directory image.
+const fsImmutable = 0x00000010
+
+// SetReadOnly marks a stopped machine's tree read-only (or writable) the
+// way machinectl does: the immutable flag on its top directory. A
+// read-only machine boots with nspawn's --read-only.
+func (m *Manager) SetReadOnly(ctx context.Context, name string, ro bool) error {
+	if err := m.checkName(name, true); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	lock, err := m.lockStopped(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	f, err := os.Open(m.Dir(name))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		return fmt.Errorf("read-only: %w", err)
+	}
+	if ro {
+		flags |= fsImmutable
+	} else {
+		flags &^= fsImmutable
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags)); err != nil {
+		return fmt.Errorf("read-only: %w", err)
+	}
+	return nil
+}
+
+// ReadOnly reports whether a machine's tree is marked read-only.
+func (m *Manager) ReadOnly(name string) bool {
+	f, err := os.Open(m.Dir(name))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	return err == nil && flags&fsImmutable != 0
+}
