@@ -127,4 +127,3 @@ func readOnlyCommand() *cli.Command {
 		},
 	}
 }
-

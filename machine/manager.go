@@ -144,12 +144,12 @@ func (m *Manager) checkName(name string, mustExist bool) error {
 
 // CreateOptions say what to bootstrap.
 type CreateOptions struct {
-	Release  string
-	Distro   string
-	Mirror   string
-	Variant  string
-	Include  []string
-	Arch     string
+	Release string
+	Distro  string
+	Mirror  string
+	Variant string
+	Include []string
+	Arch    string
 	// NoCache bootstraps straight into the machine instead of copying a
 	// cached base.
 	NoCache bool
