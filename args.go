@@ -11,20 +11,22 @@ import (
 // the first positional argument, so the command's flags are moved before
 // them. Everything after "--" stays where it is.
 func hoistFlags(app *cli.App, args []string) []string {
-	// Skip the program name and global flags to find the command.
-	i := 1
-	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "--" {
-		if takesValue(app.Flags, args[i]) {
-			i++
-		}
-		i++
-	}
+	i := commandIndex(app, args)
 	if i >= len(args) {
 		return args
 	}
 	cmd := app.Command(args[i])
 	if cmd == nil || cmd.SkipFlagParsing {
 		return args
+	}
+	// Descend into subcommands ("cache list"): their flags are hoisted.
+	for i+1 < len(args) && len(cmd.Subcommands) > 0 {
+		sub := cmd.Command(args[i+1])
+		if sub == nil {
+			break
+		}
+		cmd = sub
+		i++
 	}
 	var flags, positional []string
 	rest := args[i+1:]
@@ -46,6 +48,29 @@ func hoistFlags(app *cli.App, args []string) []string {
 	}
 	out := append(append([]string{}, args[:i+1]...), flags...)
 	return append(out, positional...)
+}
+
+// commandIndex skips the program name and global flags to find the
+// command's place in args (len(args) when there is none).
+func commandIndex(app *cli.App, args []string) int {
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") && args[i] != "--" {
+		if takesValue(app.Flags, args[i]) {
+			i++
+		}
+		i++
+	}
+	return i
+}
+
+// unknownCommand returns the command named in args when nsbox has none
+// of that name.
+func unknownCommand(app *cli.App, args []string) (string, bool) {
+	i := commandIndex(app, args)
+	if i >= len(args) || args[i] == "help" || app.Command(args[i]) != nil {
+		return "", false
+	}
+	return args[i], true
 }
 
 // takesValue reports whether arg names a flag that takes its value from

@@ -14,6 +14,8 @@ func TestHoistFlags(t *testing.T) {
 		{[]string{"nsbox", "shell", "web", "--", "sh", "--version"}, []string{"nsbox", "shell", "web", "--", "sh", "--version"}},
 		{[]string{"nsbox", "list", "--output=json"}, []string{"nsbox", "list", "--output=json"}},
 		{[]string{"nsbox", "-v"}, []string{"nsbox", "-v"}},
+		{[]string{"nsbox", "cache", "list", "--output", "json"}, []string{"nsbox", "cache", "list", "--output", "json"}},
+		{[]string{"nsbox", "cache", "remove", "bookworm", "-q"}, []string{"nsbox", "cache", "remove", "-q", "bookworm"}},
 	} {
 		if got := hoistFlags(app, tc.in); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("hoistFlags(%q)\n got %q\nwant %q", tc.in, got, tc.want)

@@ -58,7 +58,6 @@ func newApp() *cli.App {
 		Before:                    setupLogging,
 		Commands:                  commands(),
 		EnableBashCompletion:      true,
-		HideHelpCommand:           true,
 		OnUsageError:              func(_ *cli.Context, err error, _ bool) error { return usageError{err.Error()} },
 		CommandNotFound:           nil,
 		ExitErrHandler:            func(*cli.Context, error) {},
@@ -69,11 +68,22 @@ func newApp() *cli.App {
 }
 
 func commands() []*cli.Command {
-	return []*cli.Command{
+	cmds := []*cli.Command{
 		createCommand(), bootCommand(), shellCommand(), listCommand(), statusCommand(),
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(),
 		cacheCommand(), doctorCommand(), superviseCommand(),
+	}
+	quietUsage(cmds)
+	return cmds
+}
+
+// quietUsage makes a bad flag one line on stderr and exit status 2, as
+// every other error, instead of a page of help on stdout.
+func quietUsage(cmds []*cli.Command) {
+	for _, c := range cmds {
+		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return usageError{err.Error()} }
+		quietUsage(c.Subcommands)
 	}
 }
 
@@ -155,6 +165,9 @@ func run(args []string) int {
 		os.Exit(exitInterrupted)
 	}()
 	app := newApp()
+	if name, unknown := unknownCommand(app, args); unknown {
+		return report(usagef("unknown command %q (see: nsbox --help)", name))
+	}
 	err := app.RunContext(ctx, hoistFlags(app, args))
 	if ctx.Err() != nil && got != nil {
 		fmt.Fprintln(os.Stderr, "nsbox: interrupted")

@@ -138,6 +138,17 @@ func (e *env) pty(t *testing.T, inputs []string, args ...string) (string, int) {
 	return out.String(), cmd.ProcessState.ExitCode()
 }
 
+// writeFile puts data at path in the environment's file system.
+func (e *env) writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if e.host != nil {
+		path = fmt.Sprintf("/proc/%d/root%s", e.host.leader, path)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // diagnose prints what a person needs to see why a scenario failed.
 func (e *env) diagnose(t *testing.T) {
 	t.Helper()

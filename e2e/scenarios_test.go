@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -23,6 +25,28 @@ type info struct {
 	Unit       string   `json:"unit"`
 	Interfaces []string `json:"interfaces"`
 	Backend    string   `json:"backend"`
+	Usage      int64    `json:"usage_bytes"`
+	ReadOnly   bool     `json:"read_only"`
+}
+
+// hostileTar is a root file system tarball whose second member is written
+// through a symbolic link the first one makes: /etc on the host.
+func hostileTar(t *testing.T) []byte {
+	var buf bytes.Buffer
+	w := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 10},
+		{Name: "escape", Typeflag: tar.TypeSymlink, Linkname: "/etc", Mode: 0o777},
+		{Name: "escape/e2e-evil", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4},
+	} {
+		if err := w.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		w.Write(bytes.Repeat([]byte("x"), int(h.Size)))
+	}
+	w.Close()
+	return buf.Bytes()
 }
 
 func machineNames(listJSON string) []string {
@@ -261,7 +285,15 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("two at once", func(t *testing.T) {
 		const other = "e2e-bw2"
 		e.mustNsb(t, "stop", name)
-		e.mustSh(t, "cp -a "+root+" "+e.rootDir+"/"+other+" && echo "+other+" > "+e.rootDir+"/"+other+"/etc/hostname")
+		// A second create of the release copies the cached base.
+		e.mustNsb(t, "create", other, "--release", "bookworm")
+		var bases []struct {
+			Key     string `json:"key"`
+			Release string `json:"release"`
+		}
+		if err := json.Unmarshal([]byte(e.mustNsb(t, "cache", "list", "--output", "json").stdout), &bases); err != nil || len(bases) != 1 || bases[0].Release != "bookworm" {
+			t.Errorf("one cached bookworm base expected: %+v %v", bases, err)
+		}
 		e.mustNsb(t, "boot", name, other)
 		a, b := status(t, e, name), status(t, e, other)
 		if a.State != "running" || b.State != "running" || a.Leader == b.Leader {
@@ -289,6 +321,49 @@ func scenarios(t *testing.T, e *env) {
 			})
 		})
 	}
+
+	t.Run("image operations", func(t *testing.T) {
+		wantFail(t, e.nsb(t, "clone", name, "e2e-clone"), 1, "is running")
+		e.mustNsb(t, "stop", name)
+		e.mustNsb(t, "clone", name, "e2e-clone")
+		wantFail(t, e.nsb(t, "clone", name, "e2e-clone"), 1, "already exists")
+		wantFail(t, e.nsb(t, "clone", name, "bad..name"), 1, "invalid machine name")
+		if got := e.mustSh(t, "cat "+e.rootDir+"/e2e-clone/etc/hostname; test -f /etc/systemd/nspawn/e2e-clone.nspawn && echo settings"); got != "e2e-clone\nsettings\n" {
+			t.Errorf("clone: %q", got)
+		}
+		e.mustNsb(t, "rename", "e2e-clone", "e2e-ren")
+		wantFail(t, e.nsb(t, "rename", "e2e-ren", name), 1, "already exists")
+		e.mustSh(t, "test ! -e "+e.rootDir+"/e2e-clone && test ! -e /var/lib/machines/e2e-clone && test \"$(readlink /var/lib/machines/e2e-ren)\" = "+e.rootDir+"/e2e-ren")
+		e.mustSh(t, "test \"$(cat "+e.rootDir+"/e2e-ren/etc/hostname)\" = e2e-ren")
+
+		e.mustNsb(t, "export", "e2e-ren", "/var/tmp/e2e-export.tar.zst")
+		defer e.sh(t, "rm -f /var/tmp/e2e-export.tar.zst /var/tmp/e2e-hostile.tar")
+		e.mustNsb(t, "remove", "e2e-ren")
+		e.mustNsb(t, "import", "e2e-imp", "/var/tmp/e2e-export.tar.zst")
+		e.mustNsb(t, "boot", "e2e-imp")
+		if r := e.mustNsb(t, "shell", "e2e-imp", "--", "hostname"); r.stdout != "e2e-imp\n" {
+			t.Errorf("imported machine: %s", r)
+		}
+		e.mustNsb(t, "stop", "e2e-imp")
+
+		// A tarball that writes through its own symlink is refused whole.
+		e.writeFile(t, "/var/tmp/e2e-hostile.tar", hostileTar(t))
+		wantFail(t, e.nsb(t, "import", "e2e-evil", "/var/tmp/e2e-hostile.tar"), 1, "unsafe archive")
+		e.mustSh(t, "test ! -e /etc/e2e-evil && test ! -e "+e.rootDir+"/e2e-evil")
+
+		e.mustNsb(t, "read-only", "e2e-imp")
+		if i := status(t, e, "e2e-imp"); !i.ReadOnly || i.Usage < 100<<20 {
+			t.Errorf("read-only status: %+v", i)
+		}
+		wantFail(t, e.nsb(t, "remove", "e2e-imp"), 1, "read-only")
+		e.mustNsb(t, "boot", "e2e-imp")
+		if r := e.nsb(t, "shell", "e2e-imp", "--", "touch", "/e2e-file"); r.code == 0 {
+			t.Errorf("write to a read-only machine: %s", r)
+		}
+		e.mustNsb(t, "stop", "e2e-imp")
+		e.mustNsb(t, "read-only", "e2e-imp", "false")
+		e.mustNsb(t, "remove", "e2e-imp")
+	})
 
 	t.Run("remove", func(t *testing.T) {
 		e.mustNsb(t, "remove", "--force", name)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path"
 	"strings"
 
@@ -117,6 +118,13 @@ func CheckArchive(file string) error {
 
 // checkThrough decompresses file with prog -dc and checks the stream.
 func checkThrough(prog, file string) error {
+	if _, err := exec.LookPath(prog); err != nil {
+		pkg := map[string]string{"xz": "xz-utils"}[prog]
+		if pkg == "" {
+			pkg = prog
+		}
+		return fmt.Errorf("%s is not installed (install it: apt-get install %s)", prog, pkg)
+	}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
@@ -125,6 +133,10 @@ func checkThrough(prog, file string) error {
 		done <- err
 	}()
 	err := checkTar(pr)
+	if err == nil {
+		// Read the padding after the last member, or prog dies of SIGPIPE.
+		_, _ = io.Copy(io.Discard, pr)
+	}
 	pr.Close()
 	if derr := <-done; err == nil && derr != nil && !errors.Is(derr, io.ErrClosedPipe) {
 		return fmt.Errorf("%s: %w", prog, derr)

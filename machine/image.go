@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -152,19 +153,27 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 	return nil
 }
 
-// compression picks tar's compression flag from a file name.
+// compression picks tar's compression flag from a file name, and checks
+// that the program tar runs for it is installed.
 func compression(file string) (string, error) {
+	flag, prog, pkg := "", "", ""
 	switch {
 	case strings.HasSuffix(file, ".tar"):
-		return "", nil
 	case strings.HasSuffix(file, ".tar.gz"), strings.HasSuffix(file, ".tgz"):
-		return "--gzip", nil
+		flag, prog, pkg = "--gzip", "gzip", "gzip"
 	case strings.HasSuffix(file, ".tar.zst"), strings.HasSuffix(file, ".tar.zstd"):
-		return "--zstd", nil
+		flag, prog, pkg = "--zstd", "zstd", "zstd"
 	case strings.HasSuffix(file, ".tar.xz"):
-		return "--xz", nil
+		flag, prog, pkg = "--xz", "xz", "xz-utils"
+	default:
+		return "", fmt.Errorf("%w: %s: name it .tar, .tar.gz, .tar.zst or .tar.xz", ErrInvalidOption, file)
 	}
-	return "", fmt.Errorf("%w: %s: name it .tar, .tar.gz, .tar.zst or .tar.xz", ErrInvalidOption, file)
+	if prog != "" {
+		if _, err := exec.LookPath(prog); err != nil {
+			return "", fmt.Errorf("%s is not installed (install it: apt-get install %s)", prog, pkg)
+		}
+	}
+	return flag, nil
 }
 
 // tarArgs keeps what a root file system needs: numeric owners, modes,
