@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Debian packages nsbox and its tests need on the host.
-host_packages := "systemd-container debootstrap dbus iproute2 util-linux zstd"
+host_packages := "systemd-container debootstrap dbus iproute2 util-linux zstd nftables"
 
 # list the recipes
 default:
@@ -62,6 +62,9 @@ demo: deps build
     step ./nsbox list
     printf '\nThe machine is kept in /srv/demo; remove it with: ./nsbox remove demo\n'
 
-# benchmarks (side by side ratios)
-bench: deps build
-    go test -run '^$' -bench . -benchtime 3x ./...
+# benchmarks: nsbox side by side with cp -a, debootstrap, mmdebstrap and bare nspawn (root, minutes)
+bench: deps
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap
+    NSBOX_BENCH=1 go test -tags e2e -count=1 -timeout 60m -run '^TestBenchmark$' -v ./e2e/ | grep -v '^=== RUN'

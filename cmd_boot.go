@@ -24,6 +24,8 @@ func bootCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "bind-ro", Usage: "bind-mount SRC[:DST[:OPTS]] read-only (repeatable)"},
 			&cli.BoolFlag{Name: "no-binds", Usage: "forget the remembered binds"},
 			&cli.StringFlag{Name: "network", Usage: "veth (default), none, host, bridge:BR or zone:Z"},
+			&cli.StringSliceFlag{Name: "port", Aliases: []string{"p"}, Usage: "forward a host port: [tcp|udp:]HOST[:MACHINE] (repeatable)"},
+			&cli.BoolFlag{Name: "no-ports", Usage: "forget the remembered port forwards"},
 			&cli.BoolFlag{Name: "private-users", Value: true, Usage: "map the machine's users to an unused host range (--private-users=false to share the host's)"},
 			&cli.BoolFlag{Name: "console", Usage: "run in the foreground on this terminal"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up when the machine is not running by then"},
@@ -55,6 +57,15 @@ func bootCommand() *cli.Command {
 					return usagef("%v", err)
 				}
 				req.Binds, req.BindsSet = append(req.Binds, b), true
+			}
+			for _, p := range c.StringSlice("port") {
+				if err := machine.ValidatePort(p); err != nil {
+					return usagef("%v", err)
+				}
+				req.Ports, req.PortsSet = append(req.Ports, p), true
+			}
+			if c.Bool("no-ports") {
+				req.Ports, req.PortsSet = nil, true
 			}
 			if c.Bool("no-binds") {
 				req.Binds, req.BindsSet = nil, true

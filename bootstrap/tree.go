@@ -102,16 +102,16 @@ func Personalise(root, hostname string) error {
 		{"etc/hostname", hostname + "\n"},
 		{"etc/machine-id", ""},
 	} {
-		if err := writeInRoot(r, f.path, f.content); err != nil {
+		if err := WriteInRoot(r, f.path, f.content); err != nil {
 			return fmt.Errorf("personalise %s: %w", f.path, err)
 		}
 	}
 	return nil
 }
 
-// writeInRoot replaces path inside r atomically. A symbolic link at path is
+// WriteInRoot replaces path inside r atomically. A symbolic link at path is
 // replaced, never followed.
-func writeInRoot(r *os.Root, path, content string) error {
+func WriteInRoot(r *os.Root, path, content string) error {
 	tmp := filepath.Join(filepath.Dir(path), ".#nsbox."+filepath.Base(path))
 	_ = r.Remove(tmp)
 	f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)

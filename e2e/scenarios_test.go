@@ -268,6 +268,46 @@ func scenarios(t *testing.T, e *env) {
 		e.mustNsb(t, "boot", name, "--no-binds")
 	})
 
+	t.Run("network", func(t *testing.T) {
+		e.mustNsb(t, "stop", name)
+		e.mustNsb(t, "boot", name, "--port", "tcp:18080:8080")
+		var i info
+		waitFor(t, 20*time.Second, "the machine's address", func() (bool, string) {
+			i = status(t, e, name)
+			return len(i.Addresses) > 0, fmt.Sprint(i.Addresses)
+		})
+		addr := i.Addresses[0]
+		if !strings.HasPrefix(addr, "10.89.") {
+			t.Errorf("address %s is not from the pool", addr)
+		}
+		hostEnd := strings.TrimSpace(e.mustSh(t, "ip -4 -o addr show dev ve-"+name+" | awk '{print $4}' | cut -d/ -f1"))
+		// A listener inside, reached from the host over the veth, directly
+		// and through the forwarded port on the host's end of the link.
+		e.mustNsb(t, "shell", name, "--", "systemd-run", "--unit=e2e-echo", "systemd-socket-activate", "-l", "8080", "--inetd", "-a", "echo", "hello-from-"+name)
+		for _, target := range []string{addr + "/8080", hostEnd + "/18080"} {
+			var got string
+			waitFor(t, 10*time.Second, "a reply from "+target, func() (bool, string) {
+				got = e.sh(t, "timeout 3 bash -c 'exec 3<>/dev/tcp/"+target+"; cat <&3'").stdout
+				return got == "hello-from-"+name+"\n", got
+			})
+		}
+		// And the other way: the machine reaches the host's end.
+		e.mustSh(t, "systemd-run --unit=e2e-host-echo systemd-socket-activate -l "+hostEnd+":18181 --inetd -a echo hello-from-host || true")
+		defer e.sh(t, "systemctl stop e2e-host-echo 2>/dev/null; pkill -f 'systemd-socket-activate -l "+hostEnd+":18181' || true")
+		if e.host == nil {
+			e.mustSh(t, "(setsid systemd-socket-activate -l "+hostEnd+":18181 --inetd -a echo hello-from-host >/dev/null 2>&1 &) ; sleep 0.3")
+		}
+		r := e.nsb(t, "shell", name, "--", "bash", "-c", "exec 3<>/dev/tcp/"+hostEnd+"/18181; cat <&3")
+		if r.stdout != "hello-from-host\n" {
+			t.Errorf("machine to host: %s", r)
+		}
+		if !strings.Contains(e.mustSh(t, "cat /etc/systemd/nspawn/"+name+".nspawn"), "Port=tcp:18080:8080") {
+			t.Error("port not remembered")
+		}
+		e.mustNsb(t, "stop", name)
+		e.mustNsb(t, "boot", name, "--no-ports")
+	})
+
 	t.Run("reboot", func(t *testing.T) {
 		before := status(t, e, name).Leader
 		e.mustNsb(t, "reboot", name)
@@ -301,6 +341,13 @@ func scenarios(t *testing.T, e *env) {
 		}
 		if strings.Join(a.Interfaces, ",") == strings.Join(b.Interfaces, ",") || len(b.Interfaces) != 1 {
 			t.Errorf("interfaces not distinct: %v %v", a.Interfaces, b.Interfaces)
+		}
+		waitFor(t, 20*time.Second, "both machines have addresses", func() (bool, string) {
+			a, b = status(t, e, name), status(t, e, other)
+			return len(a.Addresses) > 0 && len(b.Addresses) > 0, fmt.Sprintf("%v %v", a.Addresses, b.Addresses)
+		})
+		if a.Addresses[0] == b.Addresses[0] {
+			t.Errorf("addresses not distinct: %v %v", a.Addresses, b.Addresses)
 		}
 		if r := e.mustNsb(t, "shell", other, "--", "hostname"); r.stdout != other+"\n" {
 			t.Errorf("second machine: %s", r)

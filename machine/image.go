@@ -142,6 +142,9 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 			_ = os.Remove(m.settingsPath(old))
 		}
 	}
+	if err := os.Rename(m.linkPath(old), m.linkPath(new)); err != nil && !os.IsNotExist(err) {
+		return err
+	}
 	m.unlinkImage(old)
 	m.linkImage(new)
 	if r, err := os.OpenRoot(m.Dir(new)); err == nil {

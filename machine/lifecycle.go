@@ -31,6 +31,9 @@ type BootRequest struct {
 	Timeout      time.Duration
 	// Console runs the machine in the foreground on this terminal.
 	Console bool
+	// Ports replaces the remembered port forwards when PortsSet.
+	Ports    []string
+	PortsSet bool
 }
 
 // BootError is a boot that did not reach a running system; Log holds the
@@ -98,6 +101,12 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if req.PrivateUsers != nil {
 		opts.PrivateUsers = *req.PrivateUsers
 	}
+	if req.PortsSet {
+		opts.Ports = req.Ports
+	}
+	if len(opts.Ports) > 0 && opts.Network == "host" {
+		return fmt.Errorf("%w: --port needs a network of the machine's own (not --network host)", ErrInvalidOption)
+	}
 	for _, b := range opts.Binds {
 		if fi, err := os.Stat(b.Source); err != nil || !fi.IsDir() && !fi.Mode().IsRegular() {
 			return fmt.Errorf("%w: bind source %s does not exist", ErrInvalidOption, b.Source)
@@ -122,6 +131,10 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		Name: name, Root: root, BootOptions: opts, ReadOnly: m.ReadOnly(name),
 		Registered: m.Backend.Registered(),
 		ResolvConf: network.ResolvConfMode("/etc/resolv.conf", opts.Network != "host"),
+	}
+	link, err := m.prepareNetwork(ctx, name, opts)
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
 	}
 	if req.Console {
 		return m.console(ctx, cfg)
@@ -155,6 +168,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		}
 		return fail(err.Error())
 	}
+	m.finishNetwork(bctx, name, link)
 	state, err := m.waitRunning(bctx, name)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -341,6 +355,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 		return err
 	}
 	_ = os.Remove(m.settingsPath(name))
+	_ = os.Remove(m.linkPath(name))
 	m.unlinkImage(name)
 	_ = os.Remove(m.LogDir + "/" + name + ".log")
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
 
@@ -23,6 +24,7 @@ type Paths struct {
 	RunDir      string // runtime state (/run/nsbox)
 	LogDir      string // console logs of the direct backend (/var/log/nsbox)
 	CacheDir    string // debootstrap's package cache (/var/cache/nsbox)
+	StateDir    string // what nsbox remembers of machines (/var/lib/nsbox)
 }
 
 // DefaultPaths are the standard locations.
@@ -34,6 +36,7 @@ func DefaultPaths() Paths {
 		RunDir:      "/run/nsbox",
 		LogDir:      "/var/log/nsbox",
 		CacheDir:    "/var/cache/nsbox",
+		StateDir:    "/var/lib/nsbox",
 	}
 }
 
@@ -44,6 +47,8 @@ type Manager struct {
 	// Why says why this backend was chosen, for --verbose and doctor.
 	Why    string
 	Runner bootstrap.Runner
+	// Pool is the IPv4 prefix machine veth subnets are taken from.
+	Pool string
 }
 
 // Config chooses and configures a Manager.
@@ -53,6 +58,8 @@ type Config struct {
 	Backend string
 	// Supervisor is how to start "nsbox __supervise" for the direct backend.
 	Supervisor []string
+	// Pool is the address pool for veth links ("" means network.DefaultPool).
+	Pool string
 }
 
 // Booted reports whether systemd is PID 1 (sd_booted).
@@ -64,7 +71,10 @@ func Booted() bool {
 // Open picks the backend: machined where systemd is PID 1 and machined
 // answers, direct otherwise, unless cfg.Backend names one.
 func Open(ctx context.Context, cfg Config) (*Manager, error) {
-	m := &Manager{Paths: cfg.Paths, Runner: bootstrap.ExecRunner{}}
+	m := &Manager{Paths: cfg.Paths, Runner: bootstrap.ExecRunner{}, Pool: cfg.Pool}
+	if m.Pool == "" {
+		m.Pool = network.DefaultPool
+	}
 	direct := &Direct{RunDir: cfg.RunDir, LogDir: cfg.LogDir, Runner: m.Runner, Supervisor: cfg.Supervisor}
 	useMachined := func() error {
 		if !Booted() {

@@ -55,6 +55,9 @@ func NspawnArgs(c NspawnConfig) []string {
 	default:
 		args = append(args, "--network-veth")
 	}
+	for _, p := range c.Ports {
+		args = append(args, "--port="+p)
+	}
 	if c.ReadOnly {
 		args = append(args, "--read-only")
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -68,6 +69,27 @@ type BootOptions struct {
 	// PrivateUsers maps the machine's users to an unused host range, the
 	// only setting under which nspawn is a security boundary.
 	PrivateUsers bool `json:"private_users"`
+	// Ports forwards host ports to the machine: [tcp|udp:]HOST[:MACHINE].
+	Ports []string `json:"ports,omitempty"`
+}
+
+// ValidatePort checks a --port value as nspawn takes it.
+func ValidatePort(spec string) error {
+	s := spec
+	if p, rest, ok := strings.Cut(s, ":"); ok && (p == "tcp" || p == "udp") {
+		s = rest
+	}
+	parts := strings.Split(s, ":")
+	if len(parts) > 2 {
+		return fmt.Errorf("%w: port %q (use [tcp|udp:]HOST[:MACHINE])", ErrInvalidOption, spec)
+	}
+	for _, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%w: port %q (use [tcp|udp:]HOST[:MACHINE], ports 1-65535)", ErrInvalidOption, spec)
+		}
+	}
+	return nil
 }
 
 // DefaultBootOptions are what a machine gets before anyone says otherwise.
@@ -121,6 +143,9 @@ func (o BootOptions) SettingsFile() string {
 	default:
 		b.WriteString("VirtualEthernet=yes\n")
 	}
+	for _, p := range o.Ports {
+		fmt.Fprintf(&b, "Port=%s\n", p)
+	}
 	return b.String()
 }
 
@@ -166,6 +191,11 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 			o.Network = "bridge:" + v
 		case "Network.Zone":
 			o.Network = "zone:" + v
+		case "Network.Port":
+			if err := ValidatePort(v); err != nil {
+				return o, fmt.Errorf("line %d: %w", n, err)
+			}
+			o.Ports = append(o.Ports, v)
 		}
 	}
 	if private && !veth && !strings.Contains(o.Network, ":") {

@@ -1,0 +1,163 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/network"
+	"github.com/sirupsen/logrus"
+)
+
+// machineNetworkFile is where nsbox puts the machine's host0 settings.
+const machineNetworkFile = "etc/systemd/network/10-nsbox-host0.network"
+
+func (m *Manager) linkPath(name string) string {
+	return filepath.Join(m.StateDir, "network", name)
+}
+
+// ownVeth reports whether nsbox configures the machine's veth itself: a
+// veth (not bridge, zone, host or none) on a host where systemd-networkd
+// does not.
+func ownVeth(o BootOptions) bool {
+	return o.Network == "veth" && !network.NetworkdManagesVeths()
+}
+
+// machineLink returns the machine's remembered subnet, allocating one
+// from the pool the first time. Allocation is serialised by a lock so two
+// boots never take the same subnet.
+func (m *Manager) machineLink(ctx context.Context, name string) (network.Link, error) {
+	if b, err := os.ReadFile(m.linkPath(name)); err == nil {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(string(b))); err == nil {
+			return network.LinkFor(p)
+		}
+	}
+	dir := filepath.Dir(m.linkPath(name))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return network.Link{}, err
+	}
+	lock, err := bootstrap.LockFile(ctx, filepath.Join(dir, ".lck"), true, true)
+	if err != nil {
+		return network.Link{}, err
+	}
+	defer lock.Unlock()
+	pool, err := netip.ParsePrefix(m.Pool)
+	if err != nil {
+		return network.Link{}, fmt.Errorf("%w: address pool %q: %v", ErrInvalidOption, m.Pool, err)
+	}
+	var used []netip.Prefix
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil {
+			if p, err := netip.ParsePrefix(strings.TrimSpace(string(b))); err == nil {
+				used = append(used, p)
+			}
+		}
+	}
+	taken := network.HostPrefixes(func(link string) bool { return strings.HasPrefix(link, "ve-") || strings.HasPrefix(link, "vb-") })
+	l, err := network.Allocate(pool, used, taken)
+	if err != nil {
+		return l, err
+	}
+	if err := writeFileAtomic(m.linkPath(name), []byte(l.Subnet.String()+"\n"), 0o644); err != nil {
+		return l, err
+	}
+	return l, nil
+}
+
+// prepareNetwork readies the machine's end of its veth before boot: its
+// host0 settings and systemd-networkd enabled, written inside the tree
+// without following any link out of it. It returns the link to configure
+// on the host side once the veth exists, or nil.
+func (m *Manager) prepareNetwork(ctx context.Context, name string, o BootOptions) (*network.Link, error) {
+	if !ownVeth(o) || m.ReadOnly(name) {
+		return nil, nil
+	}
+	l, err := m.machineLink(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	r, err := os.OpenRoot(m.Dir(name))
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	if _, err := r.Stat("lib/systemd/system/systemd-networkd.service"); err != nil {
+		logrus.Warnf("%s has no systemd-networkd: configure its host0 yourself (address %s, gateway %s)", name, l.Machine, l.Host.Addr())
+		return &l, nil
+	}
+	if err := r.MkdirAll("etc/systemd/network", 0o755); err != nil {
+		return nil, err
+	}
+	if err := bootstrap.WriteInRoot(r, machineNetworkFile, network.MachineNetworkFile(l)); err != nil {
+		return nil, err
+	}
+	for link, target := range map[string]string{
+		"etc/systemd/system/multi-user.target.wants/systemd-networkd.service": "/lib/systemd/system/systemd-networkd.service",
+		"etc/systemd/system/sockets.target.wants/systemd-networkd.socket":     "/lib/systemd/system/systemd-networkd.socket",
+	} {
+		if err := r.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+			return nil, err
+		}
+		if cur, err := r.Readlink(link); err == nil && cur == target {
+			continue
+		}
+		_ = r.Remove(link)
+		if err := r.Symlink(target, link); err != nil {
+			return nil, fmt.Errorf("enable systemd-networkd in %s: %w", name, err)
+		}
+	}
+	return &l, nil
+}
+
+// finishNetwork configures the host end of a booted machine's veth and
+// masquerading for the pool. A failure here leaves the machine running
+// without outside access, so it is a warning.
+func (m *Manager) finishNetwork(ctx context.Context, name string, l *network.Link) {
+	if l == nil {
+		return
+	}
+	var ifname string
+	for deadline := time.Now().Add(10 * time.Second); ifname == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		r, err := m.Backend.Get(ctx, name)
+		if err != nil || r.Leader <= 0 {
+			continue
+		}
+		if peers, err := network.HostPeers(r.Leader); err == nil && len(peers) > 0 {
+			ifname = peers[0].Name
+		}
+	}
+	if ifname == "" {
+		logrus.Warnf("%s: its veth did not appear; the machine has no network", name)
+		return
+	}
+	if err := network.ConfigureHostEnd(ifname, *l, 5*time.Second); err != nil {
+		logrus.Warnf("%s: %v", name, err)
+		return
+	}
+	m.masquerade(ctx)
+}
+
+// masquerade lets the pool reach beyond the host.
+func (m *Manager) masquerade(ctx context.Context) {
+	pool, err := netip.ParsePrefix(m.Pool)
+	if err != nil {
+		return
+	}
+	if err := network.EnableForwarding(); err != nil {
+		logrus.Warnf("machines cannot reach beyond this host: %v", err)
+		return
+	}
+	err = m.Runner.Run(ctx, &bootstrap.Cmd{Path: "nft", Args: []string{"-f", "-"}, Stdin: strings.NewReader(network.MasqueradeRules(pool))})
+	if errors.Is(err, bootstrap.ErrToolMissing) {
+		logrus.Warnf("machines cannot reach beyond this host: nft is not installed (install it: apt-get install nftables)")
+	} else if err != nil {
+		logrus.Warnf("machines cannot reach beyond this host: %v", err)
+	}
+}
