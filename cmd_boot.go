@@ -19,7 +19,7 @@ func bootCommand() *cli.Command {
 		Description: "Options given here are remembered in /etc/systemd/nspawn/NAME.nspawn\n" +
 			"and used on later boots (and by machinectl start).\n\n" +
 			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "bind", Usage: "bind-mount SRC[:DST[:OPTS]] (repeatable)"},
 			&cli.StringSliceFlag{Name: "bind-ro", Usage: "bind-mount SRC[:DST[:OPTS]] read-only (repeatable)"},
 			&cli.BoolFlag{Name: "no-binds", Usage: "forget the remembered binds"},
@@ -29,7 +29,7 @@ func bootCommand() *cli.Command {
 			&cli.BoolFlag{Name: "private-users", Value: true, Usage: "map the machine's users to an unused host range (--private-users=false to share the host's)"},
 			&cli.BoolFlag{Name: "console", Usage: "run in the foreground on this terminal"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up when the machine is not running by then"},
-		},
+		}, limitFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
 				return usagef("boot takes one or more machine names (see: nsbox boot --help)")
@@ -39,7 +39,10 @@ func bootCommand() *cli.Command {
 					return usagef("%v", err)
 				}
 			}
-			req := machine.BootRequest{Network: c.String("network"), Timeout: c.Duration("timeout"), Console: c.Bool("console")}
+			req := machine.BootRequest{Network: c.String("network"), Timeout: c.Duration("timeout"), Console: c.Bool("console"), Limits: limitArgs(c)}
+			if _, err := req.Limits.Apply(machine.Limits{}); err != nil {
+				return usagef("%v", err)
+			}
 			if c.IsSet("private-users") {
 				pu := c.Bool("private-users")
 				req.PrivateUsers = &pu

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nsbox/nsbox/machine"
 	"github.com/urfave/cli/v2"
 )
 
@@ -65,6 +66,15 @@ func statusCommand() *cli.Command {
 			if !i.Managed {
 				row("Managed", "no (not an nsbox machine)")
 			}
+			if i.Autostart != "" {
+				row("Autostart", i.Autostart)
+			}
+			if l := i.Limits; l != nil {
+				row("Limits", limitsText(*l))
+			}
+			if u := i.Use; u != nil {
+				row("Use", fmt.Sprintf("memory %s, %d tasks, CPU %s", humanBytes(int64(u.Memory)), u.Tasks, u.CPUTime.Round(time.Millisecond)))
+			}
 			if o := i.Options; o != nil {
 				row("Network", o.Network)
 				pu := "pick (user namespace)"
@@ -72,6 +82,9 @@ func statusCommand() *cli.Command {
 					pu = "no (shares the host's users)"
 				}
 				row("Users", pu)
+				for _, p := range o.Ports {
+					row("Port", p)
+				}
 				for _, b := range o.Binds {
 					kind := "Bind"
 					if b.ReadOnly {
@@ -83,4 +96,27 @@ func statusCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+func limitsText(l machine.Limits) string {
+	var parts []string
+	if l.Memory > 0 {
+		parts = append(parts, "memory "+humanBytes(int64(l.Memory)))
+	}
+	if l.MemorySwap > 0 {
+		parts = append(parts, "swap "+humanBytes(int64(l.MemorySwap)))
+	}
+	if l.CPUs > 0 {
+		parts = append(parts, fmt.Sprintf("%g CPUs", l.CPUs))
+	}
+	if l.CPUWeight > 0 {
+		parts = append(parts, fmt.Sprintf("CPU weight %d", l.CPUWeight))
+	}
+	if l.Tasks > 0 {
+		parts = append(parts, fmt.Sprintf("%d tasks", l.Tasks))
+	}
+	if l.IOWeight > 0 {
+		parts = append(parts, fmt.Sprintf("IO weight %d", l.IOWeight))
+	}
+	return strings.Join(parts, ", ")
 }

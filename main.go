@@ -72,9 +72,18 @@ func commands() []*cli.Command {
 		createCommand(), bootCommand(), shellCommand(), listCommand(), statusCommand(),
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(),
-		cacheCommand(), doctorCommand(), superviseCommand(),
+		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(),
+		completionCommand(), manCommand(),
+		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(),
 	}
 	quietUsage(cmds)
+	for _, c := range cmds {
+		switch c.Name {
+		case "create", "completion", "man", "doctor", "list", "cache", "events":
+		default:
+			c.BashComplete = completeMachines
+		}
+	}
 	return cmds
 }
 

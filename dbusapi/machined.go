@@ -5,6 +5,7 @@
 package dbusapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -179,4 +180,39 @@ func ipString(b []byte) string {
 		return ""
 	}
 	return net.IP(b).String()
+}
+
+// Subscribe delivers the name of every machine machined registers or
+// drops (the MachineNew and MachineRemoved signals) until ctx ends.
+func (c *Machined) Subscribe(ctx context.Context) (<-chan string, error) {
+	opts := []dbus.MatchOption{dbus.WithMatchInterface(managerIface), dbus.WithMatchObjectPath(machinedPath)}
+	if err := c.conn.AddMatchSignal(append(opts, dbus.WithMatchMember("MachineNew"))...); err != nil {
+		return nil, err
+	}
+	if err := c.conn.AddMatchSignal(append(opts, dbus.WithMatchMember("MachineRemoved"))...); err != nil {
+		return nil, err
+	}
+	sigs := make(chan *dbus.Signal, 16)
+	c.conn.Signal(sigs)
+	out := make(chan string, 16)
+	go func() {
+		defer c.conn.RemoveSignal(sigs)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case s := <-sigs:
+				if s == nil || len(s.Body) == 0 {
+					continue
+				}
+				if name, ok := s.Body[0].(string); ok {
+					select {
+					case out <- name:
+					default:
+					}
+				}
+			}
+		}
+	}()
+	return out, nil
 }

@@ -42,6 +42,17 @@ type ServiceSpec struct {
 	DevicePolicy           string
 	DeviceAllow            [][2]string // path or class, permissions
 	TimeoutStartSec        uint64      // microseconds; 0 keeps the default
+	ExecStartPost          []string
+	Restart                string
+	// Properties are further unit settings (resource limits), as name and
+	// value; values are uint64 or string.
+	Properties []UnitProperty
+}
+
+// UnitProperty is one unit setting by its D-Bus name ("MemoryMax").
+type UnitProperty struct {
+	Name  string
+	Value any
 }
 
 // StartTransientUnit starts spec and waits for its start job to finish. It
@@ -81,6 +92,14 @@ func (s *Systemd) StartTransientUnit(ctx context.Context, spec ServiceSpec) (str
 	}
 	if spec.TimeoutStartSec > 0 {
 		props = append(props, prop("TimeoutStartUSec", spec.TimeoutStartSec))
+	}
+	if len(spec.ExecStartPost) > 0 {
+		p := sd.PropExecStart(spec.ExecStartPost, false)
+		p.Name = "ExecStartPost"
+		props = append(props, p)
+	}
+	for _, p := range spec.Properties {
+		props = append(props, prop(p.Name, p.Value))
 	}
 	ch := make(chan string, 1)
 	if _, err := s.c.StartTransientUnitContext(ctx, spec.Name, "fail", props, ch); err != nil {
@@ -170,4 +189,74 @@ func (s *Systemd) ResetFailedUnit(ctx context.Context, name string) error {
 // KillUnit sends sig to the unit's processes ("main" or "all").
 func (s *Systemd) KillUnit(ctx context.Context, name, who string, sig int32) error {
 	return s.c.KillUnitWithTarget(ctx, name, sd.Who(who), sig)
+}
+
+// StartUnit starts a unit from its file and waits for the job; it
+// returns the job result.
+func (s *Systemd) StartUnit(ctx context.Context, name string) (string, error) {
+	ch := make(chan string, 1)
+	if _, err := s.c.StartUnitContext(ctx, name, "fail", ch); err != nil {
+		return "", fmt.Errorf("start %s: %w", name, err)
+	}
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// Reload makes systemd read unit files again (daemon-reload).
+func (s *Systemd) Reload(ctx context.Context) error { return s.c.ReloadContext(ctx) }
+
+// EnableUnitFiles enables units as their [Install] sections say.
+func (s *Systemd) EnableUnitFiles(ctx context.Context, names []string) error {
+	_, _, err := s.c.EnableUnitFilesContext(ctx, names, false, true)
+	return err
+}
+
+// DisableUnitFiles undoes EnableUnitFiles.
+func (s *Systemd) DisableUnitFiles(ctx context.Context, names []string) error {
+	_, err := s.c.DisableUnitFilesContext(ctx, names, false)
+	return err
+}
+
+// GetUnitFileState is "enabled", "disabled", ... or "" for no unit file.
+func (s *Systemd) GetUnitFileState(ctx context.Context, name string) string {
+	p, err := s.c.GetUnitPropertyContext(ctx, name, "UnitFileState")
+	if err != nil {
+		return ""
+	}
+	v, _ := p.Value.Value().(string)
+	return v
+}
+
+// SetUnitProperties changes properties of a running unit, for now
+// (runtime) or also in the unit's drop-ins.
+func (s *Systemd) SetUnitProperties(ctx context.Context, name string, runtime bool, props []UnitProperty) error {
+	var ps []sd.Property
+	for _, p := range props {
+		ps = append(ps, prop(p.Name, p.Value))
+	}
+	return s.c.SetUnitPropertiesContext(ctx, name, runtime, ps...)
+}
+
+// UnitUsage is what a unit uses now.
+type UnitUsage struct {
+	MemoryCurrent uint64 // bytes; max uint64 when unknown
+	TasksCurrent  uint64
+	CPUUsageNSec  uint64
+}
+
+// GetUnitUsage reads a service's current resource use.
+func (s *Systemd) GetUnitUsage(ctx context.Context, name string) (UnitUsage, error) {
+	var u UnitUsage
+	p, err := s.c.GetUnitTypePropertiesContext(ctx, name, "Service")
+	if err != nil {
+		return u, err
+	}
+	u.MemoryCurrent, _ = p["MemoryCurrent"].(uint64)
+	u.TasksCurrent, _ = p["TasksCurrent"].(uint64)
+	u.CPUUsageNSec, _ = p["CPUUsageNSec"].(uint64)
+	return u, nil
 }

@@ -27,6 +27,15 @@ type info struct {
 	Backend    string   `json:"backend"`
 	Usage      int64    `json:"usage_bytes"`
 	ReadOnly   bool     `json:"read_only"`
+	Autostart  string   `json:"autostart"`
+	Limits     *struct {
+		Memory uint64 `json:"memory_bytes"`
+		Tasks  uint64 `json:"tasks"`
+	} `json:"limits"`
+	Use *struct {
+		Memory uint64 `json:"memory_bytes"`
+		Tasks  uint64 `json:"tasks"`
+	} `json:"use"`
 }
 
 // hostileTar is a root file system tarball whose second member is written
@@ -306,6 +315,91 @@ func scenarios(t *testing.T, e *env) {
 		}
 		e.mustNsb(t, "stop", name)
 		e.mustNsb(t, "boot", name, "--no-ports")
+	})
+
+	t.Run("limits", func(t *testing.T) {
+		wantFail(t, e.nsb(t, "set", name, "--memory", "-5M"), 2, "size")
+		wantFail(t, e.nsb(t, "boot", name, "--cpus", "many"), 2, "cpus")
+		e.mustNsb(t, "stop", name)
+		e.mustNsb(t, "boot", name, "--memory", "64M", "--tasks", "500")
+		i := status(t, e, name)
+		if i.Limits == nil || i.Limits.Memory != 64<<20 || i.Limits.Tasks != 500 || i.Use == nil || i.Use.Tasks == 0 {
+			t.Errorf("status limits and use: %+v %+v", i.Limits, i.Use)
+		}
+		if machined {
+			if got := strings.TrimSpace(e.mustSh(t, "systemctl show --property=MemoryMax --value nsbox-"+name+".service")); got != "67108864" {
+				t.Errorf("unit MemoryMax %s", got)
+			}
+			e.mustNsb(t, "set", name, "--memory", "128M")
+			if got := strings.TrimSpace(e.mustSh(t, "systemctl show --property=MemoryMax --value nsbox-"+name+".service")); got != "134217728" {
+				t.Errorf("unit MemoryMax after set %s", got)
+			}
+			// The test host's memory controller is cgroup v1, read-only
+			// inside nspawn: enforcement is proven by the direct backend.
+		} else {
+			// A process that allocates past the limit is killed; the
+			// machine and its services survive.
+			r := e.nsb(t, "shell", name, "--", "sh", "-c", `x=$(head -c 200M /dev/zero | tr "\0" a); echo ${#x}`)
+			if r.code == 0 {
+				t.Errorf("allocation past --memory 64M survived: %s", r)
+			}
+			if s := strings.TrimSpace(e.nsb(t, "shell", name, "--", "systemctl", "is-system-running").stdout); s != "running" && s != "degraded" {
+				t.Errorf("machine after the OOM kill: %q", s)
+			}
+			e.mustNsb(t, "set", name, "--memory", "1G")
+			r = e.nsb(t, "shell", name, "--", "sh", "-c", `x=$(head -c 200M /dev/zero | tr "\0" a); echo ${#x}`)
+			if strings.TrimSpace(r.stdout) != "209715200" {
+				t.Errorf("allocation under the raised limit: %s", r)
+			}
+		}
+		e.mustNsb(t, "stop", name)
+		e.mustSh(t, "rm -f /var/lib/nsbox/limits/"+name+".json")
+		e.mustNsb(t, "boot", name)
+	})
+
+	t.Run("logs", func(t *testing.T) {
+		if r := e.mustNsb(t, "logs", name, "-n", "200"); !strings.Contains(r.stdout, "Startup finished") {
+			t.Errorf("machine journal:\n%s", r.stdout)
+		}
+		if r := e.mustNsb(t, "logs", name, "--host", "-n", "50"); len(strings.TrimSpace(r.stdout)) == 0 {
+			t.Error("host-side log is empty")
+		}
+		e.mustNsb(t, "stop", name)
+		if r := e.mustNsb(t, "logs", name, "-n", "20"); !strings.Contains(r.stdout, "Powering off") && !strings.Contains(r.stdout, "Shutting down") {
+			t.Errorf("journal of the stopped machine lacks its shutdown:\n%s", r.stdout)
+		}
+		e.mustNsb(t, "boot", name)
+	})
+
+	t.Run("autostart", func(t *testing.T) {
+		if !machined {
+			wantFail(t, e.nsb(t, "enable", name), 1, "needs systemd as PID 1")
+			return
+		}
+		unit := "nsbox-" + name + ".service"
+		e.mustNsb(t, "enable", name)
+		defer e.nsb(t, "disable", name)
+		if got := strings.TrimSpace(e.mustSh(t, "systemctl is-enabled "+unit)); got != "enabled" {
+			t.Errorf("is-enabled: %s", got)
+		}
+		if r := e.mustNsb(t, "unit", name); !strings.Contains(r.stdout, "ExecStart=systemd-nspawn") || !strings.Contains(r.stdout, "WantedBy=machines.target") {
+			t.Errorf("unit:\n%s", r.stdout)
+		}
+		if i := status(t, e, name); i.Autostart != "enabled" {
+			t.Errorf("status autostart %q", i.Autostart)
+		}
+		// Started by systemd alone, as at host boot.
+		e.mustNsb(t, "stop", name)
+		e.mustSh(t, "systemctl start "+unit)
+		waitFor(t, 30*time.Second, "machine started by its unit, with its address", func() (bool, string) {
+			i := status(t, e, name)
+			return i.State == "running" && len(i.Addresses) > 0 && e.sh(t, "ip -4 -o addr show dev ve-"+name).stdout != "", fmt.Sprintf("%+v", i)
+		})
+		e.mustNsb(t, "disable", name)
+		e.mustSh(t, "test ! -e /etc/systemd/system/"+unit)
+		if i := status(t, e, name); i.Autostart != "disabled" || i.State != "running" {
+			t.Errorf("after disable: %+v", i)
+		}
 	})
 
 	t.Run("reboot", func(t *testing.T) {

@@ -28,6 +28,16 @@ type StartSpec struct {
 	// Argv is the full command line, systemd-nspawn first.
 	Argv    []string
 	Timeout time.Duration
+	// PostStart runs once the machine is up (nsbox __network-up NAME).
+	PostStart []string
+	Limits    Limits
+}
+
+// Usage is what a running machine uses now.
+type Usage struct {
+	Memory  uint64        `json:"memory_bytes"`
+	Tasks   uint64        `json:"tasks"`
+	CPUTime time.Duration `json:"cpu_time_ns"`
 }
 
 // ExecSpec is a command to run inside a running machine.
@@ -74,4 +84,10 @@ type Backend interface {
 	Cleanup(ctx context.Context, name string)
 	// LogTail returns the last n lines of the machine's console or unit log.
 	LogTail(ctx context.Context, name string, n int) []string
+	// SetLimits applies limits to a running machine.
+	SetLimits(ctx context.Context, name string, l Limits) error
+	// Usage reads a running machine's resource use.
+	Usage(ctx context.Context, name string) (Usage, error)
+	// HostLogs writes the host side of the machine's log to w.
+	HostLogs(ctx context.Context, name string, o LogOptions, w io.Writer) error
 }

@@ -1,27 +1,36 @@
 package machine
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
-// cgroupHierarchies lists the hierarchies that systemd in a container
-// needs a cgroup of its own in: the unified one, and on a hybrid host the
-// name=systemd one too.
+// cgroupHierarchies lists the hierarchies a machine of the direct backend
+// gets a cgroup in: the unified one, and on a hybrid or legacy host the
+// name=systemd one (systemd in the container needs both) and the v1
+// controllers that carry resource limits.
 func cgroupHierarchies() []string {
 	var st unix.Statfs_t
 	if unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
 		return []string{"/sys/fs/cgroup"}
 	}
 	var out []string
-	for _, h := range []string{"/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"} {
-		if unix.Statfs(h, &st) == nil && (st.Type == unix.CGROUP2_SUPER_MAGIC || st.Type == unix.CGROUP_SUPER_MAGIC) {
-			out = append(out, h)
+	seen := map[string]bool{}
+	for _, h := range []string{"systemd", "unified", "memory", "cpu", "cpuacct", "pids", "blkio"} {
+		p, err := filepath.EvalSymlinks(filepath.Join("/sys/fs/cgroup", h))
+		if err != nil || seen[p] {
+			continue
+		}
+		if unix.Statfs(p, &st) == nil && (st.Type == unix.CGROUP2_SUPER_MAGIC || st.Type == unix.CGROUP_SUPER_MAGIC) {
+			seen[p] = true
+			out = append(out, p)
 		}
 	}
 	return out
@@ -31,15 +40,26 @@ func cgroupHierarchies() []string {
 // hierarchy. Where no systemd runs, nothing else owns this part of the tree.
 func cgroupPath(name string) string { return filepath.Join("nsbox", name) }
 
-// joinCgroup moves the calling process into a fresh cgroup for machine
-// name. nspawn hands that cgroup to the container (chowned to its root
-// under --private-users), which it cannot do with the root cgroup.
-func joinCgroup(name string) error {
+// makeCgroup creates the machine's cgroups.
+func makeCgroup(name string) error {
 	for _, h := range cgroupHierarchies() {
 		dir := filepath.Join(h, cgroupPath(name))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("cgroup %s: %w", dir, err)
 		}
+	}
+	return nil
+}
+
+// joinCgroup moves the calling process into the machine's cgroups. nspawn
+// hands the cgroup to the container (chowned to its root under
+// --private-users), which it cannot do with the root cgroup.
+func joinCgroup(name string) error {
+	if err := makeCgroup(name); err != nil {
+		return err
+	}
+	for _, h := range cgroupHierarchies() {
+		dir := filepath.Join(h, cgroupPath(name))
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 			return fmt.Errorf("cgroup %s: %w", dir, err)
 		}
@@ -72,4 +92,142 @@ func leaveCgroup() {
 	for _, h := range cgroupHierarchies() {
 		_ = os.WriteFile(filepath.Join(h, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644)
 	}
+}
+
+// cgroupFile is one limit as a cgroup file and its value.
+type cgroupFile struct{ file, value string }
+
+// limitFiles lists, for each limit, the files that can carry it: cgroup v2
+// first, then v1. The first one that exists is written.
+func limitFiles(l Limits) [][]cgroupFile {
+	var out [][]cgroupFile
+	if l.Memory > 0 {
+		v := strconv.FormatUint(l.Memory, 10)
+		out = append(out, []cgroupFile{{"memory.max", v}, {"memory.limit_in_bytes", v}})
+	}
+	if l.MemorySwap > 0 {
+		out = append(out, []cgroupFile{{"memory.swap.max", strconv.FormatUint(l.MemorySwap, 10)},
+			{"memory.memsw.limit_in_bytes", strconv.FormatUint(l.Memory+l.MemorySwap, 10)}})
+	}
+	if l.CPUs > 0 {
+		q := strconv.Itoa(int(l.CPUs * 100000))
+		out = append(out, []cgroupFile{{"cpu.max", q + " 100000"}, {"cpu.cfs_quota_us", q}})
+	}
+	if l.CPUWeight > 0 {
+		out = append(out, []cgroupFile{{"cpu.weight", strconv.FormatUint(l.CPUWeight, 10)},
+			{"cpu.shares", strconv.FormatUint(max(2, l.CPUWeight*1024/100), 10)}})
+	}
+	if l.Tasks > 0 {
+		out = append(out, []cgroupFile{{"pids.max", strconv.FormatUint(l.Tasks, 10)}})
+	}
+	if l.IOWeight > 0 {
+		w := min(1000, max(10, l.IOWeight/10))
+		out = append(out, []cgroupFile{{"io.weight", "default " + strconv.FormatUint(l.IOWeight, 10)}, {"blkio.weight", strconv.FormatUint(w, 10)}})
+	}
+	return out
+}
+
+// applyLimits writes l into the machine's cgroups. A limit no hierarchy
+// can carry (its controller is missing) is an error.
+func applyLimits(name string, l Limits) error {
+	hs := cgroupHierarchies()
+	for _, choices := range limitFiles(l) {
+		done := false
+		var lastErr error
+		for _, c := range choices {
+			for _, h := range hs {
+				p := filepath.Join(h, cgroupPath(name), c.file)
+				if _, err := os.Stat(p); err != nil {
+					continue
+				}
+				if c.file == "cpu.cfs_quota_us" {
+					_ = os.WriteFile(filepath.Join(h, cgroupPath(name), "cpu.cfs_period_us"), []byte("100000"), 0o644)
+				}
+				if err := os.WriteFile(p, []byte(c.value), 0o644); err != nil {
+					lastErr = fmt.Errorf("%s: %w", p, err)
+					continue
+				}
+				done = true
+			}
+			if done {
+				break
+			}
+		}
+		if !done {
+			if lastErr != nil {
+				return lastErr
+			}
+			return fmt.Errorf("%w: this host's cgroups have no controller for %s", ErrInvalidOption, choices[0].file)
+		}
+	}
+	return nil
+}
+
+// readCgroupValue reads the first of files that exists in the machine's
+// cgroups, as a number (cpu.stat: the usage_usec line).
+func readCgroupValue(name string, files ...string) (uint64, bool) {
+	for _, f := range files {
+		for _, h := range cgroupHierarchies() {
+			b, err := os.ReadFile(filepath.Join(h, cgroupPath(name), f))
+			if err != nil {
+				continue
+			}
+			s := strings.TrimSpace(string(b))
+			if f == "cpu.stat" {
+				for _, l := range strings.Split(s, "\n") {
+					if v, ok := strings.CutPrefix(l, "usage_usec "); ok {
+						n, err := strconv.ParseUint(v, 10, 64)
+						return n * 1000, err == nil
+					}
+				}
+				continue
+			}
+			n, err := strconv.ParseUint(s, 10, 64)
+			if err == nil {
+				return n, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// cgroupUsage reads the machine's current use.
+func cgroupUsage(name string) (Usage, error) {
+	var u Usage
+	var ok bool
+	if u.Memory, ok = readCgroupValue(name, "memory.current", "memory.usage_in_bytes"); !ok {
+		return u, errors.New("no memory accounting")
+	}
+	u.Tasks, _ = readCgroupValue(name, "pids.current")
+	ns, _ := readCgroupValue(name, "cpu.stat", "cpuacct.usage")
+	u.CPUTime = timeDuration(ns)
+	return u, nil
+}
+
+// execCgroup prepares the leaf cgroup "exec" of a machine, where commands
+// run by nsbox shell go so that the machine's limits cover them, and
+// returns the cgroup.procs files to join.
+func execCgroup(name string) []string {
+	var out []string
+	for _, h := range cgroupHierarchies() {
+		if _, err := os.Stat(filepath.Join(h, cgroupPath(name))); err != nil {
+			continue
+		}
+		dir := filepath.Join(h, cgroupPath(name), "exec")
+		if err := os.MkdirAll(dir, 0o755); err == nil {
+			out = append(out, filepath.Join(dir, "cgroup.procs"))
+		}
+	}
+	return out
+}
+
+// inCgroup wraps argv so that it runs in the cgroups whose cgroup.procs
+// files are given: a shell joins them, then execs argv.
+func inCgroup(procs []string, path string, args []string) (string, []string) {
+	if len(procs) == 0 {
+		return path, args
+	}
+	script := `n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" 2>/dev/null; shift; n=$((n-1)); done; exec "$@"`
+	out := append([]string{"-c", script, "sh", strconv.Itoa(len(procs))}, procs...)
+	return "/bin/sh", append(append(out, path), args...)
 }

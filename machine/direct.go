@@ -73,6 +73,15 @@ func (d *Direct) Start(ctx context.Context, spec StartSpec) error {
 			return err
 		}
 	}
+	// The cgroups, with their limits, are ready before the supervisor
+	// moves into them.
+	if err := makeCgroup(spec.Name); err != nil {
+		return err
+	}
+	if err := applyLimits(spec.Name, spec.Limits); err != nil {
+		removeCgroup(spec.Name)
+		return err
+	}
 	logPath := d.logPath(spec.Name)
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o640)
 	if err != nil {
@@ -322,8 +331,9 @@ func (d *Direct) Exec(ctx context.Context, name string, e ExecSpec) (int, error)
 	if !st.Leader.Alive() {
 		return 0, fmt.Errorf("%s: container is between boots", name)
 	}
-	c := &bootstrap.Cmd{Path: "nsenter", Args: nsenterArgs(st.Leader.PID, e.User, e.Env, e.Argv)}
-	return runExec(ctx, d.Runner, c, e)
+	// The command joins the machine's cgroups, so its limits cover it.
+	path, args := inCgroup(execCgroup(name), "nsenter", nsenterArgs(st.Leader.PID, e.User, e.Env, e.Argv))
+	return runExec(ctx, d.Runner, &bootstrap.Cmd{Path: path, Args: args}, e)
 }
 
 // runExec runs c with e's streams, on a pseudo terminal of its own when
@@ -424,3 +434,21 @@ func stripANSI(s string) string {
 	}
 	return b.String()
 }
+
+// SetLimits implements Backend by writing the machine's cgroup files.
+func (d *Direct) SetLimits(ctx context.Context, name string, l Limits) error {
+	if _, err := d.live(name); err != nil {
+		return err
+	}
+	return applyLimits(name, l)
+}
+
+// Usage implements Backend from the machine's cgroups.
+func (d *Direct) Usage(ctx context.Context, name string) (Usage, error) {
+	if _, err := d.live(name); err != nil {
+		return Usage{}, err
+	}
+	return cgroupUsage(name)
+}
+
+func timeDuration(ns uint64) time.Duration { return time.Duration(ns) }

@@ -34,6 +34,8 @@ type BootRequest struct {
 	// Ports replaces the remembered port forwards when PortsSet.
 	Ports    []string
 	PortsSet bool
+	// Limits change the remembered resource limits (only the set ones).
+	Limits LimitFlags
 }
 
 // BootError is a boot that did not reach a running system; Log holds the
@@ -112,6 +114,13 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 			return fmt.Errorf("%w: bind source %s does not exist", ErrInvalidOption, b.Source)
 		}
 	}
+	limits, err := m.Limits(name)
+	if err != nil {
+		return err
+	}
+	if limits, err = req.Limits.Apply(limits); err != nil {
+		return err
+	}
 	// A hand-started nspawn holds the image lock even where no backend
 	// knows the machine.
 	lock, err := LockImage(root, true)
@@ -125,25 +134,26 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if err := writeFileAtomic(m.settingsPath(name), []byte(opts.SettingsFile()), 0o644); err != nil {
 		return fmt.Errorf("remember options: %w", err)
 	}
+	if err := m.saveLimits(name, limits); err != nil {
+		return fmt.Errorf("remember limits: %w", err)
+	}
 	m.linkImage(name)
 
-	cfg := NspawnConfig{
-		Name: name, Root: root, BootOptions: opts, ReadOnly: m.ReadOnly(name),
-		Registered: m.Backend.Registered(),
-		ResolvConf: network.ResolvConfMode("/etc/resolv.conf", opts.Network != "host"),
-	}
 	link, err := m.prepareNetwork(ctx, name, opts)
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
+	if !m.ReadOnly(name) {
+		m.ensurePersistentJournal(name)
+	}
 	if req.Console {
-		return m.console(ctx, cfg)
+		return m.console(ctx, m.nspawnConfig(name, opts))
 	}
 	timeout := req.Timeout
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
 	}
-	spec := StartSpec{Name: name, Root: root, Argv: append([]string{"systemd-nspawn"}, NspawnArgs(cfg)...), Timeout: timeout}
+	spec := m.startSpec(name, opts, limits, timeout)
 	bctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	fail := func(why string) error {
@@ -182,6 +192,27 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	}
 	logrus.Infof("%s is %s", name, state)
 	return nil
+}
+
+// nspawnConfig is the nspawn configuration of machine name with opts.
+func (m *Manager) nspawnConfig(name string, opts BootOptions) NspawnConfig {
+	return NspawnConfig{
+		Name: name, Root: m.Dir(name), BootOptions: opts, ReadOnly: m.ReadOnly(name),
+		Registered: m.Backend.Registered(),
+		ResolvConf: network.ResolvConfMode("/etc/resolv.conf", opts.Network != "host"),
+	}
+}
+
+// startSpec is what the backend needs to run machine name. A machine
+// whose veth nsbox configures gets "nsbox __network-up NAME" once it is
+// up, so a start by systemd alone (autostart) configures it too.
+func (m *Manager) startSpec(name string, opts BootOptions, limits Limits, timeout time.Duration) StartSpec {
+	spec := StartSpec{Name: name, Root: m.Dir(name), Timeout: timeout, Limits: limits,
+		Argv: append([]string{"systemd-nspawn"}, NspawnArgs(m.nspawnConfig(name, opts))...)}
+	if ownVeth(opts) && m.Backend.Registered() && len(m.Self) > 0 {
+		spec.PostStart = append(append([]string{}, m.Self...), "--root-dir", m.RootDir, "__network-up", name)
+	}
+	return spec
 }
 
 // waitRunning polls the container's systemd until it reports running or

@@ -31,6 +31,10 @@ type Info struct {
 	Backend    string       `json:"backend"`
 	Usage      int64        `json:"usage_bytes"` // disk usage of the tree
 	ReadOnly   bool         `json:"read_only"`
+	// Status only.
+	Autostart string  `json:"autostart,omitempty"` // "enabled", "disabled"
+	Limits    *Limits `json:"limits,omitempty"`
+	Use       *Usage  `json:"use,omitempty"` // current resource use of a running machine
 	Options    *BootOptions `json:"boot_options,omitempty"`
 }
 
@@ -172,6 +176,15 @@ func (m *Manager) Status(ctx context.Context, name string) (Info, error) {
 	if i.Managed {
 		if o, err := m.Options(name); err == nil {
 			i.Options = &o
+		}
+		if l, err := m.Limits(name); err == nil && !l.IsZero() {
+			i.Limits = &l
+		}
+		i.Autostart = m.AutostartState(ctx, name)
+	}
+	if i.State == "running" {
+		if u, err := m.Backend.Usage(ctx, name); err == nil {
+			i.Use = &u
 		}
 	}
 	return i, nil

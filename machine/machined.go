@@ -24,12 +24,46 @@ type MachinedAPI interface {
 	OpenMachineShell(name, user string, env []string) (*os.File, error)
 }
 
+// Subscriber is machined's signal stream; dbusapi.Machined implements it.
+type Subscriber interface {
+	Subscribe(ctx context.Context) (<-chan string, error)
+}
+
+// Changes implements Watcher from machined's MachineNew and MachineRemoved.
+func (m *Machined) Changes(ctx context.Context) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	s, ok := m.Machines.(Subscriber)
+	if !ok {
+		return out
+	}
+	names, err := s.Subscribe(ctx)
+	if err != nil {
+		return out
+	}
+	go func() {
+		for range names {
+			select {
+			case out <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return out
+}
+
 // SystemdAPI is the part of the systemd manager nsbox uses.
 type SystemdAPI interface {
 	StartTransientUnit(ctx context.Context, spec dbusapi.ServiceSpec) (string, error)
+	StartUnit(ctx context.Context, name string) (string, error)
 	GetUnitState(ctx context.Context, name string) (dbusapi.UnitState, error)
 	StopUnit(ctx context.Context, name string) error
 	ResetFailedUnit(ctx context.Context, name string) error
+	Reload(ctx context.Context) error
+	EnableUnitFiles(ctx context.Context, names []string) error
+	DisableUnitFiles(ctx context.Context, names []string) error
+	GetUnitFileState(ctx context.Context, name string) string
+	SetUnitProperties(ctx context.Context, name string, runtime bool, props []dbusapi.UnitProperty) error
+	GetUnitUsage(ctx context.Context, name string) (dbusapi.UnitUsage, error)
 }
 
 // Machined runs machines as transient systemd services that machined
@@ -38,6 +72,8 @@ type Machined struct {
 	Machines MachinedAPI
 	Systemd  SystemdAPI
 	Runner   bootstrap.Runner
+	// UnitDir holds the unit files of enabled machines (/etc/systemd/system).
+	UnitDir string
 }
 
 // Name implements Backend.
@@ -73,6 +109,8 @@ func ServiceSpec(spec StartSpec) dbusapi.ServiceSpec {
 			{"block-device-mapper", "rw"},
 		},
 		TimeoutStartSec: uint64(spec.Timeout / time.Microsecond),
+		ExecStartPost:   spec.PostStart,
+		Properties:      spec.Limits.Properties(),
 	}
 }
 
@@ -83,7 +121,18 @@ func (m *Machined) Start(ctx context.Context, spec StartSpec) error {
 	unit := UnitName(spec.Name)
 	// A failed unit of an earlier boot keeps the name taken.
 	_ = m.Systemd.ResetFailedUnit(ctx, unit)
-	result, err := m.Systemd.StartTransientUnit(ctx, ServiceSpec(spec))
+	var result string
+	var err error
+	if m.hasUnitFile(spec.Name) {
+		// An enabled machine starts from its unit file, brought up to date
+		// with the options of this boot.
+		if err := m.writeUnit(ctx, spec); err != nil {
+			return err
+		}
+		result, err = m.Systemd.StartUnit(ctx, unit)
+	} else {
+		result, err = m.Systemd.StartTransientUnit(ctx, ServiceSpec(spec))
+	}
 	if err != nil {
 		return err
 	}
@@ -239,4 +288,37 @@ func (m *Machined) LogTail(ctx context.Context, name string, n int) []string {
 		return nil
 	}
 	return lastLines(out.String(), n)
+}
+
+// SetLimits implements Backend: the unit's properties change now; the
+// unit file of an enabled machine is rewritten by the next boot.
+func (m *Machined) SetLimits(ctx context.Context, name string, l Limits) error {
+	props := l.Properties()
+	if len(props) == 0 {
+		return nil
+	}
+	return m.Systemd.SetUnitProperties(ctx, UnitName(name), true, props)
+}
+
+// Usage implements Backend from the unit's accounting.
+func (m *Machined) Usage(ctx context.Context, name string) (Usage, error) {
+	r, err := m.Get(ctx, name)
+	if err != nil {
+		return Usage{}, err
+	}
+	u, err := m.Systemd.GetUnitUsage(ctx, r.Unit)
+	if err != nil {
+		return Usage{}, err
+	}
+	out := Usage{Memory: u.MemoryCurrent, Tasks: u.TasksCurrent, CPUTime: time.Duration(u.CPUUsageNSec)}
+	if u.MemoryCurrent == ^uint64(0) {
+		out.Memory = 0
+	}
+	if u.TasksCurrent == ^uint64(0) {
+		out.Tasks = 0
+	}
+	if u.CPUUsageNSec == ^uint64(0) {
+		out.CPUTime = 0
+	}
+	return out, nil
 }

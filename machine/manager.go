@@ -49,6 +49,8 @@ type Manager struct {
 	Runner bootstrap.Runner
 	// Pool is the IPv4 prefix machine veth subnets are taken from.
 	Pool string
+	// Self runs this nsbox binary (for units that call back into it).
+	Self []string
 }
 
 // Config chooses and configures a Manager.
@@ -72,6 +74,9 @@ func Booted() bool {
 // answers, direct otherwise, unless cfg.Backend names one.
 func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	m := &Manager{Paths: cfg.Paths, Runner: bootstrap.ExecRunner{}, Pool: cfg.Pool}
+	if len(cfg.Supervisor) > 0 {
+		m.Self = cfg.Supervisor[:1]
+	}
 	if m.Pool == "" {
 		m.Pool = network.DefaultPool
 	}
@@ -89,7 +94,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			md.Close()
 			return fmt.Errorf("%w: %v", ErrNoBackend, err)
 		}
-		m.Backend = &Machined{Machines: md, Systemd: sd, Runner: m.Runner}
+		m.Backend = &Machined{Machines: md, Systemd: sd, Runner: m.Runner, UnitDir: "/etc/systemd/system"}
 		return nil
 	}
 	switch cfg.Backend {

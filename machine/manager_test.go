@@ -215,3 +215,17 @@ func TestResolveRelease(t *testing.T) {
 		t.Errorf("web without --release: %v", err)
 	}
 }
+
+func (f *fakeMachined) StartUnit(ctx context.Context, name string) (string, error) { return f.result, nil }
+func (f *fakeMachined) Reload(ctx context.Context) error                          { return nil }
+func (f *fakeMachined) EnableUnitFiles(ctx context.Context, names []string) error { return nil }
+func (f *fakeMachined) DisableUnitFiles(ctx context.Context, names []string) error {
+	return nil
+}
+func (f *fakeMachined) GetUnitFileState(ctx context.Context, name string) string { return "" }
+func (f *fakeMachined) SetUnitProperties(ctx context.Context, name string, runtime bool, props []dbusapi.UnitProperty) error {
+	return nil
+}
+func (f *fakeMachined) GetUnitUsage(ctx context.Context, name string) (dbusapi.UnitUsage, error) {
+	return dbusapi.UnitUsage{}, nil
+}

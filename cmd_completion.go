@@ -1,0 +1,97 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// The completion scripts ask nsbox itself what fits next (urfave/cli's
+// --generate-bash-completion), so they follow the commands as they change
+// and complete machine names from the root directory.
+const bashCompletion = `# nsbox completion for bash: source <(nsbox completion bash)
+_nsbox() {
+	local cur=${COMP_WORDS[COMP_CWORD]} IFS=$'\n'
+	local words=("${COMP_WORDS[@]:1:COMP_CWORD-1}")
+	COMPREPLY=($(compgen -W "$("${COMP_WORDS[0]}" "${words[@]}" --generate-bash-completion 2>/dev/null | cut -d: -f1)" -- "$cur"))
+}
+complete -o default -F _nsbox nsbox
+`
+
+const zshCompletion = `#compdef nsbox
+# nsbox completion for zsh: source <(nsbox completion zsh)
+_nsbox() {
+	local -a opts
+	opts=("${(@f)$(${words[1]} ${words[2,CURRENT-1]} --generate-bash-completion 2>/dev/null)}")
+	_describe 'nsbox' opts
+}
+compdef _nsbox nsbox
+`
+
+const fishCompletion = `# nsbox completion for fish: nsbox completion fish | source
+complete -c nsbox -f -a '(set -l t (commandline -opc); $t[1] $t[2..-1] --generate-bash-completion 2>/dev/null | string replace -r ":.*" "")'
+`
+
+func completionCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "completion",
+		Usage:     "print a shell completion script (bash, zsh or fish)",
+		ArgsUsage: "bash|zsh|fish",
+		Description: "   source <(nsbox completion bash)      # or put it in /etc/bash_completion.d/nsbox\n" +
+			"   nsbox completion fish > ~/.config/fish/completions/nsbox.fish",
+		Action: func(c *cli.Context) error {
+			scripts := map[string]string{"bash": bashCompletion, "zsh": zshCompletion, "fish": fishCompletion}
+			s, ok := scripts[c.Args().First()]
+			if c.NArg() != 1 || !ok {
+				return usagef("completion takes one shell: bash, zsh or fish")
+			}
+			fmt.Print(s)
+			return nil
+		},
+	}
+}
+
+func manCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "man",
+		Usage: "print nsbox's manual page (nsbox man > /usr/local/share/man/man1/nsbox.1)",
+		Action: func(c *cli.Context) error {
+			page, err := c.App.ToMan()
+			if err != nil {
+				return err
+			}
+			fmt.Print(page)
+			return nil
+		},
+	}
+}
+
+// completeMachines offers the machine names under the root directory, for
+// commands that take one. It reads the directory only: completion must be
+// fast and must not need root.
+func completeMachines(c *cli.Context) {
+	if c.NArg() > 0 && c.Command.Name != "boot" {
+		return
+	}
+	root := c.String("root-dir")
+	if root == "" {
+		root = "/srv"
+	}
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(root, e.Name(), "etc", "os-release")); err == nil {
+			fmt.Println(e.Name())
+		} else if _, err := os.Stat(filepath.Join(root, e.Name(), "usr", "lib", "os-release")); err == nil {
+			fmt.Println(e.Name())
+		}
+	}
+}

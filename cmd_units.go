@@ -1,0 +1,76 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/nsbox/nsbox/machine"
+	"github.com/urfave/cli/v2"
+)
+
+// limitFlags are the resource limits boot and set take.
+var limitFlags = []cli.Flag{
+	&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512M or 2G (MemoryMax=)"},
+	&cli.StringFlag{Name: "memory-swap", Usage: "swap limit (MemorySwapMax=)"},
+	&cli.StringFlag{Name: "cpus", Usage: "CPU quota in CPUs, e.g. 0.5 or 2 (CPUQuota=)"},
+	&cli.StringFlag{Name: "cpu-weight", Usage: "CPU weight 1-10000 (CPUWeight=)"},
+	&cli.StringFlag{Name: "tasks", Usage: "most tasks (TasksMax=)"},
+	&cli.StringFlag{Name: "io-weight", Usage: "IO weight 1-10000 (IOWeight=)"},
+}
+
+func limitArgs(c *cli.Context) machine.LimitFlags {
+	return machine.LimitFlags{
+		Memory: c.String("memory"), MemorySwap: c.String("memory-swap"), CPUs: c.String("cpus"),
+		CPUWeight: c.String("cpu-weight"), Tasks: c.String("tasks"), IOWeight: c.String("io-weight"),
+	}
+}
+
+func enableCommand() *cli.Command {
+	return simple("enable", "boot a machine with the host (installs and enables nsbox-NAME.service)", nil,
+		func(c *cli.Context, m *machine.Manager, n string) error {
+			return m.Enable(c.Context, n)
+		})
+}
+
+func disableCommand() *cli.Command {
+	return simple("disable", "stop booting a machine with the host", nil,
+		func(c *cli.Context, m *machine.Manager, n string) error {
+			return m.Disable(c.Context, n)
+		})
+}
+
+func unitCommand() *cli.Command {
+	return simple("unit", "print the unit enable would install, for review", nil,
+		func(c *cli.Context, m *machine.Manager, n string) error {
+			text, err := m.Unit(n)
+			if err != nil {
+				return err
+			}
+			fmt.Print(text)
+			return nil
+		})
+}
+
+func setCommand() *cli.Command {
+	cmd := simple("set", "change a machine's resource limits, live when it runs", limitFlags,
+		func(c *cli.Context, m *machine.Manager, n string) error {
+			f := limitArgs(c)
+			if f == (machine.LimitFlags{}) {
+				return usagef("set takes at least one limit (see: nsbox set --help)")
+			}
+			if _, err := f.Apply(machine.Limits{}); err != nil {
+				return usagef("%v", err)
+			}
+			_, err := m.SetLimits(c.Context, n, f)
+			return err
+		})
+	cmd.Description = "   nsbox set web --memory 512M --cpus 1.5 --tasks 200"
+	return cmd
+}
+
+func networkUpCommand() *cli.Command {
+	cmd := simple("__network-up", "", nil, func(c *cli.Context, m *machine.Manager, n string) error {
+		return m.NetworkUp(c.Context, n)
+	})
+	cmd.Hidden = true
+	return cmd
+}

@@ -1,0 +1,148 @@
+package machine
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// autostart returns the backend's Autostart, or an error saying why this
+// host cannot start machines with itself.
+func (m *Manager) autostart() (Autostart, error) {
+	a, ok := m.Backend.(Autostart)
+	if !ok {
+		return nil, fmt.Errorf("%w: starting machines with the host needs systemd as PID 1 (this host: %s)", ErrNoBackend, m.Why)
+	}
+	return a, nil
+}
+
+// enabledSpec is the unit of machine name with its remembered options.
+func (m *Manager) enabledSpec(name string) (StartSpec, error) {
+	opts, err := m.Options(name)
+	if err != nil {
+		return StartSpec{}, err
+	}
+	limits, err := m.Limits(name)
+	if err != nil {
+		return StartSpec{}, err
+	}
+	return m.startSpec(name, opts, limits, 2*time.Minute), nil
+}
+
+// Unit renders the unit file that enable installs, for review.
+func (m *Manager) Unit(name string) (string, error) {
+	if err := m.checkName(name, true); err != nil {
+		return "", err
+	}
+	a, err := m.autostart()
+	if err != nil {
+		return "", err
+	}
+	spec, err := m.enabledSpec(name)
+	if err != nil {
+		return "", err
+	}
+	return a.UnitText(spec), nil
+}
+
+// Enable installs and enables a unit so the machine boots with the host,
+// with its remembered options and limits.
+func (m *Manager) Enable(ctx context.Context, name string) error {
+	if err := m.checkName(name, true); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	a, err := m.autostart()
+	if err != nil {
+		return err
+	}
+	opts, err := m.Options(name)
+	if err != nil {
+		return err
+	}
+	// The settings file is what machinectl reads too: make sure it exists.
+	if err := writeFileAtomic(m.settingsPath(name), []byte(opts.SettingsFile()), 0o644); err != nil {
+		return err
+	}
+	if _, err := m.prepareNetwork(ctx, name, opts); err != nil {
+		return err
+	}
+	m.linkImage(name)
+	spec, err := m.enabledSpec(name)
+	if err != nil {
+		return err
+	}
+	return a.Install(ctx, spec)
+}
+
+// Disable undoes Enable; a running machine keeps running.
+func (m *Manager) Disable(ctx context.Context, name string) error {
+	if err := m.checkName(name, true); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	a, err := m.autostart()
+	if err != nil {
+		return err
+	}
+	return a.Uninstall(ctx, name)
+}
+
+// Autostart reports "enabled" or "disabled" ("" where the host cannot).
+func (m *Manager) AutostartState(ctx context.Context, name string) string {
+	a, err := m.autostart()
+	if err != nil {
+		return ""
+	}
+	return a.UnitFileState(ctx, name)
+}
+
+// SetLimits changes a machine's resource limits: remembered for the next
+// boot, and applied now when it runs.
+func (m *Manager) SetLimits(ctx context.Context, name string, f LimitFlags) (Limits, error) {
+	if err := m.checkName(name, true); err != nil {
+		return Limits{}, err
+	}
+	if err := requireRoot(); err != nil {
+		return Limits{}, err
+	}
+	cur, err := m.Limits(name)
+	if err != nil {
+		return cur, err
+	}
+	l, err := f.Apply(cur)
+	if err != nil {
+		return cur, err
+	}
+	if _, err := m.Backend.Get(ctx, name); err == nil {
+		if err := m.Backend.SetLimits(ctx, name, l); err != nil {
+			return cur, err
+		}
+	}
+	return l, m.saveLimits(name, l)
+}
+
+// NetworkUp configures the host end of a running machine's veth; units of
+// enabled machines run it once the machine is up.
+func (m *Manager) NetworkUp(ctx context.Context, name string) error {
+	if err := m.running(ctx, name); err != nil {
+		return err
+	}
+	opts, err := m.Options(name)
+	if err != nil {
+		return err
+	}
+	if !ownVeth(opts) {
+		return nil
+	}
+	l, err := m.machineLink(ctx, name)
+	if err != nil {
+		return err
+	}
+	m.finishNetwork(ctx, name, &l)
+	return nil
+}

@@ -1,0 +1,131 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+)
+
+// Autostart is what a backend that can start machines with the host does:
+// installing a unit file. Only the machined backend implements it.
+type Autostart interface {
+	UnitText(spec StartSpec) string
+	Install(ctx context.Context, spec StartSpec) error
+	Uninstall(ctx context.Context, name string) error
+	UnitFileState(ctx context.Context, name string) string
+}
+
+// quoteExec quotes one command line word for a unit file.
+func quoteExec(s string) string {
+	s = strings.ReplaceAll(s, "%", "%%")
+	s = strings.ReplaceAll(s, "$", "$$")
+	if s != "" && !strings.ContainsAny(s, " \t\"'\\;") {
+		return s
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+func execLine(argv []string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		q[i] = quoteExec(a)
+	}
+	return strings.Join(q, " ")
+}
+
+// UnitText renders the machine's service as a unit file: the same settings
+// as the transient unit nsbox boot starts, plus what autostart needs.
+func (m *Machined) UnitText(spec StartSpec) string {
+	s := ServiceSpec(spec)
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by nsbox enable %s; nsbox rewrites it when the machine's options change.\n", spec.Name)
+	fmt.Fprintf(&b, "[Unit]\nDescription=%s\nDocumentation=man:systemd-nspawn(1)\n", s.Description)
+	b.WriteString("PartOf=machines.target\nBefore=machines.target\nAfter=network.target systemd-resolved.service modprobe@tun.service modprobe@loop.service\n")
+	fmt.Fprintf(&b, "RequiresMountsFor=%s\n", spec.Root)
+	b.WriteString("\n[Service]\n")
+	fmt.Fprintf(&b, "ExecStart=%s\n", execLine(s.ExecStart))
+	if len(s.ExecStartPost) > 0 {
+		fmt.Fprintf(&b, "ExecStartPost=-%s\n", execLine(s.ExecStartPost))
+	}
+	fmt.Fprintf(&b, "Type=%s\nSlice=%s\nDelegate=yes\nKillMode=%s\nRestart=on-failure\n", s.Type, s.Slice, s.KillMode)
+	b.WriteString("RestartForceExitStatus=133\nSuccessExitStatus=133\nWatchdogSec=3min\nTimeoutStartSec=" + fmt.Sprint(spec.Timeout.Seconds()) + "\n")
+	fmt.Fprintf(&b, "DevicePolicy=%s\n", s.DevicePolicy)
+	for _, d := range s.DeviceAllow {
+		fmt.Fprintf(&b, "DeviceAllow=%s %s\n", d[0], d[1])
+	}
+	for _, l := range spec.Limits.UnitLines() {
+		b.WriteString(l + "\n")
+	}
+	b.WriteString("\n[Install]\nWantedBy=machines.target\n")
+	return b.String()
+}
+
+// unitPath is where an enabled machine's unit file lives.
+func (m *Machined) unitPath(name string) string {
+	dir := m.UnitDir
+	if dir == "" {
+		dir = "/etc/systemd/system"
+	}
+	return filepath.Join(dir, UnitName(name))
+}
+
+// hasUnitFile reports whether the machine is enabled (has a unit file).
+func (m *Machined) hasUnitFile(name string) bool {
+	_, err := os.Stat(m.unitPath(name))
+	return err == nil
+}
+
+// writeUnit writes the unit file when its text changed, and reloads.
+func (m *Machined) writeUnit(ctx context.Context, spec StartSpec) error {
+	text := m.UnitText(spec)
+	if cur, err := os.ReadFile(m.unitPath(spec.Name)); err == nil && string(cur) == text {
+		return nil
+	}
+	if err := writeFileAtomic(m.unitPath(spec.Name), []byte(text), 0o644); err != nil {
+		return err
+	}
+	return m.Systemd.Reload(ctx)
+}
+
+// Install implements Autostart: the unit file, enabled in machines.target,
+// which itself is enabled in multi-user.target.
+func (m *Machined) Install(ctx context.Context, spec StartSpec) error {
+	if err := m.writeUnit(ctx, spec); err != nil {
+		return err
+	}
+	if err := m.Systemd.EnableUnitFiles(ctx, []string{UnitName(spec.Name), "machines.target"}); err != nil {
+		return fmt.Errorf("enable %s: %w", UnitName(spec.Name), err)
+	}
+	return nil
+}
+
+// Uninstall implements Autostart.
+func (m *Machined) Uninstall(ctx context.Context, name string) error {
+	if !m.hasUnitFile(name) {
+		return nil
+	}
+	if err := m.Systemd.DisableUnitFiles(ctx, []string{UnitName(name)}); err != nil {
+		return fmt.Errorf("disable %s: %w", UnitName(name), err)
+	}
+	if err := os.Remove(m.unitPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return m.Systemd.Reload(ctx)
+}
+
+// UnitFileState implements Autostart.
+func (m *Machined) UnitFileState(ctx context.Context, name string) string {
+	if !m.hasUnitFile(name) {
+		return "disabled"
+	}
+	if s := m.Systemd.GetUnitFileState(ctx, UnitName(name)); s != "" {
+		return s
+	}
+	return "enabled"
+}
+
+var _ Autostart = (*Machined)(nil)
