@@ -23,6 +23,7 @@ func bootCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "bind", Usage: "bind-mount SRC[:DST[:OPTS]] (repeatable)"},
 			&cli.StringSliceFlag{Name: "bind-ro", Usage: "bind-mount SRC[:DST[:OPTS]] read-only (repeatable)"},
 			&cli.BoolFlag{Name: "no-binds", Usage: "forget the remembered binds"},
+			&cli.BoolFlag{Name: "force-binds", Usage: "allow binding / or the root directory itself"},
 			&cli.StringFlag{Name: "network", Usage: "veth (default), none, host, bridge:BR or zone:Z"},
 			&cli.StringSliceFlag{Name: "port", Aliases: []string{"p"}, Usage: "forward a host port: [tcp|udp:]HOST[:MACHINE] (repeatable)"},
 			&cli.BoolFlag{Name: "no-ports", Usage: "forget the remembered port forwards"},
@@ -39,7 +40,7 @@ func bootCommand() *cli.Command {
 					return usagef("%v", err)
 				}
 			}
-			req := machine.BootRequest{Network: c.String("network"), Timeout: c.Duration("timeout"), Console: c.Bool("console"), Limits: limitArgs(c)}
+			req := machine.BootRequest{Network: c.String("network"), Timeout: c.Duration("timeout"), Console: c.Bool("console"), Limits: limitArgs(c), ForceBinds: c.Bool("force-binds")}
 			if _, err := req.Limits.Apply(machine.Limits{}); err != nil {
 				return usagef("%v", err)
 			}

@@ -44,6 +44,9 @@ type ServiceSpec struct {
 	TimeoutStartSec        uint64      // microseconds; 0 keeps the default
 	ExecStartPost          []string
 	Restart                string
+	// CollectMode "inactive-or-failed" unloads the unit as soon as it
+	// stops, failed or not (systemd-run --collect).
+	CollectMode string
 	// Properties are further unit settings (resource limits), as name and
 	// value; values are uint64 or string.
 	Properties []UnitProperty
@@ -92,6 +95,9 @@ func (s *Systemd) StartTransientUnit(ctx context.Context, spec ServiceSpec) (str
 	}
 	if spec.TimeoutStartSec > 0 {
 		props = append(props, prop("TimeoutStartUSec", spec.TimeoutStartSec))
+	}
+	if spec.CollectMode != "" {
+		props = append(props, prop("CollectMode", spec.CollectMode))
 	}
 	if len(spec.ExecStartPost) > 0 {
 		p := sd.PropExecStart(spec.ExecStartPost, false)

@@ -62,6 +62,11 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(work)
+	// The binary must be reachable by an unprivileged user (the not-root cases).
+	if err := os.Chmod(work, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	nsboxBin = filepath.Join(work, "nsbox")
 	build := exec.Command("go", "build", "-o", nsboxBin, ".")
 	build.Dir = repoRoot

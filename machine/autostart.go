@@ -48,10 +48,7 @@ func (m *Manager) Unit(name string) (string, error) {
 // Enable installs and enables a unit so the machine boots with the host,
 // with its remembered options and limits.
 func (m *Manager) Enable(ctx context.Context, name string) error {
-	if err := m.checkName(name, true); err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
+	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
 	a, err := m.autostart()
@@ -79,10 +76,7 @@ func (m *Manager) Enable(ctx context.Context, name string) error {
 
 // Disable undoes Enable; a running machine keeps running.
 func (m *Manager) Disable(ctx context.Context, name string) error {
-	if err := m.checkName(name, true); err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
+	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
 	a, err := m.autostart()
@@ -104,10 +98,7 @@ func (m *Manager) AutostartState(ctx context.Context, name string) string {
 // SetLimits changes a machine's resource limits: remembered for the next
 // boot, and applied now when it runs.
 func (m *Manager) SetLimits(ctx context.Context, name string, f LimitFlags) (Limits, error) {
-	if err := m.checkName(name, true); err != nil {
-		return Limits{}, err
-	}
-	if err := requireRoot(); err != nil {
+	if err := m.checkRootAndName(name, true); err != nil {
 		return Limits{}, err
 	}
 	cur, err := m.Limits(name)

@@ -452,3 +452,39 @@ func (d *Direct) Usage(ctx context.Context, name string) (Usage, error) {
 }
 
 func timeDuration(ns uint64) time.Duration { return time.Duration(ns) }
+
+// Changes implements Watcher: the state directory changes when a machine
+// starts or stops, and inotify says so at once.
+func (d *Direct) Changes(ctx context.Context) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	dir := filepath.Join(d.RunDir, "machines")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return out
+	}
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if err != nil {
+		return out
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_DELETE|unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
+		unix.Close(fd)
+		return out
+	}
+	f := os.NewFile(uintptr(fd), "inotify")
+	go func() {
+		<-ctx.Done()
+		f.Close()
+	}()
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				return
+			}
+			select {
+			case out <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return out
+}

@@ -81,10 +81,7 @@ func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string)
 // Clone copies stopped machine src to a new machine dst, with its boot
 // options. The copy gets its own hostname and machine id.
 func (m *Manager) Clone(ctx context.Context, src, dst string) error {
-	if err := m.checkName(src, true); err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
+	if err := m.checkRootAndName(src, true); err != nil {
 		return err
 	}
 	if err := m.checkName(dst, false); err != nil {
@@ -112,13 +109,10 @@ func (m *Manager) Clone(ctx context.Context, src, dst string) error {
 // Rename gives stopped machine old the name new: its tree, settings and
 // ImagesDir link move; a hostname that was the old name follows.
 func (m *Manager) Rename(ctx context.Context, old, new string) error {
-	if err := m.checkName(old, true); err != nil {
+	if err := m.checkRootAndName(old, true); err != nil {
 		return err
 	}
 	if err := m.checkName(new, false); err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
 		return err
 	}
 	lock, err := m.lockStopped(ctx, old)
@@ -186,14 +180,11 @@ var tarArgs = []string{"--numeric-owner", "--xattrs", "--xattrs-include=*", "--a
 // Export writes stopped machine name as a tarball of its root to file,
 // through a temporary file renamed into place.
 func (m *Manager) Export(ctx context.Context, name, file string) error {
-	if err := m.checkName(name, true); err != nil {
+	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
 	comp, err := compression(file)
 	if err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
 		return err
 	}
 	lock, err := m.lockStopped(ctx, name)
@@ -278,10 +269,7 @@ const fsImmutable = 0x00000010
 // way machinectl does: the immutable flag on its top directory. A
 // read-only machine boots with nspawn's --read-only.
 func (m *Manager) SetReadOnly(ctx context.Context, name string, ro bool) error {
-	if err := m.checkName(name, true); err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
+	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
 	lock, err := m.lockStopped(ctx, name)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -36,6 +37,27 @@ type BootRequest struct {
 	PortsSet bool
 	// Limits change the remembered resource limits (only the set ones).
 	Limits LimitFlags
+	// ForceBinds allows binding / or the root directory itself.
+	ForceBinds bool
+}
+
+// checkBinds refuses binds whose source is missing, and binds of the
+// host's / or of the directory that holds machines (which would hand the
+// machine every other machine), unless forced.
+func (m *Manager) checkBinds(binds []Bind, force bool) error {
+	for _, b := range binds {
+		fi, err := os.Stat(b.Source)
+		if err != nil || !fi.IsDir() && !fi.Mode().IsRegular() {
+			return fmt.Errorf("%w: bind source %s does not exist", ErrInvalidOption, b.Source)
+		}
+		if force {
+			continue
+		}
+		if b.Source == "/" || b.Source == filepath.Clean(m.RootDir) {
+			return fmt.Errorf("%w: binding %s into a machine hands it the host's files (use --force-binds if you mean it)", ErrInvalidOption, b.Source)
+		}
+	}
+	return nil
 }
 
 // BootError is a boot that did not reach a running system; Log holds the
@@ -72,10 +94,7 @@ func validateRoot(root string) error {
 // degraded. On failure or timeout it stops what it started and returns a
 // *BootError with the machine's last log lines.
 func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error {
-	if err := m.checkName(name, true); err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
+	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
 	if _, err := m.Backend.Get(ctx, name); err == nil {
@@ -109,10 +128,8 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if len(opts.Ports) > 0 && opts.Network == "host" {
 		return fmt.Errorf("%w: --port needs a network of the machine's own (not --network host)", ErrInvalidOption)
 	}
-	for _, b := range opts.Binds {
-		if fi, err := os.Stat(b.Source); err != nil || !fi.IsDir() && !fi.Mode().IsRegular() {
-			return fmt.Errorf("%w: bind source %s does not exist", ErrInvalidOption, b.Source)
-		}
+	if err := m.checkBinds(opts.Binds, req.ForceBinds); err != nil {
+		return err
 	}
 	limits, err := m.Limits(name)
 	if err != nil {
@@ -219,6 +236,7 @@ func (m *Manager) startSpec(name string, opts BootOptions, limits Limits, timeou
 // degraded; it returns the last state seen.
 func (m *Manager) waitRunning(ctx context.Context, name string) (string, error) {
 	last := "unknown"
+	start := time.Now()
 	for {
 		if _, err := m.Backend.Get(ctx, name); errors.Is(err, ErrNotRunning) {
 			return last, fmt.Errorf("machine stopped during boot (last state %q)", last)
@@ -236,12 +254,21 @@ func (m *Manager) waitRunning(ctx context.Context, name string) (string, error) 
 				return last, fmt.Errorf("system is %s", last)
 			}
 		}
+		// Short at first: a machine is usually up within a second.
 		select {
 		case <-ctx.Done():
 			return last, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(pollDelay(time.Since(start))):
 		}
 	}
+}
+
+// pollDelay is how long to wait between looks at a booting machine.
+func pollDelay(elapsed time.Duration) time.Duration {
+	if elapsed < 3*time.Second {
+		return 15 * time.Millisecond
+	}
+	return 100 * time.Millisecond
 }
 
 // console runs the machine in the foreground on the caller's terminal.
@@ -284,6 +311,9 @@ func (m *Manager) running(ctx context.Context, name string) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
 	if _, err := m.Backend.Get(ctx, name); errors.Is(err, ErrNotRunning) {
 		if m.exists(name) {
 			return fmt.Errorf("%w: %s (start it: nsbox boot %s)", ErrNotRunning, name, name)
@@ -292,7 +322,7 @@ func (m *Manager) running(ctx context.Context, name string) error {
 	} else if err != nil {
 		return err
 	}
-	return requireRoot()
+	return nil
 }
 
 // Stop powers name off cleanly and waits; after timeout it terminates it.
@@ -354,10 +384,7 @@ func (m *Manager) Kill(ctx context.Context, name string, all bool, sig syscall.S
 // Remove deletes a stopped machine: its root, its settings and its link in
 // ImagesDir. A running machine is refused unless force, which stops it.
 func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
-	if err := m.checkName(name, true); err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
+	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
 	if _, err := m.Backend.Get(ctx, name); err == nil {
@@ -396,10 +423,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 // returns its exit status. A stopped machine is entered with
 // systemd-nspawn -D instead, for customising its tree.
 func (m *Manager) Shell(ctx context.Context, name, user string, argv []string) (int, error) {
-	if err := m.checkName(name, false); err != nil {
-		return 0, err
-	}
-	if err := requireRoot(); err != nil {
+	if err := m.checkRootAndName(name, false); err != nil {
 		return 0, err
 	}
 	_, err := m.Backend.Get(ctx, name)

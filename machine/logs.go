@@ -46,10 +46,7 @@ func (m *Manager) ensurePersistentJournal(name string) {
 // Logs shows the machine's own journal, read from its tree (so a stopped
 // machine's too), or with o.Host the host side of it.
 func (m *Manager) Logs(ctx context.Context, name string, o LogOptions, w io.Writer) error {
-	if err := m.checkName(name, true); err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
+	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
 	if o.Host {
@@ -64,7 +61,7 @@ func (m *Manager) Logs(ctx context.Context, name string, o LogOptions, w io.Writ
 
 // HostLogs implements Backend: the unit's journal.
 func (m *Machined) HostLogs(ctx context.Context, name string, o LogOptions, w io.Writer) error {
-	args := append([]string{"--unit=" + UnitName(name)}, journalArgs(o)...)
+	args := append([]string{"--unit=" + UnitName(name), "--unit=" + AutostartUnitName(name)}, journalArgs(o)...)
 	return m.Runner.Run(ctx, &bootstrap.Cmd{Path: "journalctl", Args: args, Stdout: w, Foreground: o.Follow})
 }
 

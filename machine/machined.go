@@ -82,8 +82,13 @@ func (m *Machined) Name() string { return "machined" }
 // Registered implements Backend.
 func (m *Machined) Registered() bool { return true }
 
-// UnitName is the transient service nsbox runs a machine in.
+// UnitName is the transient service nsbox boot runs a machine in.
 func UnitName(name string) string { return "nsbox-" + name + ".service" }
+
+// AutostartUnitName is the unit file nsbox enable installs. It has a name
+// of its own: a unit file may not share the name of a transient unit that
+// systemd still holds.
+func AutostartUnitName(name string) string { return "nsbox@" + name + ".service" }
 
 // ServiceSpec is the transient unit for a machine, with the sandboxing of
 // systemd's own systemd-nspawn@.service.
@@ -129,9 +134,20 @@ func (m *Machined) Start(ctx context.Context, spec StartSpec) error {
 		if err := m.writeUnit(ctx, spec); err != nil {
 			return err
 		}
+		// systemd may hold an old "not found" for the name (it was a
+		// transient unit when the file was written): read files again.
+		if err := m.Systemd.Reload(ctx); err != nil {
+			return err
+		}
+		unit = AutostartUnitName(spec.Name)
+		_ = m.Systemd.ResetFailedUnit(ctx, unit)
 		result, err = m.Systemd.StartUnit(ctx, unit)
 	} else {
-		result, err = m.Systemd.StartTransientUnit(ctx, ServiceSpec(spec))
+		// Unloaded once stopped, so a unit file for the name (nsbox enable)
+		// takes over at once, and a failed boot leaves no unit behind.
+		s := ServiceSpec(spec)
+		s.CollectMode = "inactive-or-failed"
+		result, err = m.Systemd.StartTransientUnit(ctx, s)
 	}
 	if err != nil {
 		return err
@@ -269,11 +285,12 @@ func (m *Machined) Shell(ctx context.Context, name, user string) error {
 // Cleanup implements Backend: a failed unit is forgotten so the next boot
 // can use the name, and a unit still up is stopped.
 func (m *Machined) Cleanup(ctx context.Context, name string) {
-	unit := UnitName(name)
-	if st, err := m.Systemd.GetUnitState(ctx, unit); err == nil && st.ActiveState != "inactive" && st.ActiveState != "failed" {
-		_ = m.Systemd.StopUnit(ctx, unit)
+	for _, unit := range []string{UnitName(name), AutostartUnitName(name)} {
+		if st, err := m.Systemd.GetUnitState(ctx, unit); err == nil && st.ActiveState != "inactive" && st.ActiveState != "failed" {
+			_ = m.Systemd.StopUnit(ctx, unit)
+		}
+		_ = m.Systemd.ResetFailedUnit(ctx, unit)
 	}
-	_ = m.Systemd.ResetFailedUnit(ctx, unit)
 }
 
 // LogTail implements Backend: the unit's journal.
@@ -281,7 +298,7 @@ func (m *Machined) LogTail(ctx context.Context, name string, n int) []string {
 	var out strings.Builder
 	err := m.Runner.Run(ctx, &bootstrap.Cmd{
 		Path:   "journalctl",
-		Args:   []string{"--unit=" + UnitName(name), "--lines=" + fmt.Sprint(n), "--no-pager", "--output=cat", "--boot"},
+		Args:   []string{"--unit=" + UnitName(name), "--unit=" + AutostartUnitName(name), "--lines=" + fmt.Sprint(n), "--no-pager", "--output=cat", "--boot"},
 		Stdout: &out,
 	})
 	if err != nil {
@@ -310,8 +327,12 @@ func (m *Machined) Usage(ctx context.Context, name string) (Usage, error) {
 	if err != nil {
 		return Usage{}, err
 	}
+	const unknown = ^uint64(0)
+	if u.MemoryCurrent == unknown && u.TasksCurrent == unknown && u.CPUUsageNSec == unknown {
+		return Usage{}, fmt.Errorf("no resource accounting for %s", r.Unit)
+	}
 	out := Usage{Memory: u.MemoryCurrent, Tasks: u.TasksCurrent, CPUTime: time.Duration(u.CPUUsageNSec)}
-	if u.MemoryCurrent == ^uint64(0) {
+	if u.MemoryCurrent == unknown {
 		out.Memory = 0
 	}
 	if u.TasksCurrent == ^uint64(0) {

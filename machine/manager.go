@@ -157,6 +157,19 @@ func (m *Manager) checkName(name string, mustExist bool) error {
 	return nil
 }
 
+// checkRootAndName validates name, then requires root (so a user gets
+// "must be run as root", not what an unreadable root directory hides),
+// then, with mustExist, that the machine exists.
+func (m *Manager) checkRootAndName(name string, mustExist bool) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	return m.checkName(name, mustExist)
+}
+
 // CreateOptions say what to bootstrap.
 type CreateOptions struct {
 	Release string
@@ -323,6 +336,8 @@ func (m *Manager) sweepStaging(name string) {
 			continue
 		}
 		logrus.Infof("removing %s, left by an interrupted create", dir)
+		// A create killed with SIGKILL leaves its debootstrap running.
+		killWorkingIn(dir)
 		bootstrap.UnmountUnder(dir)
 		if err := bootstrap.RemoveTree(dir); err != nil {
 			logrus.Warnf("could not remove %s: %v", dir, err)

@@ -229,3 +229,60 @@ func (f *fakeMachined) SetUnitProperties(ctx context.Context, name string, runti
 func (f *fakeMachined) GetUnitUsage(ctx context.Context, name string) (dbusapi.UnitUsage, error) {
 	return dbusapi.UnitUsage{}, nil
 }
+
+func TestSweepStaging(t *testing.T) {
+	m, _ := newTestManager(t, &fakeMachined{})
+	left := filepath.Join(m.RootDir, ".#web.123456")
+	os.MkdirAll(filepath.Join(left, "etc"), 0o755)
+	os.WriteFile(filepath.Join(left, "etc", "x"), []byte("x"), 0o644)
+	other := filepath.Join(m.RootDir, ".#webber.1")
+	os.MkdirAll(other, 0o755)
+	lock := filepath.Join(m.RootDir, ".#web.lck")
+	os.WriteFile(lock, nil, 0o600)
+	m.sweepStaging("web")
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Error("stale staging tree kept")
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Error("another machine's staging tree was swept")
+	}
+	if _, err := os.Stat(lock); err != nil {
+		t.Error("the lock file was swept")
+	}
+}
+
+func TestValidateRoot(t *testing.T) {
+	dir := t.TempDir()
+	if err := validateRoot(dir); err == nil || !strings.Contains(err.Error(), "os-release") {
+		t.Errorf("empty tree: %v", err)
+	}
+	os.MkdirAll(filepath.Join(dir, "etc"), 0o755)
+	os.WriteFile(filepath.Join(dir, "etc", "os-release"), []byte("ID=debian\n"), 0o644)
+	if err := validateRoot(dir); err == nil || !strings.Contains(err.Error(), "/usr") {
+		t.Errorf("tree without /usr: %v", err)
+	}
+	os.Mkdir(filepath.Join(dir, "usr"), 0o755)
+	if err := validateRoot(dir); err != nil {
+		t.Errorf("good tree: %v", err)
+	}
+}
+
+func TestCheckBinds(t *testing.T) {
+	m, _ := newTestManager(t, &fakeMachined{})
+	data := t.TempDir()
+	for _, tc := range []struct {
+		b     Bind
+		force bool
+		ok    bool
+	}{
+		{Bind{Source: data, Dest: "/data"}, false, true},
+		{Bind{Source: "/nonexistent-nsbox", Dest: "/x"}, true, false},
+		{Bind{Source: "/", Dest: "/host"}, false, false},
+		{Bind{Source: "/", Dest: "/host"}, true, true},
+		{Bind{Source: m.RootDir, Dest: "/machines"}, false, false},
+	} {
+		if err := m.checkBinds([]Bind{tc.b}, tc.force); (err == nil) != tc.ok {
+			t.Errorf("%+v force=%v: %v", tc.b, tc.force, err)
+		}
+	}
+}

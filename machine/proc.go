@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Proc names a process safely across PID reuse: its PID and its start time
@@ -115,4 +116,36 @@ func containerChild(nspawn int) (Proc, bool) {
 		}
 	}
 	return Proc{}, false
+}
+
+// killWorkingIn kills every process that works in dir: its command line
+// names dir, or its root or working directory is inside it. It is used on
+// trees whose owner died, to stop what the owner had started.
+func killWorkingIn(dir string) {
+	dir = filepath.Clean(dir)
+	inside := func(p string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
+	ents, _ := os.ReadDir(procRoot)
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		base := filepath.Join(procRoot, e.Name())
+		hit := false
+		if b, err := os.ReadFile(filepath.Join(base, "cmdline")); err == nil {
+			for _, arg := range strings.Split(string(b), "\x00") {
+				if inside(filepath.Clean(arg)) && arg != "" {
+					hit = true
+				}
+			}
+		}
+		for _, l := range []string{"cwd", "root"} {
+			if t, err := os.Readlink(filepath.Join(base, l)); err == nil && inside(t) {
+				hit = true
+			}
+		}
+		if hit {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }

@@ -70,7 +70,7 @@ func (m *Machined) unitPath(name string) string {
 	if dir == "" {
 		dir = "/etc/systemd/system"
 	}
-	return filepath.Join(dir, UnitName(name))
+	return filepath.Join(dir, AutostartUnitName(name))
 }
 
 // hasUnitFile reports whether the machine is enabled (has a unit file).
@@ -91,41 +91,51 @@ func (m *Machined) writeUnit(ctx context.Context, spec StartSpec) error {
 	return m.Systemd.Reload(ctx)
 }
 
-// Install implements Autostart: the unit file, enabled in machines.target,
-// which itself is enabled in multi-user.target.
+// wantsLink is the link that enables a machine's unit: what systemctl
+// enable makes from WantedBy=machines.target.
+func (m *Machined) wantsLink(name string) string {
+	return filepath.Join(filepath.Dir(m.unitPath(name)), "machines.target.wants", AutostartUnitName(name))
+}
+
+// Install implements Autostart: the unit file, linked into
+// machines.target, which is itself enabled in multi-user.target. A machine
+// running now keeps running; the unit file serves from its next start.
 func (m *Machined) Install(ctx context.Context, spec StartSpec) error {
 	if err := m.writeUnit(ctx, spec); err != nil {
 		return err
 	}
-	if err := m.Systemd.EnableUnitFiles(ctx, []string{UnitName(spec.Name), "machines.target"}); err != nil {
-		return fmt.Errorf("enable %s: %w", UnitName(spec.Name), err)
+	link := m.wantsLink(spec.Name)
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+		return err
 	}
-	return nil
+	if cur, err := os.Readlink(link); err != nil || cur != m.unitPath(spec.Name) {
+		_ = os.Remove(link)
+		if err := os.Symlink(m.unitPath(spec.Name), link); err != nil {
+			return fmt.Errorf("enable %s: %w", AutostartUnitName(spec.Name), err)
+		}
+	}
+	if err := m.Systemd.EnableUnitFiles(ctx, []string{"machines.target"}); err != nil {
+		return fmt.Errorf("enable machines.target: %w", err)
+	}
+	return m.Systemd.Reload(ctx)
 }
 
 // Uninstall implements Autostart.
 func (m *Machined) Uninstall(ctx context.Context, name string) error {
-	if !m.hasUnitFile(name) {
-		return nil
-	}
-	if err := m.Systemd.DisableUnitFiles(ctx, []string{UnitName(name)}); err != nil {
-		return fmt.Errorf("disable %s: %w", UnitName(name), err)
-	}
-	if err := os.Remove(m.unitPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+	for _, p := range []string{m.wantsLink(name), m.unitPath(name)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	return m.Systemd.Reload(ctx)
 }
 
 // UnitFileState implements Autostart.
 func (m *Machined) UnitFileState(ctx context.Context, name string) string {
-	if !m.hasUnitFile(name) {
-		return "disabled"
+	if _, err := os.Lstat(m.wantsLink(name)); err == nil && m.hasUnitFile(name) {
+		return "enabled"
 	}
-	if s := m.Systemd.GetUnitFileState(ctx, UnitName(name)); s != "" {
-		return s
-	}
-	return "enabled"
+	return "disabled"
 }
 
 var _ Autostart = (*Machined)(nil)

@@ -92,6 +92,9 @@ table ip %[1]s {
 
 // EnableForwarding turns IPv4 forwarding on, which masquerading needs.
 func EnableForwarding() error {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err == nil && len(b) > 0 && b[0] == '1' {
+		return nil
+	}
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
 		return fmt.Errorf("enable IPv4 forwarding: %w", err)
 	}
