@@ -26,4 +26,3 @@ func logsCommand() *cli.Command {
 	cmd.Description = "   nsbox logs web -n 50\n   nsbox logs web -f\n   nsbox logs web --host"
 	return cmd
 }
-

@@ -16,26 +16,26 @@ import (
 // Info is what list and status report of one machine. The JSON shape is
 // part of nsbox's interface (docs/json.md).
 type Info struct {
-	Name       string       `json:"name"`
-	State      string       `json:"state"` // "running" or "stopped"
-	OS         string       `json:"os"`
-	Version    string       `json:"version"`
-	Addresses  []string     `json:"addresses"`
-	Root       string       `json:"root"`
-	Since      *time.Time   `json:"since,omitempty"`
-	Managed    bool         `json:"managed"` // false: known to machined, not an nsbox machine
-	Leader     int          `json:"leader,omitempty"`
-	Unit       string       `json:"unit,omitempty"`
-	Service    string       `json:"service,omitempty"`
-	Interfaces []string     `json:"interfaces"`
-	Backend    string       `json:"backend"`
-	Usage      int64        `json:"usage_bytes"` // disk usage of the tree
-	ReadOnly   bool         `json:"read_only"`
+	Name       string     `json:"name"`
+	State      string     `json:"state"` // "running" or "stopped"
+	OS         string     `json:"os"`
+	Version    string     `json:"version"`
+	Addresses  []string   `json:"addresses"`
+	Root       string     `json:"root"`
+	Since      *time.Time `json:"since,omitempty"`
+	Managed    bool       `json:"managed"` // false: known to machined, not an nsbox machine
+	Leader     int        `json:"leader,omitempty"`
+	Unit       string     `json:"unit,omitempty"`
+	Service    string     `json:"service,omitempty"`
+	Interfaces []string   `json:"interfaces"`
+	Backend    string     `json:"backend"`
+	Usage      int64      `json:"usage_bytes"` // disk usage of the tree
+	ReadOnly   bool       `json:"read_only"`
 	// Status only.
-	Autostart string  `json:"autostart,omitempty"` // "enabled", "disabled"
-	Limits    *Limits `json:"limits,omitempty"`
-	Use       *Usage  `json:"use,omitempty"` // current resource use of a running machine
-	Options    *BootOptions `json:"boot_options,omitempty"`
+	Autostart string       `json:"autostart,omitempty"` // "enabled", "disabled"
+	Limits    *Limits      `json:"limits,omitempty"`
+	Use       *Usage       `json:"use,omitempty"` // current resource use of a running machine
+	Options   *BootOptions `json:"boot_options,omitempty"`
 }
 
 // onDisk lists the machines under RootDir: directories with valid names

@@ -84,4 +84,3 @@ func (d *Direct) HostLogs(ctx context.Context, name string, o LogOptions, w io.W
 	}
 	return d.Runner.Run(ctx, &bootstrap.Cmd{Path: "tail", Args: append(args, d.logPath(name)), Stdout: w, Foreground: o.Follow})
 }
-

@@ -216,7 +216,9 @@ func TestResolveRelease(t *testing.T) {
 	}
 }
 
-func (f *fakeMachined) StartUnit(ctx context.Context, name string) (string, error) { return f.result, nil }
+func (f *fakeMachined) StartUnit(ctx context.Context, name string) (string, error) {
+	return f.result, nil
+}
 func (f *fakeMachined) Reload(ctx context.Context) error                          { return nil }
 func (f *fakeMachined) EnableUnitFiles(ctx context.Context, names []string) error { return nil }
 func (f *fakeMachined) DisableUnitFiles(ctx context.Context, names []string) error {
