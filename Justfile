@@ -41,8 +41,13 @@ unit:
 e2e: deps
     go test -tags e2e -count=1 -timeout 60m -v ./e2e/
 
-# every test: lint, unit, then end to end
-test: lint unit e2e
+# fuzz name validation and archive member checks, briefly (seeds in machine/testdata/fuzz)
+fuzz:
+    go test -run '^$' -fuzz '^FuzzValidateName$' -fuzztime 15s ./machine/
+    go test -run '^$' -fuzz '^FuzzArchiveChecker$' -fuzztime 15s ./machine/
+
+# every test: lint, unit, fuzz, then end to end
+test: lint unit fuzz e2e
 
 # the main job: create, boot, list, shell into, stop a bookworm machine
 demo: deps build

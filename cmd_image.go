@@ -3,9 +3,28 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/term"
 
 	"github.com/urfave/cli/v2"
 )
+
+// step says on stderr what a long operation does, and when it is done
+// how long it took: on a terminal or with --verbose, never with --quiet.
+func step(c *cli.Context, format string, a ...any) func(err error) {
+	start := time.Now()
+	show := !quiet(c) && (term.IsTerminal(int(os.Stderr.Fd())) || logrus.IsLevelEnabled(logrus.InfoLevel))
+	if show {
+		fmt.Fprintf(os.Stderr, format+"...\n", a...)
+	}
+	return func(err error) {
+		if err == nil && show {
+			fmt.Fprintf(os.Stderr, "done in %s\n", time.Since(start).Round(100*time.Millisecond))
+		}
+	}
+}
 
 // twoNames returns the two machine names of clone and rename.
 func twoNames(c *cli.Context) (string, string, error) {
@@ -29,7 +48,10 @@ func cloneCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if err := m.Clone(c.Context, src, dst); err != nil {
+			done := step(c, "cloning %s into %s", src, dst)
+			err = m.Clone(c.Context, src, dst)
+			done(err)
+			if err != nil {
 				return fmt.Errorf("clone %s %s: %w", src, dst, err)
 			}
 			return nil
@@ -69,7 +91,10 @@ func exportCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if err := m.Export(c.Context, name, file); err != nil {
+			done := step(c, "exporting %s to %s", name, file)
+			err = m.Export(c.Context, name, file)
+			done(err)
+			if err != nil {
 				return fmt.Errorf("export %s: %w", name, err)
 			}
 			return nil
@@ -93,7 +118,10 @@ func importCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if err := m.Import(c.Context, name, file, os.Stdin); err != nil {
+			done := step(c, "importing %s from %s", name, file)
+			err = m.Import(c.Context, name, file, os.Stdin)
+			done(err)
+			if err != nil {
 				return fmt.Errorf("import %s: %w", name, err)
 			}
 			return nil

@@ -51,6 +51,7 @@ func newApp() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "root-dir", Value: "/srv", EnvVars: []string{"NSBOX_ROOT"}, Usage: "directory that holds machine roots"},
 			&cli.StringFlag{Name: "backend", Value: "auto", EnvVars: []string{"NSBOX_BACKEND"}, Usage: "auto, machined or direct"},
+			&cli.StringFlag{Name: "address-pool", Value: "10.89.0.0/16", EnvVars: []string{"NSBOX_ADDRESS_POOL"}, Usage: "IPv4 prefix machine veth links are taken from"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "say what is being done"},
 			&cli.BoolFlag{Name: "debug", Usage: "log every command run and its output"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only results and errors"},
@@ -136,6 +137,7 @@ func manager(c *cli.Context) (*machine.Manager, error) {
 		Paths:      paths,
 		Backend:    c.String("backend"),
 		Supervisor: []string{self, "--root-dir", paths.RootDir, superviseName},
+		Pool:       c.String("address-pool"),
 	})
 }
 
