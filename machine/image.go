@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -136,8 +137,15 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 			_ = os.Remove(m.settingsPath(old))
 		}
 	}
-	if err := os.Rename(m.linkPath(old), m.linkPath(new)); err != nil && !os.IsNotExist(err) {
-		return err
+	for _, p := range [][2]string{{m.linkPath(old), m.linkPath(new)}, {m.limitsPath(old), m.limitsPath(new)}} {
+		if err := os.Rename(p[0], p[1]); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	if a, ok := m.Backend.(Autostart); ok && a.UnitFileState(ctx, old) == "enabled" {
+		// The unit names the old tree: it goes, and enable makes the new one.
+		a.Forget(ctx, old)
+		logrus.Warnf("%s was enabled as %s; enable it again: nsbox enable %s", old, old, new)
 	}
 	m.unlinkImage(old)
 	m.linkImage(new)

@@ -414,6 +414,10 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	}
 	_ = os.Remove(m.settingsPath(name))
 	_ = os.Remove(m.linkPath(name))
+	_ = os.Remove(m.limitsPath(name))
+	if a, ok := m.Backend.(Autostart); ok {
+		a.Forget(ctx, name)
+	}
 	m.unlinkImage(name)
 	_ = os.Remove(m.LogDir + "/" + name + ".log")
 	return nil

@@ -16,6 +16,8 @@ type Autostart interface {
 	Install(ctx context.Context, spec StartSpec) error
 	Uninstall(ctx context.Context, name string) error
 	UnitFileState(ctx context.Context, name string) string
+	// Forget removes every trace of the machine's unit (nsbox remove).
+	Forget(ctx context.Context, name string)
 }
 
 // quoteExec quotes one command line word for a unit file.
@@ -119,14 +121,28 @@ func (m *Machined) Install(ctx context.Context, spec StartSpec) error {
 	return m.Systemd.Reload(ctx)
 }
 
-// Uninstall implements Autostart.
+// Uninstall implements Autostart: the machine no longer starts with the
+// host. A machine running from the unit keeps its unit file until it
+// stops, so that a reboot inside it still restarts it.
 func (m *Machined) Uninstall(ctx context.Context, name string) error {
-	for _, p := range []string{m.wantsLink(name), m.unitPath(name)} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(m.wantsLink(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	st, err := m.Systemd.GetUnitState(ctx, AutostartUnitName(name))
+	if err != nil || st.ActiveState == "inactive" || st.ActiveState == "failed" || st.ActiveState == "" {
+		if err := os.Remove(m.unitPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 	}
 	return m.Systemd.Reload(ctx)
+}
+
+// Forget implements Autostart: the unit file goes with the machine.
+func (m *Machined) Forget(ctx context.Context, name string) {
+	_ = os.Remove(m.wantsLink(name))
+	if err := os.Remove(m.unitPath(name)); err == nil {
+		_ = m.Systemd.Reload(ctx)
+	}
 }
 
 // UnitFileState implements Autostart.
