@@ -20,19 +20,6 @@ func cacheCommand() *cli.Command {
 		}
 		return m, m.Bases(), nil
 	}
-	find := func(c *cli.Context, bc *bootstrap.BaseCache) ([]bootstrap.BaseInfo, error) {
-		if c.NArg() != 1 {
-			return nil, usagef("%s takes one base: a key or a release (see: nsbox cache list)", c.Command.Name)
-		}
-		found, err := bc.Find(c.Args().First())
-		if err != nil {
-			return nil, err
-		}
-		if len(found) == 0 {
-			return nil, fmt.Errorf("no cached base %q (see: nsbox cache list)", c.Args().First())
-		}
-		return found, nil
-	}
 	return &cli.Command{
 		Name:  "cache",
 		Usage: "list, refresh or remove the cached bases machines are copied from",
@@ -74,15 +61,7 @@ func cacheCommand() *cli.Command {
 				Usage:     "bootstrap a base anew, so new machines get current packages",
 				ArgsUsage: "BASE|RELEASE",
 				Action: func(c *cli.Context) error {
-					_, bc, err := bases(c)
-					if err != nil {
-						return err
-					}
-					found, err := find(c, bc)
-					if err != nil {
-						return err
-					}
-					for _, b := range found {
+					return eachBase(c, func(bc *bootstrap.BaseCache, b bootstrap.BaseInfo) error {
 						p := newProgress(os.Stderr, quiet(c), logrus.IsLevelEnabled(logrus.InfoLevel))
 						_, err := bc.Refresh(c.Context, b, p.stage)
 						p.done()
@@ -92,8 +71,8 @@ func cacheCommand() *cli.Command {
 						if !quiet(c) {
 							fmt.Fprintf(os.Stderr, "refreshed %s (%s)\n", b.Key, p.elapsed())
 						}
-					}
-					return nil
+						return nil
+					})
 				},
 			},
 			{
@@ -101,24 +80,42 @@ func cacheCommand() *cli.Command {
 				Usage:     "delete a cached base (machines made from it are not touched)",
 				ArgsUsage: "BASE|RELEASE",
 				Action: func(c *cli.Context) error {
-					_, bc, err := bases(c)
-					if err != nil {
-						return err
-					}
-					found, err := find(c, bc)
-					if err != nil {
-						return err
-					}
-					for _, b := range found {
+					return eachBase(c, func(bc *bootstrap.BaseCache, b bootstrap.BaseInfo) error {
 						if err := bc.Remove(c.Context, b.Key); err != nil {
 							return fmt.Errorf("cache remove %s: %w", b.Key, err)
 						}
-					}
-					return nil
+						return nil
+					})
 				},
 			},
 		},
 	}
+}
+
+// eachBase runs fn for every cached base the command's argument names
+// (a key, or a release such as bookworm).
+func eachBase(c *cli.Context, fn func(*bootstrap.BaseCache, bootstrap.BaseInfo) error) error {
+	if c.NArg() != 1 {
+		return usagef("%s takes one base: a key or a release (see: nsbox cache list)", c.Command.Name)
+	}
+	m, err := manager(c)
+	if err != nil {
+		return err
+	}
+	bc := m.Bases()
+	found, err := bc.Find(c.Args().First())
+	if err != nil {
+		return err
+	}
+	if len(found) == 0 {
+		return fmt.Errorf("no cached base %q (see: nsbox cache list)", c.Args().First())
+	}
+	for _, b := range found {
+		if err := fn(bc, b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func humanBytes(n int64) string {

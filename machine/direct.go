@@ -377,10 +377,7 @@ func (d *Direct) Shell(ctx context.Context, name, user string) error {
 	if user == "" {
 		user = "root"
 	}
-	term := os.Getenv("TERM")
-	if term == "" {
-		term = "vt220"
-	}
+	term := envOr("TERM", "vt220")
 	_, err := d.Exec(ctx, name, ExecSpec{
 		Argv: []string{"/usr/sbin/runuser", "-l", user},
 		Env:  []string{"TERM=" + term},

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/sirupsen/logrus"
 )
 
 // MachinedAPI is the part of machined nsbox uses; dbusapi.Machined
@@ -187,6 +188,13 @@ func (m *Machined) Get(ctx context.Context, name string) (Running, error) {
 	if err != nil {
 		return Running{}, fmt.Errorf("machined: %w", err)
 	}
+	if mm.Leader > 0 && !pidExists(mm.Leader) {
+		// A registration whose leader is gone is stale (a crash between
+		// machined and its unit): drop it so the name can boot again.
+		logrus.Warnf("machined still lists %s, whose leader %d is gone: terminating the stale registration", name, mm.Leader)
+		_ = m.Machines.TerminateMachine(name)
+		return Running{}, ErrNotRunning
+	}
 	r := Running{
 		Name: mm.Name, Class: mm.Class, Service: mm.Service, Unit: mm.Unit,
 		Leader: mm.Leader, RootDirectory: mm.RootDirectory, Since: mm.Since,
@@ -269,10 +277,7 @@ func (m *Machined) Shell(ctx context.Context, name, user string) error {
 	if user == "" {
 		user = "root"
 	}
-	term := os.Getenv("TERM")
-	if term == "" {
-		term = "vt220"
-	}
+	term := envOr("TERM", "vt220")
 	master, err := m.Machines.OpenMachineShell(name, user, []string{"TERM=" + term})
 	if err != nil {
 		return fmt.Errorf("open shell: %w", err)

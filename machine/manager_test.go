@@ -127,10 +127,10 @@ func newTestManager(t *testing.T, f *fakeMachined) (*Manager, *noRunner) {
 	t.Helper()
 	dir := t.TempDir()
 	p := Paths{RootDir: filepath.Join(dir, "srv"), SettingsDir: filepath.Join(dir, "nspawn"), ImagesDir: filepath.Join(dir, "machines"),
-		RunDir: filepath.Join(dir, "run"), LogDir: filepath.Join(dir, "log"), CacheDir: filepath.Join(dir, "cache")}
+		RunDir: filepath.Join(dir, "run"), LogDir: filepath.Join(dir, "log"), CacheDir: filepath.Join(dir, "cache"), StateDir: filepath.Join(dir, "state")}
 	os.MkdirAll(p.RootDir, 0o700)
 	r := &noRunner{}
-	return &Manager{Paths: p, Runner: r, Backend: &Machined{Machines: f, Systemd: f, Runner: r}}, r
+	return &Manager{Paths: p, Runner: r, Pool: "10.89.0.0/16", Backend: &Machined{Machines: f, Systemd: f, Runner: r, UnitDir: filepath.Join(dir, "units")}}, r
 }
 
 func mkMachine(t *testing.T, m *Manager, name string) {
@@ -148,7 +148,7 @@ func TestErrorPathsThroughFakeMachined(t *testing.T) {
 	f := &fakeMachined{machines: map[string]dbusapi.Machine{}, result: "done"}
 	m, runner := newTestManager(t, f)
 	mkMachine(t, m, "web")
-	f.machines["web"] = dbusapi.Machine{Name: "web", Class: "container", RootDirectory: m.Dir("web"), Leader: 99}
+	f.machines["web"] = dbusapi.Machine{Name: "web", Class: "container", RootDirectory: m.Dir("web"), Leader: os.Getpid()}
 
 	for _, tc := range []struct {
 		what string
@@ -286,5 +286,22 @@ func TestCheckBinds(t *testing.T) {
 		if err := m.checkBinds([]Bind{tc.b}, tc.force); (err == nil) != tc.ok {
 			t.Errorf("%+v force=%v: %v", tc.b, tc.force, err)
 		}
+	}
+}
+
+func TestStaleMachinedRegistration(t *testing.T) {
+	f := &fakeMachined{machines: map[string]dbusapi.Machine{}}
+	m, _ := newTestManager(t, f)
+	// A leader PID that cannot exist.
+	f.machines["web"] = dbusapi.Machine{Name: "web", Leader: 1 << 30}
+	if _, err := m.Backend.Get(context.Background(), "web"); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("stale registration reported as %v", err)
+	}
+	if _, ok := f.machines["web"]; ok {
+		t.Error("stale registration not terminated")
+	}
+	f.machines["live"] = dbusapi.Machine{Name: "live", Leader: os.Getpid()}
+	if _, err := m.Backend.Get(context.Background(), "live"); err != nil {
+		t.Errorf("live machine: %v", err)
 	}
 }

@@ -149,3 +149,9 @@ func killWorkingIn(dir string) {
 		}
 	}
 }
+
+// pidExists reports whether a process with this PID exists here.
+func pidExists(pid int) bool {
+	_, err := os.Stat(filepath.Join(procRoot, strconv.Itoa(pid)))
+	return err == nil
+}
