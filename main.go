@@ -74,7 +74,7 @@ func commands() []*cli.Command {
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(),
-		completionCommand(), manCommand(),
+		bindCommand(), completionCommand(), manCommand(),
 		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(),
 	}
 	quietUsage(cmds)

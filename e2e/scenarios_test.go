@@ -293,6 +293,24 @@ func scenarios(t *testing.T, e *env) {
 		e.mustNsb(t, "boot", name, "--no-binds")
 	})
 
+	t.Run("live bind", func(t *testing.T) {
+		e.mustSh(t, "rm -rf /var/tmp/e2e-live && mkdir -p /var/tmp/e2e-live && echo from-host > /var/tmp/e2e-live/h.txt")
+		defer e.sh(t, "rm -rf /var/tmp/e2e-live")
+		e.mustNsb(t, "bind", name, "/var/tmp/e2e-live", "/mnt/live", "--mkdir")
+		e.mustNsb(t, "bind", name, "/var/tmp/e2e-live", "/mnt/live-ro", "--mkdir", "--read-only")
+		if r := e.mustNsb(t, "shell", name, "--", "sh", "-c", "cat /mnt/live/h.txt && echo from-machine > /mnt/live/m.txt"); r.stdout != "from-host\n" {
+			t.Errorf("live bind inside: %s", r)
+		}
+		if got := e.mustSh(t, "cat /var/tmp/e2e-live/m.txt; stat -c %u /var/tmp/e2e-live/m.txt"); got != "from-machine\n0\n" {
+			t.Errorf("machine's file on the host (content, owner): %q", got)
+		}
+		if r := e.nsb(t, "shell", name, "--", "touch", "/mnt/live-ro/x"); r.code == 0 {
+			t.Errorf("write through a read-only live bind: %s", r)
+		}
+		wantFail(t, e.nsb(t, "bind", name, "/nonexistent-e2e", "/mnt/x"), 1, "does not exist")
+		wantFail(t, e.nsb(t, "bind", "e2e-nope", "/var/tmp", "/mnt/x"), 1, "no such machine")
+	})
+
 	t.Run("network", func(t *testing.T) {
 		e.mustNsb(t, "stop", name)
 		e.mustNsb(t, "boot", name, "--port", "tcp:18080:8080")

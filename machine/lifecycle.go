@@ -489,3 +489,26 @@ func envOr(k, def string) string {
 	}
 	return def
 }
+
+// Bind mounts host directory src on dst inside running machine name, now
+// and until it stops (boot --bind makes a bind that lasts).
+func (m *Manager) Bind(ctx context.Context, name, src, dst string, readOnly, mkdir, force bool) error {
+	if err := m.running(ctx, name); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(src) || !filepath.IsAbs(dst) {
+		return fmt.Errorf("%w: bind %s %s: both paths must be absolute", ErrInvalidOption, src, dst)
+	}
+	src = filepath.Clean(src)
+	if err := m.checkBinds([]Bind{{Source: src, Dest: dst}}, force); err != nil {
+		return err
+	}
+	r, err := m.Backend.Get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if r.Leader <= 0 {
+		return fmt.Errorf("%s is between boots; try again", name)
+	}
+	return BindIntoMachine(r.Leader, src, dst, readOnly, mkdir)
+}
