@@ -65,8 +65,19 @@ func reliability(t *testing.T, e *env, name string) {
 	})
 
 	t.Run("remove refused while a hand-started nspawn holds the tree", func(t *testing.T) {
-		e.mustSh(t, "(systemd-nspawn --quiet --register=no --keep-unit --settings=no -D "+root+" sleep 30 >/dev/null 2>&1 &); sleep 2")
-		defer e.sh(t, "pkill -f '[s]ystemd-nspawn --quiet --register=no --keep-unit --settings=no -D "+root+" sleep 30'; sleep 1")
+		nspawn := "systemd-nspawn --quiet --register=no --keep-unit --settings=no -D " + root + " sleep 60"
+		if machined {
+			// A process of its own unit, as nspawn wants on a systemd host.
+			e.mustSh(t, "systemd-run --unit=e2e-hand -p Delegate=yes "+nspawn)
+			defer e.sh(t, "systemctl stop e2e-hand; sleep 1")
+		} else {
+			e.mustSh(t, "(setsid "+nspawn+" >/dev/null 2>&1 &)")
+			defer e.sh(t, "pkill -f '[s]ystemd-nspawn --quiet --register=no --keep-unit --settings=no -D "+root+" sleep 60'; sleep 1")
+		}
+		waitFor(t, 10*time.Second, "the hand-started nspawn running its payload", func() (bool, string) {
+			r := e.sh(t, "pgrep -fa '^sleep 60$'")
+			return r.code == 0, r.stdout
+		})
 		wantFail(t, e.nsb(t, "remove", name), 1, "in use")
 		wantFail(t, e.nsb(t, "boot", name), 1, "in use")
 		e.mustSh(t, "test -f "+root+"/etc/os-release")

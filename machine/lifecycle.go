@@ -460,7 +460,12 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 	}
 	fmt.Fprintf(os.Stderr, "nsbox: %s is not running; entering its tree with systemd-nspawn (boot it with: nsbox boot %s)\n", name, name)
 	args := []string{"--quiet", "--directory=" + m.Dir(name), "--machine=" + name,
-		"--settings=no", "--register=no", "--keep-unit"}
+		"--settings=no", "--register=no"}
+	if !m.Backend.Registered() {
+		// Without systemd nobody can make nspawn a scope: it stays in ours.
+		// With systemd, nspawn asks for a scope of its own.
+		args = append(args, "--keep-unit")
+	}
 	if opts.PrivateUsers {
 		args = append(args, "--private-users=pick", "--private-users-ownership=auto")
 	}
