@@ -93,6 +93,18 @@ func (e *env) mustNsb(t *testing.T, args ...string) result {
 	return r
 }
 
+// query runs a search (grep, pgrep, ls | grep) and returns what it found.
+// Exit 1 means "nothing"; anything else than 0 or 1 (a missing program)
+// fails the test, so an absent tool never passes for a clean system.
+func (e *env) query(t *testing.T, script string) string {
+	t.Helper()
+	r := e.sh(t, script)
+	if r.code > 1 {
+		t.Fatalf("query failed:\n%s", r)
+	}
+	return r.stdout
+}
+
 // mustSh runs a script and fails the test unless it exits 0.
 func (e *env) mustSh(t *testing.T, script string) string {
 	t.Helper()

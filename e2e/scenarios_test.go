@@ -562,19 +562,19 @@ func scenarios(t *testing.T, e *env) {
 	})
 
 	t.Run("nothing left behind", func(t *testing.T) {
-		if out := e.sh(t, "ip -br link | grep -o '^ve-e2e[^@ ]*'").stdout; out != "" {
+		if out := e.query(t, "ip -br link | grep -o '^ve-e2e[^@ ]*'"); out != "" {
 			t.Errorf("veths left: %s", out)
 		}
-		if out := e.sh(t, "pgrep -fa '[s]ystemd-nspawn.*e2e-|[_]_supervise.*e2e-'").stdout; out != "" {
+		if out := e.query(t, "pgrep -fa '[s]ystemd-nspawn.*e2e-|[_]_supervise.*e2e-'"); out != "" {
 			t.Errorf("processes left: %s", out)
 		}
-		if out := e.sh(t, "grep ' "+e.rootDir+"/' /proc/self/mountinfo").stdout; out != "" {
+		if out := e.query(t, "grep ' "+e.rootDir+"/' /proc/self/mountinfo"); out != "" {
 			t.Errorf("mounts left: %s", out)
 		}
-		if out := e.sh(t, "ls -A "+e.rootDir+" | grep -v '^\\.#.*\\.lck$' | grep '^\\.#'").stdout; out != "" {
+		if out := e.query(t, "ls -A "+e.rootDir+" | grep -v '^\\.#.*\\.lck$' | grep '^\\.#'"); out != "" {
 			t.Errorf("temporary trees left: %s", out)
 		}
-		if out := e.sh(t, "ls /run/nsbox/machines/ 2>/dev/null | grep e2e-").stdout; out != "" {
+		if out := e.query(t, "ls /run/nsbox/machines/ 2>/dev/null | grep e2e-"); out != "" {
 			t.Errorf("state files left: %s", out)
 		}
 	})

@@ -17,7 +17,7 @@ import (
 
 // testHostPackages make a Debian root a systemd host that can run nsbox.
 var testHostPackages = []string{
-	"systemd", "systemd-sysv", "dbus", "iproute2", "systemd-container", "debootstrap", "util-linux", "zstd",
+	"systemd", "systemd-sysv", "dbus", "iproute2", "systemd-container", "debootstrap", "util-linux", "zstd", "procps",
 }
 
 const testHostRelease = "bookworm"
