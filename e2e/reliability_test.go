@@ -234,6 +234,52 @@ func reliability(t *testing.T, e *env, name string) {
 // interrupts checks that SIGINT and SIGTERM during a real bootstrap stop
 // debootstrap and leave nothing: no tree, no temporary tree, no mount.
 func interrupts(t *testing.T, e *env) {
+	t.Run("base cache: concurrent creates bootstrap once; refresh; remove", func(t *testing.T) {
+		// A package set of its own, so the base is new here.
+		r := e.sh(t, fmt.Sprintf(`for n in e2e-ca e2e-cb; do %s --root-dir %s create $n --release bookworm --include zstd >/var/tmp/$n.log 2>&1 & done; wait
+			grep -l retrieving /var/tmp/e2e-ca.log /var/tmp/e2e-cb.log | wc -l; grep -l 'copying base' /var/tmp/e2e-ca.log /var/tmp/e2e-cb.log | wc -l; cat /var/tmp/e2e-c?.log; rm -f /var/tmp/e2e-c?.log`, e.nsbox, e.rootDir))
+		if !strings.HasPrefix(r.stdout, "1\n2\n") {
+			t.Errorf("want one bootstrap and two copies:\n%s", r.stdout)
+		}
+		defer e.nsb(t, "remove", "e2e-ca")
+		defer e.nsb(t, "remove", "e2e-cb")
+		type base struct {
+			Key      string    `json:"key"`
+			Packages []string  `json:"packages"`
+			Created  time.Time `json:"created"`
+		}
+		bases := func() map[string]base {
+			var bs []base
+			json.Unmarshal([]byte(e.mustNsb(t, "cache", "list", "-o", "json").stdout), &bs)
+			out := map[string]base{}
+			for _, b := range bs {
+				out[b.Key] = b
+			}
+			return out
+		}
+		var key string
+		for k, b := range bases() {
+			if strings.Contains(strings.Join(b.Packages, ","), "zstd") {
+				key = k
+			}
+		}
+		if key == "" {
+			t.Fatalf("no base with zstd: %v", bases())
+		}
+		before := bases()[key].Created
+		e.mustNsb(t, "cache", "refresh", key)
+		if after := bases()[key].Created; !after.After(before) {
+			t.Errorf("refresh did not renew the base: %v then %v", before, after)
+		}
+		e.mustNsb(t, "cache", "remove", key)
+		if _, ok := bases()[key]; ok {
+			t.Error("base still listed after remove")
+		}
+		if i := list(t, e)["e2e-ca"]; i.State != "stopped" {
+			t.Errorf("a machine made from the removed base: %+v", i)
+		}
+	})
+
 	t.Run("create killed with SIGKILL, then run again", func(t *testing.T) {
 		cmd := exec.Command(e.nsbox, "--root-dir", e.rootDir, "create", "e2e-kill", "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")
 		if err := cmd.Start(); err != nil {
