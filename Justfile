@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Debian packages nsbox and its tests need on the host.
-host_packages := "systemd-container debootstrap dbus iproute2 util-linux zstd nftables"
+host_packages := "systemd-container debootstrap dbus iproute2 util-linux zstd nftables btrfs-progs"
 
 # list the recipes
 default:

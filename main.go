@@ -51,6 +51,7 @@ func newApp() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "root-dir", Value: "/srv", EnvVars: []string{"NSBOX_ROOT"}, Usage: "directory that holds machine roots"},
 			&cli.StringFlag{Name: "backend", Value: "auto", EnvVars: []string{"NSBOX_BACKEND"}, Usage: "auto, machined or direct"},
+			&cli.StringFlag{Name: "cache-dir", Value: "/var/cache/nsbox", EnvVars: []string{"NSBOX_CACHE_DIR"}, Usage: "where bases and downloaded packages are kept (on btrfs with the root directory: machines are snapshots)"},
 			&cli.StringFlag{Name: "address-pool", Value: "10.89.0.0/16", EnvVars: []string{"NSBOX_ADDRESS_POOL"}, Usage: "IPv4 prefix machine veth links are taken from"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "say what is being done"},
 			&cli.BoolFlag{Name: "debug", Usage: "log every command run and its output"},
@@ -129,6 +130,12 @@ func manager(c *cli.Context) (*machine.Manager, error) {
 	}
 	paths := machine.DefaultPaths()
 	paths.RootDir = filepath.Clean(root)
+	if cache := c.String("cache-dir"); cache != "" {
+		if !filepath.IsAbs(cache) {
+			return nil, usagef("--cache-dir %q must be an absolute path", cache)
+		}
+		paths.CacheDir = filepath.Clean(cache)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -136,7 +143,7 @@ func manager(c *cli.Context) (*machine.Manager, error) {
 	return machine.Open(c.Context, machine.Config{
 		Paths:      paths,
 		Backend:    c.String("backend"),
-		Supervisor: []string{self, "--root-dir", paths.RootDir, superviseName},
+		Supervisor: []string{self, "--root-dir", paths.RootDir, "--cache-dir", paths.CacheDir, superviseName},
 		Pool:       c.String("address-pool"),
 	})
 }

@@ -143,7 +143,7 @@ func (c *BaseCache) build(ctx context.Context, key string, o Options, progress f
 		}
 	}()
 	root := filepath.Join(tmp, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
+	if err := MakeTreeDir(ctx, c.Runner, root); err != nil {
 		return BaseInfo{}, err
 	}
 	tool := o.Bootstrapper
@@ -287,11 +287,20 @@ func (c *BaseCache) Remove(ctx context.Context, key string) error {
 	return RemoveTree(c.dir(key))
 }
 
-// CopyTree copies the tree src into the empty directory dst, keeping
-// owners, modes, times, extended attributes and ACLs, device nodes, hard
-// links and holes. Where the file system can share blocks (btrfs, XFS) the
-// copy is a reflink and costs next to nothing.
+// CopyTree copies the tree src to dst, which must not exist. A btrfs
+// subvolume on the same file system as dst becomes a snapshot; otherwise
+// the copy keeps owners, modes, times, extended attributes and ACLs,
+// device nodes, hard links and holes, and where the file system can share
+// blocks (btrfs, XFS) it is a reflink and costs next to nothing.
 func CopyTree(ctx context.Context, r Runner, src, dst string) error {
+	// btrfs gives each subvolume a file system id of its own, so whether
+	// src and dst share a file system is learnt by trying: a snapshot
+	// across file systems fails and the copy below does the work.
+	if isSubvolume(src) && OnBtrfs(filepath.Dir(dst)) {
+		if err := snapshot(ctx, r, src, dst); err == nil {
+			return nil
+		}
+	}
 	err := r.Run(ctx, &Cmd{Path: "cp", Args: []string{"--archive", "--reflink=auto", "--sparse=auto", "--one-file-system", "--no-target-directory", src, dst}})
 	if err != nil {
 		return fmt.Errorf("copy %s: %w", src, err)

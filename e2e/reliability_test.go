@@ -234,6 +234,48 @@ func reliability(t *testing.T, e *env, name string) {
 // interrupts checks that SIGINT and SIGTERM during a real bootstrap stop
 // debootstrap and leave nothing: no tree, no temporary tree, no mount.
 func interrupts(t *testing.T, e *env) {
+	t.Run("btrfs: bases, machines and clones are snapshots", func(t *testing.T) {
+		if _, err := exec.LookPath("mkfs.btrfs"); err != nil {
+			t.Skip("no mkfs.btrfs (just deps installs btrfs-progs)")
+		}
+		dir, err := os.MkdirTemp("/var/tmp", "nsbox-e2e-btrfs-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, mnt := dir+"/fs.img", dir+"/mnt"
+		e.mustSh(t, "truncate -s 3G "+img+" && mkfs.btrfs -q "+img+" && mkdir "+mnt+" && mount -o loop "+img+" "+mnt+" && mkdir -m 0700 "+mnt+"/srv")
+		defer e.sh(t, "umount "+mnt+"; rm -rf "+dir)
+		bt := &env{name: e.name, nsbox: e.nsbox, rootDir: mnt + "/srv"}
+		nsb := func(args ...string) result {
+			return bt.run(t, append([]string{bt.nsbox, "--backend", bt.name, "--root-dir", bt.rootDir, "--cache-dir", mnt + "/cache"}, args...)...)
+		}
+		must := func(args ...string) {
+			if r := nsb(args...); r.code != 0 {
+				t.Fatalf("nsbox failed:\n%s", r)
+			}
+		}
+		must("create", "e2e-bt1", "--release", "bookworm")
+		defer nsb("remove", "--force", "e2e-bt1")
+		must("create", "e2e-bt2", "--release", "bookworm")
+		defer nsb("remove", "--force", "e2e-bt2")
+		must("clone", "e2e-bt2", "e2e-bt3")
+		defer nsb("remove", "--force", "e2e-bt3")
+		for _, n := range []string{"e2e-bt1", "e2e-bt2", "e2e-bt3"} {
+			// A snapshot shows its parent subvolume's UUID.
+			out := e.mustSh(t, "btrfs subvolume show "+bt.rootDir+"/"+n)
+			if !strings.Contains(out, "Parent UUID:") || strings.Contains(out, "Parent UUID: \t\t-") {
+				t.Errorf("%s is not a snapshot:\n%s", n, out)
+			}
+		}
+		must("boot", "e2e-bt2")
+		if r := nsb("shell", "e2e-bt2", "--", "hostname"); r.stdout != "e2e-bt2\n" {
+			t.Errorf("snapshot machine: %s", r)
+		}
+		must("stop", "e2e-bt2")
+		must("remove", "e2e-bt3")
+		e.mustSh(t, "test ! -e "+bt.rootDir+"/e2e-bt3")
+	})
+
 	t.Run("base cache: concurrent creates bootstrap once; refresh; remove", func(t *testing.T) {
 		// A package set of its own, so the base is new here.
 		r := e.sh(t, fmt.Sprintf(`for n in e2e-ca e2e-cb; do %s --root-dir %s create $n --release bookworm --include zstd >/var/tmp/$n.log 2>&1 & done; wait
