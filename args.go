@@ -15,6 +15,7 @@ func hoistFlags(app *cli.App, args []string) []string {
 	if i >= len(args) {
 		return args
 	}
+	cmdStart := i
 	cmd := app.Command(args[i])
 	if cmd == nil || cmd.SkipFlagParsing {
 		return args
@@ -28,7 +29,7 @@ func hoistFlags(app *cli.App, args []string) []string {
 		cmd = sub
 		i++
 	}
-	var flags, positional []string
+	var globals, flags, positional []string
 	rest := args[i+1:]
 	for j := 0; j < len(rest); j++ {
 		a := rest[j]
@@ -37,16 +38,23 @@ func hoistFlags(app *cli.App, args []string) []string {
 			break
 		}
 		if strings.HasPrefix(a, "-") && a != "-" {
-			flags = append(flags, a)
-			if takesValue(cmd.Flags, a) && j+1 < len(rest) {
+			// A global flag after the command ("nsbox list -q") goes before
+			// it, unless the command has a flag of that name.
+			dst := &flags
+			if !isFlag(cmd.Flags, a) && isFlag(app.Flags, a) {
+				dst = &globals
+			}
+			*dst = append(*dst, a)
+			if (takesValue(cmd.Flags, a) || dst == &globals && takesValue(app.Flags, a)) && j+1 < len(rest) {
 				j++
-				flags = append(flags, rest[j])
+				*dst = append(*dst, rest[j])
 			}
 			continue
 		}
 		positional = append(positional, a)
 	}
-	out := append(append([]string{}, args[:i+1]...), flags...)
+	out := append(append([]string{}, args[:cmdStart]...), globals...)
+	out = append(append(out, args[cmdStart:i+1]...), flags...)
 	return append(out, positional...)
 }
 
@@ -71,6 +79,19 @@ func unknownCommand(app *cli.App, args []string) (string, bool) {
 		return "", false
 	}
 	return args[i], true
+}
+
+// isFlag reports whether arg names one of flags.
+func isFlag(flags []cli.Flag, arg string) bool {
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // takesValue reports whether arg names a flag that takes its value from

@@ -15,7 +15,9 @@ func TestHoistFlags(t *testing.T) {
 		{[]string{"nsbox", "list", "--output=json"}, []string{"nsbox", "list", "--output=json"}},
 		{[]string{"nsbox", "-v"}, []string{"nsbox", "-v"}},
 		{[]string{"nsbox", "cache", "list", "--output", "json"}, []string{"nsbox", "cache", "list", "--output", "json"}},
-		{[]string{"nsbox", "cache", "remove", "bookworm", "-q"}, []string{"nsbox", "cache", "remove", "-q", "bookworm"}},
+		{[]string{"nsbox", "cache", "remove", "bookworm", "-q"}, []string{"nsbox", "-q", "cache", "remove", "bookworm"}},
+		{[]string{"nsbox", "create", "web", "-q", "--release", "trixie", "--root-dir", "/x"}, []string{"nsbox", "-q", "--root-dir", "/x", "create", "--release", "trixie", "web"}},
+		{[]string{"nsbox", "-v", "list", "--output", "json", "--debug"}, []string{"nsbox", "-v", "--debug", "list", "--output", "json"}},
 	} {
 		if got := hoistFlags(app, tc.in); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("hoistFlags(%q)\n got %q\nwant %q", tc.in, got, tc.want)
