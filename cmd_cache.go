@@ -7,19 +7,11 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/bootstrap"
-	"github.com/nsbox/nsbox/machine"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 )
 
 func cacheCommand() *cli.Command {
-	bases := func(c *cli.Context) (*machine.Manager, *bootstrap.BaseCache, error) {
-		m, err := manager(c)
-		if err != nil {
-			return nil, nil, err
-		}
-		return m, m.Bases(), nil
-	}
 	return &cli.Command{
 		Name:  "cache",
 		Usage: "list, refresh or remove the cached bases machines are copied from",
@@ -32,11 +24,11 @@ func cacheCommand() *cli.Command {
 					if err := checkOutput(c); err != nil {
 						return err
 					}
-					_, bc, err := bases(c)
+					m, err := manager(c)
 					if err != nil {
 						return err
 					}
-					list, err := bc.List()
+					list, err := m.Bases().List()
 					if err != nil {
 						return fmt.Errorf("cache list: %w", err)
 					}

@@ -65,17 +65,10 @@ func debArch() string {
 // BaseKey names the base for o: readable, with a hash of everything that
 // changes its contents.
 func BaseKey(o Options) string {
-	arch, variant := o.Arch, o.Variant
-	if arch == "" {
-		arch = debArch()
-	}
-	if variant == "" {
-		variant = "minbase"
-	}
 	pkgs := o.Packages()
 	sort.Strings(pkgs)
-	sum := sha256.Sum256([]byte(strings.Join([]string{o.Release.Distro.Name, o.Release.Name, arch, variant, o.Mirror, strings.Join(pkgs, ",")}, "\x00")))
-	return fmt.Sprintf("%s-%s-%s-%s-%s", o.Release.Distro.Name, o.Release.Name, arch, variant, hex.EncodeToString(sum[:4]))
+	sum := sha256.Sum256([]byte(strings.Join([]string{o.Release.Distro.Name, o.Release.Name, o.arch(), o.variant(), o.Mirror, strings.Join(pkgs, ",")}, "\x00")))
+	return fmt.Sprintf("%s-%s-%s-%s-%s", o.Release.Distro.Name, o.Release.Name, o.arch(), o.variant(), hex.EncodeToString(sum[:4]))
 }
 
 func (c *BaseCache) dir(key string) string { return filepath.Join(c.Dir, key) }
@@ -146,27 +139,14 @@ func (c *BaseCache) build(ctx context.Context, key string, o Options, progress f
 	if err := MakeTreeDir(ctx, c.Runner, root); err != nil {
 		return BaseInfo{}, err
 	}
-	tool := o.Bootstrapper
-	if tool == "" {
-		tool = "debootstrap"
-		if _, err := c.LookPath("mmdebstrap"); err == nil {
-			tool = "mmdebstrap"
-		}
-		o.Bootstrapper = tool
-	}
+	// Recorded, so a refresh uses the same bootstrapper.
+	o.Bootstrapper = chooseBootstrapper(o, c.LookPath)
 	if err := Bootstrap(ctx, c.Runner, o, root, progress, c.LookPath); err != nil {
 		return BaseInfo{}, err
 	}
-	arch, variant := o.Arch, o.Variant
-	if arch == "" {
-		arch = debArch()
-	}
-	if variant == "" {
-		variant = "minbase"
-	}
 	info := BaseInfo{
-		Key: key, Distro: o.Release.Distro.Name, Release: o.Release.Name, Arch: arch, Variant: variant,
-		Mirror: o.Mirror, Packages: o.Packages(), Bootstrapper: tool, Created: time.Now().UTC(),
+		Key: key, Distro: o.Release.Distro.Name, Release: o.Release.Name, Arch: o.arch(), Variant: o.variant(),
+		Mirror: o.Mirror, Packages: o.Packages(), Bootstrapper: o.Bootstrapper, Created: time.Now().UTC(),
 	}
 	info.Size, _ = DiskUsage(root)
 	b, _ := json.MarshalIndent(info, "", "  ")

@@ -41,6 +41,22 @@ func (o Options) Packages() []string {
 	return out
 }
 
+// variant is the debootstrap variant, minbase unless given.
+func (o Options) variant() string {
+	if o.Variant == "" {
+		return "minbase"
+	}
+	return o.Variant
+}
+
+// arch is the architecture, the host's unless given.
+func (o Options) arch() string {
+	if o.Arch == "" {
+		return debArch()
+	}
+	return o.Arch
+}
+
 // scriptsDir is where debootstrap keeps its per-suite scripts.
 const scriptsDir = "/usr/share/debootstrap/scripts"
 
@@ -48,12 +64,8 @@ const scriptsDir = "/usr/share/debootstrap/scripts"
 // target. script is the suite script to use when debootstrap has none of its
 // own for the release ("" when it has).
 func DebootstrapArgs(o Options, target, script string) []string {
-	variant := o.Variant
-	if variant == "" {
-		variant = "minbase"
-	}
 	args := []string{
-		"--variant=" + variant,
+		"--variant=" + o.variant(),
 		"--include=" + strings.Join(o.Packages(), ","),
 		"--components=" + strings.Join(o.Release.Distro.Components, ","),
 		"--keyring=" + o.Release.Distro.Keyring,

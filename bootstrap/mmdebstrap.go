@@ -9,13 +9,9 @@ import (
 // MmdebstrapArgs builds mmdebstrap's command line for o into target. It
 // installs what debootstrap would: the variant, BasePackages and o.Include.
 func MmdebstrapArgs(o Options, target string) []string {
-	variant := o.Variant
-	if variant == "" {
-		variant = "minbase"
-	}
 	args := []string{
 		"--mode=root",
-		"--variant=" + variant,
+		"--variant=" + o.variant(),
 		"--include=" + strings.Join(o.Packages(), ","),
 		"--components=" + strings.Join(o.Release.Distro.Components, ","),
 		"--keyring=" + o.Release.Distro.Keyring,
@@ -44,14 +40,7 @@ func Mmdebstrap(ctx context.Context, r Runner, o Options, target string, progres
 // Bootstrap runs the bootstrapper o names ("" picks mmdebstrap when it is
 // installed, as it is faster, and debootstrap otherwise).
 func Bootstrap(ctx context.Context, r Runner, o Options, target string, progress func(Stage), lookPath func(string) (string, error)) error {
-	tool := o.Bootstrapper
-	if tool == "" {
-		tool = "debootstrap"
-		if _, err := lookPath("mmdebstrap"); err == nil {
-			tool = "mmdebstrap"
-		}
-	}
-	switch tool {
+	switch tool := chooseBootstrapper(o, lookPath); tool {
 	case "debootstrap":
 		return Debootstrap(ctx, r, o, target, progress)
 	case "mmdebstrap":
@@ -59,6 +48,19 @@ func Bootstrap(ctx context.Context, r Runner, o Options, target string, progress
 			return fmt.Errorf("mmdebstrap %w (install it: apt-get install mmdebstrap)", ErrToolMissing)
 		}
 		return Mmdebstrap(ctx, r, o, target, progress)
+	default:
+		return fmt.Errorf("unknown bootstrapper %q (use debootstrap or mmdebstrap)", tool)
 	}
-	return fmt.Errorf("unknown bootstrapper %q (use debootstrap or mmdebstrap)", tool)
+}
+
+// chooseBootstrapper is the one o names, or mmdebstrap when it is
+// installed (it is faster), or debootstrap.
+func chooseBootstrapper(o Options, lookPath func(string) (string, error)) string {
+	if o.Bootstrapper != "" {
+		return o.Bootstrapper
+	}
+	if _, err := lookPath("mmdebstrap"); err == nil {
+		return "mmdebstrap"
+	}
+	return "debootstrap"
 }

@@ -88,12 +88,3 @@ func HostPeers(pid int) ([]Interface, error) {
 	}
 	return out, nil
 }
-
-// LinkName returns the name of host link index, or "" when there is none.
-func LinkName(index int) string {
-	l, err := netlink.LinkByIndex(index)
-	if err != nil {
-		return ""
-	}
-	return l.Attrs().Name
-}
