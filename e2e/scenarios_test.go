@@ -436,10 +436,25 @@ func scenarios(t *testing.T, e *env) {
 			i := status(t, e, name)
 			return i.State == "running" && len(i.Addresses) > 0 && e.sh(t, "ip -4 -o addr show dev ve-"+name).stdout != "", fmt.Sprintf("%+v", i)
 		})
+		// Its unit restarts a machine whose PID 1 dies (Restart=on-failure).
+		before := status(t, e, name).Leader
+		e.mustNsb(t, "kill", name, "--signal", "SIGKILL")
+		waitFor(t, 60*time.Second, "machine restarted by its unit", func() (bool, string) {
+			i := status(t, e, name)
+			return i.State == "running" && i.Leader != 0 && i.Leader != before, fmt.Sprintf("%+v", i)
+		})
 		e.mustNsb(t, "disable", name)
 		e.mustSh(t, "test ! -e /etc/systemd/system/machines.target.wants/"+unit)
 		if i := status(t, e, name); i.Autostart != "disabled" || i.State != "running" {
 			t.Errorf("after disable: %+v", i)
+		}
+		// Once stopped, a disabled machine is as one never enabled: its
+		// next boot is a transient unit again.
+		e.mustNsb(t, "stop", name)
+		e.mustSh(t, "test ! -e /etc/systemd/system/"+unit)
+		e.mustNsb(t, "boot", name)
+		if i := status(t, e, name); i.Unit != "nsbox-"+name+".service" {
+			t.Errorf("boot after disable runs from %q", i.Unit)
 		}
 	})
 

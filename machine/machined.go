@@ -129,6 +129,9 @@ func (m *Machined) Start(ctx context.Context, spec StartSpec) error {
 	_ = m.Systemd.ResetFailedUnit(ctx, unit)
 	var result string
 	var err error
+	if _, err := m.dropDisabledUnit(ctx, spec.Name); err != nil {
+		return err
+	}
 	if m.hasUnitFile(spec.Name) {
 		// An enabled machine starts from its unit file, brought up to date
 		// with the options of this boot.
@@ -295,6 +298,9 @@ func (m *Machined) Cleanup(ctx context.Context, name string) {
 			_ = m.Systemd.StopUnit(ctx, unit)
 		}
 		_ = m.Systemd.ResetFailedUnit(ctx, unit)
+	}
+	if _, err := m.dropDisabledUnit(ctx, name); err != nil {
+		logrus.Warnf("remove the unit file of disabled %s: %v", name, err)
 	}
 }
 

@@ -305,3 +305,50 @@ func TestStaleMachinedRegistration(t *testing.T) {
 		t.Errorf("live machine: %v", err)
 	}
 }
+
+// A machine disabled while it ran from its unit file keeps the file until
+// the unit is down; then it boots as one never enabled, from a transient
+// unit (without the file's Restart=on-failure).
+func TestDisabledUnitFileGoesWhenDown(t *testing.T) {
+	ctx := context.Background()
+	f := &fakeMachined{machines: map[string]dbusapi.Machine{}, result: "done", units: map[string]dbusapi.UnitState{}}
+	m, _ := newTestManager(t, f)
+	md := m.Backend.(*Machined)
+	spec := StartSpec{Name: "web", Argv: []string{"systemd-nspawn"}}
+	if err := md.Install(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if md.UnitFileState(ctx, "web") != "enabled" {
+		t.Fatal("not enabled after Install")
+	}
+	f.units[AutostartUnitName("web")] = dbusapi.UnitState{ActiveState: "active"}
+	if err := md.Uninstall(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if !md.hasUnitFile("web") {
+		t.Fatal("unit file removed under a running unit")
+	}
+	if md.UnitFileState(ctx, "web") != "disabled" {
+		t.Error("still enabled after Uninstall")
+	}
+	f.units[AutostartUnitName("web")] = dbusapi.UnitState{ActiveState: "inactive"}
+	if err := md.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if md.hasUnitFile("web") {
+		t.Error("unit file of a disabled, stopped machine kept")
+	}
+	if len(f.started) != 1 || f.started[0].Name != UnitName("web") || f.started[0].CollectMode != "inactive-or-failed" {
+		t.Errorf("disabled machine not started as a transient unit: %+v", f.started)
+	}
+
+	// Cleanup after a stop drops it too.
+	if err := md.Install(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(md.wantsLink("web"))
+	md.Cleanup(ctx, "web")
+	if md.hasUnitFile("web") {
+		t.Error("Cleanup kept the unit file of a disabled machine")
+	}
+}

@@ -123,18 +123,37 @@ func (m *Machined) Install(ctx context.Context, spec StartSpec) error {
 
 // Uninstall implements Autostart: the machine no longer starts with the
 // host. A machine running from the unit keeps its unit file until it
-// stops, so that a reboot inside it still restarts it.
+// stops, so that a reboot inside it still restarts it; the next stop or
+// boot drops the file (dropDisabledUnit).
 func (m *Machined) Uninstall(ctx context.Context, name string) error {
 	if err := os.Remove(m.wantsLink(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	st, err := m.Systemd.GetUnitState(ctx, AutostartUnitName(name))
-	if err != nil || st.ActiveState == "inactive" || st.ActiveState == "failed" || st.ActiveState == "" {
-		if err := os.Remove(m.unitPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
+	if dropped, err := m.dropDisabledUnit(ctx, name); err != nil || dropped {
+		return err
 	}
 	return m.Systemd.Reload(ctx)
+}
+
+// dropDisabledUnit removes the unit file of a disabled machine once the
+// unit is down, so that a disabled machine boots as one never enabled:
+// from a transient unit, without the unit file's Restart=on-failure.
+// When it removed the file, it has reloaded systemd and reports true.
+func (m *Machined) dropDisabledUnit(ctx context.Context, name string) (bool, error) {
+	if !m.hasUnitFile(name) {
+		return false, nil
+	}
+	if _, err := os.Lstat(m.wantsLink(name)); err == nil {
+		return false, nil // enabled
+	}
+	st, err := m.Systemd.GetUnitState(ctx, AutostartUnitName(name))
+	if err == nil && st.ActiveState != "inactive" && st.ActiveState != "failed" && st.ActiveState != "" {
+		return false, nil // still running from the file
+	}
+	if err := os.Remove(m.unitPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	return true, m.Systemd.Reload(ctx)
 }
 
 // Forget implements Autostart: the unit file goes with the machine.
