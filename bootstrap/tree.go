@@ -62,10 +62,17 @@ func removeAt(parent int, name string, dev uint64) error {
 				return err
 			}
 			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				sub := dev
 				if st.Dev != dev {
-					return fmt.Errorf("%s: %w", n, ErrMounted)
+					// Another device: a mount, or a btrfs subvolume
+					// (a base snapshotted inside a tree), which goes
+					// with the tree.
+					if mountRoot(fd, n) {
+						return fmt.Errorf("%s: %w", n, ErrMounted)
+					}
+					sub = st.Dev
 				}
-				if err := removeAt(fd, n, dev); err != nil {
+				if err := removeAt(fd, n, sub); err != nil {
 					return fmt.Errorf("%s/%w", n, err)
 				}
 				continue
@@ -85,6 +92,19 @@ func removeAt(parent int, name string, dev uint64) error {
 		return err
 	}
 	return nil
+}
+
+// mountRoot reports whether name in directory dirfd is the root of a
+// mount. Where the kernel cannot tell (before Linux 5.8), it says yes.
+func mountRoot(dirfd int, name string) bool {
+	var stx unix.Statx_t
+	if err := unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, unix.STATX_INO, &stx); err != nil {
+		return true
+	}
+	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return true
+	}
+	return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
 }
 
 // Personalise makes a freshly bootstrapped or cloned root its own machine:

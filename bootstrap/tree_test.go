@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestMountsUnder(t *testing.T) {
@@ -86,5 +88,28 @@ func TestPersonaliseStaysInsideRoot(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "hostname")); err == nil {
 		t.Error("a file was created outside the root")
+	}
+}
+
+func TestMountRoot(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "plain"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if mountRoot(fd, "plain") {
+		t.Error("a plain directory taken for a mount")
+	}
+	root, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(root)
+	if !mountRoot(root, "proc") {
+		t.Error("/proc not seen as a mount")
 	}
 }

@@ -100,6 +100,9 @@ func TestBenchmark(t *testing.T) {
 	}
 	e.mustNsb(t, "remove", "bench-seed")
 
+	// 6. nsbox list vs machinectl list, 20 machines running on machined.
+	rows = append(rows, listVsMachinectl(t, runs)...)
+
 	host, _ := os.Hostname()
 	cpu := strings.TrimSpace(e.mustSh(t, "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"))
 	fmt.Printf("\nnsbox benchmark, %s, %s, %d cores (%s), %s, medians of %d runs (%d for cold creates)\n\n",
@@ -189,5 +192,53 @@ func peakRSS(t *testing.T, argv ...string) int {
 			return peak
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// listVsMachinectl times nsbox list against machinectl list with 20
+// machines running on machined (in the test host where systemd is not
+// PID 1), alternating the two.
+func listVsMachinectl(t *testing.T, runs int) [][3]string {
+	// Each machine's systemd holds inotify instances, all counted against
+	// root: 20 machines need more than the kernel's default of 128.
+	const limit = "/proc/sys/fs/inotify/max_user_instances"
+	if b, err := os.ReadFile(limit); err == nil {
+		if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n < 1024 {
+			if err := os.WriteFile(limit, []byte("1024"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.WriteFile(limit, b, 0o644) })
+			fmt.Printf("bench: fs.inotify.max_user_instances is 1024 for the run (was %d)\n", n)
+		}
+	}
+	m := machinedEnv(t)
+	names := make([]string, 20)
+	for i := range names {
+		names[i] = fmt.Sprintf("bench-l%02d", i)
+		if i == 0 {
+			m.mustNsb(t, "create", names[i], "--release", "bookworm")
+		} else {
+			m.mustNsb(t, "clone", names[0], names[i])
+		}
+		t.Cleanup(func() { m.nsb(t, "remove", "--force", names[i]) })
+	}
+	m.mustNsb(t, append([]string{"boot"}, names...)...)
+	if got := strings.Count(m.mustSh(t, "machinectl list --no-legend"), "bench-l"); got != len(names) {
+		t.Fatalf("machinectl lists %d of %d machines", got, len(names))
+	}
+	in := func(argv ...string) []string { return append(append([]string{}, m.prefix...), argv...) }
+	var ns, mc []time.Duration
+	for i := 0; i < runs; i++ {
+		ns = append(ns, timed(t, in(m.nsbox, "--root-dir", m.rootDir, "list")...))
+		mc = append(mc, timed(t, in("machinectl", "list")...))
+	}
+	where := "this host"
+	if m.host != nil {
+		where = "the test host"
+	}
+	return [][3]string{
+		{"nsbox list vs machinectl list, 20 running machines on machined (" + where + ")",
+			fmt.Sprintf("%s vs %s", median(ns).Round(time.Millisecond), median(mc).Round(time.Millisecond)),
+			fmt.Sprintf("%.2f; nsbox %s a machine", float64(median(ns))/float64(median(mc)), (median(ns) / 20).Round(100*time.Microsecond))},
 	}
 }

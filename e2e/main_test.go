@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -28,8 +29,10 @@ var (
 	repoRoot string
 	// cacheDir keeps the test host root and downloaded packages.
 	cacheDir string
-	// host is the booted test host, when one was needed.
-	host *testHost
+	// host is the booted test host, when one was needed (hostOnce).
+	host     *testHost
+	hostErr  error
+	hostOnce sync.Once
 )
 
 func TestMain(m *testing.M) {
@@ -90,6 +93,11 @@ func runMain(m *testing.M) int {
 	code := m.Run()
 	if host != nil {
 		host.PowerOff()
+	}
+	// The scenarios clean up after themselves on this host too.
+	if left, _ := filepath.Glob("/var/tmp/*e2e-*"); len(left) > 0 && code == 0 {
+		fmt.Fprintf(os.Stderr, "e2e: left on this host: %v\n", left)
+		return 1
 	}
 	return code
 }

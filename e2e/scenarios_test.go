@@ -132,24 +132,27 @@ func TestDirect(t *testing.T) {
 	}
 	e := hostEnv(t, "direct")
 	scenarios(t, e)
-	interrupts(t, e)
 }
 
 func TestMachined(t *testing.T) {
-	var e *env
-	if systemdBooted() {
-		e = hostEnv(t, "machined")
-	} else {
-		if host == nil {
-			h, err := bootTestHost()
-			if err != nil {
-				t.Fatalf("test host: %v", err)
-			}
-			host = h
-		}
-		e = guestEnv(t, host)
+	if !systemdBooted() {
+		// In the test host, apart from TestCreate's work on this host.
+		t.Parallel()
 	}
-	scenarios(t, e)
+	scenarios(t, machinedEnv(t))
+}
+
+// machinedEnv is nsbox on machined: on this host where systemd is PID 1,
+// otherwise in the test host, booted on first use.
+func machinedEnv(t *testing.T) *env {
+	if systemdBooted() {
+		return hostEnv(t, "machined")
+	}
+	hostOnce.Do(func() { host, hostErr = bootTestHost() })
+	if hostErr != nil {
+		t.Fatalf("test host: %v", hostErr)
+	}
+	return guestEnv(t, host)
 }
 
 // scenarios is the lifecycle every backend must pass, in order.
@@ -270,6 +273,7 @@ func scenarios(t *testing.T, e *env) {
 
 	t.Run("binds", func(t *testing.T) {
 		e.mustSh(t, "rm -rf /var/tmp/e2e-data /var/tmp/e2e-ro && mkdir -p /var/tmp/e2e-data /var/tmp/e2e-ro && echo from-host > /var/tmp/e2e-data/host.txt && echo ro > /var/tmp/e2e-ro/ro.txt")
+		defer e.sh(t, "rm -rf /var/tmp/e2e-data /var/tmp/e2e-ro")
 		e.mustNsb(t, "boot", name, "--bind", "/var/tmp/e2e-data:/mnt/data", "--bind-ro", "/var/tmp/e2e-ro:/mnt/ro")
 		if r := e.mustNsb(t, "shell", name, "--", "cat", "/mnt/data/host.txt"); r.stdout != "from-host\n" {
 			t.Errorf("host file inside: %s", r)

@@ -1,0 +1,200 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestCreate holds the creates that bootstrap for real: the base cache on
+// btrfs, and creates killed or interrupted mid-bootstrap. It works on this
+// host in directories of its own, so on a host without systemd it runs
+// beside TestMachined, whose machines live in the test host.
+func TestCreate(t *testing.T) {
+	backend := "direct"
+	if systemdBooted() {
+		backend = "machined"
+	} else {
+		t.Parallel()
+	}
+	e := hostEnv(t, backend)
+	t.Run("base cache on btrfs", func(t *testing.T) { baseCache(t, e) })
+	interrupts(t, e)
+}
+
+// baseCache checks, on a btrfs of its own, that concurrent creates of one
+// release bootstrap its base once, that bases are subvolumes and machines
+// and clones snapshots of them that boot, and cache refresh and remove.
+func baseCache(t *testing.T, e *env) {
+	if _, err := exec.LookPath("mkfs.btrfs"); err != nil {
+		t.Skip("no mkfs.btrfs (just deps installs btrfs-progs)")
+	}
+	dir, err := os.MkdirTemp("/var/tmp", "nsbox-e2e-btrfs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, mnt := dir+"/fs.img", dir+"/mnt"
+	cache := mnt + "/cache"
+	// debootstrap's downloads are the host's: the base is new, the .debs need not be.
+	e.mustSh(t, "truncate -s 3G "+img+" && mkfs.btrfs -q "+img+" && mkdir "+mnt+" && mount -o loop "+img+" "+mnt+
+		" && mkdir -m 0700 "+mnt+"/srv && mkdir -p /var/cache/nsbox/debs "+cache+"/debs && mount --bind /var/cache/nsbox/debs "+cache+"/debs")
+	// rm only once both are unmounted: the bind holds the host's downloads.
+	defer e.sh(t, "umount "+cache+"/debs && umount "+mnt+" && rm -rf --one-file-system "+dir)
+	bt := *e
+	bt.rootDir = mnt + "/srv"
+	nsb := func(args ...string) result {
+		return e.run(t, append([]string{e.nsbox, "--backend", e.name, "--root-dir", bt.rootDir, "--cache-dir", cache}, args...)...)
+	}
+	must := func(args ...string) result {
+		t.Helper()
+		r := nsb(args...)
+		if r.code != 0 {
+			t.Fatalf("nsbox failed:\n%s", r)
+		}
+		return r
+	}
+
+	r := e.sh(t, fmt.Sprintf(`for n in e2e-ca e2e-cb; do %s --root-dir %s --cache-dir %s create $n --release bookworm >/var/tmp/$n.log 2>&1 & done; wait
+		grep -l retrieving /var/tmp/e2e-ca.log /var/tmp/e2e-cb.log | wc -l; grep -l 'copying base' /var/tmp/e2e-ca.log /var/tmp/e2e-cb.log | wc -l; cat /var/tmp/e2e-c?.log; rm -f /var/tmp/e2e-c?.log`,
+		e.nsbox, bt.rootDir, cache))
+	defer nsb("remove", "--force", "e2e-ca")
+	defer nsb("remove", "--force", "e2e-cb")
+	if !strings.HasPrefix(r.stdout, "1\n2\n") {
+		t.Fatalf("want one bootstrap and two copies:\n%s", r.stdout)
+	}
+	must("clone", "e2e-cb", "e2e-cc")
+	defer nsb("remove", "--force", "e2e-cc")
+
+	type base struct {
+		Key      string    `json:"key"`
+		Packages []string  `json:"packages"`
+		Created  time.Time `json:"created"`
+	}
+	bases := func() map[string]base {
+		var bs []base
+		if err := json.Unmarshal([]byte(must("cache", "list", "-o", "json").stdout), &bs); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]base{}
+		for _, b := range bs {
+			out[b.Key] = b
+		}
+		return out
+	}
+	bs := bases()
+	if len(bs) != 1 {
+		t.Fatalf("want one base, have %v", bs)
+	}
+	var key string
+	for k := range bs {
+		key = k
+	}
+	e.mustSh(t, "btrfs subvolume show "+cache+"/bases/"+key+"/root")
+	for _, n := range []string{"e2e-ca", "e2e-cb", "e2e-cc"} {
+		// A snapshot shows its parent subvolume's UUID.
+		out := e.mustSh(t, "btrfs subvolume show "+bt.rootDir+"/"+n)
+		if !strings.Contains(out, "Parent UUID:") || strings.Contains(out, "Parent UUID: \t\t-") {
+			t.Errorf("%s is not a snapshot:\n%s", n, out)
+		}
+	}
+	must("boot", "e2e-cc", "--network", "none")
+	if r := nsb("shell", "e2e-cc", "--", "hostname"); r.stdout != "e2e-cc\n" {
+		t.Errorf("snapshot machine: %s", r)
+	}
+	must("stop", "e2e-cc")
+
+	before := bases()[key].Created
+	must("cache", "refresh", key)
+	if after := bases()[key].Created; !after.After(before) {
+		t.Errorf("refresh did not renew the base: %v then %v", before, after)
+	}
+	must("cache", "remove", key)
+	if _, ok := bases()[key]; ok {
+		t.Error("base still listed after remove")
+	}
+	if i := list(t, &bt)["e2e-ca"]; i.State != "stopped" {
+		t.Errorf("a machine made from the removed base: %+v", i)
+	}
+	must("remove", "e2e-cc")
+	e.mustSh(t, "test ! -e "+bt.rootDir+"/e2e-cc")
+}
+
+// interrupts checks that SIGINT and SIGTERM during a real bootstrap stop
+// debootstrap and leave nothing: no tree, no temporary tree, no mount.
+func interrupts(t *testing.T, e *env) {
+	t.Run("create killed with SIGKILL, then run again", func(t *testing.T) {
+		cmd := exec.Command(e.nsbox, "--root-dir", e.rootDir, "create", "e2e-kill", "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, "debootstrap running", func() (bool, string) {
+			out, _ := exec.Command("pgrep", "-f", "debootstrap.*e2e-kill").Output()
+			return len(out) > 0, string(out)
+		})
+		time.Sleep(2 * time.Second)
+		cmd.Process.Kill()
+		cmd.Wait()
+		// The next create of the name finds the tree, stops the orphaned
+		// debootstrap, undoes its mounts and removes it.
+		e.mustNsb(t, "create", "e2e-kill", "--release", "bookworm")
+		if out, _ := exec.Command("pgrep", "-f", "debootstrap.*e2e-kill").Output(); len(out) > 0 {
+			t.Errorf("orphaned debootstrap still running: %s", out)
+		}
+		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), "e2e-kill") {
+			t.Error("mounts left under the stale tree")
+		}
+		e.mustSh(t, "! ls -A "+e.rootDir+" | grep -v '\\.lck$' | grep '^\\.#e2e-kill'")
+		e.mustNsb(t, "remove", "e2e-kill")
+	})
+
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run("create interrupted by "+sig.String(), func(t *testing.T) {
+			cmd := exec.Command(e.nsbox, "--root-dir", e.rootDir, "create", "e2e-int", "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// Wait until debootstrap works in the temporary tree.
+			waitFor(t, 30*time.Second, "debootstrap running", func() (bool, string) {
+				out, _ := exec.Command("pgrep", "-f", "debootstrap.*e2e-int").Output()
+				return len(out) > 0, string(out)
+			})
+			time.Sleep(2 * time.Second)
+			cmd.Process.Signal(sig)
+			err := cmd.Wait()
+			code := cmd.ProcessState.ExitCode()
+			want := 130
+			if sig == syscall.SIGTERM {
+				want = 143
+			}
+			if code != want {
+				t.Errorf("exit %d (%v), want %d; stderr: %s", code, err, want, stderr.String())
+			}
+			if out, _ := exec.Command("pgrep", "-f", "debootstrap.*e2e-int").Output(); len(out) > 0 {
+				t.Errorf("debootstrap still running: %s", out)
+			}
+			if ents, _ := os.ReadDir(e.rootDir); len(ents) > 0 {
+				var names []string
+				for _, d := range ents {
+					if !strings.HasSuffix(d.Name(), ".lck") && strings.Contains(d.Name(), "e2e-int") {
+						names = append(names, d.Name())
+					}
+				}
+				if len(names) > 0 {
+					t.Errorf("left in the root directory: %v", names)
+				}
+			}
+			if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), "e2e-int") {
+				t.Error("mounts left under the temporary tree")
+			}
+		})
+	}
+}
