@@ -311,7 +311,10 @@ func DiskUsage(root string) (int64, error) {
 			return nil
 		}
 		if s.Dev != dev {
-			return filepath.SkipDir
+			if d.IsDir() {
+				return filepath.SkipDir // a mount: not the tree's
+			}
+			return nil // a file bind-mounted in; SkipDir would skip its siblings
 		}
 		if s.Nlink > 1 && !d.IsDir() {
 			k := [2]uint64{s.Dev, s.Ino}
