@@ -13,11 +13,9 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 )
 
 // BaseCache keeps pristine bootstrapped roots, one per distro, release,
@@ -286,45 +284,4 @@ func CopyTree(ctx context.Context, r Runner, src, dst string) error {
 		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	return nil
-}
-
-// DiskUsage adds up the blocks of every file under root, counting hard
-// links once and not crossing into other file systems, as du -sx does.
-func DiskUsage(root string) (int64, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(root, &st); err != nil {
-		return 0, err
-	}
-	dev := st.Dev
-	seen := map[[2]uint64]bool{}
-	var total int64
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		s, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return nil
-		}
-		if s.Dev != dev {
-			if d.IsDir() {
-				return filepath.SkipDir // a mount: not the tree's
-			}
-			return nil // a file bind-mounted in; SkipDir would skip its siblings
-		}
-		if s.Nlink > 1 && !d.IsDir() {
-			k := [2]uint64{s.Dev, s.Ino}
-			if seen[k] {
-				return nil
-			}
-			seen[k] = true
-		}
-		total += s.Blocks * 512
-		return nil
-	})
-	return total, err
 }

@@ -355,6 +355,49 @@ func scenarios(t *testing.T, e *env) {
 		e.mustNsb(t, "boot", name, "--no-ports")
 	})
 
+	t.Run("bridge and zone", func(t *testing.T) {
+		e.mustNsb(t, "stop", name)
+		// A bridge of the user's, with an address of its own.
+		e.mustSh(t, "ip link add br-e2e type bridge && ip addr add 10.123.0.1/24 dev br-e2e && ip link set br-e2e up")
+		defer e.sh(t, "ip link del br-e2e")
+		e.mustNsb(t, "boot", name, "--network", "bridge:br-e2e")
+		if i := status(t, e, name); len(i.Interfaces) != 1 || i.Interfaces[0] != "vb-"+name {
+			t.Errorf("interfaces on a bridge: %v", i.Interfaces)
+		}
+		e.mustSh(t, "ip -o link show master br-e2e | grep -q ' vb-"+name+"@'")
+		// nsbox's static host0 address is for its own veth only.
+		if r := e.nsb(t, "shell", name, "--", "test", "-e", "/etc/systemd/network/10-nsbox-host0.network"); r.code != 1 {
+			t.Errorf("nsbox's host0 file on a bridge: %s", r)
+		}
+		// The machine is on the bridge's link: give it an address there
+		// and reach a listener in it from the host.
+		e.mustNsb(t, "shell", name, "--", "ip", "addr", "add", "10.123.0.2/24", "dev", "host0")
+		e.mustNsb(t, "shell", name, "--", "systemd-run", "--unit=e2e-bridge-echo", "systemd-socket-activate", "-l", "8080", "--inetd", "-a", "echo", "hello-over-bridge")
+		waitFor(t, 10*time.Second, "a reply over the bridge", func() (bool, string) {
+			got := e.sh(t, "timeout 3 bash -c 'exec 3<>/dev/tcp/10.123.0.2/8080; cat <&3'").stdout
+			return got == "hello-over-bridge\n", got
+		})
+		e.mustNsb(t, "stop", name)
+		e.mustSh(t, "! ip link show vb-"+name+" 2>/dev/null")
+
+		// A zone: nspawn makes the vz- bridge with the first machine and
+		// removes it with the last.
+		e.mustNsb(t, "boot", name, "--network", "zone:e2e")
+		e.mustSh(t, "ip -o link show master vz-e2e | grep -q ' vb-"+name+"@'")
+		e.mustNsb(t, "stop", name)
+		waitFor(t, 10*time.Second, "the zone's bridge gone", func() (bool, string) {
+			r := e.sh(t, "ip -o link show vz-e2e")
+			return r.code != 0, r.stdout
+		})
+		e.mustNsb(t, "boot", name, "--network", "veth")
+		if i := status(t, e, name); len(i.Addresses) == 0 {
+			waitFor(t, 20*time.Second, "the pool address back on veth", func() (bool, string) {
+				i := status(t, e, name)
+				return len(i.Addresses) > 0, fmt.Sprint(i.Addresses)
+			})
+		}
+	})
+
 	t.Run("limits", func(t *testing.T) {
 		wantFail(t, e.nsb(t, "set", name, "--memory", "-5M"), 2, "size")
 		wantFail(t, e.nsb(t, "boot", name, "--cpus", "many"), 2, "cpus")

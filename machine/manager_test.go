@@ -352,3 +352,36 @@ func TestDisabledUnitFileGoesWhenDown(t *testing.T) {
 		t.Error("Cleanup kept the unit file of a disabled machine")
 	}
 }
+
+// A machine moved from nsbox's veth to a bridge loses the static host0
+// address of its veth boots; a link planted in its place is removed, not
+// followed.
+func TestPrepareNetworkDropsHost0FileOffVeth(t *testing.T) {
+	m, _ := newTestManager(t, &fakeMachined{})
+	mkMachine(t, m, "web")
+	file := filepath.Join(m.Dir("web"), machineNetworkFile)
+	os.MkdirAll(filepath.Dir(file), 0o755)
+	os.WriteFile(file, []byte("[Network]\nAddress=10.89.0.2/30\n"), 0o644)
+	if l, err := m.prepareNetwork(context.Background(), "web", BootOptions{Network: "bridge:br0"}); err != nil || l != nil {
+		t.Fatalf("prepareNetwork: %v %v", l, err)
+	}
+	if _, err := os.Lstat(file); !os.IsNotExist(err) {
+		t.Errorf("host0 file kept on a bridge: %v", err)
+	}
+	outside := filepath.Join(t.TempDir(), "keep")
+	os.WriteFile(outside, []byte("x"), 0o644)
+	os.Symlink(outside, file)
+	if _, err := m.prepareNetwork(context.Background(), "web", BootOptions{Network: "zone:z"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Errorf("removal followed a planted link: %v", err)
+	}
+	if _, err := os.Lstat(file); !os.IsNotExist(err) {
+		t.Errorf("planted link kept: %v", err)
+	}
+	// Twice is fine: nothing there.
+	if _, err := m.prepareNetwork(context.Background(), "web", BootOptions{Network: "none"}); err != nil {
+		t.Error(err)
+	}
+}

@@ -76,7 +76,16 @@ func (m *Manager) machineLink(ctx context.Context, name string) (network.Link, e
 // without following any link out of it. It returns the link to configure
 // on the host side once the veth exists, or nil.
 func (m *Manager) prepareNetwork(ctx context.Context, name string, o BootOptions) (*network.Link, error) {
-	if !ownVeth(o) || m.ReadOnly(name) {
+	if m.ReadOnly(name) {
+		return nil, nil
+	}
+	if !ownVeth(o) {
+		// On a bridge, a zone, or a veth the host's networkd serves, the
+		// machine's host0 is configured from outside (DHCP): the static
+		// address of an earlier boot on nsbox's own veth must go.
+		if err := removeInRoot(m.Dir(name), machineNetworkFile); err != nil {
+			return nil, fmt.Errorf("remove %s from %s: %w", machineNetworkFile, name, err)
+		}
 		return nil, nil
 	}
 	l, err := m.machineLink(ctx, name)
@@ -160,4 +169,18 @@ func (m *Manager) masquerade(ctx context.Context) {
 	} else if err != nil {
 		logrus.Warnf("machines cannot reach beyond this host: %v", err)
 	}
+}
+
+// removeInRoot removes the file at path inside root, without following a
+// link out of root; a missing file is no error.
+func removeInRoot(root, path string) error {
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if err := r.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
