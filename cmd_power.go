@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,8 +33,68 @@ func simple(name, usage string, flags []cli.Flag, act func(c *cli.Context, m *ma
 	}
 }
 
+// several builds a command that acts on one or more machines, as
+// machinectl's do: side by side, each failure reported on its own line,
+// one failure stopping none of the others; the exit status is 1 if any
+// failed.
+func several(name, usage string, flags []cli.Flag, act func(c *cli.Context, m *machine.Manager, n string) error) *cli.Command {
+	return &cli.Command{
+		Name: name, Usage: usage, ArgsUsage: "NAME...", Flags: flags,
+		Action: func(c *cli.Context) error {
+			names := c.Args().Slice()
+			if len(names) == 0 {
+				return usagef("%s takes machine names (see: nsbox %s --help)", name, name)
+			}
+			seen := map[string]bool{}
+			for _, n := range names {
+				if seen[n] {
+					return usagef("%s: %s is named twice", name, n)
+				}
+				seen[n] = true
+			}
+			m, err := manager(c)
+			if err != nil {
+				return err
+			}
+			// A mistyped or unknown name changes nothing: all are checked first.
+			for _, n := range names {
+				if err := m.Known(c.Context, n); err != nil {
+					return fmt.Errorf("%s %s: %w", name, n, err)
+				}
+			}
+			if len(names) == 1 {
+				if err := act(c, m, names[0]); err != nil {
+					return fmt.Errorf("%s %s: %w", name, names[0], err)
+				}
+				return nil
+			}
+			errs := make([]error, len(names))
+			var wg sync.WaitGroup
+			for i, n := range names {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs[i] = act(c, m, n)
+				}()
+			}
+			wg.Wait()
+			failed := false
+			for i, n := range names {
+				if errs[i] != nil {
+					failed = true
+					report(fmt.Errorf("%s %s: %w", name, n, errs[i]))
+				}
+			}
+			if failed {
+				return exitCode(exitError)
+			}
+			return nil
+		},
+	}
+}
+
 func stopCommand() *cli.Command {
-	return simple("stop", "power a machine off cleanly; terminate it after --timeout",
+	return several("stop", "power machines off cleanly; terminate those still up after --timeout",
 		[]cli.Flag{&cli.DurationFlag{Name: "timeout", Value: time.Minute, Usage: "how long to wait for a clean power-off"}},
 		func(c *cli.Context, m *machine.Manager, n string) error {
 			return m.Stop(c.Context, n, c.Duration("timeout"))
@@ -41,20 +102,20 @@ func stopCommand() *cli.Command {
 }
 
 func rebootCommand() *cli.Command {
-	return simple("reboot", "reboot a machine", nil, func(c *cli.Context, m *machine.Manager, n string) error {
+	return several("reboot", "reboot machines", nil, func(c *cli.Context, m *machine.Manager, n string) error {
 		return m.Reboot(c.Context, n)
 	})
 }
 
 func terminateCommand() *cli.Command {
-	return simple("terminate", "end a machine at once, without a clean shutdown", nil,
+	return several("terminate", "end machines at once, without a clean shutdown", nil,
 		func(c *cli.Context, m *machine.Manager, n string) error {
 			return m.Terminate(c.Context, n)
 		})
 }
 
 func killCommand() *cli.Command {
-	return simple("kill", "send a signal to a machine's init, or to all its processes",
+	return several("kill", "send a signal to machines' init, or to all their processes",
 		[]cli.Flag{
 			&cli.StringFlag{Name: "signal", Aliases: []string{"s"}, Value: "SIGTERM", Usage: "signal name or number"},
 			&cli.StringFlag{Name: "kill-whom", Value: "leader", Usage: "leader or all"},
@@ -95,7 +156,7 @@ func parseSignal(s string) (syscall.Signal, error) {
 }
 
 func removeCommand() *cli.Command {
-	return simple("remove", "delete a stopped machine: its tree and nsbox's files for it",
+	return several("remove", "delete stopped machines: their trees and nsbox's files for them",
 		[]cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "stop a running machine first"}},
 		func(c *cli.Context, m *machine.Manager, n string) error {
 			return m.Remove(c.Context, n, c.Bool("force"))

@@ -48,3 +48,11 @@ func TestCompletionOffersMachinesAndCommands(t *testing.T) {
 		t.Errorf("man: %d", code)
 	}
 }
+
+func TestSeveralNamesUsage(t *testing.T) {
+	for _, args := range [][]string{{"stop"}, {"remove", "web", "web"}, {"kill", "a", "b", "a"}} {
+		if _, code := capture(t, args...); code != exitUsage {
+			t.Errorf("%v: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+}

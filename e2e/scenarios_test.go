@@ -549,6 +549,17 @@ func scenarios(t *testing.T, e *env) {
 		if r := e.mustNsb(t, "shell", other, "--", "hostname"); r.stdout != other+"\n" {
 			t.Errorf("second machine: %s", r)
 		}
+		// Several names, as machinectl takes them: a mistyped one stops
+		// none; otherwise all stop, side by side.
+		wantFail(t, e.nsb(t, "stop", name, other, "e2e-nope"), 1, `no such machine "e2e-nope"`)
+		if a, b := status(t, e, name), status(t, e, other); a.State != "running" || b.State != "running" {
+			t.Fatalf("a refused stop stopped %+v %+v", a, b)
+		}
+		e.mustNsb(t, "stop", name, other)
+		if a, b := status(t, e, name), status(t, e, other); a.State != "stopped" || b.State != "stopped" {
+			t.Errorf("after stop of both: %+v %+v", a, b)
+		}
+		e.mustNsb(t, "boot", name, other)
 		e.mustNsb(t, "remove", "--force", other)
 		if _, ok := list(t, e)[other]; ok {
 			t.Errorf("%s still listed after remove --force", other)

@@ -146,6 +146,24 @@ func (m *Manager) exists(name string) bool {
 	return ok
 }
 
+// Known checks that name is valid and names a machine: one of nsbox's
+// under RootDir, or one the backend runs. Commands on several machines
+// check every name with it before they act on any.
+func (m *Manager) Known(ctx context.Context, name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if m.exists(name) {
+		return nil
+	}
+	if _, err := m.Backend.Get(ctx, name); err == nil {
+		return nil
+	} else if !errors.Is(err, ErrNotRunning) {
+		return err
+	}
+	return fmt.Errorf("%w %q (see: nsbox list)", ErrNotFound, name)
+}
+
 // checkName validates name and, with mustExist, that it is a machine.
 func (m *Manager) checkName(name string, mustExist bool) error {
 	if err := ValidateName(name); err != nil {
