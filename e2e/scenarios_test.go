@@ -398,6 +398,41 @@ func scenarios(t *testing.T, e *env) {
 		}
 	})
 
+	if e.host != nil {
+		// The test host has a network namespace of its own, so a networkd
+		// there manages only its machines' veths.
+		t.Run("networkd on the host serves the veth", func(t *testing.T) {
+			e.mustNsb(t, "stop", name)
+			e.mustSh(t, "systemctl start systemd-networkd")
+			defer e.sh(t, "systemctl stop systemd-networkd.socket systemd-networkd")
+			e.mustNsb(t, "boot", name)
+			// networkd's pool and DHCP server, not nsbox's /30.
+			var i info
+			waitFor(t, 30*time.Second, "an address from networkd's DHCP server", func() (bool, string) {
+				i = status(t, e, name)
+				return len(i.Addresses) > 0, fmt.Sprint(i.Addresses)
+			})
+			for _, a := range i.Addresses {
+				if strings.HasPrefix(a, "10.89.") {
+					t.Errorf("nsbox configured the veth networkd serves: %v", i.Addresses)
+				}
+			}
+			if r := e.nsb(t, "shell", name, "--", "test", "-e", "/etc/systemd/network/10-nsbox-host0.network"); r.code != 1 {
+				t.Errorf("nsbox's static host0 file under networkd: %s", r)
+			}
+			if out := e.mustSh(t, "networkctl status ve-"+name); !strings.Contains(out, "80-container-ve.network") {
+				t.Errorf("networkd does not manage ve-%s:\n%s", name, out)
+			}
+			e.mustNsb(t, "stop", name)
+			e.mustSh(t, "systemctl stop systemd-networkd.socket systemd-networkd")
+			e.mustNsb(t, "boot", name)
+			waitFor(t, 20*time.Second, "the pool address back without networkd", func() (bool, string) {
+				i := status(t, e, name)
+				return len(i.Addresses) > 0 && strings.HasPrefix(i.Addresses[0], "10.89."), fmt.Sprint(i.Addresses)
+			})
+		})
+	}
+
 	t.Run("limits", func(t *testing.T) {
 		wantFail(t, e.nsb(t, "set", name, "--memory", "-5M"), 2, "size")
 		wantFail(t, e.nsb(t, "boot", name, "--cpus", "many"), 2, "cpus")

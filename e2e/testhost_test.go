@@ -98,6 +98,9 @@ func bootTestHost() (*testHost, error) {
 	h.nspawn = exec.Command("systemd-nspawn", "--quiet", "--directory="+root, "--ephemeral",
 		"--register=no", "--keep-unit", "--settings=no", "--boot", "--machine=nsbox-e2e-host",
 		"--capability=CAP_NET_ADMIN", "--console=read-only",
+		// A network namespace of its own: its machines' veths, bridges
+		// and a networkd of its own never meet this host's.
+		"--private-network",
 		// Machines in memory: the machined scenarios copy 250 MB trees
 		// a dozen times, and this disk's writeback made each copy take
 		// seconds. The direct scenarios keep theirs on disk.

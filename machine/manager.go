@@ -148,9 +148,14 @@ func (m *Manager) exists(name string) bool {
 
 // Known checks that name is valid and names a machine: one of nsbox's
 // under RootDir, or one the backend runs. Commands on several machines
-// check every name with it before they act on any.
+// check every name with it before they act on any. Like every command
+// that changes a machine, it requires root first, so a user hears that,
+// not what an unreadable root directory hides.
 func (m *Manager) Known(ctx context.Context, name string) error {
 	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
 		return err
 	}
 	if m.exists(name) {

@@ -384,4 +384,18 @@ func TestPrepareNetworkDropsHost0FileOffVeth(t *testing.T) {
 	if _, err := m.prepareNetwork(context.Background(), "web", BootOptions{Network: "none"}); err != nil {
 		t.Error(err)
 	}
+	// With networkd in the machine, a bridge enables it (host0 asks for
+	// DHCP), and writes no static address.
+	svc := filepath.Join(m.Dir("web"), "lib/systemd/system/systemd-networkd.service")
+	os.MkdirAll(filepath.Dir(svc), 0o755)
+	os.WriteFile(svc, nil, 0o644)
+	if _, err := m.prepareNetwork(context.Background(), "web", BootOptions{Network: "bridge:br0"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(m.Dir("web"), "etc/systemd/system/multi-user.target.wants/systemd-networkd.service")); err != nil {
+		t.Errorf("networkd not enabled in a bridged machine: %v", err)
+	}
+	if _, err := os.Lstat(file); !os.IsNotExist(err) {
+		t.Errorf("static host0 file written on a bridge: %v", err)
+	}
 }

@@ -71,41 +71,49 @@ func (m *Manager) machineLink(ctx context.Context, name string) (network.Link, e
 	return l, nil
 }
 
-// prepareNetwork readies the machine's end of its veth before boot: its
-// host0 settings and systemd-networkd enabled, written inside the tree
-// without following any link out of it. It returns the link to configure
-// on the host side once the veth exists, or nil.
+// prepareNetwork readies the machine's end of its network before boot,
+// writing inside the tree without following any link out of it. A
+// machine with a host0 (veth, bridge, zone) gets systemd-networkd enabled.
+// On nsbox's own veth it gets a static address, and prepareNetwork
+// returns the link to configure on the host side once the veth exists; on
+// a bridge, a zone or a veth the host's networkd serves, host0 is
+// configured from outside (the stock 80-container-host0.network asks for
+// DHCP), so the static file of an earlier boot goes.
 func (m *Manager) prepareNetwork(ctx context.Context, name string, o BootOptions) (*network.Link, error) {
-	if m.ReadOnly(name) {
+	if m.ReadOnly(name) || o.Network == "none" || o.Network == "host" {
 		return nil, nil
 	}
-	if !ownVeth(o) {
-		// On a bridge, a zone, or a veth the host's networkd serves, the
-		// machine's host0 is configured from outside (DHCP): the static
-		// address of an earlier boot on nsbox's own veth must go.
-		if err := removeInRoot(m.Dir(name), machineNetworkFile); err != nil {
-			return nil, fmt.Errorf("remove %s from %s: %w", machineNetworkFile, name, err)
+	var l *network.Link
+	if ownVeth(o) {
+		link, err := m.machineLink(ctx, name)
+		if err != nil {
+			return nil, err
 		}
-		return nil, nil
-	}
-	l, err := m.machineLink(ctx, name)
-	if err != nil {
-		return nil, err
+		l = &link
 	}
 	r, err := os.OpenRoot(m.Dir(name))
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
+	if l == nil {
+		if err := r.Remove(machineNetworkFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove %s from %s: %w", machineNetworkFile, name, err)
+		}
+	}
 	if _, err := r.Stat("lib/systemd/system/systemd-networkd.service"); err != nil {
-		logrus.Warnf("%s has no systemd-networkd: configure its host0 yourself (address %s, gateway %s)", name, l.Machine, l.Host.Addr())
-		return &l, nil
+		if l != nil {
+			logrus.Warnf("%s has no systemd-networkd: configure its host0 yourself (address %s, gateway %s)", name, l.Machine, l.Host.Addr())
+		}
+		return l, nil
 	}
-	if err := r.MkdirAll("etc/systemd/network", 0o755); err != nil {
-		return nil, err
-	}
-	if err := bootstrap.WriteInRoot(r, machineNetworkFile, network.MachineNetworkFile(l)); err != nil {
-		return nil, err
+	if l != nil {
+		if err := r.MkdirAll("etc/systemd/network", 0o755); err != nil {
+			return nil, err
+		}
+		if err := bootstrap.WriteInRoot(r, machineNetworkFile, network.MachineNetworkFile(*l)); err != nil {
+			return nil, err
+		}
 	}
 	for link, target := range map[string]string{
 		"etc/systemd/system/multi-user.target.wants/systemd-networkd.service": "/lib/systemd/system/systemd-networkd.service",
@@ -122,7 +130,7 @@ func (m *Manager) prepareNetwork(ctx context.Context, name string, o BootOptions
 			return nil, fmt.Errorf("enable systemd-networkd in %s: %w", name, err)
 		}
 	}
-	return &l, nil
+	return l, nil
 }
 
 // finishNetwork configures the host end of a booted machine's veth and
@@ -169,18 +177,4 @@ func (m *Manager) masquerade(ctx context.Context) {
 	} else if err != nil {
 		logrus.Warnf("machines cannot reach beyond this host: %v", err)
 	}
-}
-
-// removeInRoot removes the file at path inside root, without following a
-// link out of root; a missing file is no error.
-func removeInRoot(root, path string) error {
-	r, err := os.OpenRoot(root)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	if err := r.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
 }

@@ -5,23 +5,64 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
 )
 
-// NetworkdManagesVeths reports whether systemd-networkd runs on this host
-// with its stock configuration for container veths (80-container-ve.network:
-// an address pool, DHCP server and masquerading). nsbox then leaves the
-// host side to it.
+// NetworkdManagesVeths reports whether systemd-networkd runs in this
+// network namespace with the stock configuration for container veths
+// (80-container-ve.network: an address pool, a DHCP server and
+// masquerading), not masked. nsbox then leaves the host side to it.
 func NetworkdManagesVeths() bool {
-	if _, err := os.Stat("/run/systemd/netif/state"); err != nil {
+	return networkdRunsHere("/proc") && containerVeNetwork([]string{"/etc/systemd/network", "/run/systemd/network", "/usr/lib/systemd/network", "/lib/systemd/network"})
+}
+
+// networkdRunsHere looks under proc for a systemd-networkd process in this
+// process's network namespace: machines run networkds of their own, each
+// in its namespace.
+func networkdRunsHere(proc string) bool {
+	self, err := os.Readlink(proc + "/self/ns/net")
+	if err != nil {
 		return false
 	}
-	for _, dir := range []string{"/etc/systemd/network", "/run/systemd/network", "/usr/lib/systemd/network", "/lib/systemd/network"} {
-		if _, err := os.Stat(dir + "/80-container-ve.network"); err == nil {
+	ents, err := os.ReadDir(proc)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		comm, err := os.ReadFile(proc + "/" + e.Name() + "/comm")
+		if err != nil || strings.TrimSpace(string(comm)) != "systemd-network" {
+			continue
+		}
+		if ns, err := os.Readlink(proc + "/" + e.Name() + "/ns/net"); err == nil && ns == self {
 			return true
 		}
+	}
+	return false
+}
+
+// containerVeNetwork reports whether the first 80-container-ve.network
+// found in dirs (in networkd's order of precedence) is a real file: a
+// link to /dev/null or an empty file masks it.
+func containerVeNetwork(dirs []string) bool {
+	for _, dir := range dirs {
+		p := dir + "/80-container-ve.network"
+		fi, err := os.Lstat(p)
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink(p); err == nil && target == "/dev/null" {
+			return false
+		}
+		if fi, err = os.Stat(p); err != nil || fi.Size() == 0 {
+			return false
+		}
+		return true
 	}
 	return false
 }
