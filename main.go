@@ -214,6 +214,9 @@ func report(err error) int {
 		for _, l := range be.Log {
 			fmt.Fprintf(os.Stderr, "  %s\n", l)
 		}
+		if hint := be.Hint(); hint != "" {
+			fmt.Fprintf(os.Stderr, "hint: %s\n", hint)
+		}
 	}
 	var ue usageError
 	if errors.As(err, &ue) {

@@ -73,6 +73,19 @@ func (e *BootError) Error() string { return fmt.Sprintf("%s: %s", ErrBootFailed,
 // Unwrap makes errors.Is(err, ErrBootFailed) hold.
 func (e *BootError) Unwrap() error { return ErrBootFailed }
 
+// Hint names a known cause the log lines show, or is empty.
+func (e *BootError) Hint() string {
+	for _, l := range e.Log {
+		// systemd's "Failed to create control group inotify object: Too
+		// many open files" and the like: the kernel's per-user limit of
+		// inotify instances, which every machine's systemd draws on.
+		if strings.Contains(l, "inotify") && strings.Contains(l, "Too many open files") {
+			return "the host's inotify instances are used up (fs.inotify.max_user_instances); see: nsbox doctor"
+		}
+	}
+	return ""
+}
+
 // Options returns the remembered boot options of name.
 func (m *Manager) Options(name string) (BootOptions, error) {
 	o, _, err := readSettings(m.settingsPath(name))

@@ -399,3 +399,13 @@ func TestPrepareNetworkDropsHost0FileOffVeth(t *testing.T) {
 		t.Errorf("static host0 file written on a bridge: %v", err)
 	}
 }
+
+func TestBootErrorHint(t *testing.T) {
+	e := &BootError{Name: "web", Log: []string{"Failed to create control group inotify object: Too many open files"}}
+	if !strings.Contains(e.Hint(), "max_user_instances") {
+		t.Errorf("hint for inotify exhaustion: %q", e.Hint())
+	}
+	if h := (&BootError{Log: []string{"Failed to mount /proc"}}).Hint(); h != "" {
+		t.Errorf("hint without a known cause: %q", h)
+	}
+}
