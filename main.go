@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/nsbox/nsbox/machine"
@@ -171,9 +172,15 @@ func run(args []string) int {
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	var got os.Signal
+	// The exit status of the first signal; read after the context ends.
+	var interrupted atomic.Int32
 	go func() {
-		got = <-sigs
+		first := <-sigs
+		if first == syscall.SIGTERM {
+			interrupted.Store(exitTerminated)
+		} else {
+			interrupted.Store(exitInterrupted)
+		}
 		cancel()
 		second := <-sigs
 		fmt.Fprintln(os.Stderr, "nsbox: interrupted again; exiting now (a temporary .#NAME tree or mount may be left; the next create sweeps it)")
@@ -187,12 +194,9 @@ func run(args []string) int {
 		return report(usagef("unknown command %q (see: nsbox --help)", name))
 	}
 	err := app.RunContext(ctx, hoistFlags(app, args))
-	if ctx.Err() != nil && got != nil {
+	if code := interrupted.Load(); ctx.Err() != nil && code != 0 {
 		fmt.Fprintln(os.Stderr, "nsbox: interrupted")
-		if got == syscall.SIGTERM {
-			return exitTerminated
-		}
-		return exitInterrupted
+		return int(code)
 	}
 	return report(err)
 }
