@@ -115,22 +115,37 @@ func terminateCommand() *cli.Command {
 }
 
 func killCommand() *cli.Command {
-	return several("kill", "send a signal to machines' init, or to all their processes",
+	flags := func(c *cli.Context) (syscall.Signal, bool, error) {
+		sig, err := parseSignal(c.String("signal"))
+		if err != nil {
+			return 0, false, err
+		}
+		whom := c.String("kill-whom")
+		if whom != "leader" && whom != "all" {
+			return 0, false, usagef("--kill-whom %q: use leader or all", whom)
+		}
+		return sig, whom == "all", nil
+	}
+	cmd := several("kill", "send a signal to machines' init, or to all their processes",
 		[]cli.Flag{
 			&cli.StringFlag{Name: "signal", Aliases: []string{"s"}, Value: "SIGTERM", Usage: "signal name or number"},
 			&cli.StringFlag{Name: "kill-whom", Value: "leader", Usage: "leader or all"},
 		},
 		func(c *cli.Context, m *machine.Manager, n string) error {
-			sig, err := parseSignal(c.String("signal"))
+			sig, all, err := flags(c)
 			if err != nil {
 				return err
 			}
-			whom := c.String("kill-whom")
-			if whom != "leader" && whom != "all" {
-				return usagef("--kill-whom %q: use leader or all", whom)
-			}
-			return m.Kill(c.Context, n, whom == "all", sig)
+			return m.Kill(c.Context, n, all, sig)
 		})
+	// Bad flags are one usage error, before any machine is looked up.
+	cmd.Before = func(c *cli.Context) error {
+		if _, _, err := flags(c); err != nil {
+			return fmt.Errorf("kill: %w", err)
+		}
+		return nil
+	}
+	return cmd
 }
 
 // parseSignal reads TERM, SIGTERM, 15, RTMIN+4 or SIGRTMIN+4.

@@ -56,3 +56,11 @@ func TestSeveralNamesUsage(t *testing.T) {
 		}
 	}
 }
+
+func TestKillFlagsCheckedOnce(t *testing.T) {
+	for _, args := range [][]string{{"kill", "a", "b", "--signal", "FOO"}, {"kill", "a", "--kill-whom", "everyone"}} {
+		if _, code := capture(t, args...); code != exitUsage {
+			t.Errorf("%v: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+}

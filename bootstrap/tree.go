@@ -37,20 +37,34 @@ func RemoveTree(dir string) error {
 		return fmt.Errorf("remove %s: %w", dir, err)
 	}
 	defer unix.Close(parent)
-	if err := removeAt(parent, filepath.Base(dir), st.Dev); err != nil {
+	if err := removeAt(parent, filepath.Base(dir), &st); err != nil {
 		return fmt.Errorf("remove %s: %w", dir, err)
 	}
 	return nil
 }
 
-// removeAt removes the directory name inside the open directory parent.
-func removeAt(parent int, name string, dev uint64) error {
+// removeAt removes the directory name inside the open directory parent;
+// want is what an earlier stat of name found. What it opens must still be
+// that directory and no mount's root, so a mount made in the meantime is
+// never entered.
+func removeAt(parent int, name string, want *unix.Stat_t) error {
 	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	d := os.NewFile(uintptr(fd), name)
 	defer d.Close()
+	var got unix.Stat_t
+	if err := unix.Fstat(fd, &got); err != nil {
+		return err
+	}
+	if got.Dev != want.Dev || got.Ino != want.Ino {
+		return fmt.Errorf("changed while being removed: %w", ErrMounted)
+	}
+	if root, known := fdMountRoot(fd); known && root {
+		return ErrMounted
+	}
+	dev := got.Dev
 	for {
 		names, err := d.Readdirnames(256)
 		for _, n := range names {
@@ -62,17 +76,13 @@ func removeAt(parent int, name string, dev uint64) error {
 				return err
 			}
 			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				sub := dev
-				if st.Dev != dev {
-					// Another device: a mount, or a btrfs subvolume
-					// (a base snapshotted inside a tree), which goes
-					// with the tree.
-					if mountRoot(fd, n) {
-						return fmt.Errorf("%s: %w", n, ErrMounted)
-					}
-					sub = st.Dev
+				// Another device is a mount, or a btrfs subvolume (a base
+				// snapshotted inside a tree), which goes with the tree;
+				// removeAt checks again what it opens.
+				if st.Dev != dev && mountRoot(fd, n) {
+					return fmt.Errorf("%s: %w", n, ErrMounted)
 				}
-				if err := removeAt(fd, n, sub); err != nil {
+				if err := removeAt(fd, n, &st); err != nil {
 					return fmt.Errorf("%s/%w", n, err)
 				}
 				continue
@@ -97,14 +107,25 @@ func removeAt(parent int, name string, dev uint64) error {
 // mountRoot reports whether name in directory dirfd is the root of a
 // mount. Where the kernel cannot tell (before Linux 5.8), it says yes.
 func mountRoot(dirfd int, name string) bool {
+	root, known := statxMountRoot(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT)
+	return root || !known
+}
+
+// fdMountRoot reports whether the open directory fd is the root of a
+// mount, and whether the kernel could tell.
+func fdMountRoot(fd int) (root, known bool) {
+	return statxMountRoot(fd, "", unix.AT_EMPTY_PATH)
+}
+
+func statxMountRoot(dirfd int, name string, flags int) (root, known bool) {
 	var stx unix.Statx_t
-	if err := unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, unix.STATX_INO, &stx); err != nil {
-		return true
+	if err := unix.Statx(dirfd, name, flags, unix.STATX_INO, &stx); err != nil {
+		return false, false
 	}
 	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {
-		return true
+		return false, false
 	}
-	return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
+	return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0, true
 }
 
 // Personalise makes a freshly bootstrapped or cloned root its own machine:

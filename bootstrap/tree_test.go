@@ -2,6 +2,7 @@ package bootstrap
 
 import (
 	"bufio"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -111,5 +112,41 @@ func TestMountRoot(t *testing.T) {
 	defer unix.Close(root)
 	if !mountRoot(root, "proc") {
 		t.Error("/proc not seen as a mount")
+	}
+}
+
+// A mount made on a directory between its stat and its removal is not
+// entered: removeAt checks what it opened (root only: it mounts).
+func TestRemoveAtRefusesAMountMadeMeanwhile(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounts need root")
+	}
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(sub, &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("nsbox-test", sub, "tmpfs", 0, ""); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	defer unix.Unmount(sub, unix.MNT_DETACH)
+	keep := filepath.Join(sub, "keep")
+	if err := os.WriteFile(keep, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	parent, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(parent)
+	if err := removeAt(parent, "sub", &st); !errors.Is(err, ErrMounted) {
+		t.Errorf("removeAt into a fresh mount: %v", err)
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("a file on the mount was removed: %v", err)
 	}
 }

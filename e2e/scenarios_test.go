@@ -7,6 +7,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -148,7 +150,13 @@ func machinedEnv(t *testing.T) *env {
 	if systemdBooted() {
 		return hostEnv(t, "machined")
 	}
-	hostOnce.Do(func() { host, hostErr = bootTestHost() })
+	hostOnce.Do(func() {
+		// The test host has no network of its own: its creates copy the
+		// bookworm base from this host's cache, made here if missing.
+		if hostErr = ensureBase(); hostErr == nil {
+			host, hostErr = bootTestHost()
+		}
+	})
 	if hostErr != nil {
 		t.Fatalf("test host: %v", hostErr)
 	}
@@ -686,4 +694,36 @@ func scenarios(t *testing.T, e *env) {
 			t.Errorf("state files left: %s", out)
 		}
 	})
+}
+
+// ensureBase makes sure this host's base cache holds a bookworm base,
+// creating (and removing) a machine in a directory of its own if not.
+func ensureBase() error {
+	out, err := exec.Command(nsboxBin, "cache", "list", "--output", "json").Output()
+	if err != nil {
+		return fmt.Errorf("nsbox cache list: %w", err)
+	}
+	var bases []struct {
+		Release string `json:"release"`
+	}
+	if err := json.Unmarshal(out, &bases); err != nil {
+		return fmt.Errorf("nsbox cache list: %w", err)
+	}
+	for _, b := range bases {
+		if b.Release == "bookworm" {
+			return nil
+		}
+	}
+	dir, err := os.MkdirTemp("/var/tmp", "nsbox-e2e-seed-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	fmt.Fprintln(os.Stderr, "e2e: bootstrapping the bookworm base for the test host")
+	for _, args := range [][]string{{"create", "e2e-seed", "--release", "bookworm"}, {"remove", "e2e-seed"}} {
+		if out, err := exec.Command(nsboxBin, append([]string{"--root-dir", dir, "-q"}, args...)...).CombinedOutput(); err != nil {
+			return fmt.Errorf("nsbox %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	return nil
 }

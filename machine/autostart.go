@@ -127,7 +127,7 @@ func (m *Manager) NetworkUp(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if !ownVeth(opts) {
+	if !m.ownVeth(opts) {
 		return nil
 	}
 	l, err := m.machineLink(ctx, name)

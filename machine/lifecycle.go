@@ -239,7 +239,7 @@ func (m *Manager) nspawnConfig(name string, opts BootOptions) NspawnConfig {
 func (m *Manager) startSpec(name string, opts BootOptions, limits Limits, timeout time.Duration) StartSpec {
 	spec := StartSpec{Name: name, Root: m.Dir(name), Timeout: timeout, Limits: limits,
 		Argv: append([]string{"systemd-nspawn"}, NspawnArgs(m.nspawnConfig(name, opts))...)}
-	if ownVeth(opts) && m.Backend.Registered() && len(m.Self) > 0 {
+	if m.ownVeth(opts) && m.Backend.Registered() && len(m.Self) > 0 {
 		spec.PostStart = append(append([]string{}, m.Self...), "--root-dir", m.RootDir, "__network-up", name)
 	}
 	return spec

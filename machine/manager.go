@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nsbox/nsbox/bootstrap"
@@ -51,6 +52,11 @@ type Manager struct {
 	Pool string
 	// Self runs this nsbox binary (for units that call back into it).
 	Self []string
+
+	// Whether the host's networkd serves veths, asked once per Manager so
+	// that one boot acts on one answer.
+	networkdOnce   sync.Once
+	networkdServes bool
 }
 
 // Config chooses and configures a Manager.

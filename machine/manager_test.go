@@ -381,7 +381,7 @@ func TestPrepareNetworkDropsHost0FileOffVeth(t *testing.T) {
 		t.Errorf("planted link kept: %v", err)
 	}
 	// Twice is fine: nothing there.
-	if _, err := m.prepareNetwork(context.Background(), "web", BootOptions{Network: "none"}); err != nil {
+	if _, err := m.prepareNetwork(context.Background(), "web", BootOptions{Network: "zone:z"}); err != nil {
 		t.Error(err)
 	}
 	// With networkd in the machine, a bridge enables it (host0 asks for

@@ -25,8 +25,12 @@ func (m *Manager) linkPath(name string) string {
 // ownVeth reports whether nsbox configures the machine's veth itself: a
 // veth (not bridge, zone, host or none) on a host where systemd-networkd
 // does not.
-func ownVeth(o BootOptions) bool {
-	return o.Network == "veth" && !network.NetworkdManagesVeths()
+func (m *Manager) ownVeth(o BootOptions) bool {
+	if o.Network != "veth" {
+		return false
+	}
+	m.networkdOnce.Do(func() { m.networkdServes = network.NetworkdManagesVeths() })
+	return !m.networkdServes
 }
 
 // machineLink returns the machine's remembered subnet, allocating one
@@ -84,7 +88,7 @@ func (m *Manager) prepareNetwork(ctx context.Context, name string, o BootOptions
 		return nil, nil
 	}
 	var l *network.Link
-	if ownVeth(o) {
+	if m.ownVeth(o) {
 		link, err := m.machineLink(ctx, name)
 		if err != nil {
 			return nil, err

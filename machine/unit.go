@@ -147,7 +147,10 @@ func (m *Machined) dropDisabledUnit(ctx context.Context, name string) (bool, err
 		return false, nil // enabled
 	}
 	st, err := m.Systemd.GetUnitState(ctx, AutostartUnitName(name))
-	if err == nil && st.ActiveState != "inactive" && st.ActiveState != "failed" && st.ActiveState != "" {
+	if err != nil {
+		return false, err // systemd answers for a unit it has not loaded: this is a real failure
+	}
+	if st.ActiveState != "inactive" && st.ActiveState != "failed" && st.ActiveState != "" {
 		return false, nil // still running from the file
 	}
 	if err := os.Remove(m.unitPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {

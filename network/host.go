@@ -19,12 +19,15 @@ func NetworkdManagesVeths() bool {
 	return networkdRunsHere("/proc") && containerVeNetwork([]string{"/etc/systemd/network", "/run/systemd/network", "/usr/lib/systemd/network", "/lib/systemd/network"})
 }
 
-// networkdRunsHere looks under proc for a systemd-networkd process in this
-// process's network namespace: machines run networkds of their own, each
-// in its namespace.
+// networkdRunsHere looks under proc for a systemd-networkd process in
+// this process's network and PID namespaces: a machine runs its own
+// networkd in a PID namespace of its own (in the host's network namespace
+// too, with --network host). Reading other processes' namespaces needs
+// root; without it, none is found.
 func networkdRunsHere(proc string) bool {
-	self, err := os.Readlink(proc + "/self/ns/net")
-	if err != nil {
+	selfNet, err1 := os.Readlink(proc + "/self/ns/net")
+	selfPID, err2 := os.Readlink(proc + "/self/ns/pid")
+	if err1 != nil || err2 != nil {
 		return false
 	}
 	ents, err := os.ReadDir(proc)
@@ -39,7 +42,9 @@ func networkdRunsHere(proc string) bool {
 		if err != nil || strings.TrimSpace(string(comm)) != "systemd-network" {
 			continue
 		}
-		if ns, err := os.Readlink(proc + "/" + e.Name() + "/ns/net"); err == nil && ns == self {
+		net, err1 := os.Readlink(proc + "/" + e.Name() + "/ns/net")
+		pid, err2 := os.Readlink(proc + "/" + e.Name() + "/ns/pid")
+		if err1 == nil && err2 == nil && net == selfNet && pid == selfPID {
 			return true
 		}
 	}

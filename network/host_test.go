@@ -8,18 +8,20 @@ import (
 
 func TestNetworkdRunsHere(t *testing.T) {
 	proc := t.TempDir()
-	mk := func(pid, comm, ns string) {
+	mk := func(pid, comm, net, pidns string) {
 		os.MkdirAll(filepath.Join(proc, pid, "ns"), 0o755)
 		os.WriteFile(filepath.Join(proc, pid, "comm"), []byte(comm+"\n"), 0o644)
-		os.Symlink(ns, filepath.Join(proc, pid, "ns", "net"))
+		os.Symlink(net, filepath.Join(proc, pid, "ns", "net"))
+		os.Symlink(pidns, filepath.Join(proc, pid, "ns", "pid"))
 	}
-	mk("self", "nsbox", "net:[1]")
-	mk("20", "systemd-network", "net:[2]") // a machine's own networkd
-	mk("30", "sshd", "net:[1]")
+	mk("self", "nsbox", "net:[1]", "pid:[1]")
+	mk("20", "systemd-network", "net:[2]", "pid:[2]") // a machine's own networkd
+	mk("25", "systemd-network", "net:[1]", "pid:[3]") // a --network host machine's
+	mk("30", "sshd", "net:[1]", "pid:[1]")
 	if networkdRunsHere(proc) {
 		t.Error("a machine's networkd taken for the host's")
 	}
-	mk("40", "systemd-network", "net:[1]")
+	mk("40", "systemd-network", "net:[1]", "pid:[1]")
 	if !networkdRunsHere(proc) {
 		t.Error("the host's networkd not found")
 	}
