@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/nsbox/nsbox/machine"
@@ -93,16 +92,7 @@ func bootCommand() *cli.Command {
 			}
 			// Several machines boot in parallel; each result is reported and
 			// one failure does not stop the others.
-			errs := make([]error, len(names))
-			var wg sync.WaitGroup
-			for i, n := range names {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					errs[i] = m.Boot(c.Context, n, req)
-				}()
-			}
-			wg.Wait()
+			errs := eachAtOnce(names, func(n string) error { return m.Boot(c.Context, n, req) })
 			failed := 0
 			for i, n := range names {
 				if errs[i] != nil {

@@ -68,16 +68,7 @@ func several(name, usage string, flags []cli.Flag, act func(c *cli.Context, m *m
 				}
 				return nil
 			}
-			errs := make([]error, len(names))
-			var wg sync.WaitGroup
-			for i, n := range names {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					errs[i] = act(c, m, n)
-				}()
-			}
-			wg.Wait()
+			errs := eachAtOnce(names, func(n string) error { return act(c, m, n) })
 			failed := false
 			for i, n := range names {
 				if errs[i] != nil {
@@ -91,6 +82,22 @@ func several(name, usage string, flags []cli.Flag, act func(c *cli.Context, m *m
 			return nil
 		},
 	}
+}
+
+// eachAtOnce runs fn for every name side by side and returns their
+// errors, in the order of names.
+func eachAtOnce(names []string, fn func(string) error) []error {
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(n)
+		}()
+	}
+	wg.Wait()
+	return errs
 }
 
 func stopCommand() *cli.Command {

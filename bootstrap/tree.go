@@ -37,17 +37,20 @@ func RemoveTree(dir string) error {
 		return fmt.Errorf("remove %s: %w", dir, err)
 	}
 	defer unix.Close(parent)
-	if err := removeAt(parent, filepath.Base(dir), &st); err != nil {
+	if err := removeAt(parent, filepath.Base(dir), &st, st.Dev); err != nil {
 		return fmt.Errorf("remove %s: %w", dir, err)
 	}
 	return nil
 }
 
-// removeAt removes the directory name inside the open directory parent;
-// want is what an earlier stat of name found. What it opens must still be
-// that directory and no mount's root, so a mount made in the meantime is
-// never entered.
-func removeAt(parent int, name string, want *unix.Stat_t) error {
+// removeAt removes the directory name inside the open directory parent
+// (on device parentDev); want is what an earlier stat of name found. What
+// it opens must still be that directory and no mount's root, so a mount
+// made in the meantime is never entered. Another device that is no mount
+// root is a btrfs subvolume (a base snapshotted inside a tree), which goes
+// with the tree; where the kernel cannot tell mount roots (before Linux
+// 5.8), another device is taken for a mount.
+func removeAt(parent int, name string, want *unix.Stat_t, parentDev uint64) error {
 	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -61,7 +64,7 @@ func removeAt(parent int, name string, want *unix.Stat_t) error {
 	if got.Dev != want.Dev || got.Ino != want.Ino {
 		return fmt.Errorf("changed while being removed: %w", ErrMounted)
 	}
-	if root, known := fdMountRoot(fd); known && root {
+	if root, known := fdMountRoot(fd); root || (!known && got.Dev != parentDev) {
 		return ErrMounted
 	}
 	dev := got.Dev
@@ -76,13 +79,7 @@ func removeAt(parent int, name string, want *unix.Stat_t) error {
 				return err
 			}
 			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				// Another device is a mount, or a btrfs subvolume (a base
-				// snapshotted inside a tree), which goes with the tree;
-				// removeAt checks again what it opens.
-				if st.Dev != dev && mountRoot(fd, n) {
-					return fmt.Errorf("%s: %w", n, ErrMounted)
-				}
-				if err := removeAt(fd, n, &st); err != nil {
+				if err := removeAt(fd, n, &st, dev); err != nil {
 					return fmt.Errorf("%s/%w", n, err)
 				}
 				continue
@@ -104,22 +101,11 @@ func removeAt(parent int, name string, want *unix.Stat_t) error {
 	return nil
 }
 
-// mountRoot reports whether name in directory dirfd is the root of a
-// mount. Where the kernel cannot tell (before Linux 5.8), it says yes.
-func mountRoot(dirfd int, name string) bool {
-	root, known := statxMountRoot(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT)
-	return root || !known
-}
-
 // fdMountRoot reports whether the open directory fd is the root of a
 // mount, and whether the kernel could tell.
 func fdMountRoot(fd int) (root, known bool) {
-	return statxMountRoot(fd, "", unix.AT_EMPTY_PATH)
-}
-
-func statxMountRoot(dirfd int, name string, flags int) (root, known bool) {
 	var stx unix.Statx_t
-	if err := unix.Statx(dirfd, name, flags, unix.STATX_INO, &stx); err != nil {
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_INO, &stx); err != nil {
 		return false, false
 	}
 	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {

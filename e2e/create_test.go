@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -130,15 +131,7 @@ func baseCache(t *testing.T, e *env) {
 // debootstrap and leave nothing: no tree, no temporary tree, no mount.
 func interrupts(t *testing.T, e *env) {
 	t.Run("create killed with SIGKILL, then run again", func(t *testing.T) {
-		cmd := exec.Command(e.nsbox, "--root-dir", e.rootDir, "create", "e2e-kill", "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, 30*time.Second, "debootstrap running", func() (bool, string) {
-			out, _ := exec.Command("pgrep", "-f", "debootstrap.*e2e-kill").Output()
-			return len(out) > 0, string(out)
-		})
-		time.Sleep(2 * time.Second)
+		cmd := bootstrapping(t, e, "e2e-kill", nil)
 		cmd.Process.Kill()
 		cmd.Wait()
 		// The next create of the name finds the tree, stops the orphaned
@@ -156,18 +149,8 @@ func interrupts(t *testing.T, e *env) {
 
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		t.Run("create interrupted by "+sig.String(), func(t *testing.T) {
-			cmd := exec.Command(e.nsbox, "--root-dir", e.rootDir, "create", "e2e-int", "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")
 			var stderr strings.Builder
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			// Wait until debootstrap works in the temporary tree.
-			waitFor(t, 30*time.Second, "debootstrap running", func() (bool, string) {
-				out, _ := exec.Command("pgrep", "-f", "debootstrap.*e2e-int").Output()
-				return len(out) > 0, string(out)
-			})
-			time.Sleep(2 * time.Second)
+			cmd := bootstrapping(t, e, "e2e-int", &stderr)
 			cmd.Process.Signal(sig)
 			err := cmd.Wait()
 			code := cmd.ProcessState.ExitCode()
@@ -197,4 +180,21 @@ func interrupts(t *testing.T, e *env) {
 			}
 		})
 	}
+}
+
+// bootstrapping starts a create of name that bootstraps (no cache), and
+// returns once debootstrap has worked in the temporary tree for a while.
+func bootstrapping(t *testing.T, e *env, name string, stderr io.Writer) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(e.nsbox, "--root-dir", e.rootDir, "create", name, "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "debootstrap running", func() (bool, string) {
+		out, _ := exec.Command("pgrep", "-f", "debootstrap.*"+name).Output()
+		return len(out) > 0, string(out)
+	})
+	time.Sleep(2 * time.Second)
+	return cmd
 }
