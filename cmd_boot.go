@@ -76,11 +76,14 @@ func bootCommand() *cli.Command {
 			if req.Console && c.NArg() > 1 {
 				return usagef("--console boots one machine")
 			}
+			names := c.Args().Slice()
+			if err := distinct("boot", names); err != nil {
+				return err
+			}
 			m, err := manager(c)
 			if err != nil {
 				return err
 			}
-			names := c.Args().Slice()
 			if len(names) == 1 {
 				if err := m.Boot(c.Context, names[0], req); err != nil {
 					return fmt.Errorf("boot %s: %w", names[0], err)

@@ -59,7 +59,7 @@ func createCommand() *cli.Command {
 				return fmt.Errorf("create %s: %w", name, err)
 			}
 			if !quiet(c) {
-				fmt.Fprintf(os.Stderr, "created %s in %s (%s); boot it with: nsbox boot %s\n", name, m.Dir(name), p.elapsed(), name)
+				fmt.Fprintf(os.Stderr, "created %s in %s (%s); boot it with: nsbox boot %s\n", name, m.Path(name), p.elapsed(), name)
 			}
 			return nil
 		},

@@ -45,12 +45,8 @@ func several(name, usage string, flags []cli.Flag, act func(c *cli.Context, m *m
 			if len(names) == 0 {
 				return usagef("%s takes machine names (see: nsbox %s --help)", name, name)
 			}
-			seen := map[string]bool{}
-			for _, n := range names {
-				if seen[n] {
-					return usagef("%s: %s is named twice", name, n)
-				}
-				seen[n] = true
+			if err := distinct(name, names); err != nil {
+				return err
 			}
 			m, err := manager(c)
 			if err != nil {
@@ -82,6 +78,19 @@ func several(name, usage string, flags []cli.Flag, act func(c *cli.Context, m *m
 			return nil
 		},
 	}
+}
+
+// distinct refuses a name given twice: two of one operation on one
+// machine at once would race each other.
+func distinct(cmd string, names []string) error {
+	seen := map[string]bool{}
+	for _, n := range names {
+		if seen[n] {
+			return usagef("%s: %s is named twice", cmd, n)
+		}
+		seen[n] = true
+	}
+	return nil
 }
 
 // eachAtOnce runs fn for every name side by side and returns their

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -137,14 +138,12 @@ func manager(c *cli.Context) (*machine.Manager, error) {
 		}
 		paths.CacheDir = filepath.Clean(cache)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
 	return machine.Open(c.Context, machine.Config{
-		Paths:      paths,
-		Backend:    c.String("backend"),
-		Supervisor: []string{self, "--root-dir", paths.RootDir, "--cache-dir", paths.CacheDir, superviseName},
+		Paths:   paths,
+		Backend: c.String("backend"),
+		// Resolved when a unit or supervisor needs it, not on every command.
+		Self:       sync.OnceValues(func() (string, error) { return machine.TrustedExecutable(paths.StateDir) }),
+		Supervisor: []string{"--root-dir", paths.RootDir, "--cache-dir", paths.CacheDir, superviseName},
 		Pool:       c.String("address-pool"),
 	})
 }

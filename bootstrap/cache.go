@@ -74,7 +74,7 @@ func (c *BaseCache) dir(key string) string { return filepath.Join(c.Dir, key) }
 // lock takes the base's lock, waiting for another nsbox that bootstraps
 // or refreshes it.
 func (c *BaseCache) lock(ctx context.Context, key string) (*FileLock, error) {
-	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+	if err := PrivateDir(c.Dir); err != nil {
 		return nil, err
 	}
 	return LockFile(ctx, filepath.Join(c.Dir, ".#"+key+".lck"), true, true)

@@ -95,7 +95,11 @@ func (ExecRunner) Run(ctx context.Context, c *Cmd) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	case c.Foreground:
 	default:
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		// A session of its own: the program has no controlling terminal, so
+		// nothing it runs (a machine's payload above all) can open the
+		// caller's through /dev/tty or push input into it (TIOCSTI). Being
+		// a session leader also makes it the leader of its process group.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	}
 	if err := cmd.Start(); err != nil {
 		if errors.Is(err, exec.ErrNotFound) {

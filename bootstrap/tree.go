@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -157,6 +158,33 @@ func WriteInRoot(r *os.Root, path, content string) error {
 	if err := r.Rename(tmp, path); err != nil {
 		_ = r.Remove(tmp)
 		return err
+	}
+	return nil
+}
+
+// PrivateDir makes dir (and its parents) if needed and makes sure that it
+// is root's, mode 0700, and not a link: bases and machine trees hold files
+// that are uid 0 on disk but were made by a machine's root (setuid
+// programs, device nodes), which no host user may reach.
+func PrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s: not a directory of its own: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Uid != 0 {
+		return fmt.Errorf("%s belongs to uid %d, not root (move it away)", dir, st.Uid)
+	}
+	if st.Mode&0o7777 != 0o700 {
+		logrus.Warnf("%s had mode %04o: setting it to 0700, so that no host user reaches the files in it", dir, st.Mode&0o7777)
+		return unix.Fchmod(fd, 0o700)
 	}
 	return nil
 }

@@ -26,7 +26,7 @@ func (m *Manager) enabledSpec(name string) (StartSpec, error) {
 	if err != nil {
 		return StartSpec{}, err
 	}
-	return m.startSpec(name, opts, limits, 2*time.Minute), nil
+	return m.startSpec(name, opts, limits, 2*time.Minute)
 }
 
 // Unit renders the unit file that enable installs, for review.
@@ -117,8 +117,10 @@ func (m *Manager) SetLimits(ctx context.Context, name string, f LimitFlags) (Lim
 	return l, m.saveLimits(name, l)
 }
 
-// NetworkUp configures the host end of a running machine's veth; units of
-// enabled machines run it once the machine is up.
+// NetworkUp configures the host end of a running machine's veth and the
+// pool's masquerading; units of enabled machines run it once the machine
+// is up (a failure there is logged, and the machine keeps running). A
+// veth that is not the pair nspawn made for the machine is refused.
 func (m *Manager) NetworkUp(ctx context.Context, name string) error {
 	if err := m.running(ctx, name); err != nil {
 		return err
@@ -134,6 +136,9 @@ func (m *Manager) NetworkUp(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	m.finishNetwork(ctx, name, &l)
+	if err := m.hostEndUp(ctx, name, l); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	m.masquerade(ctx)
 	return nil
 }

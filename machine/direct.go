@@ -26,8 +26,10 @@ type Direct struct {
 	RunDir string // state files: RunDir/machines/NAME.json
 	LogDir string // console logs: LogDir/NAME.log
 	Runner bootstrap.Runner
-	// Supervisor is the command that runs "nsbox __supervise"; it gets the
-	// state file, log file and nspawn command line appended.
+	// Self is the nsbox binary the supervisor runs (TrustedExecutable).
+	Self func() (string, error)
+	// Supervisor is the arguments that make Self "nsbox __supervise"; it
+	// gets the state file, log file and nspawn command line appended.
 	Supervisor []string
 }
 
@@ -93,9 +95,16 @@ func (d *Direct) Start(ctx context.Context, spec StartSpec) error {
 		return err
 	}
 	defer devnull.Close()
-	args := append(append([]string{}, d.Supervisor[1:]...), d.statePath(spec.Name), logPath, "--")
+	if d.Self == nil {
+		return fmt.Errorf("no nsbox binary to supervise the machine")
+	}
+	self, err := d.Self()
+	if err != nil {
+		return err
+	}
+	args := append(append([]string{}, d.Supervisor...), d.statePath(spec.Name), logPath, "--")
 	args = append(args, spec.Argv...)
-	cmd := exec.Command(d.Supervisor[0], args...)
+	cmd := exec.Command(self, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"
@@ -138,7 +147,14 @@ func Supervise(statePath, logPath string, argv []string) int {
 			root = v
 		}
 	}
-	defer os.Remove(statePath)
+	// The state goes with this supervisor, and only if it is this one's: a
+	// supervisor that lost a race for the machine leaves the winner's.
+	defer func() {
+		var st directState
+		if b, err := os.ReadFile(statePath); err == nil && json.Unmarshal(b, &st) == nil && st.Supervisor == self {
+			_ = os.Remove(statePath)
+		}
+	}()
 	if err := joinCgroup(name); err != nil {
 		fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
 		return 1

@@ -13,4 +13,5 @@ var (
 	ErrNoBackend     = errors.New("backend not available")
 	ErrBootFailed    = errors.New("boot failed")
 	ErrInvalidOption = errors.New("invalid option")
+	ErrOtherRoot     = errors.New("name taken")
 )

@@ -28,17 +28,20 @@ func (m *Manager) lockStopped(ctx context.Context, name string) (*Lock, error) {
 	return l, err
 }
 
-// newTree runs fill on a temporary ".#dst.XXXX" directory beside the
-// target and renames it into place as machine dst, personalised; on any
-// failure nothing is left. fill gets a path that does not exist yet.
+// newTree runs fill on a staging tree ".#dst.XXXX" in the store and
+// renames it into place as machine dst, personalised; on any failure
+// nothing is left. fill gets a path that does not exist yet.
 func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string) error) error {
 	if err := m.checkName(dst, false); err != nil {
 		return err
 	}
-	target := m.Dir(dst)
-	if _, err := os.Lstat(target); err == nil {
-		return fmt.Errorf("%w: %s (remove it first: nsbox remove %s)", ErrExists, target, dst)
+	if err := m.ensureStore(); err != nil {
+		return err
 	}
+	if err := m.taken(dst); err != nil {
+		return err
+	}
+	target := m.Tree(dst)
 	lock, err := LockImage(target, true)
 	if errors.Is(err, ErrBusy) {
 		return fmt.Errorf("%s is being created or used by another process", dst)
@@ -47,14 +50,15 @@ func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string)
 		return err
 	}
 	defer lock.Unlock()
-	if _, err := os.Lstat(target); err == nil {
-		return fmt.Errorf("%w: %s", ErrExists, target)
+	if err := m.taken(dst); err != nil {
+		return err
 	}
 	m.sweepStaging(dst)
-	tmp, err := os.MkdirTemp(m.RootDir, ".#"+dst+".")
+	tmp, held, err := m.stage(dst)
 	if err != nil {
 		return err
 	}
+	defer held.Close()
 	ok := false
 	defer func() {
 		if !ok {
@@ -72,10 +76,10 @@ func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string)
 		return err
 	}
 	if err := renameNoReplace(tmp, target); err != nil {
-		return fmt.Errorf("%w: %s", ErrExists, target)
+		return fmt.Errorf("%w: %s", ErrExists, m.Path(dst))
 	}
 	ok = true
-	m.linkImage(dst)
+	m.published(dst)
 	return nil
 }
 
@@ -121,14 +125,21 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 		return err
 	}
 	defer lock.Unlock()
-	nl, err := LockImage(m.Dir(new), true)
+	if err := m.ensureStore(); err != nil {
+		return err
+	}
+	if err := m.taken(new); err != nil {
+		return err
+	}
+	nl, err := LockImage(m.Tree(new), true)
 	if err != nil {
 		return fmt.Errorf("%s is being created or used by another process", new)
 	}
 	defer nl.Unlock()
-	if err := renameNoReplace(m.Dir(old), m.Dir(new)); err != nil {
+	oldTree := m.Dir(old)
+	if err := renameNoReplace(oldTree, m.Tree(new)); err != nil {
 		if errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("%w: %s", ErrExists, m.Dir(new))
+			return fmt.Errorf("%w: %s", ErrExists, m.Path(new))
 		}
 		return err
 	}
@@ -147,8 +158,15 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 		a.Forget(ctx, old)
 		logrus.Warnf("%s was enabled as %s; enable it again: nsbox enable %s", old, old, new)
 	}
-	m.unlinkImage(old)
-	m.linkImage(new)
+	if oldTree == m.Path(old) {
+		_ = os.Remove(lockPath(oldTree)) // a tree of an earlier nsbox, now in the store
+	}
+	if cur, err := os.Readlink(filepath.Join(m.ImagesDir, old)); err == nil && cur == oldTree {
+		_ = os.Remove(filepath.Join(m.ImagesDir, old))
+	}
+	m.unpublish(old)
+	m.release(old)
+	m.published(new)
 	if r, err := os.OpenRoot(m.Dir(new)); err == nil {
 		if b, err := r.ReadFile("etc/hostname"); err == nil && strings.TrimSpace(string(b)) == old {
 			_ = bootstrap.Personalise(m.Dir(new), new)

@@ -110,6 +110,14 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
+	// One boot of a machine at a time: a second one, losing the race to
+	// nspawn's image lock, would otherwise take the winner for its own
+	// failed start and terminate it.
+	booting, err := m.bootLock(name)
+	if err != nil {
+		return err
+	}
+	defer booting.Unlock()
 	if _, err := m.Backend.Get(ctx, name); err == nil {
 		return fmt.Errorf("%w: %s (stop it first: nsbox stop %s)", ErrRunning, name, name)
 	} else if !errors.Is(err, ErrNotRunning) {
@@ -183,7 +191,10 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
 	}
-	spec := m.startSpec(name, opts, limits, timeout)
+	spec, err := m.startSpec(name, opts, limits, timeout)
+	if err != nil {
+		return err
+	}
 	bctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	fail := func(why string) error {
@@ -191,7 +202,10 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		stopCtx, stopCancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer stopCancel()
 		log := m.Backend.LogTail(stopCtx, name, 15)
-		if _, err := m.Backend.Get(stopCtx, name); err == nil {
+		// Only a machine this boot started is stopped: one that another
+		// program (machinectl start, a hand-run nspawn) started meanwhile
+		// under the same name is not ours to end.
+		if r, err := m.Backend.Get(stopCtx, name); err == nil && startedBy(r, spec) {
 			_ = m.Backend.Terminate(stopCtx, name)
 			m.waitGone(stopCtx, name, 10*time.Second)
 		}
@@ -224,6 +238,28 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	return nil
 }
 
+// bootLock takes name's boot lock under RunDir without waiting.
+func (m *Manager) bootLock(name string) (*bootstrap.FileLock, error) {
+	dir := filepath.Join(m.RunDir, "boot")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	l, err := bootstrap.LockFile(context.Background(), filepath.Join(dir, name+".lck"), true, false)
+	if errors.Is(err, bootstrap.ErrLocked) {
+		return nil, fmt.Errorf("%w: %s is being booted by another nsbox", ErrBusy, name)
+	}
+	return l, err
+}
+
+// startedBy reports whether running machine r is the one spec started:
+// under nsbox's unit on machined, under nsbox's supervisor otherwise.
+func startedBy(r Running, spec StartSpec) bool {
+	if r.Unit == "" {
+		return r.Service == "nsbox"
+	}
+	return r.Unit == UnitName(spec.Name) || r.Unit == AutostartUnitName(spec.Name)
+}
+
 // nspawnConfig is the nspawn configuration of machine name with opts.
 func (m *Manager) nspawnConfig(name string, opts BootOptions) NspawnConfig {
 	return NspawnConfig{
@@ -236,13 +272,17 @@ func (m *Manager) nspawnConfig(name string, opts BootOptions) NspawnConfig {
 // startSpec is what the backend needs to run machine name. A machine
 // whose veth nsbox configures gets "nsbox __network-up NAME" once it is
 // up, so a start by systemd alone (autostart) configures it too.
-func (m *Manager) startSpec(name string, opts BootOptions, limits Limits, timeout time.Duration) StartSpec {
+func (m *Manager) startSpec(name string, opts BootOptions, limits Limits, timeout time.Duration) (StartSpec, error) {
 	spec := StartSpec{Name: name, Root: m.Dir(name), Timeout: timeout, Limits: limits,
 		Argv: append([]string{"systemd-nspawn"}, NspawnArgs(m.nspawnConfig(name, opts))...)}
-	if m.ownVeth(opts) && m.Backend.Registered() && len(m.Self) > 0 {
-		spec.PostStart = append(append([]string{}, m.Self...), "--root-dir", m.RootDir, "__network-up", name)
+	if m.ownVeth(opts) && m.Backend.Registered() && m.Self != nil {
+		self, err := m.Self()
+		if err != nil {
+			return spec, err
+		}
+		spec.PostStart = []string{self, "--root-dir", m.RootDir, "__network-up", name}
 	}
-	return spec
+	return spec, nil
 }
 
 // waitRunning polls the container's systemd until it reports running or
@@ -433,6 +473,8 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	}
 	m.unlinkImage(name)
 	_ = os.Remove(m.LogDir + "/" + name + ".log")
+	m.unpublish(name)
+	m.release(name)
 	return nil
 }
 

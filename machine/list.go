@@ -38,23 +38,27 @@ type Info struct {
 	Options   *BootOptions `json:"boot_options,omitempty"`
 }
 
-// onDisk lists the machines under RootDir: directories with valid names
-// that hold an OS tree. Staging trees (".#...") and anything else are
-// passed over.
+// onDisk lists the machines under RootDir: the trees in the store with
+// valid names, and the trees of an earlier nsbox not moved into it yet.
+// Staging trees (".#...") and anything else are passed over.
 func (m *Manager) onDisk() []string {
-	ents, err := os.ReadDir(m.RootDir)
-	if err != nil {
-		return nil
-	}
 	var out []string
+	seen := map[string]bool{}
+	ents, _ := os.ReadDir(m.Store())
 	for _, e := range ents {
-		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") || ValidateName(e.Name()) != nil {
-			continue
-		}
-		if m.exists(e.Name()) {
+		if e.IsDir() && ValidateName(e.Name()) == nil {
 			out = append(out, e.Name())
+			seen[e.Name()] = true
 		}
 	}
+	ents, _ = os.ReadDir(m.RootDir)
+	for _, e := range ents {
+		n := e.Name()
+		if e.IsDir() && !seen[n] && !strings.HasPrefix(n, ".") && ValidateName(n) == nil && isLegacy(m.Path(n)) {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
 	return out
 }
 
@@ -65,13 +69,13 @@ func mergeList(p Paths, disk []string, running []Running, backend string) []Info
 	byName := map[string]*Info{}
 	var out []*Info
 	for _, n := range disk {
-		i := &Info{Name: n, State: "stopped", Root: filepath.Join(p.RootDir, n), Managed: true, Backend: backend}
+		i := &Info{Name: n, State: "stopped", Root: p.Path(n), Managed: true, Backend: backend}
 		byName[n] = i
 		out = append(out, i)
 	}
 	for _, r := range running {
 		i, ok := byName[r.Name]
-		ours := ok && (r.RootDirectory == "" || r.RootDirectory == i.Root ||
+		ours := ok && (r.RootDirectory == "" || r.RootDirectory == i.Root || r.RootDirectory == p.Tree(r.Name) ||
 			r.RootDirectory == filepath.Join(p.ImagesDir, r.Name))
 		if !ours {
 			i = &Info{Name: r.Name, Root: r.RootDirectory, Backend: backend}

@@ -50,8 +50,9 @@ type Manager struct {
 	Runner bootstrap.Runner
 	// Pool is the IPv4 prefix machine veth subnets are taken from.
 	Pool string
-	// Self runs this nsbox binary (for units that call back into it).
-	Self []string
+	// Self is the path of this nsbox binary that units run to call back
+	// into it: one only root can change (TrustedExecutable).
+	Self func() (string, error)
 
 	// Whether the host's networkd serves veths, asked once per Manager so
 	// that one boot acts on one answer.
@@ -64,7 +65,11 @@ type Config struct {
 	Paths
 	// Backend is "auto", "machined" or "direct".
 	Backend string
-	// Supervisor is how to start "nsbox __supervise" for the direct backend.
+	// Self is the nsbox binary that units and the supervisor run; nil
+	// makes no unit call back into nsbox.
+	Self func() (string, error)
+	// Supervisor is the arguments that make Self "nsbox __supervise", for
+	// the direct backend.
 	Supervisor []string
 	// Pool is the address pool for veth links ("" means network.DefaultPool).
 	Pool string
@@ -79,14 +84,11 @@ func Booted() bool {
 // Open picks the backend: machined where systemd is PID 1 and machined
 // answers, direct otherwise, unless cfg.Backend names one.
 func Open(ctx context.Context, cfg Config) (*Manager, error) {
-	m := &Manager{Paths: cfg.Paths, Runner: bootstrap.ExecRunner{}, Pool: cfg.Pool}
-	if len(cfg.Supervisor) > 0 {
-		m.Self = cfg.Supervisor[:1]
-	}
+	m := &Manager{Paths: cfg.Paths, Runner: bootstrap.ExecRunner{}, Pool: cfg.Pool, Self: cfg.Self}
 	if m.Pool == "" {
 		m.Pool = network.DefaultPool
 	}
-	direct := &Direct{RunDir: cfg.RunDir, LogDir: cfg.LogDir, Runner: m.Runner, Supervisor: cfg.Supervisor}
+	direct := &Direct{RunDir: cfg.RunDir, LogDir: cfg.LogDir, Runner: m.Runner, Self: cfg.Self, Supervisor: cfg.Supervisor}
 	useMachined := func() error {
 		if !Booted() {
 			return fmt.Errorf("%w: machined: systemd is not PID 1 on this host (use --backend direct)", ErrNoBackend)
@@ -123,11 +125,9 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("%w: backend %q (use auto, machined or direct)", ErrInvalidOption, cfg.Backend)
 	}
 	logrus.Debugf("backend %s: %s", m.Backend.Name(), m.Why)
+	m.migrateLegacy()
 	return m, nil
 }
-
-// Dir is the root directory of machine name. name must be valid.
-func (m *Manager) Dir(name string) string { return filepath.Join(m.RootDir, name) }
 
 func (m *Manager) settingsPath(name string) string {
 	return filepath.Join(m.SettingsDir, name+".nspawn")
@@ -141,15 +141,14 @@ func requireRoot() error {
 	return nil
 }
 
-// exists reports whether name is a machine on disk: a real directory (not
-// a link) under RootDir that holds an OS tree.
+// exists reports whether name is a machine on disk: a directory in the
+// store (whole or not: a remove cut short is still a machine that remove
+// can finish), or a tree of an earlier nsbox at RootDir/NAME.
 func (m *Manager) exists(name string) bool {
-	fi, err := os.Lstat(m.Dir(name))
-	if err != nil || !fi.IsDir() {
-		return false
+	if fi, err := os.Lstat(m.Tree(name)); err == nil && fi.IsDir() {
+		return true
 	}
-	_, ok := readOSRelease(m.Dir(name))
-	return ok
+	return isLegacy(m.Path(name))
 }
 
 // Known checks that name is valid and names a machine: one of nsbox's
@@ -162,6 +161,9 @@ func (m *Manager) Known(ctx context.Context, name string) error {
 		return err
 	}
 	if err := requireRoot(); err != nil {
+		return err
+	}
+	if err := m.checkOwner(name); err != nil {
 		return err
 	}
 	if m.exists(name) {
@@ -178,6 +180,9 @@ func (m *Manager) Known(ctx context.Context, name string) error {
 // checkName validates name and, with mustExist, that it is a machine.
 func (m *Manager) checkName(name string, mustExist bool) error {
 	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if err := m.checkOwner(name); err != nil {
 		return err
 	}
 	if mustExist && !m.exists(name) {
@@ -263,13 +268,11 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	if err := bootstrap.Check(bo, exec.LookPath); err != nil {
 		return err
 	}
-	target := m.Dir(name)
-	exists := func() error {
-		if _, err := os.Lstat(target); err == nil {
-			return fmt.Errorf("%w: %s (remove it first: nsbox remove %s)", ErrExists, target, name)
-		}
-		return nil
+	if err := m.ensureStore(); err != nil {
+		return err
 	}
+	target := m.Tree(name)
+	exists := func() error { return m.taken(name) }
 	if err := exists(); err != nil {
 		return err
 	}
@@ -285,13 +288,11 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 		return err
 	}
 	m.sweepStaging(name)
-	staging, err := os.MkdirTemp(m.RootDir, ".#"+name+".")
+	staging, held, err := m.stage(name)
 	if err != nil {
 		return err
 	}
-	if err := os.Chmod(staging, 0o755); err != nil {
-		return err
-	}
+	defer held.Close()
 	ok := false
 	defer func() {
 		if !ok {
@@ -316,7 +317,7 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 		return fmt.Errorf("%w: %s", ErrExists, target)
 	}
 	ok = true
-	m.linkImage(name)
+	m.published(name)
 	return nil
 }
 
@@ -352,28 +353,6 @@ func (m *Manager) cloneBase(ctx context.Context, bo bootstrap.Options, o CreateO
 	return bootstrap.CopyTree(ctx, m.Runner, root, staging)
 }
 
-// sweepStaging removes the leftovers of creates of name that died (killed
-// with SIGKILL, power loss). The caller holds name's lock, so no live
-// create of name can own them.
-func (m *Manager) sweepStaging(name string) {
-	left, _ := filepath.Glob(filepath.Join(m.RootDir, ".#"+name+".*"))
-	for _, dir := range left {
-		if strings.HasSuffix(dir, ".lck") {
-			continue
-		}
-		if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
-			continue
-		}
-		logrus.Infof("removing %s, left by an interrupted create", dir)
-		// A create killed with SIGKILL leaves its debootstrap running.
-		killWorkingIn(dir)
-		bootstrap.UnmountUnder(dir)
-		if err := bootstrap.RemoveTree(dir); err != nil {
-			logrus.Warnf("could not remove %s: %v", dir, err)
-		}
-	}
-}
-
 // linkImage makes the machine visible to machinectl and
 // systemd-nspawn@.service, which look in ImagesDir only.
 func (m *Manager) linkImage(name string) {
@@ -381,7 +360,7 @@ func (m *Manager) linkImage(name string) {
 		return
 	}
 	link := filepath.Join(m.ImagesDir, name)
-	if cur, err := os.Readlink(link); err == nil && cur == m.Dir(name) {
+	if cur, err := os.Readlink(link); err == nil && cur == m.Tree(name) {
 		return
 	}
 	if _, err := os.Lstat(link); err == nil {
@@ -392,7 +371,7 @@ func (m *Manager) linkImage(name string) {
 		logrus.Warnf("link %s: %v", link, err)
 		return
 	}
-	if err := os.Symlink(m.Dir(name), link); err != nil {
+	if err := os.Symlink(m.Tree(name), link); err != nil {
 		logrus.Warnf("link %s: %v", link, err)
 	}
 }
@@ -400,7 +379,7 @@ func (m *Manager) linkImage(name string) {
 // unlinkImage removes the ImagesDir link, only if it is nsbox's.
 func (m *Manager) unlinkImage(name string) {
 	link := filepath.Join(m.ImagesDir, name)
-	if cur, err := os.Readlink(link); err == nil && cur == m.Dir(name) {
+	if cur, err := os.Readlink(link); err == nil && (cur == m.Tree(name) || cur == m.Path(name)) {
 		_ = os.Remove(link)
 	}
 }
