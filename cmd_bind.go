@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 
+	"github.com/nsbox/nsbox/machine"
 	"github.com/urfave/cli/v2"
 )
 
@@ -25,6 +26,11 @@ func bindCommand() *cli.Command {
 				return usagef("bind takes a machine name, a host directory and a path inside (see: nsbox bind --help)")
 			}
 			name, src, dst := c.Args().Get(0), c.Args().Get(1), c.Args().Get(2)
+			for _, v := range []struct{ what, s string }{{"bind source", src}, {"bind destination", dst}} {
+				if err := machine.ValidateText(v.what, v.s); err != nil {
+					return usagef("%v", err)
+				}
+			}
 			m, err := manager(c)
 			if err != nil {
 				return err

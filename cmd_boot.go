@@ -18,13 +18,15 @@ func bootCommand() *cli.Command {
 		Description: "Options given here are remembered in /etc/systemd/nspawn/NAME.nspawn\n" +
 			"and used on later boots (and by machinectl start).\n\n" +
 			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c",
+		// KeepSpace: a value is taken as given, so that a control character
+		// at its end is refused, not trimmed away unseen.
 		Flags: append([]cli.Flag{
-			&cli.StringSliceFlag{Name: "bind", Usage: "bind-mount SRC[:DST[:OPTS]] (repeatable)"},
-			&cli.StringSliceFlag{Name: "bind-ro", Usage: "bind-mount SRC[:DST[:OPTS]] read-only (repeatable)"},
+			&cli.StringSliceFlag{Name: "bind", KeepSpace: true, Usage: "bind-mount SRC[:DST[:OPTS]] (repeatable)"},
+			&cli.StringSliceFlag{Name: "bind-ro", KeepSpace: true, Usage: "bind-mount SRC[:DST[:OPTS]] read-only (repeatable)"},
 			&cli.BoolFlag{Name: "no-binds", Usage: "forget the remembered binds"},
 			&cli.BoolFlag{Name: "force-binds", Usage: "allow binding / or the root directory itself"},
 			&cli.StringFlag{Name: "network", Usage: "veth (default), none, host, bridge:BR or zone:Z"},
-			&cli.StringSliceFlag{Name: "port", Aliases: []string{"p"}, Usage: "forward a host port: [tcp|udp:]HOST[:MACHINE] (repeatable)"},
+			&cli.StringSliceFlag{Name: "port", Aliases: []string{"p"}, KeepSpace: true, Usage: "forward a host port: [tcp|udp:]HOST[:MACHINE] (repeatable)"},
 			&cli.BoolFlag{Name: "no-ports", Usage: "forget the remembered port forwards"},
 			&cli.BoolFlag{Name: "private-users", Value: true, Usage: "map the machine's users to an unused host range (--private-users=false to share the host's)"},
 			&cli.BoolFlag{Name: "console", Usage: "run in the foreground on this terminal"},
@@ -40,8 +42,8 @@ func bootCommand() *cli.Command {
 				}
 			}
 			req := machine.BootRequest{Network: c.String("network"), Timeout: c.Duration("timeout"), Console: c.Bool("console"), Limits: limitArgs(c), ForceBinds: c.Bool("force-binds")}
-			if _, err := req.Limits.Apply(machine.Limits{}); err != nil {
-				return usagef("%v", err)
+			if err := checkLimitArgs(req.Limits); err != nil {
+				return err
 			}
 			if c.IsSet("private-users") {
 				pu := c.Bool("private-users")

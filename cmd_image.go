@@ -106,8 +106,11 @@ func importCommand() *cli.Command {
 	return &cli.Command{
 		Name: "import", Usage: "make a machine from a tarball of a root file system", ArgsUsage: "NAME FILE.tar[.gz|.zst|.xz]|-",
 		Description: "Takes what nsbox export or docker export writes. Archives with absolute\n" +
-			"paths, '..' members or members written through their own symbolic links\n" +
-			"are refused before anything is written.\n\n" +
+			"paths, '..' members, members written through their own symbolic links,\n" +
+			"sparse files or headers that GNU tar reads otherwise are refused, and\n" +
+			"nothing of them is kept. Device nodes are left out (systemd-nspawn\n" +
+			"provides /dev). An archive that needs more than the free space of the\n" +
+			"root dir, less 5% (at most 1 GiB), is refused.\n\n" +
 			"   docker export web | nsbox import web -",
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -52,10 +53,35 @@ func checkOutput(c *cli.Context) error {
 	return usagef("--output %q: use table or json", c.String("output"))
 }
 
+// writeJSON prints v as indented JSON. encoding/json escapes C0 controls
+// and U+2028/U+2029 but leaves DEL, the C1 controls (U+009B is a CSI to
+// some terminals) and bidirectional overrides raw; they are written as
+// \u escapes too, which decode to the same strings: the JSON stays exact
+// and is inert on a terminal.
 func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, escapeJSONControls(buf.String()))
+	return err
+}
+
+// escapeJSONControls writes DEL, C1 controls and invisible reordering
+// marks in JSON text as \u escapes. Outside strings JSON has only ASCII,
+// so every such character is inside a string, where the escape is valid.
+func escapeJSONControls(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r == 0x7f || r >= 0x80 && r <= 0x9f || r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069 || r == 0x200e || r == 0x200f {
+			fmt.Fprintf(&b, `\u%04x`, r)
+		} else {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 func dash(s string) string {
@@ -64,6 +90,12 @@ func dash(s string) string {
 	}
 	return s
 }
+
+// cell is a value for one field of a table or status row: text a machine
+// controls (its os-release, names and paths machined reports) with every
+// control character, tab and newline shown as an escape, so it can
+// neither steer the terminal nor break the columns.
+func cell(s string) string { return machine.Printable(dash(s)) }
 
 func writeTable(w io.Writer, infos []machine.Info, legend bool) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -87,8 +119,8 @@ func writeTable(w io.Writer, infos []machine.Info, legend bool) {
 		if i.ReadOnly {
 			state += " (ro)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, state, dash(i.OS), dash(i.Version), usage,
-			dash(strings.Join(i.Addresses, ",")), dash(i.Root), since)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cell(name), cell(state), cell(i.OS), cell(i.Version), usage,
+			cell(strings.Join(i.Addresses, ",")), cell(i.Root), since)
 	}
 	tw.Flush()
 	if legend && len(infos) == 0 {

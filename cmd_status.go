@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -35,64 +36,7 @@ func statusCommand() *cli.Command {
 			if c.String("output") == "json" {
 				return writeJSON(os.Stdout, i)
 			}
-			row := func(k, v string) { fmt.Printf("%11s: %s\n", k, v) }
-			fmt.Println(i.Name)
-			row("State", i.State)
-			if i.Since != nil {
-				row("Since", fmt.Sprintf("%s (%s ago)", i.Since.Local().Format(time.DateTime), time.Since(*i.Since).Round(time.Second)))
-			}
-			if i.Leader > 0 {
-				row("Leader", fmt.Sprint(i.Leader))
-			}
-			if i.Unit != "" {
-				row("Unit", i.Unit)
-			}
-			row("Backend", i.Backend)
-			row("OS", strings.TrimSpace(dash(i.OS)+" "+i.Version))
-			row("Root", dash(i.Root))
-			if i.Managed {
-				ro := ""
-				if i.ReadOnly {
-					ro = ", read-only"
-				}
-				row("Disk", humanBytes(i.Usage)+ro)
-			}
-			if len(i.Interfaces) > 0 {
-				row("Interfaces", strings.Join(i.Interfaces, ", "))
-			}
-			if len(i.Addresses) > 0 {
-				row("Addresses", strings.Join(i.Addresses, ", "))
-			}
-			if !i.Managed {
-				row("Managed", "no (not an nsbox machine)")
-			}
-			if i.Autostart != "" {
-				row("Autostart", i.Autostart)
-			}
-			if l := i.Limits; l != nil {
-				row("Limits", limitsText(*l))
-			}
-			if u := i.Use; u != nil {
-				row("Use", fmt.Sprintf("memory %s, %d tasks, CPU %s", humanBytes(int64(u.Memory)), u.Tasks, u.CPUTime.Round(time.Millisecond)))
-			}
-			if o := i.Options; o != nil {
-				row("Network", o.Network)
-				pu := "pick (user namespace)"
-				if !o.PrivateUsers {
-					pu = "no (shares the host's users)"
-				}
-				row("Users", pu)
-				for _, p := range o.Ports {
-					row("Port", p)
-				}
-				for _, b := range o.Binds {
-					kind := "Bind"
-					if b.ReadOnly {
-						kind = "Bind (ro)"
-					}
-					row(kind, b.String())
-				}
-			}
+			writeStatus(os.Stdout, i)
 			return nil
 		},
 	}
@@ -119,4 +63,68 @@ func limitsText(l machine.Limits) string {
 		parts = append(parts, fmt.Sprintf("IO weight %d", l.IOWeight))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// writeStatus prints machine i as status shows it. Every value goes
+// through cell: the OS and version come from the machine's os-release,
+// and a foreign machine's name, root and unit from whoever registered it.
+func writeStatus(w io.Writer, i machine.Info) {
+	row := func(k, v string) { fmt.Fprintf(w, "%11s: %s\n", k, machine.Printable(v)) }
+	fmt.Fprintln(w, machine.Printable(i.Name))
+	row("State", i.State)
+	if i.Since != nil {
+		row("Since", fmt.Sprintf("%s (%s ago)", i.Since.Local().Format(time.DateTime), time.Since(*i.Since).Round(time.Second)))
+	}
+	if i.Leader > 0 {
+		row("Leader", fmt.Sprint(i.Leader))
+	}
+	if i.Unit != "" {
+		row("Unit", i.Unit)
+	}
+	row("Backend", i.Backend)
+	row("OS", strings.TrimSpace(dash(i.OS)+" "+i.Version))
+	row("Root", dash(i.Root))
+	if i.Managed {
+		ro := ""
+		if i.ReadOnly {
+			ro = ", read-only"
+		}
+		row("Disk", humanBytes(i.Usage)+ro)
+	}
+	if len(i.Interfaces) > 0 {
+		row("Interfaces", strings.Join(i.Interfaces, ", "))
+	}
+	if len(i.Addresses) > 0 {
+		row("Addresses", strings.Join(i.Addresses, ", "))
+	}
+	if !i.Managed {
+		row("Managed", "no (not an nsbox machine)")
+	}
+	if i.Autostart != "" {
+		row("Autostart", i.Autostart)
+	}
+	if l := i.Limits; l != nil {
+		row("Limits", limitsText(*l))
+	}
+	if u := i.Use; u != nil {
+		row("Use", fmt.Sprintf("memory %s, %d tasks, CPU %s", humanBytes(int64(u.Memory)), u.Tasks, u.CPUTime.Round(time.Millisecond)))
+	}
+	if o := i.Options; o != nil {
+		row("Network", o.Network)
+		pu := "pick (user namespace)"
+		if !o.PrivateUsers {
+			pu = "no (shares the host's users)"
+		}
+		row("Users", pu)
+		for _, p := range o.Ports {
+			row("Port", p)
+		}
+		for _, b := range o.Binds {
+			kind := "Bind"
+			if b.ReadOnly {
+				kind = "Bind (ro)"
+			}
+			row(kind, b.String())
+		}
+	}
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"math"
+	"strconv"
 
 	"github.com/nsbox/nsbox/machine"
 	"github.com/urfave/cli/v2"
@@ -22,6 +24,27 @@ func limitArgs(c *cli.Context) machine.LimitFlags {
 		Memory: c.String("memory"), MemorySwap: c.String("memory-swap"), CPUs: c.String("cpus"),
 		CPUWeight: c.String("cpu-weight"), Tasks: c.String("tasks"), IOWeight: c.String("io-weight"),
 	}
+}
+
+// checkLimitArgs refuses limit flags that do not parse, hold a control
+// character (which a unit file would take for a new line) or are not a
+// number at all (NaN).
+func checkLimitArgs(f machine.LimitFlags) error {
+	for _, v := range []struct{ flag, s string }{
+		{"--memory", f.Memory}, {"--memory-swap", f.MemorySwap}, {"--cpus", f.CPUs},
+		{"--cpu-weight", f.CPUWeight}, {"--tasks", f.Tasks}, {"--io-weight", f.IOWeight},
+	} {
+		if err := machine.ValidateText(v.flag, v.s); err != nil {
+			return usagef("%v", err)
+		}
+	}
+	if v, err := strconv.ParseFloat(f.CPUs, 64); err == nil && math.IsNaN(v) {
+		return usagef("%v: cpus %q (use a positive number such as 0.5 or 2)", machine.ErrInvalidOption, f.CPUs)
+	}
+	if _, err := f.Apply(machine.Limits{}); err != nil {
+		return usagef("%v", err)
+	}
+	return nil
 }
 
 func enableCommand() *cli.Command {
@@ -57,8 +80,8 @@ func setCommand() *cli.Command {
 			if f == (machine.LimitFlags{}) {
 				return usagef("set takes at least one limit (see: nsbox set --help)")
 			}
-			if _, err := f.Apply(machine.Limits{}); err != nil {
-				return usagef("%v", err)
+			if err := checkLimitArgs(f); err != nil {
+				return err
 			}
 			_, err := m.SetLimits(c.Context, n, f)
 			return err

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -201,7 +202,13 @@ func run(args []string) int {
 }
 
 // report prints err as one line and maps it to an exit status.
-func report(err error) int {
+func report(err error) int { return reportTo(os.Stderr, err) }
+
+// reportTo is report writing to w. The message may carry text a machine
+// controls (its log lines, its state, a program's stderr), so it is made
+// printable: control characters, newlines among them, become visible
+// escapes, and the error stays one line that cannot steer the terminal.
+func reportTo(w io.Writer, err error) int {
 	if err == nil {
 		return 0
 	}
@@ -209,16 +216,16 @@ func report(err error) int {
 	if errors.As(err, &code) {
 		return int(code)
 	}
-	msg := strings.TrimSpace(err.Error())
-	fmt.Fprintf(os.Stderr, "nsbox: %s\n", msg)
+	msg := machine.Printable(strings.TrimSpace(err.Error()))
+	fmt.Fprintf(w, "nsbox: %s\n", msg)
 	var be *machine.BootError
 	if errors.As(err, &be) && len(be.Log) > 0 {
-		fmt.Fprintf(os.Stderr, "last log lines of %s:\n", be.Name)
+		fmt.Fprintf(w, "last log lines of %s:\n", machine.Printable(be.Name))
 		for _, l := range be.Log {
-			fmt.Fprintf(os.Stderr, "  %s\n", l)
+			fmt.Fprintf(w, "  %s\n", machine.Printable(l))
 		}
 		if hint := be.Hint(); hint != "" {
-			fmt.Fprintf(os.Stderr, "hint: %s\n", hint)
+			fmt.Fprintf(w, "hint: %s\n", machine.Printable(hint))
 		}
 	}
 	var ue usageError

@@ -143,7 +143,7 @@ func interrupts(t *testing.T, e *env) {
 		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), "e2e-kill") {
 			t.Error("mounts left under the stale tree")
 		}
-		e.mustSh(t, "! ls -A "+e.rootDir+" | grep -v '\\.lck$' | grep '^\\.#e2e-kill'")
+		e.mustSh(t, "! ls -A "+e.rootDir+" "+e.rootDir+"/.nsbox | grep -v '\\.lck$' | grep '^\\.#e2e-kill'")
 		e.mustNsb(t, "remove", "e2e-kill")
 	})
 
@@ -164,7 +164,9 @@ func interrupts(t *testing.T, e *env) {
 			if out, _ := exec.Command("pgrep", "-f", "debootstrap.*e2e-int").Output(); len(out) > 0 {
 				t.Errorf("debootstrap still running: %s", out)
 			}
-			if ents, _ := os.ReadDir(e.rootDir); len(ents) > 0 {
+			ents, _ := os.ReadDir(e.rootDir)
+			store, _ := os.ReadDir(e.rootDir + "/.nsbox")
+			if ents = append(ents, store...); len(ents) > 0 {
 				var names []string
 				for _, d := range ents {
 					if !strings.HasSuffix(d.Name(), ".lck") && strings.Contains(d.Name(), "e2e-int") {

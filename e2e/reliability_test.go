@@ -84,7 +84,7 @@ func reliability(t *testing.T, e *env, name string) {
 		// A mirror on loopback where nothing listens.
 		r := e.nsb(t, "create", "e2e-nomirror", "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap", "--mirror", "http://127.0.0.1:9/debian")
 		wantFail(t, r, 1, "debootstrap")
-		e.mustSh(t, "test ! -e "+e.rootDir+"/e2e-nomirror && ! ls -A "+e.rootDir+" | grep -q '^\\.#e2e-nomirror\\.[^l]'")
+		e.mustSh(t, "test ! -e "+e.rootDir+"/e2e-nomirror && ! ls -A "+e.rootDir+" "+e.rootDir+"/.nsbox | grep -q '^\\.#e2e-nomirror\\.[^l]'")
 	})
 
 	t.Run("missing debootstrap", func(t *testing.T) {
@@ -109,16 +109,16 @@ func reliability(t *testing.T, e *env, name string) {
 		}
 		e.mustNsb(t, "boot", "e2e-race")
 		e.mustNsb(t, "remove", "--force", "e2e-race")
-		e.mustSh(t, "! ls -A "+e.rootDir+" | grep -v '\\.lck$' | grep '^\\.#'")
+		e.mustSh(t, "! ls -A "+e.rootDir+" "+e.rootDir+"/.nsbox | grep -v '\\.lck$' | grep '^\\.#'")
 	})
 
 	t.Run("planted symlinks and settings", func(t *testing.T) {
 		// The machine's hostname points at a host file, and a settings
 		// file beside the image asks for a bind of the host's /etc.
 		e.mustSh(t, "echo canary > /var/tmp/e2e-canary && ln -sf /var/tmp/e2e-canary "+root+"/etc/hostname")
-		e.mustSh(t, "printf '[Files]\\nBind=/etc:/mnt/hostetc\\n' > "+e.rootDir+"/"+name+".nspawn")
+		e.mustSh(t, "printf '[Files]\\nBind=/etc:/mnt/hostetc\\n' | tee "+e.rootDir+"/"+name+".nspawn > "+e.rootDir+"/.nsbox/"+name+".nspawn")
 		// The link goes before the canary: a write through it would make the canary again.
-		defer e.sh(t, "rm -f "+root+"/etc/hostname && echo "+name+" > "+root+"/etc/hostname; rm -f /var/tmp/e2e-canary "+e.rootDir+"/"+name+".nspawn")
+		defer e.sh(t, "rm -f "+root+"/etc/hostname && echo "+name+" > "+root+"/etc/hostname; rm -f /var/tmp/e2e-canary "+e.rootDir+"/"+name+".nspawn "+e.rootDir+"/.nsbox/"+name+".nspawn")
 		e.mustNsb(t, "clone", name, "e2e-sym")
 		if got := e.mustSh(t, "cat /var/tmp/e2e-canary; test ! -L "+e.rootDir+"/e2e-sym/etc/hostname && cat "+e.rootDir+"/e2e-sym/etc/hostname"); got != "canary\ne2e-sym\n" {
 			t.Errorf("a write went through the planted link: %q", got)

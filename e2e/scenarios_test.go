@@ -178,7 +178,11 @@ func scenarios(t *testing.T, e *env) {
 		if got := e.mustSh(t, "stat -c %s "+root+"/etc/machine-id"); strings.TrimSpace(got) != "0" {
 			t.Errorf("machine-id not emptied: size %s", got)
 		}
-		e.mustSh(t, "! ls -a "+e.rootDir+" | grep -q '^\\.#"+name+"\\.'")
+		e.mustSh(t, "! ls -a "+e.rootDir+"/.nsbox | grep -q '^\\.#"+name+"\\.'")
+		// The tree is in the root-only store; ROOT/NAME links to it.
+		if got := strings.TrimSpace(e.mustSh(t, "readlink "+root)); got != ".nsbox/"+name {
+			t.Errorf("%s links to %q, want .nsbox/%s", root, got, name)
+		}
 		i, ok := list(t, e)[name]
 		if !ok || i.State != "stopped" || i.OS != "debian" || i.Version != "12" || i.Root != root {
 			t.Fatalf("list: %+v", i)
@@ -280,40 +284,40 @@ func scenarios(t *testing.T, e *env) {
 	})
 
 	t.Run("binds", func(t *testing.T) {
-		e.mustSh(t, "rm -rf /var/tmp/e2e-data /var/tmp/e2e-ro && mkdir -p /var/tmp/e2e-data /var/tmp/e2e-ro && echo from-host > /var/tmp/e2e-data/host.txt && echo ro > /var/tmp/e2e-ro/ro.txt")
-		defer e.sh(t, "rm -rf /var/tmp/e2e-data /var/tmp/e2e-ro")
-		e.mustNsb(t, "boot", name, "--bind", "/var/tmp/e2e-data:/mnt/data", "--bind-ro", "/var/tmp/e2e-ro:/mnt/ro")
+		e.mustSh(t, "rm -rf /var/tmp/e2e-priv && mkdir -m 700 /var/tmp/e2e-priv && mkdir -p /var/tmp/e2e-priv/data /var/tmp/e2e-priv/ro && echo from-host > /var/tmp/e2e-priv/data/host.txt && echo ro > /var/tmp/e2e-priv/ro/ro.txt")
+		defer e.sh(t, "rm -rf /var/tmp/e2e-priv")
+		e.mustNsb(t, "boot", name, "--bind", "/var/tmp/e2e-priv/data:/mnt/data", "--bind-ro", "/var/tmp/e2e-priv/ro:/mnt/ro")
 		if r := e.mustNsb(t, "shell", name, "--", "cat", "/mnt/data/host.txt"); r.stdout != "from-host\n" {
 			t.Errorf("host file inside: %s", r)
 		}
 		e.mustNsb(t, "shell", name, "--", "sh", "-c", "echo from-machine > /mnt/data/machine.txt")
-		if got := e.mustSh(t, "cat /var/tmp/e2e-data/machine.txt; stat -c %u /var/tmp/e2e-data/machine.txt"); got != "from-machine\n0\n" {
+		if got := e.mustSh(t, "cat /var/tmp/e2e-priv/data/machine.txt; stat -c %u /var/tmp/e2e-priv/data/machine.txt"); got != "from-machine\n0\n" {
 			t.Errorf("machine's file on the host (content, owner): %q", got)
 		}
 		if r := e.nsb(t, "shell", name, "--", "sh", "-c", "echo x > /mnt/ro/new.txt"); r.code == 0 {
 			t.Errorf("write to a --bind-ro succeeded: %s", r)
 		}
-		e.mustSh(t, "test ! -e /var/tmp/e2e-ro/new.txt")
+		e.mustSh(t, "test ! -e /var/tmp/e2e-priv/ro/new.txt")
 		// Options are remembered: a plain boot gets the same binds.
 		e.mustNsb(t, "stop", name)
 		e.mustNsb(t, "boot", name)
 		if r := e.mustNsb(t, "shell", name, "--", "cat", "/mnt/data/machine.txt"); r.stdout != "from-machine\n" {
 			t.Errorf("remembered bind: %s", r)
 		}
-		e.mustSh(t, "grep -q '^Bind=/var/tmp/e2e-data:/mnt/data' /etc/systemd/nspawn/"+name+".nspawn")
+		e.mustSh(t, "grep -q '^Bind=/var/tmp/e2e-priv/data:/mnt/data' /etc/systemd/nspawn/"+name+".nspawn")
 		e.mustNsb(t, "stop", name)
 		e.mustNsb(t, "boot", name, "--no-binds")
 	})
 
 	t.Run("live bind", func(t *testing.T) {
-		e.mustSh(t, "rm -rf /var/tmp/e2e-live && mkdir -p /var/tmp/e2e-live && echo from-host > /var/tmp/e2e-live/h.txt")
-		defer e.sh(t, "rm -rf /var/tmp/e2e-live")
-		e.mustNsb(t, "bind", name, "/var/tmp/e2e-live", "/mnt/live", "--mkdir")
-		e.mustNsb(t, "bind", name, "/var/tmp/e2e-live", "/mnt/live-ro", "--mkdir", "--read-only")
+		e.mustSh(t, "rm -rf /var/tmp/e2e-priv && mkdir -m 700 /var/tmp/e2e-priv && mkdir -p /var/tmp/e2e-priv/live && echo from-host > /var/tmp/e2e-priv/live/h.txt")
+		defer e.sh(t, "rm -rf /var/tmp/e2e-priv")
+		e.mustNsb(t, "bind", name, "/var/tmp/e2e-priv/live", "/mnt/live", "--mkdir")
+		e.mustNsb(t, "bind", name, "/var/tmp/e2e-priv/live", "/mnt/live-ro", "--mkdir", "--read-only")
 		if r := e.mustNsb(t, "shell", name, "--", "sh", "-c", "cat /mnt/live/h.txt && echo from-machine > /mnt/live/m.txt"); r.stdout != "from-host\n" {
 			t.Errorf("live bind inside: %s", r)
 		}
-		if got := e.mustSh(t, "cat /var/tmp/e2e-live/m.txt; stat -c %u /var/tmp/e2e-live/m.txt"); got != "from-machine\n0\n" {
+		if got := e.mustSh(t, "cat /var/tmp/e2e-priv/live/m.txt; stat -c %u /var/tmp/e2e-priv/live/m.txt"); got != "from-machine\n0\n" {
 			t.Errorf("machine's file on the host (content, owner): %q", got)
 		}
 		if r := e.nsb(t, "shell", name, "--", "touch", "/mnt/live-ro/x"); r.code == 0 {
@@ -663,6 +667,8 @@ func scenarios(t *testing.T, e *env) {
 		e.mustNsb(t, "remove", "e2e-imp")
 	})
 
+	t.Run("isolation", func(t *testing.T) { isolation(t, e) })
+
 	t.Run("reliability", func(t *testing.T) {
 		e.nsb(t, "stop", name)
 		reliability(t, e, name)
@@ -687,7 +693,7 @@ func scenarios(t *testing.T, e *env) {
 		if out := e.query(t, "grep ' "+e.rootDir+"/' /proc/self/mountinfo"); out != "" {
 			t.Errorf("mounts left: %s", out)
 		}
-		if out := e.query(t, "ls -A "+e.rootDir+" | grep -v '^\\.#.*\\.lck$' | grep '^\\.#'"); out != "" {
+		if out := e.query(t, "ls -A "+e.rootDir+" "+e.rootDir+"/.nsbox | grep -v '^\\.#.*\\.lck$' | grep '^\\.#'"); out != "" {
 			t.Errorf("temporary trees left: %s", out)
 		}
 		if out := e.query(t, "ls /run/nsbox/machines/ 2>/dev/null | grep e2e-"); out != "" {

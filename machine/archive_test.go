@@ -3,10 +3,11 @@ package machine
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"errors"
-	"os"
+	"fmt"
+	"io"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -16,32 +17,73 @@ func TestArchiveChecker(t *testing.T) {
 		what    string
 		members []tar.Header
 		ok      bool
+		kept    []string // names given to GNU tar, when ok
 	}{
 		{"an ordinary root", []tar.Header{
 			{Name: "./", Typeflag: tar.TypeDir}, {Name: "./etc/", Typeflag: tar.TypeDir},
 			{Name: "./etc/localtime", Typeflag: tar.TypeSymlink, Linkname: "/usr/share/zoneinfo/UTC"},
 			{Name: "./bin", Typeflag: tar.TypeSymlink, Linkname: "usr/bin"},
-			{Name: "./usr/bin/sh", Typeflag: tar.TypeReg}, {Name: "./usr/bin/dash", Typeflag: tar.TypeLink, Linkname: "./usr/bin/sh"},
-			{Name: "dev/null", Typeflag: tar.TypeChar},
-		}, true},
-		{"absolute path", []tar.Header{{Name: "/etc/passwd", Typeflag: tar.TypeReg}}, false},
-		{"dot-dot", []tar.Header{{Name: "./../../etc/passwd", Typeflag: tar.TypeReg}}, false},
-		{"dot-dot inside", []tar.Header{{Name: "usr/../../x", Typeflag: tar.TypeReg}}, false},
+			{Name: "./usr/bin/sh", Typeflag: tar.TypeReg, Size: 10}, {Name: "./usr/bin/dash", Typeflag: tar.TypeLink, Linkname: "./usr/bin/sh"},
+			{Name: "run/initctl", Typeflag: tar.TypeFifo},
+		}, true, []string{"./", "etc/", "etc/localtime", "bin", "usr/bin/sh", "usr/bin/dash", "run/initctl"}},
+		{"device nodes are left out, in dev/ and elsewhere, and links to them", []tar.Header{
+			{Name: "dev/", Typeflag: tar.TypeDir}, {Name: "dev/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3},
+			{Name: "usr/sda", Typeflag: tar.TypeBlock, Devmajor: 8}, {Name: "usr/mem", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 1},
+			{Name: "usr/null2", Typeflag: tar.TypeLink, Linkname: "dev/null"},
+			{Name: "usr/sda", Typeflag: tar.TypeReg}, {Name: "usr/again", Typeflag: tar.TypeLink, Linkname: "usr/sda"},
+		}, true, []string{"dev/", "usr/sda", "usr/again"}},
+		{"absolute path", []tar.Header{{Name: "/etc/passwd", Typeflag: tar.TypeReg}}, false, nil},
+		{"dot-dot", []tar.Header{{Name: "./../../etc/passwd", Typeflag: tar.TypeReg}}, false, nil},
+		{"dot-dot inside", []tar.Header{{Name: "usr/../../x", Typeflag: tar.TypeReg}}, false, nil},
+		{"no name", []tar.Header{{Name: "", Typeflag: tar.TypeReg}}, false, nil},
 		{"write through an archive symlink", []tar.Header{
-			{Name: "x", Typeflag: tar.TypeSymlink, Linkname: "/etc"}, {Name: "x/passwd", Typeflag: tar.TypeReg}}, false},
+			{Name: "x", Typeflag: tar.TypeSymlink, Linkname: "/etc"}, {Name: "x/passwd", Typeflag: tar.TypeReg}}, false, nil},
 		{"write through a relative symlink", []tar.Header{
-			{Name: "a/b", Typeflag: tar.TypeSymlink, Linkname: "../../.."}, {Name: "a/b/c/d", Typeflag: tar.TypeReg}}, false},
+			{Name: "a/b", Typeflag: tar.TypeSymlink, Linkname: "../../.."}, {Name: "a/b/c/d", Typeflag: tar.TypeReg}}, false, nil},
+		{"a device through a symlink", []tar.Header{
+			{Name: "x", Typeflag: tar.TypeSymlink, Linkname: "/dev"}, {Name: "x/sda", Typeflag: tar.TypeBlock}}, false, nil},
 		{"replace a symlink with a directory", []tar.Header{
-			{Name: "x", Typeflag: tar.TypeSymlink, Linkname: "/etc"}, {Name: "x/", Typeflag: tar.TypeDir}}, false},
-		{"hard link out", []tar.Header{{Name: "x", Typeflag: tar.TypeLink, Linkname: "/etc/shadow"}}, false},
+			{Name: "x", Typeflag: tar.TypeSymlink, Linkname: "/etc"}, {Name: "x/", Typeflag: tar.TypeDir}}, false, nil},
+		{"hard link out", []tar.Header{{Name: "x", Typeflag: tar.TypeLink, Linkname: "/etc/shadow"}}, false, nil},
 		{"hard link through a symlink", []tar.Header{
-			{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/etc"}, {Name: "x", Typeflag: tar.TypeLink, Linkname: "l/shadow"}}, false},
+			{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/etc"}, {Name: "x", Typeflag: tar.TypeLink, Linkname: "l/shadow"}}, false, nil},
+		{"hard link to a symlink", []tar.Header{
+			{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/etc/shadow"}, {Name: "x", Typeflag: tar.TypeLink, Linkname: "l"}}, false, nil},
+		{"the root a symlink", []tar.Header{{Name: "./", Typeflag: tar.TypeSymlink, Linkname: "/"}}, false, nil},
+		// GNU tar makes a directory of "x/" and reads its data as headers.
+		{"a file named like a directory", []tar.Header{{Name: "x/", Typeflag: tar.TypeReg, Size: 512}}, false, nil},
+		{"a directory with data", []tar.Header{{Name: "x/", Typeflag: tar.TypeDir, Size: 512}}, false, nil},
+		{"a symlink with data", []tar.Header{{Name: "x", Typeflag: tar.TypeSymlink, Linkname: "y", Size: 1}}, false, nil},
+		{"old GNU sparse file", []tar.Header{{Name: "x", Typeflag: tar.TypeGNUSparse, Size: 1}}, false, nil},
+		{"GNU volume label", []tar.Header{{Name: "vol", Typeflag: 'V'}}, false, nil},
+		{"GNU multi-volume continuation", []tar.Header{{Name: "x", Typeflag: 'M', Size: 1}}, false, nil},
+		{"GNU old long names", []tar.Header{{Name: "x", Typeflag: 'N', Size: 1}}, false, nil},
+		{"GNU dump directory", []tar.Header{{Name: "x", Typeflag: 'D'}}, false, nil},
+		{"Solaris extended header", []tar.Header{{Name: "x", Typeflag: 'X', Size: 30}}, false, nil},
+		{"contiguous file", []tar.Header{{Name: "x", Typeflag: tar.TypeCont}}, false, nil},
+		{"vendor type", []tar.Header{{Name: "x", Typeflag: 'A'}}, false, nil},
+		{"GNU.sparse.name", []tar.Header{{Name: "harmless", Typeflag: tar.TypeReg, PAXRecords: map[string]string{"GNU.sparse.name": "x/passwd"}}}, false, nil},
+		{"GNU.dumpdir", []tar.Header{{Name: "d/", Typeflag: tar.TypeDir, PAXRecords: map[string]string{"GNU.dumpdir": "Yx\x00"}}}, false, nil},
+		{"a long name and a PAX path that disagree", []tar.Header{{Name: "harmless", Typeflag: tar.TypeReg, PAXRecords: map[string]string{"path": "x/passwd"}}}, false, nil},
+		{"an empty PAX path", []tar.Header{{Name: "harmless", Typeflag: tar.TypeReg, PAXRecords: map[string]string{"path": ""}}}, false, nil},
+		{"a PAX linkpath that disagrees", []tar.Header{{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "y", PAXRecords: map[string]string{"linkpath": "/etc"}}}, false, nil},
+		{"a PAX path that agrees", []tar.Header{{Name: "long/name", Typeflag: tar.TypeReg, PAXRecords: map[string]string{"path": "long/name"}}}, true, []string{"long/name"}},
+		{"a global header with a comment", []tar.Header{
+			{Name: "pax_global_header", Typeflag: tar.TypeXGlobalHeader, PAXRecords: map[string]string{"comment": "52bc1f1"}}, {Name: "a", Typeflag: tar.TypeReg}}, true, []string{"a"}},
+		{"a global header that renames every member", []tar.Header{
+			{Name: "pax_global_header", Typeflag: tar.TypeXGlobalHeader, PAXRecords: map[string]string{"path": "x/passwd"}}}, false, nil},
+		{"an owner out of range", []tar.Header{{Name: "a", Typeflag: tar.TypeReg, Uid: -1}}, false, nil},
 	} {
 		var c ArchiveChecker
 		var err error
+		var kept []string
 		for i := range tc.members {
-			if err = c.Check(&tc.members[i]); err != nil {
+			var out *tar.Header
+			if out, err = c.Check(&tc.members[i]); err != nil {
 				break
+			}
+			if out != nil {
+				kept = append(kept, out.Name)
 			}
 		}
 		if (err == nil) != tc.ok {
@@ -50,46 +92,242 @@ func TestArchiveChecker(t *testing.T) {
 		if err != nil && !errors.Is(err, ErrUnsafeArchive) {
 			t.Errorf("%s: %v is not ErrUnsafeArchive", tc.what, err)
 		}
+		if tc.ok && !reflect.DeepEqual(kept, tc.kept) {
+			t.Errorf("%s: GNU tar gets %q, want %q", tc.what, kept, tc.kept)
+		}
 	}
 }
 
-func writeTar(t *testing.T, gz bool, members ...tar.Header) string {
-	t.Helper()
-	var buf bytes.Buffer
-	var w *tar.Writer
-	var z *gzip.Writer
-	if gz {
-		z = gzip.NewWriter(&buf)
-		w = tar.NewWriter(z)
-	} else {
-		w = tar.NewWriter(&buf)
+func TestArchiveCheckerDropsTrustedXattrs(t *testing.T) {
+	var c ArchiveChecker
+	out, err := c.Check(&tar.Header{Name: "f", Typeflag: tar.TypeReg, PAXRecords: map[string]string{
+		"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.security.capability": "\x01\x00\x00\x02",
+		"SCHILY.xattr.user.x": "1", "SCHILY.acl.access": "user::rw-", "SCHILY.dev": "2049", "comment": "hi", "mtime": "1.5",
+	}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, h := range members {
-		h.Mode = 0o644
-		w.WriteHeader(&h)
+	want := map[string]string{"SCHILY.xattr.security.capability": "\x01\x00\x00\x02", "SCHILY.xattr.user.x": "1", "SCHILY.acl.access": "user::rw-"}
+	if !reflect.DeepEqual(out.PAXRecords, want) || c.Xattrs != 1 {
+		t.Errorf("records given to GNU tar: %q (%d dropped)", out.PAXRecords, c.Xattrs)
+	}
+}
+
+func TestArchiveCheckerSpace(t *testing.T) {
+	s := &Space{Dir: "/srv", Bytes: 10 << 10, Reserve: 1 << 30, Block: 4096}
+	c := ArchiveChecker{Space: s}
+	// 1 byte takes a block: 4 KiB for "a", 4 KiB for the directory.
+	for _, h := range []tar.Header{{Name: "d/", Typeflag: tar.TypeDir}, {Name: "d/a", Typeflag: tar.TypeReg, Size: 1}, {Name: "d/l", Typeflag: tar.TypeLink, Linkname: "d/a"}} {
+		if _, err := c.Check(&h); err != nil {
+			t.Fatalf("%s: %v", h.Name, err)
+		}
+	}
+	if c.Need != 8192 || c.Inodes != 2 {
+		t.Errorf("counted %d bytes, %d inodes", c.Need, c.Inodes)
+	}
+	_, err := c.Check(&tar.Header{Name: "d/b", Typeflag: tar.TypeReg, Size: 4097})
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "archive needs 16.4 kB, only 10.2 kB free on /srv (1.1 GB kept in reserve)") {
+		t.Errorf("over the cap: %v", err)
+	}
+	c = ArchiveChecker{Space: &Space{Dir: "/srv", Bytes: 1 << 40, Inodes: 1}}
+	c.Check(&tar.Header{Name: "a", Typeflag: tar.TypeFifo})
+	if _, err := c.Check(&tar.Header{Name: "b", Typeflag: tar.TypeFifo}); !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "2 inodes, only 1 free") {
+		t.Errorf("out of inodes: %v", err)
+	}
+}
+
+// rawTar builds archives byte by byte, for headers Go's writer will not
+// make.
+type rawTar struct{ bytes.Buffer }
+
+// header adds a ustar header block (magic "ustar\x0000", or GNU's
+// "ustar  \x00" when gnu is set) and data, padded to whole blocks.
+func (r *rawTar) header(name string, typeflag byte, data string, gnu bool) []byte {
+	b := make([]byte, 512)
+	copy(b[0:100], name)
+	copy(b[100:], "0000644\x00")
+	copy(b[108:], "0000000\x00")
+	copy(b[116:], "0000000\x00")
+	copy(b[124:], fmt.Sprintf("%011o\x00", len(data)))
+	copy(b[136:], "00000000000\x00")
+	b[156] = typeflag
+	copy(b[257:], "ustar\x0000")
+	if gnu {
+		copy(b[257:], "ustar  \x00")
+	}
+	checksum(b)
+	r.Write(b)
+	r.data(data)
+	return r.Bytes()[r.Len()-512-padded(len(data)) : r.Len()-padded(len(data))]
+}
+
+func padded(n int) int { return (n + 511) / 512 * 512 }
+
+func (r *rawTar) data(d string) {
+	r.WriteString(d)
+	r.Write(make([]byte, padded(len(d))-len(d)))
+}
+
+// pax adds an 'x' header with records in order, keys and values as given.
+func (r *rawTar) pax(kv ...string) { r.records(tar.TypeXHeader, kv...) }
+
+// records adds a PAX header of type typeflag ('x' or 'g').
+func (r *rawTar) records(typeflag byte, kv ...string) {
+	var d strings.Builder
+	for i := 0; i < len(kv); i += 2 {
+		rec := " " + kv[i] + "=" + kv[i+1] + "\n"
+		n := len(rec) + 1
+		for len(fmt.Sprint(n))+len(rec) != n {
+			n++
+		}
+		fmt.Fprintf(&d, "%d%s", n, rec)
+	}
+	r.header("PaxHeaders/x", typeflag, d.String(), false)
+}
+
+func (r *rawTar) end() []byte {
+	r.Write(make([]byte, 1024))
+	return r.Bytes()
+}
+
+func checksum(b []byte) {
+	copy(b[148:156], "        ")
+	s := 0
+	for _, c := range b[:512] {
+		s += int(c)
+	}
+	copy(b[148:156], fmt.Sprintf("%06o\x00 ", s))
+}
+
+// smuggling is an archive that GNU tar reads otherwise than Go's reader:
+// its member "carrier" has the size field "\x00\x00" and octal digits.
+// Go trims the NULs and reads a file of three blocks; GNU tar skips one NUL, stops
+// at the second, reads size 0 and takes the file's data for headers: a
+// block device "usr/disk" and a file "etc/smuggled" that Go never sees.
+func smuggling(t testing.TB) []byte {
+	t.Helper()
+	var inner bytes.Buffer
+	iw := tar.NewWriter(&inner)
+	iw.WriteHeader(&tar.Header{Name: "usr/disk", Typeflag: tar.TypeBlock, Devmajor: 8, Mode: 0o666})
+	iw.WriteHeader(&tar.Header{Name: "etc/smuggled", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644})
+	iw.Write([]byte("!"))
+	iw.Flush()
+	var r rawTar
+	r.header("etc/", tar.TypeDir, "", false)
+	r.header("etc/os-release", tar.TypeReg, "ID=debian\n", false)
+	blk := r.header("carrier", tar.TypeReg, inner.String(), false)
+	copy(blk[124:136], fmt.Sprintf("\x00\x00%09o\x00", inner.Len()))
+	checksum(blk)
+	return r.end()
+}
+
+// keyword is an archive with a PAX record whose key starts with a blank:
+// Go keeps the key " path" and ignores it, GNU tar skips the blank and
+// names the file "etc/hidden".
+func keyword(t testing.TB) []byte {
+	var r rawTar
+	r.header("etc/", tar.TypeDir, "", false)
+	r.header("etc/os-release", tar.TypeReg, "ID=debian\n", false)
+	r.pax(" path", "etc/hidden")
+	r.header("harmless", tar.TypeReg, "x", false)
+	return r.end()
+}
+
+// copied runs copyArchive on an archive and returns the names in what it
+// gives GNU tar.
+func copied(t *testing.T, archive []byte, c *ArchiveChecker) ([]string, error) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		err := copyArchive(bytes.NewReader(archive), pw, c, func(error) { pw.Close() })
+		pw.CloseWithError(err)
+		errc <- err
+	}()
+	var names []string
+	tr := tar.NewReader(pr)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		names = append(names, h.Name)
+	}
+	io.Copy(io.Discard, pr)
+	return names, <-errc
+}
+
+func TestCopyArchive(t *testing.T) {
+	var sparse0 rawTar // the sparse header Go ignores (no map) and GNU tar honours
+	sparse0.pax("GNU.sparse.name", "etc/passwd")
+	sparse0.header("harmless", tar.TypeReg, "x", false)
+	var sparseS rawTar
+	sparseS.header("x", tar.TypeGNUSparse, "", true)
+	var longName rawTar // GNU tar takes the PAX path, Go the long name
+	longName.pax("path", "x/passwd")
+	longName.header("././@LongLink", tar.TypeGNULongName, "harmless\x00", true)
+	longName.header("harmless", tar.TypeReg, "", true)
+	var solaris rawTar // GNU tar reads 'X' as a PAX header, Go as a file
+	solaris.header("x", 'X', "19 path=etc/passwd\n", false)
+	solaris.header("harmless", tar.TypeReg, "", false)
+	var global rawTar
+	global.records(tar.TypeXGlobalHeader, "path", "etc/passwd")
+	global.header("harmless", tar.TypeReg, "", false)
+
+	for _, tc := range []struct {
+		what    string
+		archive []byte
+		want    []string
+		err     error
+	}{
+		{"GNU.sparse.name without a map", sparse0.end(), nil, ErrUnsafeArchive},
+		{"old GNU sparse", sparseS.end(), nil, ErrUnsafeArchive},
+		{"a GNU long name and a PAX path", longName.end(), nil, ErrUnsafeArchive},
+		{"a Solaris extended header", solaris.end(), nil, ErrUnsafeArchive},
+		{"a global header with a path", global.end(), nil, ErrUnsafeArchive},
+		// Re-encoded, GNU tar reads what Go read: no smuggled members.
+		{"a size field GNU tar reads as 0", smuggling(t), []string{"etc/", "etc/os-release", "carrier"}, nil},
+		{"a PAX key with a blank", keyword(t), []string{"etc/", "etc/os-release", "harmless"}, nil},
+	} {
+		got, err := copied(t, tc.archive, &ArchiveChecker{})
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("%s: %v, want %v", tc.what, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: GNU tar gets %q (%v), want %q", tc.what, got, err, tc.want)
+		}
+	}
+}
+
+func TestCopyArchiveStopsAtTheCap(t *testing.T) {
+	var buf bytes.Buffer
+	w := tar.NewWriter(&buf)
+	for i := range 4 {
+		w.WriteHeader(&tar.Header{Name: fmt.Sprint("f", i), Typeflag: tar.TypeReg, Size: 5000, Mode: 0o644})
+		w.Write(make([]byte, 5000))
 	}
 	w.Close()
-	if z != nil {
-		z.Close()
+	c := &ArchiveChecker{Space: &Space{Dir: "/srv", Bytes: 10000, Block: 1000}}
+	got, err := copied(t, buf.Bytes(), c)
+	// Two files fit; GNU tar gets nothing after them, and the error counts
+	// the whole archive.
+	if !reflect.DeepEqual(got, []string{"f0", "f1"}) || !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "archive needs 20.0 kB, only 10.0 kB free on /srv") {
+		t.Errorf("GNU tar gets %q; %v", got, err)
 	}
-	p := filepath.Join(t.TempDir(), "a.tar")
-	os.WriteFile(p, buf.Bytes(), 0o644)
-	return p
 }
 
-func TestCheckArchiveFile(t *testing.T) {
-	good := writeTar(t, true, tar.Header{Name: "etc/", Typeflag: tar.TypeDir}, tar.Header{Name: "etc/os-release", Typeflag: tar.TypeReg})
-	if err := CheckArchive(good); err != nil {
-		t.Errorf("good gzip archive: %v", err)
-	}
-	bad := writeTar(t, false, tar.Header{Name: "x", Typeflag: tar.TypeSymlink, Linkname: "/"}, tar.Header{Name: "x/etc/evil", Typeflag: tar.TypeReg})
-	if err := CheckArchive(bad); !errors.Is(err, ErrUnsafeArchive) {
-		t.Errorf("bad archive: %v", err)
-	}
-	notTar := filepath.Join(t.TempDir(), "x")
-	os.WriteFile(notTar, []byte(strings.Repeat("garbage", 200)), 0o644)
-	if err := CheckArchive(notTar); err == nil {
-		t.Error("garbage accepted")
+func TestCopyArchiveRefusesGarbage(t *testing.T) {
+	for what, b := range map[string][]byte{
+		"garbage":   []byte(strings.Repeat("garbage", 200)),
+		"empty":     make([]byte, 1024),
+		"truncated": smuggling(t)[:512*5],
+	} {
+		if _, err := copied(t, b, &ArchiveChecker{}); err == nil {
+			t.Errorf("%s accepted", what)
+		}
 	}
 }
 
@@ -97,27 +335,79 @@ func FuzzArchiveChecker(f *testing.F) {
 	f.Add("etc/passwd", "", byte(tar.TypeReg), "x", "/etc", byte(tar.TypeSymlink))
 	f.Add("x", "/etc", byte(tar.TypeSymlink), "x/passwd", "", byte(tar.TypeReg))
 	f.Add("../a", "", byte(tar.TypeReg), "b", "../a", byte(tar.TypeLink))
+	f.Add("dev/null", "", byte(tar.TypeChar), "usr/null", "dev/null", byte(tar.TypeLink))
+	f.Add("x/", "", byte(tar.TypeReg), "x/y", "", byte(tar.TypeGNUSparse))
 	f.Fuzz(func(t *testing.T, n1, l1 string, t1 byte, n2, l2 string, t2 byte) {
 		var c ArchiveChecker
 		hs := []tar.Header{{Name: n1, Linkname: l1, Typeflag: t1}, {Name: n2, Linkname: l2, Typeflag: t2}}
 		links := map[string]bool{}
 		for _, h := range hs {
-			if c.Check(&h) != nil {
+			out, err := c.Check(&h)
+			if err != nil {
 				return
 			}
-			// Whatever passed stays inside the root and not under a link.
-			p := filepath.Clean("/root/" + h.Name)
-			if !strings.HasPrefix(p+"/", "/root/") || strings.HasPrefix(h.Name, "/") {
-				t.Fatalf("accepted %q", h.Name)
+			if out == nil {
+				continue
 			}
-			for d := filepath.Dir(p); d != "/root" && d != "/"; d = filepath.Dir(d) {
-				if links[d] {
-					t.Fatalf("accepted %q through link %q", h.Name, d)
+			// Whatever GNU tar gets stays inside the root, not under a
+			// link, and is of a type nsbox imports.
+			for _, name := range []string{h.Name, out.Name} {
+				p := filepath.Clean("/root/" + name)
+				if !strings.HasPrefix(p+"/", "/root/") || strings.HasPrefix(name, "/") {
+					t.Fatalf("accepted %q", name)
+				}
+				for d := filepath.Dir(p); d != "/root" && d != "/"; d = filepath.Dir(d) {
+					if links[d] {
+						t.Fatalf("accepted %q through link %q", name, d)
+					}
 				}
 			}
-			if h.Typeflag == tar.TypeSymlink {
-				links[p] = true
+			if filepath.Clean(h.Name) != filepath.Clean(out.Name) {
+				t.Fatalf("%q given to GNU tar as %q", h.Name, out.Name)
+			}
+			switch out.Typeflag {
+			case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeFifo:
+			case tar.TypeLink:
+				if l := filepath.Clean("/root/" + out.Linkname); !strings.HasPrefix(l+"/", "/root/") || links[l] {
+					t.Fatalf("hard link %q to %q", out.Name, out.Linkname)
+				}
+			default:
+				t.Fatalf("%q of type %q given to GNU tar", out.Name, out.Typeflag)
+			}
+			if out.Typeflag == tar.TypeSymlink {
+				links[filepath.Clean("/root/"+out.Name)] = true
 			}
 		}
+	})
+}
+
+// What copyArchive gives GNU tar passes the checker again, unchanged: the
+// re-encoding makes nothing the check would refuse.
+func FuzzCopyArchive(f *testing.F) {
+	f.Add(rootArchive(f, false))
+	f.Add(smuggling(f))
+	f.Add(keyword(f))
+	f.Fuzz(func(t *testing.T, archive []byte) {
+		pr, pw := io.Pipe()
+		errc := make(chan error, 1)
+		go func() {
+			err := copyArchive(bytes.NewReader(archive), pw, &ArchiveChecker{}, func(error) { pw.Close() })
+			pw.CloseWithError(err)
+			errc <- err
+		}()
+		var again ArchiveChecker
+		tr := tar.NewReader(pr)
+		for {
+			h, err := tr.Next()
+			if err != nil {
+				break
+			}
+			out, err := again.Check(h)
+			if err != nil || out == nil || out.Name != h.Name || out.Linkname != h.Linkname || out.Typeflag != h.Typeflag || out.Size != h.Size {
+				t.Fatalf("%q given to GNU tar, checked again: %+v %v", h.Name, out, err)
+			}
+		}
+		io.Copy(io.Discard, pr)
+		<-errc
 	})
 }

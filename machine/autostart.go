@@ -42,7 +42,7 @@ func (m *Manager) Unit(name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return a.UnitText(spec), nil
+	return a.UnitFile(spec)
 }
 
 // Enable installs and enables a unit so the machine boots with the host,
@@ -60,7 +60,11 @@ func (m *Manager) Enable(ctx context.Context, name string) error {
 		return err
 	}
 	// The settings file is what machinectl reads too: make sure it exists.
-	if err := writeFileAtomic(m.settingsPath(name), []byte(opts.SettingsFile()), 0o644); err != nil {
+	text, err := opts.SettingsText()
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(m.settingsPath(name), []byte(text), 0o644); err != nil {
 		return err
 	}
 	if _, err := m.prepareNetwork(ctx, name, opts); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -347,9 +348,43 @@ func (d *Direct) Exec(ctx context.Context, name string, e ExecSpec) (int, error)
 	if !st.Leader.Alive() {
 		return 0, fmt.Errorf("%s: container is between boots", name)
 	}
+	// What runs in the machine gets no more capabilities than its PID 1,
+	// which nspawn gave a reduced bounding set.
+	bounding, err := capBounding(st.Leader.PID)
+	if err != nil {
+		return 0, fmt.Errorf("%s: read the capabilities of its PID 1: %w", name, err)
+	}
+	enter := append([]string{"--bounding-set=" + bounding, "--", "nsenter"}, nsenterArgs(st.Leader.PID, e.User, e.Env, e.Argv)...)
 	// The command joins the machine's cgroups, so its limits cover it.
-	path, args := inCgroup(execCgroup(name), "nsenter", nsenterArgs(st.Leader.PID, e.User, e.Env, e.Argv))
+	path, args := inCgroup(execCgroup(name), "setpriv", enter)
 	return runExec(ctx, d.Runner, &bootstrap.Cmd{Path: path, Args: args}, e)
+}
+
+// capBounding is the capability bounding set of pid in setpriv's words:
+// "-all" and then "+cap_N" for each capability it keeps.
+func capBounding(pid int) (string, error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "status"))
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		v, ok := strings.CutPrefix(l, "CapBnd:")
+		if !ok {
+			continue
+		}
+		mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if err != nil {
+			return "", err
+		}
+		out := "-all"
+		for i := 0; i < 64; i++ {
+			if mask&(1<<i) != 0 {
+				out += fmt.Sprintf(",+cap_%d", i)
+			}
+		}
+		return out, nil
+	}
+	return "", fmt.Errorf("no CapBnd in /proc/%d/status", pid)
 }
 
 // runExec runs c with e's streams, on a pseudo terminal of its own when
@@ -372,7 +407,12 @@ func runExec(ctx context.Context, r bootstrap.Runner, c *bootstrap.Cmd, e ExecSp
 		}
 		return exitStatus(err)
 	}
-	c.Stdin, c.Stdout, c.Stderr = shieldReader(e.Stdin), shieldWriter(e.Stdout), shieldWriter(e.Stderr)
+	stdin, done, err := shieldReader(e.Stdin)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	c.Stdin, c.Stdout, c.Stderr = stdin, shieldWriter(e.Stdout), shieldWriter(e.Stderr)
 	return exitStatus(r.Run(ctx, c))
 }
 
@@ -418,10 +458,14 @@ func (d *Direct) LogTail(ctx context.Context, name string, n int) []string {
 	return lastLines(string(b), n)
 }
 
+// lastLines returns the last n lines of s that are not blank, as they
+// may be printed on a terminal: a machine writes its console and journal,
+// so escape sequences are dropped and other control characters shown as
+// escapes (stripANSI).
 func lastLines(s string, n int) []string {
 	var lines []string
 	for _, l := range strings.Split(s, "\n") {
-		if l = strings.TrimSpace(stripANSI(l)); l != "" {
+		if l = strings.TrimSpace(stripANSI(strings.TrimRight(l, "\r"))); l != "" {
 			lines = append(lines, l)
 		}
 	}
@@ -431,21 +475,11 @@ func lastLines(s string, n int) []string {
 	return lines
 }
 
-// stripANSI drops terminal escape sequences from console output.
+// stripANSI drops terminal escape sequences from one line of console
+// output and makes every other control character visible (\x1b, \r,
+// \u009b): the line is the machine's, and it is printed to a terminal.
 func stripANSI(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0x1b && i+1 < len(s) && s[i+1] == '[' {
-			j := i + 2
-			for j < len(s) && (s[j] < '@' || s[j] > '~') {
-				j++
-			}
-			i = j
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return Printable(stripTerminal(s))
 }
 
 // SetLimits implements Backend by writing the machine's cgroup files.

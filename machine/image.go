@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -174,117 +172,6 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 		r.Close()
 	}
 	return nil
-}
-
-// compression picks tar's compression flag from a file name, and checks
-// that the program tar runs for it is installed.
-func compression(file string) (string, error) {
-	flag, prog, pkg := "", "", ""
-	switch {
-	case strings.HasSuffix(file, ".tar"):
-	case strings.HasSuffix(file, ".tar.gz"), strings.HasSuffix(file, ".tgz"):
-		flag, prog, pkg = "--gzip", "gzip", "gzip"
-	case strings.HasSuffix(file, ".tar.zst"), strings.HasSuffix(file, ".tar.zstd"):
-		flag, prog, pkg = "--zstd", "zstd", "zstd"
-	case strings.HasSuffix(file, ".tar.xz"):
-		flag, prog, pkg = "--xz", "xz", "xz-utils"
-	default:
-		return "", fmt.Errorf("%w: %s: name it .tar, .tar.gz, .tar.zst or .tar.xz", ErrInvalidOption, file)
-	}
-	if prog != "" {
-		if _, err := exec.LookPath(prog); err != nil {
-			return "", fmt.Errorf("%s is not installed (install it: apt-get install %s)", prog, pkg)
-		}
-	}
-	return flag, nil
-}
-
-// tarArgs keeps what a root file system needs: numeric owners, modes,
-// extended attributes (file capabilities) and ACLs.
-var tarArgs = []string{"--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--one-file-system"}
-
-// Export writes stopped machine name as a tarball of its root to file,
-// through a temporary file renamed into place.
-func (m *Manager) Export(ctx context.Context, name, file string) error {
-	if err := m.checkRootAndName(name, true); err != nil {
-		return err
-	}
-	comp, err := compression(file)
-	if err != nil {
-		return err
-	}
-	lock, err := m.lockStopped(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer lock.Unlock()
-	abs, err := filepath.Abs(file)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(abs), ".#"+filepath.Base(abs)+".")
-	if err != nil {
-		return err
-	}
-	tmp.Close()
-	args := append([]string{"--create", "--file=" + tmp.Name(), "--directory=" + m.Dir(name)}, tarArgs...)
-	if comp != "" {
-		args = append(args, comp)
-	}
-	if err := m.Runner.Run(ctx, &bootstrap.Cmd{Path: "tar", Args: append(args, ".")}); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("export: %w", err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), abs)
-}
-
-// Import makes a new machine from a tarball of a root file system (file,
-// or "-" for stdin). Every member is checked before anything is written:
-// absolute paths, ".." and paths through the archive's own symbolic links
-// are refused, so nothing can land outside the new root.
-func (m *Manager) Import(ctx context.Context, name, file string, stdin io.Reader) error {
-	if err := m.checkName(name, false); err != nil {
-		return err
-	}
-	if err := requireRoot(); err != nil {
-		return err
-	}
-	src := file
-	if file == "-" {
-		// Two passes (check, extract) need the archive twice: spool it.
-		f, err := os.CreateTemp(m.RootDir, ".#import-"+name+".")
-		if err != nil {
-			return err
-		}
-		defer os.Remove(f.Name())
-		if _, err := io.Copy(f, stdin); err != nil {
-			f.Close()
-			return err
-		}
-		f.Close()
-		src = f.Name()
-	}
-	if err := CheckArchive(src); err != nil {
-		return fmt.Errorf("import %s: %w", file, err)
-	}
-	return m.newTree(ctx, name, func(tmp string) error {
-		if err := os.Mkdir(tmp, 0o755); err != nil {
-			return err
-		}
-		args := append([]string{"--extract", "--file=" + src, "--directory=" + tmp, "--same-permissions", "--same-owner"}, tarArgs...)
-		// tar finds the compression from the file's contents.
-		if err := m.Runner.Run(ctx, &bootstrap.Cmd{Path: "tar", Args: args}); err != nil {
-			return fmt.Errorf("import: %w", err)
-		}
-		if _, ok := readOSRelease(tmp); !ok {
-			return fmt.Errorf("import: %s has no os-release: not a root file system", file)
-		}
-		return nil
-	})
 }
 
 // fsImmutable is FS_IMMUTABLE_FL: the flag machinectl read-only sets on

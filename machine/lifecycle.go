@@ -14,6 +14,7 @@ import (
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // Signals systemd in a container understands (systemd(1)).
@@ -42,9 +43,11 @@ type BootRequest struct {
 }
 
 // checkBinds refuses binds whose source is missing, and binds of the
-// host's / or of the directory that holds machines (which would hand the
-// machine every other machine), unless forced.
-func (m *Manager) checkBinds(binds []Bind, force bool) error {
+// host's root or of RootDir unless forced. In a machine with private users
+// a writable idmapped bind is refused too, unless forced, when host users
+// can reach its source: what the machine's root makes there is uid 0 on the
+// host, so a setuid program it leaves is root for every one of them.
+func (m *Manager) checkBinds(binds []Bind, privateUsers, force bool) error {
 	for _, b := range binds {
 		fi, err := os.Stat(b.Source)
 		if err != nil || !fi.IsDir() && !fi.Mode().IsRegular() {
@@ -56,8 +59,44 @@ func (m *Manager) checkBinds(binds []Bind, force bool) error {
 		if b.Source == "/" || b.Source == filepath.Clean(m.RootDir) {
 			return fmt.Errorf("%w: binding %s into a machine hands it the host's files (use --force-binds if you mean it)", ErrInvalidOption, b.Source)
 		}
+		idmapped := b.Options == "" || strings.Contains(","+b.Options+",", ",idmap,")
+		if privateUsers && !b.ReadOnly && idmapped {
+			if who := reachableBy(b.Source); who != "" {
+				return fmt.Errorf("%w: bind %s: %s, and the machine's root would make files there as host root "+
+					"(a setuid program is root for them): bind it read-only, keep it under a directory only root can enter "+
+					"(chmod 700 a parent), or use --force-binds", ErrInvalidOption, b.Source, who)
+			}
+		}
 	}
 	return nil
+}
+
+// reachableBy says which host users besides root can reach path ("" for
+// none): every directory from / down to it lets them through, or one of
+// them is theirs. Access control lists are not read.
+func reachableBy(path string) string {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return ""
+	}
+	p := "/"
+	parts := strings.Split(strings.TrimPrefix(real, "/"), "/")
+	for i := 0; ; i++ {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			return ""
+		}
+		if st.Uid != 0 {
+			return fmt.Sprintf("%s belongs to uid %d", p, st.Uid)
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Mode&0o011 == 0 {
+			return ""
+		}
+		if i == len(parts) || parts[i] == "" {
+			return fmt.Sprintf("every host user can reach %s", real)
+		}
+		p = filepath.Join(p, parts[i])
+	}
 }
 
 // BootError is a boot that did not reach a running system; Log holds the
@@ -68,7 +107,9 @@ type BootError struct {
 	Log  []string
 }
 
-func (e *BootError) Error() string { return fmt.Sprintf("%s: %s", ErrBootFailed, e.Why) }
+// Error is one line: Why may quote the machine (its state, a program's
+// stderr), so its control characters are shown as escapes.
+func (e *BootError) Error() string { return fmt.Sprintf("%s: %s", ErrBootFailed, Printable(e.Why)) }
 
 // Unwrap makes errors.Is(err, ErrBootFailed) hold.
 func (e *BootError) Unwrap() error { return ErrBootFailed }
@@ -149,7 +190,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if len(opts.Ports) > 0 && opts.Network == "host" {
 		return fmt.Errorf("%w: --port needs a network of the machine's own (not --network host)", ErrInvalidOption)
 	}
-	if err := m.checkBinds(opts.Binds, req.ForceBinds); err != nil {
+	if err := m.checkBinds(opts.Binds, opts.PrivateUsers, req.ForceBinds); err != nil {
 		return err
 	}
 	limits, err := m.Limits(name)
@@ -169,7 +210,11 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		return err
 	}
 	lock.Unlock()
-	if err := writeFileAtomic(m.settingsPath(name), []byte(opts.SettingsFile()), 0o644); err != nil {
+	text, err := opts.SettingsText()
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(m.settingsPath(name), []byte(text), 0o644); err != nil {
 		return fmt.Errorf("remember options: %w", err)
 	}
 	if err := m.saveLimits(name, limits); err != nil {
@@ -560,7 +605,11 @@ func (m *Manager) Bind(ctx context.Context, name, src, dst string, readOnly, mkd
 		return fmt.Errorf("%w: bind %s %s: both paths must be absolute", ErrInvalidOption, src, dst)
 	}
 	src = filepath.Clean(src)
-	if err := m.checkBinds([]Bind{{Source: src, Dest: dst}}, force); err != nil {
+	opts, err := m.Options(name)
+	if err != nil {
+		return err
+	}
+	if err := m.checkBinds([]Bind{{Source: src, Dest: dst, ReadOnly: readOnly}}, opts.PrivateUsers, force); err != nil {
 		return err
 	}
 	r, err := m.Backend.Get(ctx, name)
@@ -570,5 +619,9 @@ func (m *Manager) Bind(ctx context.Context, name, src, dst string, readOnly, mkd
 	if r.Leader <= 0 {
 		return fmt.Errorf("%s is between boots; try again", name)
 	}
-	return BindIntoMachine(r.Leader, src, dst, readOnly, mkdir)
+	still := func() bool {
+		now, err := m.Backend.Get(ctx, name)
+		return err == nil && now.Leader == r.Leader
+	}
+	return BindIntoMachine(r.Leader, still, src, dst, readOnly, mkdir)
 }

@@ -58,8 +58,11 @@ func TestLimitFilesPreferV2(t *testing.T) {
 
 func TestUnitText(t *testing.T) {
 	m := &Machined{}
-	text := m.UnitText(StartSpec{Name: "web", Root: "/srv/web", Argv: []string{"systemd-nspawn", "--directory=/srv/web", "--bind=/a b:/c"},
+	text, err := m.UnitFile(StartSpec{Name: "web", Root: "/srv/web", Argv: []string{"systemd-nspawn", "--directory=/srv/web", "--bind=/a b:/c"},
 		PostStart: []string{"/usr/bin/nsbox", "__network-up", "web"}, Limits: Limits{Memory: 1 << 30}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{
 		"ExecStart=systemd-nspawn --directory=/srv/web \"--bind=/a b:/c\"\n",
 		"ExecStartPost=-/usr/bin/nsbox __network-up web\n",

@@ -97,7 +97,7 @@ func ServiceSpec(spec StartSpec) dbusapi.ServiceSpec {
 	return dbusapi.ServiceSpec{
 		Name:                   UnitName(spec.Name),
 		Description:            "nsbox machine " + spec.Name,
-		ExecStart:              spec.Argv,
+		ExecStart:              escapeExecArgs(spec.Argv),
 		Type:                   "notify",
 		Slice:                  "machine.slice",
 		Delegate:               true,
@@ -115,7 +115,7 @@ func ServiceSpec(spec StartSpec) dbusapi.ServiceSpec {
 			{"block-device-mapper", "rw"},
 		},
 		TimeoutStartSec: uint64(spec.Timeout / time.Microsecond),
-		ExecStartPost:   spec.PostStart,
+		ExecStartPost:   escapeExecArgs(spec.PostStart),
 		Properties:      spec.Limits.Properties(),
 	}
 }
@@ -233,6 +233,20 @@ func (m *Machined) Terminate(ctx context.Context, name string) error {
 // escapeExecArg doubles '$': systemd expands $VAR in a transient unit's
 // command line, and systemd-run of systemd 252 cannot turn that off.
 func escapeExecArg(s string) string { return strings.ReplaceAll(s, "$", "$$") }
+
+// escapeExecArgs escapes every argument of a command line for a transient
+// unit: a bind path or root directory with "$x" in it must reach nspawn as
+// written.
+func escapeExecArgs(argv []string) []string {
+	if argv == nil {
+		return nil
+	}
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		out[i] = escapeExecArg(a)
+	}
+	return out
+}
 
 // SystemdRunArgs is the command line that runs argv in machine name and
 // passes its exit status back. systemd-run reports a command killed by a

@@ -271,20 +271,53 @@ func TestValidateRoot(t *testing.T) {
 
 func TestCheckBinds(t *testing.T) {
 	m, _ := newTestManager(t, &fakeMachined{})
-	data := t.TempDir()
+	// open is reachable by every host user: 0755 all the way down from /
+	// (/tmp lets everyone through); data is behind a 0700 directory.
+	open := t.TempDir()
+	for _, d := range []string{filepath.Dir(open), open} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := filepath.Join(open, "private", "data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Dir(data), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(open, "users")
+	if err := os.Mkdir(users, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(users, 1000, 1000); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
-		b     Bind
-		force bool
-		ok    bool
+		b            Bind
+		privateUsers bool
+		force        bool
+		ok           bool
 	}{
-		{Bind{Source: data, Dest: "/data"}, false, true},
-		{Bind{Source: "/nonexistent-nsbox", Dest: "/x"}, true, false},
-		{Bind{Source: "/", Dest: "/host"}, false, false},
-		{Bind{Source: "/", Dest: "/host"}, true, true},
-		{Bind{Source: m.RootDir, Dest: "/machines"}, false, false},
+		{Bind{Source: data, Dest: "/data"}, false, false, true},
+		{Bind{Source: data, Dest: "/data"}, true, false, true},
+		{Bind{Source: "/nonexistent-nsbox", Dest: "/x"}, false, true, false},
+		{Bind{Source: "/", Dest: "/host"}, false, false, false},
+		{Bind{Source: "/", Dest: "/host"}, false, true, true},
+		{Bind{Source: m.RootDir, Dest: "/machines"}, false, false, false},
+		// Writable and idmapped where host users reach it: refused.
+		{Bind{Source: open, Dest: "/o"}, true, false, false},
+		{Bind{Source: open, Dest: "/o", Options: "idmap"}, true, false, false},
+		{Bind{Source: open, Dest: "/o"}, true, true, true},
+		{Bind{Source: open, Dest: "/o", ReadOnly: true}, true, false, true},
+		{Bind{Source: open, Dest: "/o", Options: "noidmap"}, true, false, true},
+		{Bind{Source: open, Dest: "/o"}, false, false, true},
+		{Bind{Source: users, Dest: "/u"}, true, false, os.Geteuid() != 0},
 	} {
-		if err := m.checkBinds([]Bind{tc.b}, tc.force); (err == nil) != tc.ok {
-			t.Errorf("%+v force=%v: %v", tc.b, tc.force, err)
+		if err := m.checkBinds([]Bind{tc.b}, tc.privateUsers, tc.force); (err == nil) != tc.ok {
+			t.Errorf("%+v private-users=%v force=%v: %v", tc.b, tc.privateUsers, tc.force, err)
 		}
 	}
 }

@@ -144,41 +144,73 @@ func (m *Manager) finishNetwork(ctx context.Context, name string, l *network.Lin
 	if l == nil {
 		return
 	}
-	var ifname string
-	for deadline := time.Now().Add(10 * time.Second); ifname == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		r, err := m.Backend.Get(ctx, name)
-		if err != nil || r.Leader <= 0 {
-			continue
-		}
-		if peers, err := network.HostPeers(r.Leader); err == nil && len(peers) > 0 {
-			ifname = peers[0].Name
-		}
-	}
-	if ifname == "" {
-		logrus.Warnf("%s: its veth did not appear; the machine has no network", name)
-		return
-	}
-	if err := network.ConfigureHostEnd(ifname, *l, 5*time.Second); err != nil {
+	if err := m.hostEndUp(ctx, name, *l); err != nil {
 		logrus.Warnf("%s: %v", name, err)
 		return
 	}
 	m.masquerade(ctx)
 }
 
-// masquerade lets the pool reach beyond the host.
+// hostEndUp gives the host end of the machine's veth its address once
+// nspawn has made it. Only the pair nspawn made for this machine is
+// configured, found by its name in the host's namespace and checked
+// through the kernel's view of both ends (network.ConfigureHostEnd): what
+// the machine's root makes inside is never taken for a host interface.
+// A veth that is there but is not the machine's is refused at once.
+func (m *Manager) hostEndUp(ctx context.Context, name string, l network.Link) error {
+	last := errors.New("the machine has no leader yet")
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		r, err := m.Backend.Get(ctx, name)
+		switch {
+		case err != nil:
+			last = err
+		case r.Leader > 0:
+			end, err := network.ConfigureHostEnd(r.Leader, name, l)
+			if err == nil {
+				logrus.Debugf("%s: host end %s (index %d) has %s", name, end.Name, end.Index, l.Host)
+				return nil
+			}
+			if !errors.Is(err, network.ErrNoHostEnd) {
+				return fmt.Errorf("no network: nsbox configures no host interface but the host end of the veth nspawn made for it (reboot the machine for a new veth): %w", err)
+			}
+			last = err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("its veth did not appear; the machine has no network: %w", last)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("its veth: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// masquerade lets the pool reach beyond the host, and keeps forwarding
+// that is not the machines' as it was: when nsbox is the one that turns
+// IPv4 forwarding on, its forward chain drops everything else.
 func (m *Manager) masquerade(ctx context.Context) {
 	pool, err := netip.ParsePrefix(m.Pool)
 	if err != nil {
 		return
 	}
-	if err := network.EnableForwarding(); err != nil {
+	fwd := network.HostForwarding(m.RunDir)
+	owned, err := fwd.Owned()
+	if err != nil {
 		logrus.Warnf("machines cannot reach beyond this host: %v", err)
 		return
 	}
-	err = m.Runner.Run(ctx, &bootstrap.Cmd{Path: "nft", Args: []string{"-f", "-"}, Stdin: strings.NewReader(network.MasqueradeRules(pool))})
+	// The chain goes in before forwarding is turned on: forwarding without
+	// it would route for anyone.
+	err = m.Runner.Run(ctx, &bootstrap.Cmd{Path: "nft", Args: []string{"-f", "-"}, Stdin: strings.NewReader(network.NftRules(pool, owned))})
 	if errors.Is(err, bootstrap.ErrToolMissing) {
 		logrus.Warnf("machines cannot reach beyond this host: nft is not installed (install it: apt-get install nftables)")
+		return
 	} else if err != nil {
+		logrus.Warnf("machines cannot reach beyond this host: %v", err)
+		return
+	}
+	if err := fwd.Enable(); err != nil {
 		logrus.Warnf("machines cannot reach beyond this host: %v", err)
 	}
 }

@@ -28,10 +28,7 @@ func NspawnArgs(c NspawnConfig) []string {
 		"--machine=" + c.Name,
 		// The unit (or nsbox's supervisor) is the machine's unit.
 		"--keep-unit",
-		// Settings come only from nsbox's own file in /etc/systemd/nspawn,
-		// rendered on this command line: a NAME.nspawn planted beside the
-		// image is never read.
-		"--settings=no",
+		settingsMode(c.BootOptions),
 		"--notify-ready=yes",
 		"--console=read-only",
 		"--link-journal=try-guest",
@@ -64,6 +61,11 @@ func NspawnArgs(c NspawnConfig) []string {
 	if c.ResolvConf != "" {
 		args = append(args, "--resolv-conf="+c.ResolvConf)
 	}
+	if c.file.userKeys() {
+		// The binds are in the file, with the user's TemporaryFileSystem=
+		// and the like (see settingsMode).
+		return args
+	}
 	for _, b := range withIDMap(c.Binds, c.PrivateUsers) {
 		if b.ReadOnly {
 			args = append(args, "--bind-ro="+b.String())
@@ -72,4 +74,43 @@ func NspawnArgs(c NspawnConfig) []string {
 		}
 	}
 	return args
+}
+
+// settingsMode is nspawn's --settings= for o.
+//
+// Everything nsbox sets is on nspawn's command line, which takes
+// precedence over any settings file, so by default nspawn reads none
+// (--settings=no): a NAME.nspawn beside the image, which nspawn would
+// otherwise read when /etc/systemd/nspawn has none, is never honoured.
+//
+// A user may add keys of their own to /etc/systemd/nspawn/NAME.nspawn
+// (Environment=, TemporaryFileSystem=, Capability=, ...); nsbox keeps them
+// when it rewrites the file (SettingsText), and only nspawn reading the
+// file can honour them. Then nspawn runs with --settings=yes, which by
+// systemd-nspawn's load_settings() looks in /etc/systemd/nspawn and then
+// /run/systemd/nspawn first, trusts a file found there (both root's), and
+// only when neither has one falls back to the file beside the image, read
+// untrusted (its privileged keys ignored). Not --settings=trusted, which
+// would trust that fallback too. The fallback does not happen to nsbox's
+// machines: the mode is only chosen from a file read in SettingsDir
+// (/etc/systemd/nspawn, where nspawn looks), nsbox writes that file before
+// every start (boot, enable) and never removes it but with the machine,
+// and trees sit in RootDir/.nsbox, root's and 0700, so only root could
+// plant a file beside one (a tree of an earlier nsbox not yet moved into
+// the store is the exception: beside it is RootDir itself).
+//
+// The command line still wins over the file for what nsbox passes there
+// (private users, network, ports, journal, read-only): security-relevant
+// settings do not depend on the file being read. The one exception is
+// binds: nspawn treats Bind=, BindReadOnly=, TemporaryFileSystem=,
+// Overlay= and Inaccessible= as one setting, so a --bind on the command
+// line would drop the user's mounts; when the file is read, nsbox's binds
+// come from it (they are written there identically) and not from the
+// command line. Should the file go unread, the machine gets fewer host
+// paths, not more.
+func settingsMode(o BootOptions) string {
+	if o.file.userKeys() {
+		return "--settings=yes"
+	}
+	return "--settings=no"
 }

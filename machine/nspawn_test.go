@@ -29,11 +29,49 @@ func TestNspawnArgs(t *testing.T) {
 			Binds: []Bind{{Source: "/data", Dest: "/mnt/data"}, {Source: "/ro", Dest: "/ro", ReadOnly: true, Options: "norbind"}}}},
 			[]string{"--private-users=pick", "--private-users-ownership=auto", "--network-veth",
 				"--bind=/data:/mnt/data:idmap", "--bind-ro=/ro:/ro:norbind"}},
+		{"a colon and a backslash in a bind path are escaped as nspawn reads them", NspawnConfig{Name: "web", Root: "/srv/web", Registered: true, BootOptions: BootOptions{
+			Network: "veth", Binds: []Bind{{Source: "/a:b", Dest: `/c\d e`}}}},
+			[]string{"--private-users=no", "--network-veth", `--bind=/a\:b:/c\\d e`}},
 	} {
 		got := NspawnArgs(tc.cfg)
 		want := append(append([]string{}, base...), tc.want...)
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("%s:\n got %q\nwant %q", tc.what, got, want)
+		}
+	}
+}
+
+func TestNspawnArgsSettingsMode(t *testing.T) {
+	const fresh = "[Exec]\nBoot=yes\nPrivateUsers=pick\n# a comment of the user's\n[Files]\nBind=/data:/data:idmap\n[Network]\nVirtualEthernet=yes\n"
+	const own = "[Exec]\nBoot=yes\nPrivateUsers=pick\nEnvironment=FOO=1\n[Files]\nBind=/data:/data:idmap\nTemporaryFileSystem=/tmp\n[Network]\nVirtualEthernet=yes\n"
+	for _, tc := range []struct {
+		what, file string
+		settings   string
+		bindArg    bool
+	}{
+		// Comments alone need no file: nspawn reads none, and a NAME.nspawn
+		// beside the image is never consulted.
+		{"nsbox's keys and comments", fresh, "--settings=no", true},
+		// Keys of the user's own: nspawn reads the trusted /etc file, and the
+		// binds come from it so that TemporaryFileSystem= is not dropped.
+		{"user keys", own, "--settings=yes", false},
+	} {
+		o, err := ParseSettingsFile(tc.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := NspawnArgs(NspawnConfig{Name: "web", Root: "/srv/.nsbox/web", BootOptions: o, Registered: true})
+		joined := strings.Join(args, " ")
+		if !strings.Contains(joined, tc.settings) || strings.Count(joined, "--settings=") != 1 {
+			t.Errorf("%s: want %s in %q", tc.what, tc.settings, args)
+		}
+		if got := strings.Contains(joined, "--bind=/data:/data:idmap"); got != tc.bindArg {
+			t.Errorf("%s: --bind on the command line %v, want %v: %q", tc.what, got, tc.bindArg, args)
+		}
+		for _, must := range []string{"--private-users=pick", "--network-veth"} {
+			if !strings.Contains(joined, must) {
+				t.Errorf("%s: %s must stay on the command line: %q", tc.what, must, args)
+			}
 		}
 	}
 }
@@ -66,11 +104,18 @@ func TestSettingsFileRoundTrip(t *testing.T) {
 		{Network: "bridge:br0", PrivateUsers: true},
 		{Network: "zone:lab", PrivateUsers: true},
 	} {
-		text := o.SettingsFile()
+		text, err := o.SettingsText()
+		if err != nil {
+			t.Fatal(err)
+		}
 		got, err := ParseSettingsFile(text)
 		if err != nil {
 			t.Fatalf("%v\n%s", err, text)
 		}
+		if again, err := got.SettingsText(); err != nil || again != text {
+			t.Errorf("rewrite of a file nsbox wrote changed it (%v):\n%s\n---\n%s", err, text, again)
+		}
+		got.file = nil
 		if !reflect.DeepEqual(got, o) {
 			t.Errorf("round trip:\n got %+v\nwant %+v\n%s", got, o, text)
 		}
@@ -78,7 +123,10 @@ func TestSettingsFileRoundTrip(t *testing.T) {
 }
 
 func TestSettingsFileIsNspawnFormat(t *testing.T) {
-	text := BootOptions{Network: "none", PrivateUsers: true, Binds: []Bind{{Source: "/d", Dest: "/d"}}}.SettingsFile()
+	text, err := BootOptions{Network: "none", PrivateUsers: true, Binds: []Bind{{Source: "/d", Dest: "/d"}}}.SettingsText()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{"[Exec]\nBoot=yes\nPrivateUsers=pick\n", "[Files]\nPrivateUsersOwnership=auto\nBind=/d:/d:idmap\n", "[Network]\nPrivate=yes\nVirtualEthernet=no\n"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("settings file lacks %q:\n%s", want, text)

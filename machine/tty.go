@@ -42,15 +42,28 @@ func isTerminal(v any) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// shieldTerminal hides a terminal behind a pipe: exec then copies through
-// a pipe instead of handing the terminal to the program.
-func shieldReader(r io.Reader) io.Reader {
-	if isTerminal(r) {
-		return struct{ io.Reader }{r}
+// shieldReader hides a terminal behind a pipe, so that the program reads
+// the pipe and never holds the terminal itself. The copy from the terminal
+// is nsbox's own and is left behind when the program ends: a copy made by
+// os/exec would hold Wait until the next key press. Other readers are
+// returned as they are; the caller calls done when the program ended.
+func shieldReader(r io.Reader) (io.Reader, func(), error) {
+	if !isTerminal(r) {
+		return r, func() {}, nil
 	}
-	return r
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	go func() {
+		_, _ = io.Copy(pw, r)
+		pw.Close()
+	}()
+	return pr, func() { pr.Close() }, nil
 }
 
+// shieldWriter hides a terminal behind a pipe: exec then copies through a
+// pipe instead of handing the terminal to the program.
 func shieldWriter(w io.Writer) io.Writer {
 	if isTerminal(w) {
 		return struct{ io.Writer }{w}

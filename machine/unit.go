@@ -12,7 +12,9 @@ import (
 // Autostart is what a backend that can start machines with the host does:
 // installing a unit file. Only the machined backend implements it.
 type Autostart interface {
-	UnitText(spec StartSpec) string
+	// UnitFile renders the unit file, or refuses a spec with a value
+	// that a unit file cannot carry.
+	UnitFile(spec StartSpec) (string, error)
 	Install(ctx context.Context, spec StartSpec) error
 	Uninstall(ctx context.Context, name string) error
 	UnitFileState(ctx context.Context, name string) string
@@ -20,14 +22,37 @@ type Autostart interface {
 	Forget(ctx context.Context, name string)
 }
 
-// quoteExec quotes one command line word for a unit file.
+// quoteExec quotes one command line word for ExecStart= and its kin, by
+// the rules of systemd.service(5) and systemd.syntax(7): specifiers are
+// expanded on the whole line first ("%" is written "%%"), environment
+// variables when the command runs ("$" is written "$$"), and the line is
+// then split into words with quotes and C escapes. A word with a space,
+// quote, backslash, semicolon or control character is double-quoted, with
+// backslash and double quote escaped and control characters written as
+// \xNN, so no value can end the line or start a word of its own.
 func quoteExec(s string) string {
 	s = strings.ReplaceAll(s, "%", "%%")
 	s = strings.ReplaceAll(s, "$", "$$")
-	if s != "" && !strings.ContainsAny(s, " \t\"'\\;") {
+	if s != "" && !strings.ContainsFunc(s, func(r rune) bool {
+		return strings.ContainsRune(" \t\"'\\;", r) || r < 0x20 || r == 0x7f
+	}) {
 		return s
 	}
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\' || c == '"':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c < 0x20 || c == 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 func execLine(argv []string) string {
@@ -38,19 +63,75 @@ func execLine(argv []string) string {
 	return strings.Join(q, " ")
 }
 
-// UnitText renders the machine's service as a unit file: the same settings
-// as the transient unit nsbox boot starts, plus what autostart needs.
-func (m *Machined) UnitText(spec StartSpec) string {
+// quotePath quotes a path for a directive that takes a list of paths with
+// quotes and specifiers (RequiresMountsFor=): "%" is doubled, and a path
+// with a space, quote or backslash is double-quoted with the last two
+// escaped (systemd unquotes these without C escapes).
+func quotePath(p string) string {
+	p = strings.ReplaceAll(p, "%", "%%")
+	if !strings.ContainsAny(p, " \"'\\") {
+		return p
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(p) + `"`
+}
+
+// checkStartSpec refuses a spec that a unit file cannot carry: a name
+// that is not a machine name, or a control character in the root or any
+// word of the commands (a newline there would be a line of its own, such
+// as ExecStartPre=).
+func checkStartSpec(spec StartSpec) error {
+	if err := ValidateName(spec.Name); err != nil {
+		return err
+	}
+	if err := ValidateText("root directory", spec.Root); err != nil {
+		return err
+	}
+	for _, argv := range [][]string{spec.Argv, spec.PostStart} {
+		for _, a := range argv {
+			if err := ValidateText("argument", a); err != nil {
+				return err
+			}
+		}
+	}
+	for _, argv := range [][]string{spec.Argv, spec.PostStart} {
+		// systemd reads these as prefixes of the program (+ runs it with
+		// full privileges, @ sets its argv[0]).
+		if len(argv) > 0 && (argv[0] == "" || strings.ContainsRune("-@+!:|", rune(argv[0][0]))) {
+			return fmt.Errorf("%w: program %q", ErrInvalidOption, argv[0])
+		}
+	}
+	if len(spec.Argv) == 0 {
+		return fmt.Errorf("%w: no command to start", ErrInvalidOption)
+	}
+	return nil
+}
+
+// UnitFile implements Autostart: the machine's service as a unit file,
+// the same settings as the transient unit nsbox boot starts, plus what
+// autostart needs. A spec with a control character anywhere is refused
+// and nothing is rendered.
+func (m *Machined) UnitFile(spec StartSpec) (string, error) {
+	if err := checkStartSpec(spec); err != nil {
+		return "", fmt.Errorf("unit of %q: %w", spec.Name, err)
+	}
+	return m.renderUnit(spec), nil
+}
+
+// renderUnit writes the unit file of spec; every value in it is quoted
+// or escaped for the directive it is in.
+func (m *Machined) renderUnit(spec StartSpec) string {
 	s := ServiceSpec(spec)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by nsbox enable %s; nsbox rewrites it when the machine's options change.\n", spec.Name)
-	fmt.Fprintf(&b, "[Unit]\nDescription=%s\nDocumentation=man:systemd-nspawn(1)\n", s.Description)
+	fmt.Fprintf(&b, "[Unit]\nDescription=%s\nDocumentation=man:systemd-nspawn(1)\n", strings.ReplaceAll(s.Description, "%", "%%"))
 	b.WriteString("PartOf=machines.target\nBefore=machines.target\nAfter=network.target systemd-resolved.service modprobe@tun.service modprobe@loop.service\n")
-	fmt.Fprintf(&b, "RequiresMountsFor=%s\n", spec.Root)
+	fmt.Fprintf(&b, "RequiresMountsFor=%s\n", quotePath(spec.Root))
 	b.WriteString("\n[Service]\n")
-	fmt.Fprintf(&b, "ExecStart=%s\n", execLine(s.ExecStart))
-	if len(s.ExecStartPost) > 0 {
-		fmt.Fprintf(&b, "ExecStartPost=-%s\n", execLine(s.ExecStartPost))
+	// The commands as nsbox runs them, quoted here for a unit file (not
+	// ServiceSpec's, which are for a transient unit).
+	fmt.Fprintf(&b, "ExecStart=%s\n", execLine(spec.Argv))
+	if len(spec.PostStart) > 0 {
+		fmt.Fprintf(&b, "ExecStartPost=-%s\n", execLine(spec.PostStart))
 	}
 	fmt.Fprintf(&b, "Type=%s\nSlice=%s\nDelegate=yes\nKillMode=%s\nRestart=on-failure\n", s.Type, s.Slice, s.KillMode)
 	b.WriteString("RestartForceExitStatus=133\nSuccessExitStatus=133\nWatchdogSec=3min\nTimeoutStartSec=" + fmt.Sprint(spec.Timeout.Seconds()) + "\n")
@@ -82,7 +163,10 @@ func (m *Machined) hasUnitFile(name string) bool {
 
 // writeUnit writes the unit file when its text changed, and reloads.
 func (m *Machined) writeUnit(ctx context.Context, spec StartSpec) error {
-	text := m.UnitText(spec)
+	text, err := m.UnitFile(spec)
+	if err != nil {
+		return err
+	}
 	if cur, err := os.ReadFile(m.unitPath(spec.Name)); err == nil && string(cur) == text {
 		return nil
 	}

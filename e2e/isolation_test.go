@@ -1,0 +1,192 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+)
+
+// injector is a program for a machine's root that tries to reach the
+// terminal of whoever runs it: it opens /dev/tty and pushes a command line
+// into its input with TIOCSTI. It prints NO-TTY when there is no terminal
+// to open.
+const injector = `perl -e 'if (open(my $t, "+<", "/dev/tty")) { print "TTY-OPEN\n"; ioctl($t, 0x5412, $_) for split //, "echo INJECTED\n"; } else { print "NO-TTY\n" }'`
+
+// onTerminal runs a bash script in the environment on a pseudo terminal of
+// its own, as an admin's interactive shell would run it, and returns what
+// the terminal showed.
+func (e *env) onTerminal(t *testing.T, script string) string {
+	t.Helper()
+	full := append(append([]string{}, e.prefix...), "bash", "-c", script)
+	cmd := exec.Command(full[0], full[1:]...)
+	f, err := pty.Start(cmd)
+	if err != nil {
+		t.Fatalf("pty: %v", err)
+	}
+	defer f.Close()
+	var out bytes.Buffer
+	done := make(chan struct{})
+	go func() { _, _ = io.Copy(&out, f); close(done) }()
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case <-waited:
+	case <-time.After(150 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("script on a terminal did not end; it showed:\n%s", out.String())
+	}
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
+	return strings.ReplaceAll(out.String(), "\r", "")
+}
+
+// cmdline is the nsbox command line of the environment, for scripts.
+func (e *env) cmdline(args ...string) string {
+	return strings.Join(append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...), " ")
+}
+
+// isolation attacks a machine from inside and nsbox from the host, as
+// docs/reliability.md lists under "A machine's root is the attacker".
+func isolation(t *testing.T, e *env) {
+	const name = "e2e-iso"
+	tree := e.rootDir + "/" + name
+	e.mustNsb(t, "create", name, "--release", "bookworm")
+	defer e.nsb(t, "remove", "--force", name)
+
+	t.Run("a machine cannot reach the caller's terminal", func(t *testing.T) {
+		// The machine's root replaces systemctl, which boot runs inside
+		// the machine to wait for it, with one that injects first.
+		e.mustSh(t, "mkdir -p "+tree+"/usr/local/bin && printf '%s\\n' '#!/bin/sh' "+shellQuote(injector+" >&2")+
+			" 'exec /bin/systemctl \"$@\"' > "+tree+"/usr/local/bin/systemctl && chmod 755 "+tree+"/usr/local/bin/systemctl")
+		shell := e.cmdline("shell", name, "--", "sh", "-c", shellQuote(injector))
+		for _, c := range []struct{ what, run string }{
+			{"boot waits for the machine", e.cmdline("boot", name) + " >/dev/null 2>&1"},
+			{"shell, stdin and stdout redirected", shell + " </dev/null >/tmp/e2e-inject.out"},
+			{"shell, stdout redirected", shell + " >/tmp/e2e-inject.out"},
+			{"shell, stdin redirected", shell + " </dev/null"},
+			{"shell on the terminal", shell},
+		} {
+			t.Logf("on a terminal: %s", c.what)
+			out := e.onTerminal(t, c.run+"; read -t 2 l; echo \"GOT:[$l]\"")
+			if strings.Contains(out, "GOT:[echo INJECTED") || !strings.Contains(out, "GOT:[]") {
+				t.Errorf("%s: the machine pushed input into the caller's terminal:\n%s", c.what, out)
+			}
+		}
+		// The redirected payloads saw no terminal at all.
+		if got := e.mustSh(t, "cat /tmp/e2e-inject.out; rm -f /tmp/e2e-inject.out"); got != "NO-TTY\n" {
+			t.Errorf("payload with redirected streams found a terminal: %q", got)
+		}
+		e.mustSh(t, "rm -f "+tree+"/usr/local/bin/systemctl")
+	})
+
+	t.Run("a read-only bind stays read-only", func(t *testing.T) {
+		e.mustSh(t, "rm -rf /var/tmp/e2e-iso && mkdir -m 700 /var/tmp/e2e-iso && mkdir /var/tmp/e2e-iso/ro && echo host > /var/tmp/e2e-iso/ro/f")
+		defer e.sh(t, "rm -rf /var/tmp/e2e-iso")
+		e.mustNsb(t, "bind", name, "/var/tmp/e2e-iso/ro", "/mnt/ro", "--mkdir", "--read-only")
+		r := e.nsb(t, "shell", name, "--", "sh", "-c",
+			"mount -o remount,rw /mnt/ro; mount -o remount,bind,rw /mnt/ro; echo owned > /mnt/ro/f; touch /mnt/ro/new; grep ' /mnt/ro ' /proc/self/mountinfo")
+		if !strings.Contains(r.stdout, " ro,") {
+			t.Errorf("the machine's root made the bind writable:\n%s", r)
+		}
+		if got := e.mustSh(t, "cat /var/tmp/e2e-iso/ro/f; ls /var/tmp/e2e-iso/ro"); got != "host\nf\n" {
+			t.Errorf("host files changed through a read-only bind: %q", got)
+		}
+		// The bind is private: what the machine mounts on it stays inside.
+		e.nsb(t, "shell", name, "--", "mount", "-t", "tmpfs", "none", "/mnt/ro")
+		if out := e.query(t, "grep -c ' /var/tmp/e2e-iso' /proc/self/mountinfo"); strings.TrimSpace(out) != "0" {
+			t.Errorf("a mount made in the machine shows on the host: %s", out)
+		}
+		// A writable bind that host users can reach would let the
+		// machine's root plant setuid-root programs for them.
+		e.mustSh(t, "mkdir -m 755 /var/tmp/e2e-iso-open")
+		defer e.sh(t, "rm -rf /var/tmp/e2e-iso-open")
+		wantFail(t, e.nsb(t, "bind", name, "/var/tmp/e2e-iso-open", "/mnt/open", "--mkdir"), 1, "every host user can reach")
+		e.mustSh(t, "test -z \"$(ls -A /var/tmp/e2e-iso-open)\"")
+	})
+
+	t.Run("host users reach nothing in a machine", func(t *testing.T) {
+		e.mustNsb(t, "shell", name, "--", "sh", "-c", "cp /bin/sh /usr/local/bin/rootsh && chmod 4755 /usr/local/bin/rootsh")
+		if got := strings.TrimSpace(e.mustSh(t, "stat -c %a:%U "+e.rootDir+"/.nsbox")); got != "700:root" {
+			t.Errorf("the store is %s, want 700:root", got)
+		}
+		nobody := "setpriv --reuid=65534 --regid=65534 --clear-groups -- "
+		for _, p := range []string{tree + "/usr/local/bin/rootsh", tree + "/etc/shadow", tree + "/"} {
+			if r := e.sh(t, nobody+"ls "+p); r.code == 0 {
+				t.Errorf("an unprivileged host user reached %s:\n%s", p, r)
+			}
+		}
+		// Through sh: setpriv itself still holds root's capabilities when it
+		// looks the program up.
+		if r := e.sh(t, nobody+"sh -c '"+tree+"/usr/local/bin/rootsh -c id'"); r.code == 0 {
+			t.Errorf("an unprivileged host user ran the machine's setuid shell:\n%s", r)
+		}
+		if got := strings.TrimSpace(e.mustSh(t, "stat -L -c %a /var/cache/nsbox/bases")); got != "700" {
+			t.Errorf("the base cache is %s, want 700", got)
+		}
+		e.mustNsb(t, "shell", name, "--", "rm", "/usr/local/bin/rootsh")
+	})
+
+	t.Run("two boots of one machine", func(t *testing.T) {
+		e.mustNsb(t, "stop", name)
+		wantFail(t, e.nsb(t, "boot", name, name), 2, "named twice")
+		boot := e.cmdline("boot", name)
+		r := e.sh(t, fmt.Sprintf("(%s >/tmp/e2e-b1 2>&1; echo $? >>/tmp/e2e-b1) & (%s >/tmp/e2e-b2 2>&1; echo $? >>/tmp/e2e-b2) & wait; cat /tmp/e2e-b1 /tmp/e2e-b2; rm -f /tmp/e2e-b1 /tmp/e2e-b2", boot, boot))
+		if n := strings.Count(r.stdout, "\n0\n"); n != 1 {
+			t.Errorf("two boots at once: %d succeeded, want 1:\n%s", n, r.stdout)
+		}
+		if i := status(t, e, name); i.State != "running" || i.Leader <= 0 {
+			t.Fatalf("after two boots at once the machine is %+v", i)
+		}
+		e.mustNsb(t, "shell", name, "--", "true")
+	})
+
+	t.Run("names are unique across root directories", func(t *testing.T) {
+		other := "/var/tmp/e2e-other-root"
+		e.mustSh(t, "rm -rf "+other+" && mkdir -m 700 "+other)
+		defer e.sh(t, "rm -rf "+other)
+		o := func(args ...string) result {
+			return e.run(t, append([]string{e.nsbox, "--backend", e.name, "--root-dir", other}, args...)...)
+		}
+		wantFail(t, o("create", name, "--release", "bookworm"), 1, "is under "+e.rootDir)
+		wantFail(t, o("remove", "--force", name), 1, "is under "+e.rootDir)
+		wantFail(t, o("stop", name), 1, "is under "+e.rootDir)
+		if i := status(t, e, name); i.State != "running" {
+			t.Errorf("a command under another root directory stopped the machine: %+v", i)
+		}
+		e.mustSh(t, "test -f /etc/systemd/nspawn/"+name+".nspawn && test -z \"$(ls -A "+other+")\"")
+	})
+
+	t.Run("a remove cut short can be finished", func(t *testing.T) {
+		e.mustNsb(t, "stop", name)
+		// What a second Ctrl-C leaves: a tree with its OS half gone.
+		e.mustSh(t, "rm -rf "+tree+"/usr "+tree+"/etc/os-release")
+		if _, ok := list(t, e)[name]; !ok {
+			t.Errorf("a half-removed machine is not listed")
+		}
+		e.mustNsb(t, "remove", name)
+		e.mustSh(t, "test ! -e "+tree+" && test ! -e "+e.rootDir+"/.nsbox/"+name)
+	})
+
+	t.Run("a create leaves other names' staging trees alone", func(t *testing.T) {
+		other := e.rootDir + "/.nsbox/.#" + name + ".x.0123456789abcdef"
+		e.mustSh(t, "mkdir -p "+other+"/etc")
+		defer e.sh(t, "rm -rf "+other)
+		e.mustNsb(t, "create", name, "--release", "bookworm")
+		e.mustSh(t, "test -d "+other+"/etc")
+	})
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

@@ -1,0 +1,314 @@
+package machine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"golang.org/x/sys/unix"
+)
+
+// compression picks tar's compression flag from a file name, and checks
+// that the program tar runs for it is installed.
+func compression(file string) (string, error) {
+	flag, prog, pkg := "", "", ""
+	switch {
+	case strings.HasSuffix(file, ".tar"):
+	case strings.HasSuffix(file, ".tar.gz"), strings.HasSuffix(file, ".tgz"):
+		flag, prog, pkg = "--gzip", "gzip", "gzip"
+	case strings.HasSuffix(file, ".tar.zst"), strings.HasSuffix(file, ".tar.zstd"):
+		flag, prog, pkg = "--zstd", "zstd", "zstd"
+	case strings.HasSuffix(file, ".tar.xz"):
+		flag, prog, pkg = "--xz", "xz", "xz-utils"
+	default:
+		return "", fmt.Errorf("%w: %s: name it .tar, .tar.gz, .tar.zst or .tar.xz", ErrInvalidOption, file)
+	}
+	if prog != "" {
+		if _, err := exec.LookPath(prog); err != nil {
+			return "", fmt.Errorf("%s is not installed (install it: apt-get install %s)", prog, pkg)
+		}
+	}
+	return flag, nil
+}
+
+// tarArgs keeps what a root file system needs: numeric owners, modes,
+// extended attributes (file capabilities) and ACLs.
+var tarArgs = []string{"--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--one-file-system"}
+
+// Export writes stopped machine name as a tarball of its root to file.
+//
+// The directory of file may be a host user's, who can rename, replace and
+// plant links in it at any time. So it is opened once (following only
+// root's symbolic links on the way, see openFollowingRoot), and everything
+// after goes through that descriptor: the archive is a new file made in
+// it without a name (O_TMPFILE; where the file system cannot, under a
+// fresh ".#" name made with O_EXCL|O_NOFOLLOW), mode 0600 from the start
+// so no host user reads a half-written export; tar (and its compressor)
+// write to that file's descriptor as their stdout, it is fsynced, and it
+// gets its name last, by renameat relative to the directory. No name a
+// user controls is opened, chmodded or followed: a link at file is
+// replaced, never written through. On a failure or an interruption the
+// file goes (an unnamed one with its descriptor, even on SIGKILL).
+func (m *Manager) Export(ctx context.Context, name, file string) error {
+	if err := m.checkRootAndName(name, true); err != nil {
+		return err
+	}
+	comp, err := compression(file)
+	if err != nil {
+		return err
+	}
+	lock, err := m.lockStopped(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	file = filepath.Clean(file)
+	out, err := createExport(filepath.Dir(file), filepath.Base(file), true)
+	if err != nil {
+		return err
+	}
+	defer out.Abort()
+	args := append([]string{"--create", "--file=-", "--directory=" + m.Dir(name)}, tarArgs...)
+	if comp != "" {
+		args = append(args, comp)
+	}
+	if err := m.Runner.Run(ctx, &bootstrap.Cmd{Path: "tar", Args: append(args, "."), Stdout: out.File}); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	return out.Publish()
+}
+
+// exportFile is an archive being written into a directory that a host
+// user may control; see Export.
+type exportFile struct {
+	File *os.File // the archive, open for writing, mode 0600
+
+	dir  *os.File // the destination directory, opened once
+	base string   // the archive's final name in dir
+	tmp  string   // its name in dir while it has one ("" while unnamed)
+	done bool
+}
+
+// createExport makes the archive file for dir/base: unnamed (O_TMPFILE)
+// when unnamed is set and the file system can, else under a fresh name.
+func createExport(dir, base string, unnamed bool) (*exportFile, error) {
+	d, err := openFollowingRoot(dir, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, err
+	}
+	dfd := int(d.Fd())
+	e := &exportFile{dir: d, base: base}
+	if unnamed {
+		fd, err := unix.Openat(dfd, ".", unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+		if err == nil {
+			e.File = os.NewFile(uintptr(fd), filepath.Join(dir, base))
+			return e, nil
+		}
+		// EOPNOTSUPP: a file system without O_TMPFILE; EISDIR: a kernel
+		// without it.
+		if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) {
+			e.dir.Close()
+			return nil, &os.PathError{Op: "create", Path: filepath.Join(dir, base), Err: err}
+		}
+	}
+	for range 100 {
+		name, err := tempName(base)
+		if err != nil {
+			e.dir.Close()
+			return nil, err
+		}
+		fd, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			e.dir.Close()
+			return nil, &os.PathError{Op: "create", Path: filepath.Join(dir, name), Err: err}
+		}
+		e.File, e.tmp = os.NewFile(uintptr(fd), filepath.Join(dir, name)), name
+		return e, nil
+	}
+	e.dir.Close()
+	return nil, fmt.Errorf("create %s: no free temporary name", filepath.Join(dir, base))
+}
+
+// tempName is a fresh ".#BASE.XXXXXXXXXXXXXXXX" name.
+func tempName(base string) (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return ".#" + base + "." + hex.EncodeToString(b[:]), nil
+}
+
+// Publish makes the written archive whole and gives it its final name.
+func (e *exportFile) Publish() error {
+	if err := e.File.Chmod(0o600); err != nil {
+		return err
+	}
+	if err := e.File.Sync(); err != nil {
+		return err
+	}
+	dfd := int(e.dir.Fd())
+	for e.tmp == "" {
+		name, err := tempName(e.base)
+		if err != nil {
+			return err
+		}
+		err = linkUnnamed(e.File, dfd, name)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "link", Path: filepath.Join(e.dir.Name(), name), Err: err}
+		}
+		e.tmp = name
+	}
+	if err := unix.Renameat(dfd, e.tmp, dfd, e.base); err != nil {
+		return &os.PathError{Op: "rename", Path: filepath.Join(e.dir.Name(), e.base), Err: err}
+	}
+	e.tmp = ""
+	_ = e.dir.Sync()
+	// The rename moved whatever had the temporary name: the owner of the
+	// directory may have swapped it. Nothing was written through it, but
+	// the export is not at the name.
+	if !e.is(e.base) {
+		return fmt.Errorf("%s was replaced in its directory while it was written", filepath.Join(e.dir.Name(), e.base))
+	}
+	e.done = true
+	e.File.Close()
+	e.dir.Close()
+	return nil
+}
+
+// linkUnnamed gives the O_TMPFILE file f the name name in directory dfd.
+// AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd does not.
+func linkUnnamed(f *os.File, dfd int, name string) error {
+	err := unix.Linkat(int(f.Fd()), "", dfd, name, unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {
+		err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), dfd, name, unix.AT_SYMLINK_FOLLOW)
+	}
+	return err
+}
+
+// is reports whether name in the directory is the archive file itself.
+func (e *exportFile) is(name string) bool {
+	var st, own unix.Stat_t
+	if unix.Fstatat(int(e.dir.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || unix.Fstat(int(e.File.Fd()), &own) != nil {
+		return false
+	}
+	return st.Dev == own.Dev && st.Ino == own.Ino
+}
+
+// Abort drops an archive not published: its temporary name goes (if it
+// still names the archive), and an unnamed file goes with its descriptor.
+func (e *exportFile) Abort() {
+	if e.done {
+		return
+	}
+	e.done = true
+	if e.tmp != "" && e.is(e.tmp) {
+		_ = unix.Unlinkat(int(e.dir.Fd()), e.tmp, 0)
+	}
+	e.File.Close()
+	e.dir.Close()
+}
+
+// openFollowingRoot opens path (flags as for open(2)) following only the
+// symbolic links that root owns. A link a host user made in a directory
+// they can write lets them choose where root writes (an export lands in
+// /etc/logrotate.d) or what root reads (a root-only tarball becomes a
+// machine they use). Debian's fs.protected_symlinks refuses such links in
+// sticky world-writable directories (/tmp) only; this refuses them on the
+// whole path. Links on procfs (/dev/fd/N, /proc/self/fd/N) are the
+// kernel's and are followed. Once resolved, the path is opened with
+// RESOLVE_NO_SYMLINKS, so a link planted since is refused, not followed.
+func openFollowingRoot(path string, flags int) (*os.File, error) {
+	open := func(p string, resolve uint64) (*os.File, error) {
+		fd, err := unix.Openat2(unix.AT_FDCWD, p, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: resolve})
+		if errors.Is(err, unix.ENOSYS) {
+			fd, err = unix.Open(p, flags|unix.O_CLOEXEC, 0)
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "open", Path: p, Err: err}
+		}
+		return os.NewFile(uintptr(fd), p), nil
+	}
+	f, err := open(path, unix.RESOLVE_NO_SYMLINKS)
+	if !errors.Is(err, unix.ELOOP) {
+		return f, err
+	}
+	real, kernel, err := rootLinks(path)
+	if err != nil {
+		return nil, err
+	}
+	if kernel {
+		return open(real, 0)
+	}
+	return open(real, unix.RESOLVE_NO_SYMLINKS)
+}
+
+// rootLinks resolves the symbolic links in path as the kernel would,
+// refusing one that is not root's. kernel is set when the rest of the path
+// is procfs's to resolve.
+func rootLinks(path string) (real string, kernel bool, err error) {
+	if !filepath.IsAbs(path) {
+		// From the working directory itself: $PWD may name it through
+		// links.
+		wd, err := unix.Getwd()
+		if err != nil {
+			return "", false, err
+		}
+		path = filepath.Join(wd, path)
+	}
+	real = "/"
+	rest := strings.Split(path, "/")
+	for links := 0; len(rest) > 0; {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			real = filepath.Dir(real) // real has no links: .. is its parent
+			continue
+		}
+		next := filepath.Join(real, c)
+		var st unix.Stat_t
+		if err := unix.Lstat(next, &st); err != nil {
+			// Missing: the open says so.
+			return filepath.Join(append([]string{next}, rest...)...), false, nil
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			real = next
+			continue
+		}
+		var fs unix.Statfs_t
+		if unix.Statfs(real, &fs) == nil && fs.Type == unix.PROC_SUPER_MAGIC {
+			return filepath.Join(append([]string{next}, rest...)...), true, nil
+		}
+		if st.Uid != 0 {
+			return "", false, fmt.Errorf("%s is a symbolic link of uid %d, and nsbox follows only root's here (give the path it points to)", next, st.Uid)
+		}
+		if links++; links > 40 {
+			return "", false, &os.PathError{Op: "open", Path: path, Err: unix.ELOOP}
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", false, err
+		}
+		if filepath.IsAbs(target) {
+			real = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return real, false, nil
+}

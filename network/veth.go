@@ -1,0 +1,196 @@
+package network
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// ErrNoHostEnd means the host end of a machine's veth is not (yet) in the
+// host's network namespace under any name nspawn gives it.
+var ErrNoHostEnd = errors.New("no host end of the machine's veth")
+
+// ErrNotMachineVeth means an interface that goes by the name of a
+// machine's veth is not the host end of the pair whose other end is the
+// machine's host0: a machine's root can make veths of its own, with
+// whatever index numbers it likes, but it cannot make or move a link in
+// the host's network namespace.
+var ErrNotMachineVeth = errors.New("not the host end of the machine's veth")
+
+// machineEnd is what nspawn calls its end of the veth inside the machine.
+const machineEnd = "host0"
+
+// HostPeers lists the host ends of the machine's veths: veths in this
+// (the host's) network namespace whose peer the kernel places in the
+// network namespace of pid and which are that namespace's host0. Index
+// numbers read inside the machine are never trusted: a machine's root
+// makes veths of its own whose peer index is any host interface's.
+func HostPeers(pid int) ([]Interface, error) {
+	host, mach, err := namespaces(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer host.Close()
+	defer mach.Close()
+	if host.Equal(mach) {
+		return nil, nil
+	}
+	return hostPeers(host, mach)
+}
+
+// ConfigureHostEnd gives the host end of machine's veth its address and
+// brings it up. The interface is found by the names nspawn gives it in
+// the host's namespace (VethHostNames) and must be the pair nspawn made:
+// a veth whose peer the kernel places in the network namespace of pid (a
+// process in the machine) and which is the machine's host0, a veth back
+// to it. ErrNoHostEnd means there is no such name (yet); ErrNotMachineVeth
+// that the interface of that name is not the pair.
+func ConfigureHostEnd(pid int, machine string, l Link) (Interface, error) {
+	host, mach, err := namespaces(pid)
+	if err != nil {
+		return Interface{}, err
+	}
+	defer host.Close()
+	defer mach.Close()
+	if host.Equal(mach) {
+		return Interface{}, fmt.Errorf("%w: %s shares the host's network namespace", ErrNoHostEnd, machine)
+	}
+	return configureHostEnd(host, mach, machine, l)
+}
+
+// namespaces opens this thread's network namespace (the host's: nsbox
+// runs there) and that of process pid.
+func namespaces(pid int) (host, mach netns.NsHandle, err error) {
+	mach, err = netns.GetFromPid(pid)
+	if err != nil {
+		return netns.None(), netns.None(), fmt.Errorf("network namespace of %d: %w", pid, err)
+	}
+	host, err = netns.Get()
+	if err != nil {
+		mach.Close()
+		return netns.None(), netns.None(), fmt.Errorf("this network namespace: %w", err)
+	}
+	return host, mach, nil
+}
+
+// handles opens netlink handles in the host's and the machine's network
+// namespaces.
+func handles(hostNS, machNS netns.NsHandle) (host, mach *netlink.Handle, err error) {
+	if host, err = netlink.NewHandleAt(hostNS); err != nil {
+		return nil, nil, err
+	}
+	if mach, err = netlink.NewHandleAt(machNS); err != nil {
+		host.Close()
+		return nil, nil, err
+	}
+	return host, mach, nil
+}
+
+func hostPeers(hostNS, machNS netns.NsHandle) ([]Interface, error) {
+	host, mach, err := handles(hostNS, machNS)
+	if err != nil {
+		return nil, err
+	}
+	defer host.Close()
+	defer mach.Close()
+	// Listing fills in IFLA_LINK_NETNSID, which gives the machine's
+	// namespace an id in the host's if it had none: list first.
+	links, err := host.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	var out []Interface
+	for _, l := range links {
+		if l.Type() != "veth" || l.Attrs().NetNsID < 0 {
+			continue
+		}
+		if checkPair(host, mach, hostNS, machNS, l) == nil {
+			out = append(out, Interface{Name: l.Attrs().Name, Index: l.Attrs().Index})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// hostEnd finds the host end of machine's veth by the names nspawn gives
+// it and checks that it is the pair nspawn made.
+func hostEnd(host, mach *netlink.Handle, hostNS, machNS netns.NsHandle, machine string) (netlink.Link, error) {
+	var link netlink.Link
+	names := VethHostNames(machine)
+	for _, n := range names {
+		// A name longer than 15 characters is looked up as an altname:
+		// nspawn gives the shortened interface its full name as one.
+		if l, err := host.LinkByName(n); err == nil {
+			link = l
+			break
+		}
+	}
+	if link == nil {
+		return nil, fmt.Errorf("%w: no %s in the host's network namespace", ErrNoHostEnd, names[0])
+	}
+	if err := checkPair(host, mach, hostNS, machNS, link); err != nil {
+		return nil, err
+	}
+	return link, nil
+}
+
+// checkPair checks that link, in the host's namespace, is a veth whose
+// peer the kernel places in the machine's namespace, and that the peer is
+// the machine's host0, a veth whose own peer is link. The namespace ids
+// are the kernel's, relative to the namespace that reads them; nothing
+// the machine reports about itself is taken on trust.
+func checkPair(host, mach *netlink.Handle, hostNS, machNS netns.NsHandle, link netlink.Link) error {
+	a := link.Attrs()
+	if link.Type() != "veth" {
+		return fmt.Errorf("%w: %s is a %s link, not a veth", ErrNotMachineVeth, a.Name, link.Type())
+	}
+	machID, err := host.GetNetNsIdByFd(int(machNS))
+	if err != nil {
+		return fmt.Errorf("id of the machine's network namespace: %w", err)
+	}
+	if machID < 0 || a.NetNsID != machID || a.ParentIndex <= 0 {
+		return fmt.Errorf("%w: the peer of %s is not in the machine's network namespace", ErrNotMachineVeth, a.Name)
+	}
+	peer, err := mach.LinkByIndex(a.ParentIndex)
+	if err != nil {
+		return fmt.Errorf("%w: the peer of %s (index %d) is gone from the machine: %v", ErrNotMachineVeth, a.Name, a.ParentIndex, err)
+	}
+	hostID, err := mach.GetNetNsIdByFd(int(hostNS))
+	if err != nil {
+		return fmt.Errorf("id of the host's network namespace: %w", err)
+	}
+	p := peer.Attrs()
+	switch {
+	case peer.Type() != "veth" || p.ParentIndex != a.Index || hostID < 0 || p.NetNsID != hostID:
+		return fmt.Errorf("%w: the peer of %s is not a veth back to it", ErrNotMachineVeth, a.Name)
+	case p.Name != machineEnd:
+		return fmt.Errorf("%w: the peer of %s is called %q inside the machine, not %s", ErrNotMachineVeth, a.Name, p.Name, machineEnd)
+	}
+	return nil
+}
+
+func configureHostEnd(hostNS, machNS netns.NsHandle, machine string, l Link) (Interface, error) {
+	host, mach, err := handles(hostNS, machNS)
+	if err != nil {
+		return Interface{}, err
+	}
+	defer host.Close()
+	defer mach.Close()
+	link, err := hostEnd(host, mach, hostNS, machNS, machine)
+	if err != nil {
+		return Interface{}, err
+	}
+	end := Interface{Name: link.Attrs().Name, Index: link.Attrs().Index}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: l.Host.Addr().AsSlice(), Mask: net.CIDRMask(l.Host.Bits(), 32)}}
+	if err := host.AddrReplace(link, addr); err != nil {
+		return end, fmt.Errorf("address %s on %s: %w", l.Host, end.Name, err)
+	}
+	if err := host.LinkSetUp(link); err != nil {
+		return end, fmt.Errorf("bring %s up: %w", end.Name, err)
+	}
+	return end, nil
+}
