@@ -27,11 +27,13 @@ deps:
 build:
     go build -o nsbox .
 
-# gofmt and go vet
+# gofmt, go vet and staticcheck
 lint:
     test -z "$(gofmt -l .)" || { gofmt -l .; exit 1; }
     go vet ./...
     go vet -tags e2e ./e2e/
+    go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+    go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags e2e ./e2e/
 
 # unit tests (no root, no network)
 unit:

@@ -4,10 +4,14 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -135,6 +139,68 @@ func isolation(t *testing.T, e *env) {
 		}
 		e.mustNsb(t, "shell", name, "--", "rm", "/usr/local/bin/rootsh")
 	})
+
+	t.Run("a machine cannot choose a host interface", func(t *testing.T) {
+		// The machine's root swaps host0 for a veth of its own whose peer
+		// index is that of a host interface.
+		e.mustSh(t, "ip link del e2e-victim 2>/dev/null; ip link add e2e-victim type bridge")
+		defer e.sh(t, "ip link del e2e-victim")
+		idx := strings.TrimSpace(e.mustSh(t, "cat /sys/class/net/e2e-victim/ifindex"))
+		e.mustNsb(t, "shell", name, "--", "sh", "-c", "ip link del host0 && ip link add fake0 index "+idx+" type veth peer name host0 index 4000")
+		// What a unit's ExecStartPost runs after every start.
+		e.nsb(t, "__network-up", name)
+		if got := e.mustSh(t, "ip -o -4 addr show dev e2e-victim; ip -o link show e2e-victim"); strings.Contains(got, "inet ") || strings.Contains(got, ",UP") {
+			t.Errorf("nsbox configured the host interface the machine pointed at:\n%s", got)
+		}
+		for _, i := range status(t, e, name).Interfaces {
+			if i == "e2e-victim" {
+				t.Errorf("status reports the host interface the machine pointed at")
+			}
+		}
+	})
+
+	t.Run("settings added by hand survive a boot", func(t *testing.T) {
+		e.mustNsb(t, "stop", name)
+		settings := "/etc/systemd/nspawn/" + name + ".nspawn"
+		e.mustSh(t, "printf '# mine\\n[Exec]\\nEnvironment=E2E_HAND=1\\n' >> "+settings)
+		e.mustNsb(t, "boot", name)
+		if r := e.mustNsb(t, "shell", name, "--", "sh", "-c", "tr '\\0' '\\n' </proc/1/environ | grep E2E_HAND"); r.stdout != "E2E_HAND=1\n" {
+			t.Errorf("a key added by hand did not reach the machine: %s", r)
+		}
+		e.mustSh(t, "grep -q '^# mine' "+settings+" && grep -q '^Environment=E2E_HAND=1' "+settings)
+	})
+
+	if e.name == "direct" {
+		t.Run("the supervisor runs a binary only root can change", func(t *testing.T) {
+			// The binary under test sits in a temporary directory under /tmp.
+			var st struct {
+				Supervisor struct{ PID int } `json:"supervisor"`
+			}
+			b, err := os.ReadFile("/run/nsbox/machines/" + name + ".json")
+			if err == nil {
+				err = json.Unmarshal(b, &st)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", st.Supervisor.PID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for p := exe; ; p = filepath.Dir(p) {
+				var fi syscall.Stat_t
+				if err := syscall.Lstat(p, &fi); err != nil {
+					t.Fatal(err)
+				}
+				if fi.Uid != 0 || fi.Mode&0o022 != 0 {
+					t.Errorf("the supervisor runs %s, and %s is uid %d mode %o", exe, p, fi.Uid, fi.Mode&0o7777)
+				}
+				if p == "/" {
+					break
+				}
+			}
+		})
+	}
 
 	t.Run("two boots of one machine", func(t *testing.T) {
 		e.mustNsb(t, "stop", name)

@@ -223,7 +223,7 @@ func reliability(t *testing.T, e *env, name string) {
 		cy := *e
 		cy.rootDir = dir
 		count := func() string {
-			return strings.TrimSpace(e.mustSh(t, "ls /run/nsbox/machines 2>/dev/null | wc -l; ls /run/systemd/nspawn/locks 2>/dev/null | wc -l; ls -A "+dir+" | wc -l; ls /etc/systemd/nspawn | wc -l; ls /etc/systemd/system | wc -l; ls /var/lib/nsbox/network 2>/dev/null | wc -l; ip -o link | wc -l"))
+			return strings.TrimSpace(e.mustSh(t, "ls /run/nsbox/machines 2>/dev/null | wc -l; ls /run/systemd/nspawn/locks 2>/dev/null | wc -l; ls -A "+dir+" "+dir+"/.nsbox 2>/dev/null | grep -v '^$' | grep -vx '.nsbox\\|"+dir+".*:' | wc -l; ls /etc/systemd/nspawn | wc -l; ls /etc/systemd/system | wc -l; ls /var/lib/nsbox/network 2>/dev/null | wc -l; ip -o link | wc -l"))
 		}
 		before := count()
 		for i := 0; i < 20; i++ {

@@ -635,7 +635,7 @@ func scenarios(t *testing.T, e *env) {
 		}
 		e.mustNsb(t, "rename", "e2e-clone", "e2e-ren")
 		wantFail(t, e.nsb(t, "rename", "e2e-ren", name), 1, "already exists")
-		e.mustSh(t, "test ! -e "+e.rootDir+"/e2e-clone && test ! -e /var/lib/machines/e2e-clone && test \"$(readlink /var/lib/machines/e2e-ren)\" = "+e.rootDir+"/e2e-ren")
+		e.mustSh(t, "test ! -e "+e.rootDir+"/e2e-clone && test ! -e /var/lib/machines/e2e-clone && test \"$(readlink /var/lib/machines/e2e-ren)\" = "+e.rootDir+"/.nsbox/e2e-ren")
 		e.mustSh(t, "test \"$(cat "+e.rootDir+"/e2e-ren/etc/hostname)\" = e2e-ren")
 
 		e.mustNsb(t, "export", "e2e-ren", "/var/tmp/e2e-export.tar.zst")

@@ -298,7 +298,7 @@ func memberPath(name string) (string, error) {
 	}
 	for _, part := range strings.Split(name, "/") {
 		if part == ".." {
-			return "", fmt.Errorf("%w: %q leaves the root with ..", ErrUnsafeArchive, name)
+			return "", fmt.Errorf("%w: %q leaves the root through a .. component", ErrUnsafeArchive, name)
 		}
 	}
 	if strings.ContainsRune(name, 0) {

@@ -166,7 +166,7 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 	m.release(old)
 	m.published(new)
 	if r, err := os.OpenRoot(m.Dir(new)); err == nil {
-		if b, err := r.ReadFile("etc/hostname"); err == nil && strings.TrimSpace(string(b)) == old {
+		if b, err := readSmall(r, "etc/hostname"); err == nil && strings.TrimSpace(string(b)) == old {
 			_ = bootstrap.Personalise(m.Dir(new), new)
 		}
 		r.Close()

@@ -86,7 +86,11 @@ func (m *Manager) Import(ctx context.Context, name, file string, stdin io.Reader
 		if _, ok := readOSRelease(tmp); !ok {
 			return fmt.Errorf("%s has no os-release: not a root file system", label)
 		}
-		return nil
+		// The tree's root is root's, whatever the archive said: with
+		// --private-users=pick nspawn takes a machine's user range from
+		// the owner of its root, and an archive must not pick another
+		// machine's.
+		return os.Lchown(tmp, 0, 0)
 	})
 	if err != nil {
 		return err

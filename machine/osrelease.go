@@ -2,8 +2,11 @@ package machine
 
 import (
 	"bufio"
+	"fmt"
+	"io"
 	"os"
 	"strings"
+	"syscall"
 )
 
 // OSRelease is the part of os-release(5) that nsbox shows.
@@ -23,13 +26,13 @@ func readOSRelease(root string) (OSRelease, bool) {
 	}
 	defer r.Close()
 	for _, p := range []string{"etc/os-release", "usr/lib/os-release"} {
-		f, err := r.Open(p)
+		f, err := openRegular(r, p)
 		if err != nil {
 			continue
 		}
 		defer f.Close()
 		var o OSRelease
-		sc := bufio.NewScanner(f)
+		sc := bufio.NewScanner(io.LimitReader(f, maxMachineFile))
 		for sc.Scan() {
 			k, v, ok := strings.Cut(sc.Text(), "=")
 			if !ok {
@@ -53,4 +56,33 @@ func readOSRelease(root string) (OSRelease, bool) {
 		return o, true
 	}
 	return OSRelease{}, false
+}
+
+// maxMachineFile is the most nsbox reads of a small file a machine
+// controls (os-release, hostname).
+const maxMachineFile = 64 << 10
+
+// openRegular opens p inside r for reading, if it is a regular file: a
+// machine's root can make any of its files a FIFO, which would block the
+// open for ever, or a device.
+func openRegular(r *os.Root, p string) (*os.File, error) {
+	f, err := r.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: not a regular file", p)
+	}
+	return f, nil
+}
+
+// readSmall reads the regular file p inside r, at most maxMachineFile bytes.
+func readSmall(r *os.Root, p string) ([]byte, error) {
+	f, err := openRegular(r, p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxMachineFile))
 }

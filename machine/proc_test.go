@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -48,7 +49,7 @@ func TestDirectStaleStateIsCleaned(t *testing.T) {
 	os.MkdirAll(filepath.Join(d.RunDir, "machines"), 0o755)
 	st := directState{Name: "web", Supervisor: Proc{PID: 10, Start: 1}, Leader: Proc{PID: 11, Start: 2}}
 	writeFileAtomic(d.statePath("web"), mustJSON(st), 0o644)
-	if _, err := d.Get(nil, "web"); err != ErrNotRunning {
+	if _, err := d.Get(context.Background(), "web"); err != ErrNotRunning {
 		t.Errorf("dead machine: %v", err)
 	}
 	if _, err := os.Stat(d.statePath("web")); !os.IsNotExist(err) {
@@ -58,7 +59,7 @@ func TestDirectStaleStateIsCleaned(t *testing.T) {
 	fakeProc(t, "10", "10 (nsbox) S 1 10 10 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0")
 	fakeProc(t, "11", "11 (systemd) S 10 11 11 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 2 0 0")
 	writeFileAtomic(d.statePath("web"), mustJSON(st), 0o644)
-	r, err := d.Get(nil, "web")
+	r, err := d.Get(context.Background(), "web")
 	if err != nil || r.Leader != 11 {
 		t.Errorf("running machine: %+v %v", r, err)
 	}

@@ -52,14 +52,13 @@ func networkdRunsHere(proc string) bool {
 func containerVeNetwork(dirs []string) bool {
 	for _, dir := range dirs {
 		p := dir + "/80-container-ve.network"
-		fi, err := os.Lstat(p)
-		if err != nil {
+		if _, err := os.Lstat(p); err != nil {
 			continue
 		}
 		if target, err := os.Readlink(p); err == nil && target == "/dev/null" {
 			return false
 		}
-		if fi, err = os.Stat(p); err != nil || fi.Size() == 0 {
+		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
 			return false
 		}
 		return true
