@@ -615,7 +615,7 @@ func scenarios(t *testing.T, e *env) {
 
 	if machined {
 		t.Run("foreign machine", func(t *testing.T) {
-			e.mustSh(t, "mkdir -p /var/lib/machines && cp -a "+root+" /var/lib/machines/e2e-foreign && machinectl start e2e-foreign")
+			e.mustSh(t, "mkdir -p /var/lib/machines && cp -a "+e.rootDir+"/.nsbox/"+name+" /var/lib/machines/e2e-foreign && machinectl start e2e-foreign")
 			defer e.sh(t, "machinectl terminate e2e-foreign; sleep 1; rm -rf /var/lib/machines/e2e-foreign")
 			waitFor(t, 30*time.Second, "foreign machine listed", func() (bool, string) {
 				i, ok := list(t, e)["e2e-foreign"]
