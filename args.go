@@ -9,16 +9,22 @@ import (
 // hoistFlags lets command flags follow positional arguments, as in
 // "nsbox create web --release trixie": urfave/cli v2 stops reading flags at
 // the first positional argument, so the command's flags are moved before
-// them. Everything after "--" stays where it is.
-func hoistFlags(app *cli.App, args []string) []string {
+// them. Everything after "--" stays where it is. A flag that takes a value
+// but ends the command line (or stands before "--" or another flag) is a
+// usage error: taken as it is, it would swallow the machine name
+// ("kill web --signal" read as --signal web).
+func hoistFlags(app *cli.App, args []string) ([]string, error) {
+	if err := checkFlagValues(app.Flags, args[1:min(commandIndex(app, args), len(args))], nil); err != nil {
+		return nil, err
+	}
 	i := commandIndex(app, args)
 	if i >= len(args) {
-		return args
+		return args, nil
 	}
 	cmdStart := i
 	cmd := app.Command(args[i])
 	if cmd == nil || cmd.SkipFlagParsing {
-		return args
+		return args, nil
 	}
 	// Descend into subcommands ("cache list"): their flags are hoisted.
 	for i+1 < len(args) && len(cmd.Subcommands) > 0 {
@@ -31,6 +37,9 @@ func hoistFlags(app *cli.App, args []string) []string {
 	}
 	var globals, flags, positional []string
 	rest := args[i+1:]
+	if err := checkFlagValues(cmd.Flags, rest, app.Flags); err != nil {
+		return nil, err
+	}
 	for j := 0; j < len(rest); j++ {
 		a := rest[j]
 		if a == "--" {
@@ -55,7 +64,35 @@ func hoistFlags(app *cli.App, args []string) []string {
 	}
 	out := append(append([]string{}, args[:cmdStart]...), globals...)
 	out = append(append(out, args[cmdStart:i+1]...), flags...)
-	return append(out, positional...)
+	return append(out, positional...), nil
+}
+
+// checkFlagValues finds a flag in args (up to "--") that takes its value
+// from the next argument when there is none: it is last, or "--" or a
+// flag nsbox knows follows it. flags are the command's own, globals the
+// global ones a command line may carry after the command.
+func checkFlagValues(flags []cli.Flag, args []string, globals []cli.Flag) error {
+	known := func(a string) bool {
+		return strings.HasPrefix(a, "-") && (isFlag(flags, a) || isFlag(globals, a))
+	}
+	for j := 0; j < len(args); j++ {
+		a := args[j]
+		if a == "--" {
+			return nil
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			continue
+		}
+		own := isFlag(flags, a)
+		if !(own && takesValue(flags, a) || !own && takesValue(globals, a)) {
+			continue
+		}
+		if j+1 == len(args) || args[j+1] == "--" || known(args[j+1]) {
+			return usagef("flag %s needs a value", a)
+		}
+		j++
+	}
+	return nil
 }
 
 // commandIndex skips the program name and global flags to find the
@@ -72,13 +109,46 @@ func commandIndex(app *cli.App, args []string) int {
 }
 
 // unknownCommand returns the command named in args when nsbox has none
-// of that name.
+// of that name: a top-level one, a subcommand ("cache lst") or the topic
+// of help ("help lst").
 func unknownCommand(app *cli.App, args []string) (string, bool) {
 	i := commandIndex(app, args)
-	if i >= len(args) || args[i] == "help" || app.Command(args[i]) != nil {
+	if i >= len(args) {
 		return "", false
 	}
-	return args[i], true
+	if args[i] == "help" || args[i] == "h" {
+		if i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") && app.Command(args[i+1]) == nil {
+			return args[i+1], true
+		}
+		return "", false
+	}
+	cmd := app.Command(args[i])
+	if cmd == nil {
+		return args[i], true
+	}
+	path := args[i]
+	for len(cmd.Subcommands) > 0 {
+		// The first word after the command's flags names its subcommand.
+		j := i + 1
+		for j < len(args) && strings.HasPrefix(args[j], "-") && args[j] != "-" && args[j] != "--" {
+			if takesValue(cmd.Flags, args[j]) || !isFlag(cmd.Flags, args[j]) && takesValue(app.Flags, args[j]) {
+				j++
+			}
+			j++
+		}
+		if j >= len(args) || args[j] == "--" {
+			return "", false
+		}
+		sub := cmd.Command(args[j])
+		if sub == nil {
+			if args[j] == "help" || args[j] == "h" {
+				return "", false
+			}
+			return path + " " + args[j], true
+		}
+		cmd, i, path = sub, j, path+" "+args[j]
+	}
+	return "", false
 }
 
 // isFlag reports whether arg names one of flags.

@@ -16,18 +16,22 @@ func bootCommand() *cli.Command {
 		Usage:     "boot machines as systemd services and wait until they run",
 		ArgsUsage: "NAME...",
 		Description: "Options given here are remembered in /etc/systemd/nspawn/NAME.nspawn\n" +
-			"and used on later boots (and by machinectl start).\n\n" +
+			"once the boot succeeds, and used on later boots (and by machinectl start);\n" +
+			"a failed boot leaves the remembered options and limits as they were.\n" +
+			"Every name is checked before any machine boots. A --port whose host port a\n" +
+			"host process listens on, or another running machine forwards, is refused\n" +
+			"before the boot, naming who holds it.\n\n" +
 			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c",
 		// KeepSpace: a value is taken as given, so that a control character
 		// at its end is refused, not trimmed away unseen.
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "bind", KeepSpace: true, Usage: "bind-mount SRC[:DST[:OPTS]] (repeatable)"},
 			&cli.StringSliceFlag{Name: "bind-ro", KeepSpace: true, Usage: "bind-mount SRC[:DST[:OPTS]] read-only (repeatable)"},
-			&cli.BoolFlag{Name: "no-binds", Usage: "forget the remembered binds"},
+			&cli.BoolFlag{Name: "no-binds", Usage: "forget the remembered binds (--bind given with it replaces them)"},
 			&cli.BoolFlag{Name: "force-binds", Usage: "allow binding / or the root directory itself"},
 			&cli.StringFlag{Name: "network", Usage: "veth (default), none, host, bridge:BR or zone:Z"},
 			&cli.StringSliceFlag{Name: "port", Aliases: []string{"p"}, KeepSpace: true, Usage: "forward a host port: [tcp|udp:]HOST[:MACHINE] (repeatable)"},
-			&cli.BoolFlag{Name: "no-ports", Usage: "forget the remembered port forwards"},
+			&cli.BoolFlag{Name: "no-ports", Usage: "forget the remembered port forwards (--port given with it replaces them)"},
 			&cli.BoolFlag{Name: "private-users", Value: true, Usage: "map the machine's users to an unused host range (--private-users=false to share the host's)"},
 			&cli.BoolFlag{Name: "console", Usage: "run in the foreground on this terminal"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up when the machine is not running by then"},
@@ -49,6 +53,17 @@ func bootCommand() *cli.Command {
 				pu := c.Bool("private-users")
 				req.PrivateUsers = &pu
 			}
+			if err := machine.ValidatePool(c.String("address-pool")); err != nil {
+				return usagef("--address-pool: %v", err)
+			}
+			// --no-binds and --no-ports forget the remembered ones; binds
+			// and ports given with them are the new ones.
+			if c.Bool("no-binds") {
+				req.Binds, req.BindsSet = nil, true
+			}
+			if c.Bool("no-ports") {
+				req.Ports, req.PortsSet = nil, true
+			}
 			for _, spec := range c.StringSlice("bind") {
 				b, err := machine.ParseBind(spec, false)
 				if err != nil {
@@ -69,12 +84,6 @@ func bootCommand() *cli.Command {
 				}
 				req.Ports, req.PortsSet = append(req.Ports, p), true
 			}
-			if c.Bool("no-ports") {
-				req.Ports, req.PortsSet = nil, true
-			}
-			if c.Bool("no-binds") {
-				req.Binds, req.BindsSet = nil, true
-			}
 			if req.Console && c.NArg() > 1 {
 				return usagef("--console boots one machine")
 			}
@@ -85,6 +94,12 @@ func bootCommand() *cli.Command {
 			m, err := manager(c)
 			if err != nil {
 				return err
+			}
+			// A mistyped or unknown name boots nothing: all are checked first.
+			for _, n := range names {
+				if err := m.Known(c.Context, n); err != nil {
+					return fmt.Errorf("boot %s: %w", n, err)
+				}
 			}
 			if len(names) == 1 {
 				if err := m.Boot(c.Context, names[0], req); err != nil {

@@ -33,8 +33,14 @@ func cacheCommand() *cli.Command {
 						return fmt.Errorf("cache list: %w", err)
 					}
 					if c.String("output") == "json" {
+						// docs/json.md: empty lists are [], never null.
 						if list == nil {
 							list = []bootstrap.BaseInfo{}
+						}
+						for i := range list {
+							if list[i].Packages == nil {
+								list[i].Packages = []string{}
+							}
 						}
 						return writeJSON(os.Stdout, list)
 					}

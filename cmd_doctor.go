@@ -101,6 +101,7 @@ func doctor(c *cli.Context) []check {
 			free := st.Bavail * uint64(st.Bsize)
 			add(check{Name: "free space", Needed: true, OK: free > 1<<30, Detail: fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), m.RootDir), Fix: "a machine needs about 300 MB; free some space"})
 		}
+		add(machineIDCheck(m))
 	}
 	add(cgroupCheck())
 	_, err = os.Stat("/run/dbus/system_bus_socket")
@@ -156,4 +157,24 @@ func cgroupCheck() check {
 		return check{Name: "cgroups", OK: false, Detail: "hybrid (v1 controllers, v2 at /sys/fs/cgroup/unified)", Fix: "boot with systemd.unified_cgroup_hierarchy=1; newer guests refuse v1"}
 	}
 	return check{Name: "cgroups", OK: false, Detail: "legacy (cgroup v1)", Fix: "boot with systemd.unified_cgroup_hierarchy=1; newer guests refuse v1"}
+}
+
+// machineIDCheck lists the machines that share a machine ID, as machines
+// made by earlier versions from one base (or cloned) do, and those that
+// would take a shared one at their next boot: nsbox's next boot of each
+// gives it an ID of its own.
+func machineIDCheck(m *machine.Manager) check {
+	shared, pending := m.MachineIDSharers()
+	if len(shared) == 0 && len(pending) == 0 {
+		return check{Name: "machine IDs", OK: true, Detail: "every machine has its own"}
+	}
+	var parts []string
+	for _, g := range shared {
+		parts = append(parts, "shared by "+strings.Join(g, ", "))
+	}
+	if len(pending) > 0 {
+		parts = append(parts, "copied from a base into /var/lib/dbus/machine-id: "+strings.Join(pending, ", "))
+	}
+	return check{Name: "machine IDs", OK: false, Detail: machine.Printable(strings.Join(parts, "; ")),
+		Fix: "boot each once with this nsbox (stop it first): a machine whose ID came from its base gets one of its own; for any other, empty its /etc/machine-id while it is stopped"}
 }

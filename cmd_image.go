@@ -82,6 +82,10 @@ func renameCommand() *cli.Command {
 func exportCommand() *cli.Command {
 	return &cli.Command{
 		Name: "export", Usage: "write a stopped machine's tree as a tarball", ArgsUsage: "NAME FILE.tar[.gz|.zst|.xz]",
+		Description: "An existing FILE is kept unless --force is given. The archive is written\n" +
+			"under no name (mode 0600) and gets its name once it is complete.\n\n" +
+			"   nsbox export web /var/tmp/web.tar.zst",
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "force", Usage: "replace FILE if it exists"}},
 		Action: func(c *cli.Context) error {
 			name, file := c.Args().Get(0), c.Args().Get(1)
 			if c.NArg() != 2 {
@@ -92,7 +96,7 @@ func exportCommand() *cli.Command {
 				return err
 			}
 			done := step(c, "exporting %s to %s", name, file)
-			err = m.Export(c.Context, name, file)
+			err = m.ExportTo(c.Context, name, file, c.Bool("force"))
 			done(err)
 			if err != nil {
 				return fmt.Errorf("export %s: %w", name, err)

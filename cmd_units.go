@@ -11,18 +11,26 @@ import (
 
 // limitFlags are the resource limits boot and set take.
 var limitFlags = []cli.Flag{
-	&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512M or 2G (MemoryMax=)"},
-	&cli.StringFlag{Name: "memory-swap", Usage: "swap limit (MemorySwapMax=)"},
-	&cli.StringFlag{Name: "cpus", Usage: "CPU quota in CPUs, e.g. 0.5 or 2 (CPUQuota=)"},
-	&cli.StringFlag{Name: "cpu-weight", Usage: "CPU weight 1-10000 (CPUWeight=)"},
-	&cli.StringFlag{Name: "tasks", Usage: "most tasks (TasksMax=)"},
-	&cli.StringFlag{Name: "io-weight", Usage: "IO weight 1-10000 (IOWeight=)"},
+	&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512M or 2G, or none (MemoryMax=)"},
+	&cli.StringFlag{Name: "memory-swap", Usage: "swap limit, or none (MemorySwapMax=)"},
+	&cli.StringFlag{Name: "cpus", Usage: "CPU quota in CPUs, e.g. 0.5 or 2, or none (CPUQuota=)"},
+	&cli.StringFlag{Name: "cpu-weight", Usage: "CPU weight 1-10000, or none (CPUWeight=)"},
+	&cli.StringFlag{Name: "tasks", Usage: "most tasks, or none (TasksMax=)"},
+	&cli.StringFlag{Name: "io-weight", Usage: "IO weight 1-10000, or none (IOWeight=)"},
 }
 
+// limitArgs reads the limit flags; one given empty ("--io-weight=")
+// clears its limit, as "none" does.
 func limitArgs(c *cli.Context) machine.LimitFlags {
+	get := func(flag string) string {
+		if v := c.String(flag); v != "" || !c.IsSet(flag) {
+			return v
+		}
+		return machine.NoLimit
+	}
 	return machine.LimitFlags{
-		Memory: c.String("memory"), MemorySwap: c.String("memory-swap"), CPUs: c.String("cpus"),
-		CPUWeight: c.String("cpu-weight"), Tasks: c.String("tasks"), IOWeight: c.String("io-weight"),
+		Memory: get("memory"), MemorySwap: get("memory-swap"), CPUs: get("cpus"),
+		CPUWeight: get("cpu-weight"), Tasks: get("tasks"), IOWeight: get("io-weight"),
 	}
 }
 
@@ -48,7 +56,7 @@ func checkLimitArgs(f machine.LimitFlags) error {
 }
 
 func enableCommand() *cli.Command {
-	return simple("enable", "boot a machine with the host (installs and enables nsbox-NAME.service)", nil,
+	return simple("enable", "boot a machine with the host (installs and enables nsbox@NAME.service; needs systemd)", nil,
 		func(c *cli.Context, m *machine.Manager, n string) error {
 			return m.Enable(c.Context, n)
 		})
@@ -62,9 +70,9 @@ func disableCommand() *cli.Command {
 }
 
 func unitCommand() *cli.Command {
-	return simple("unit", "print the unit enable would install, for review", nil,
+	return simple("unit", "print the unit enable would install, for review (on any host)", nil,
 		func(c *cli.Context, m *machine.Manager, n string) error {
-			text, err := m.Unit(n)
+			text, err := m.UnitForReview(n)
 			if err != nil {
 				return err
 			}
@@ -86,7 +94,9 @@ func setCommand() *cli.Command {
 			_, err := m.SetLimits(c.Context, n, f)
 			return err
 		})
-	cmd.Description = "   nsbox set web --memory 512M --cpus 1.5 --tasks 200"
+	cmd.Description = "A limit given as none (or empty: --io-weight=) is cleared. Limits this host\n" +
+		"cannot apply are refused whether the machine runs or not.\n\n" +
+		"   nsbox set web --memory 512M --cpus 1.5 --tasks 200\n   nsbox set web --io-weight none"
 	return cmd
 }
 

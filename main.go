@@ -10,10 +10,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/nsbox/nsbox/machine"
 	"github.com/sirupsen/logrus"
@@ -103,10 +105,7 @@ func quietUsage(cmds []*cli.Command) {
 
 func setupLogging(c *cli.Context) error {
 	logrus.SetOutput(os.Stderr)
-	logrus.SetFormatter(&logrus.TextFormatter{
-		DisableTimestamp: term.IsTerminal(int(os.Stderr.Fd())),
-		FullTimestamp:    true,
-	})
+	logrus.SetFormatter(lineFormatter{timestamps: c.Bool("debug") && !term.IsTerminal(int(os.Stderr.Fd()))})
 	switch {
 	case c.Bool("debug"):
 		logrus.SetLevel(logrus.DebugLevel)
@@ -116,6 +115,39 @@ func setupLogging(c *cli.Context) error {
 		logrus.SetLevel(logrus.WarnLevel)
 	}
 	return nil
+}
+
+// lineFormatter writes log entries in nsbox's own one-line style, as its
+// errors are: "nsbox: warning: MSG" for a warning ("nsbox: error: MSG"
+// for a logged error), info and debug lines as they are, each field as
+// " key=value". Under --debug with stderr not a terminal, lines start with
+// the time, for logs read later. A message may quote a machine (a
+// program's output, a hostname): its control characters are escaped.
+type lineFormatter struct{ timestamps bool }
+
+// Format implements logrus.Formatter.
+func (f lineFormatter) Format(e *logrus.Entry) ([]byte, error) {
+	var b strings.Builder
+	if f.timestamps {
+		b.WriteString(e.Time.Format(time.RFC3339Nano) + " ")
+	}
+	switch {
+	case e.Level <= logrus.ErrorLevel:
+		b.WriteString("nsbox: error: ")
+	case e.Level == logrus.WarnLevel:
+		b.WriteString("nsbox: warning: ")
+	}
+	b.WriteString(machine.PrintableText(strings.TrimRight(e.Message, "\n")))
+	keys := make([]string, 0, len(e.Data))
+	for k := range e.Data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s=%s", machine.Printable(k), machine.Printable(fmt.Sprint(e.Data[k])))
+	}
+	b.WriteByte('\n')
+	return []byte(b.String()), nil
 }
 
 // manager opens the machine manager for the global flags.
@@ -130,6 +162,11 @@ func manager(c *cli.Context) (*machine.Manager, error) {
 	}
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("root directory %s is not a directory", root)
+	}
+	switch b := c.String("backend"); b {
+	case "auto", "machined", "direct":
+	default:
+		return nil, usagef("--backend %q: use auto, machined or direct", b)
 	}
 	paths := machine.DefaultPaths()
 	paths.RootDir = filepath.Clean(root)
@@ -193,7 +230,11 @@ func run(args []string) int {
 	if name, unknown := unknownCommand(app, args); unknown {
 		return report(usagef("unknown command %q (see: nsbox --help)", name))
 	}
-	err := app.RunContext(ctx, hoistFlags(app, args))
+	hoisted, err := hoistFlags(app, args)
+	if err != nil {
+		return report(err)
+	}
+	err = app.RunContext(ctx, hoisted)
 	if code := interrupted.Load(); ctx.Err() != nil && code != 0 {
 		fmt.Fprintln(os.Stderr, "nsbox: interrupted")
 		return int(code)

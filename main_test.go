@@ -6,6 +6,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nsbox/nsbox/machine"
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
 )
 
 // capture runs nsbox with args and returns what it printed on stdout.
@@ -62,5 +66,58 @@ func TestKillFlagsCheckedOnce(t *testing.T) {
 		if _, code := capture(t, args...); code != exitUsage {
 			t.Errorf("%v: exit %d, want %d", args, code, exitUsage)
 		}
+	}
+}
+
+// The man page is section 1 (where the README installs it) and shows the
+// flag texts of --help: "[...] (...)" is no Markdown link there.
+func TestManPageAgreesWithHelp(t *testing.T) {
+	out, code := capture(t, "man")
+	if code != 0 || !strings.Contains(out, ".TH nsbox 1\n") {
+		t.Fatalf("man: exit %d, header %q", code, strings.SplitN(out, "\n", 3))
+	}
+	if strings.Contains(out, `\[la]`) || strings.Contains(out, `\[ra]`) {
+		t.Errorf("man page has a link (a stray <...> line):\n%s", out)
+	}
+	for _, c := range newApp().Commands {
+		for _, f := range c.Flags {
+			df, ok := f.(cli.DocGenerationFlag)
+			if !ok || !strings.ContainsAny(df.GetUsage(), "[]") {
+				continue
+			}
+			if !strings.Contains(out, df.GetUsage()) {
+				t.Errorf("man page lacks %s --%s as --help has it: %q", c.Name, f.Names()[0], df.GetUsage())
+			}
+		}
+	}
+}
+
+// enable names the unit it installs as the README does.
+func TestEnableNamesItsUnit(t *testing.T) {
+	for _, c := range newApp().Commands {
+		if c.Name == "enable" && !strings.Contains(c.Usage, machine.AutostartUnitName("NAME")) {
+			t.Errorf("enable --help: %q, want %s", c.Usage, machine.AutostartUnitName("NAME"))
+		}
+	}
+}
+
+// Warnings are one line in nsbox's style, not logrus's key=value text.
+func TestWarningsInNsboxStyle(t *testing.T) {
+	var b strings.Builder
+	l := logrus.New()
+	l.SetOutput(&b)
+	l.SetFormatter(lineFormatter{})
+	l.Warnf("base %s is %d days old", "bookworm", 40)
+	l.Info("copying base")
+	l.WithField("machine", "web").Warn("odd\x1b[2J")
+	want := "nsbox: warning: base bookworm is 40 days old\ncopying base\nnsbox: warning: odd\\x1b[2J machine=web\n"
+	if b.String() != want {
+		t.Errorf("got %q\nwant %q", b.String(), want)
+	}
+	b.Reset()
+	l.SetFormatter(lineFormatter{timestamps: true})
+	l.Warn("x")
+	if !strings.HasSuffix(b.String(), " nsbox: warning: x\n") || strings.HasPrefix(b.String(), "nsbox") {
+		t.Errorf("with timestamps: %q", b.String())
 	}
 }

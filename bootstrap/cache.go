@@ -36,7 +36,7 @@ type BaseInfo struct {
 	Release      string    `json:"release"`
 	Arch         string    `json:"arch"`
 	Variant      string    `json:"variant"`
-	Mirror       string    `json:"mirror,omitempty"`
+	Mirror       string    `json:"mirror"`
 	Packages     []string  `json:"packages"`
 	Bootstrapper string    `json:"bootstrapper"`
 	Created      time.Time `json:"created"`
@@ -91,6 +91,11 @@ func (c *BaseCache) Get(ctx context.Context, o Options, progress func(Stage)) (r
 		return "", info, nil, fmt.Errorf("base %s: %w", key, err)
 	}
 	if info, err := c.read(key); err == nil {
+		// A base cached by an earlier nsbox still carries the machine id
+		// of its bootstrap.
+		if err := UnshareMachineID(info.Root); err != nil {
+			logrus.Warnf("base %s: %v", key, err)
+		}
 		return info.Root, info, l.Unlock, nil
 	}
 	info, err = c.build(ctx, key, o, progress)
@@ -140,6 +145,9 @@ func (c *BaseCache) build(ctx context.Context, key string, o Options, progress f
 	// Recorded, so a refresh uses the same bootstrapper.
 	o.Bootstrapper = chooseBootstrapper(o, c.LookPath)
 	if err := Bootstrap(ctx, c.Runner, o, root, progress, c.LookPath); err != nil {
+		return BaseInfo{}, err
+	}
+	if err := UnshareMachineID(root); err != nil {
 		return BaseInfo{}, err
 	}
 	info := BaseInfo{
@@ -282,6 +290,29 @@ func CopyTree(ctx context.Context, r Runner, src, dst string) error {
 	err := r.Run(ctx, &Cmd{Path: "cp", Args: []string{"--archive", "--reflink=auto", "--sparse=auto", "--one-file-system", "--no-target-directory", src, dst}})
 	if err != nil {
 		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	return nil
+}
+
+// UnshareMachineID leaves a base without a machine id of its own: the
+// bootstrap generated one into /etc/machine-id and /var/lib/dbus/machine-id,
+// and every machine copied from the base would boot with it. The first
+// becomes empty, the second a link to it (LinkDBusMachineID). A base that
+// has no D-Bus machine id file is left as it is.
+func UnshareMachineID(root string) error {
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if fi, err := r.Lstat(DBusMachineID); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if err := WriteInRoot(r, "etc/machine-id", ""); err != nil {
+		return fmt.Errorf("empty its machine id: %w", err)
+	}
+	if _, _, err := LinkDBusMachineID(r); err != nil {
+		return fmt.Errorf("link %s: %w", DBusMachineID, err)
 	}
 	return nil
 }

@@ -90,6 +90,8 @@ type Machine struct {
 
 // GetMachine reads the properties of a machine.
 func (c *Machined) GetMachine(name string) (Machine, error) {
+	// Two calls: GetMachine for the path, then GetAll on it. A machine
+	// that goes away between them answers UnknownObject (mapErr).
 	props, err := c.m.DescribeMachine(name)
 	if err != nil {
 		return Machine{}, mapErr(err)
@@ -167,9 +169,22 @@ func (c *Machined) OpenMachineShell(name, user string, env []string) (*os.File, 
 	return os.NewFile(uintptr(fd), pty), nil
 }
 
+// goneErrors are the answers that mean the machine is not (or no longer)
+// there: machined's NoSuchMachine for a name, and the bus's UnknownObject
+// for a machine's object path that went away between GetMachine and the
+// call on the path (DescribeMachine makes both).
+var goneErrors = map[string]bool{
+	"org.freedesktop.machine1.NoSuchMachine":   true,
+	"org.freedesktop.DBus.Error.UnknownObject": true,
+}
+
+// mapErr turns the answers that say the machine is gone into
+// ErrNoSuchMachine, keeping machined's text.
 func mapErr(err error) error {
 	var de dbus.Error
-	if errors.As(err, &de) && de.Name == "org.freedesktop.machine1.NoSuchMachine" {
+	var dp *dbus.Error
+	switch {
+	case errors.As(err, &de) && goneErrors[de.Name], errors.As(err, &dp) && dp != nil && goneErrors[dp.Name]:
 		return fmt.Errorf("%w: %v", ErrNoSuchMachine, err)
 	}
 	return err

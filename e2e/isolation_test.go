@@ -110,6 +110,13 @@ func isolation(t *testing.T, e *env) {
 		if out := e.query(t, "grep -c ' /var/tmp/e2e-iso' /proc/self/mountinfo"); strings.TrimSpace(out) != "0" {
 			t.Errorf("a mount made in the machine shows on the host: %s", out)
 		}
+		// A host user's link is never followed: it would hand the machine
+		// root's files, and it could be swapped before any later boot.
+		e.mustSh(t, "mkdir -m 755 /var/tmp/e2e-iso-user && chown 65534:65534 /var/tmp/e2e-iso-user && ln -s /root /var/tmp/e2e-iso-user/share && ln -s /etc /var/tmp/e2e-iso-user/etc && chown -h 65534:65534 /var/tmp/e2e-iso-user/share /var/tmp/e2e-iso-user/etc")
+		defer e.sh(t, "rm -rf /var/tmp/e2e-iso-user")
+		wantFail(t, e.nsb(t, "bind", name, "/var/tmp/e2e-iso-user/share", "/mnt/share", "--mkdir"), 1, "symbolic link of uid 65534")
+		wantFail(t, e.nsb(t, "bind", name, "/var/tmp/e2e-iso-user/etc", "/mnt/etc", "--mkdir", "--read-only"), 1, "symbolic link of uid 65534")
+		wantFail(t, e.nsb(t, "bind", name, "/var/tmp/e2e-iso-user", "/mnt/u", "--mkdir", "--read-only"), 1, "")
 		// A writable bind that host users can reach would let the
 		// machine's root plant setuid-root programs for them.
 		e.mustSh(t, "mkdir -m 755 /var/tmp/e2e-iso-open")

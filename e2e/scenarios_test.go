@@ -668,6 +668,8 @@ func scenarios(t *testing.T, e *env) {
 	})
 
 	t.Run("isolation", func(t *testing.T) { isolation(t, e) })
+	t.Run("boot options, machine IDs, ports", func(t *testing.T) { correctBoot(t, e) })
+	t.Run("shell and console", func(t *testing.T) { correctShell(t, e) })
 
 	t.Run("reliability", func(t *testing.T) {
 		e.nsb(t, "stop", name)

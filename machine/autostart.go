@@ -100,11 +100,19 @@ func (m *Manager) AutostartState(ctx context.Context, name string) string {
 }
 
 // SetLimits changes a machine's resource limits: remembered for the next
-// boot, and applied now when it runs.
+// boot, and applied now when it runs (a cleared limit, NoLimit, is lifted
+// too). Limits this host cannot apply are refused whether the machine
+// runs or not, so a stopped machine is not left unable to boot.
 func (m *Manager) SetLimits(ctx context.Context, name string, f LimitFlags) (Limits, error) {
 	if err := m.checkRootAndName(name, true); err != nil {
 		return Limits{}, err
 	}
+	// No boot meanwhile: it would start with the limits being changed.
+	booting, err := m.bootLock(name)
+	if err != nil {
+		return Limits{}, err
+	}
+	defer booting.Unlock()
 	cur, err := m.Limits(name)
 	if err != nil {
 		return cur, err
@@ -117,6 +125,13 @@ func (m *Manager) SetLimits(ctx context.Context, name string, f LimitFlags) (Lim
 		if err := m.Backend.SetLimits(ctx, name, l); err != nil {
 			return cur, err
 		}
+		if err := m.liftLimits(ctx, name, cur.cleared(l)); err != nil {
+			return cur, err
+		}
+	} else if !stopped(err) {
+		return cur, err
+	} else if err := m.checkLimitsFit(l); err != nil {
+		return cur, err
 	}
 	return l, m.saveLimits(name, l)
 }

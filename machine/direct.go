@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -166,9 +168,19 @@ func Supervise(statePath, logPath string, argv []string) int {
 	}()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	// The machine writes its console as fast as it likes: the log is kept
+	// to two files of at most maxConsoleLog bytes.
+	console := &rotatingLog{path: logPath, f: os.Stdout, max: maxConsoleLog}
+	if fi, err := os.Stdout.Stat(); err == nil {
+		console.size = fi.Size()
+	}
 	for {
 		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, console, console
+		if logPath == consoleLog {
+			// boot --console: nspawn has the caller's terminal itself.
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		}
 		if err := cmd.Start(); err != nil {
 			fmt.Fprintf(os.Stderr, "nsbox: start %s: %v\n", argv[0], err)
 			return 1
@@ -214,6 +226,40 @@ func Supervise(statePath, logPath string, argv []string) int {
 		}
 		fmt.Fprintln(os.Stderr, "nsbox: container rebooted; starting it again")
 	}
+}
+
+// maxConsoleLog is the size at which a machine's console log is rotated.
+const maxConsoleLog = 8 << 20
+
+// rotatingLog writes to the file at path and, when it would pass max bytes,
+// renames it to path.1 (replacing the one before) and starts it anew.
+type rotatingLog struct {
+	mu   sync.Mutex
+	path string
+	f    *os.File
+	size int64
+	max  int64
+}
+
+func (l *rotatingLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.size+int64(len(p)) > l.max && l.size > 0 {
+		if err := os.Rename(l.path, l.path+".1"); err == nil {
+			f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o640)
+			if err == nil {
+				if l.f != os.Stdout {
+					l.f.Close()
+				}
+				l.f, l.size = f, 0
+			}
+		}
+	}
+	n, _ := l.f.Write(p)
+	l.size += int64(n)
+	// A full disk loses console lines, never the machine: an error here
+	// would end the copy and leave nspawn blocked on a full pipe.
+	return len(p), nil
 }
 
 func mustJSON(v any) []byte {
@@ -357,7 +403,17 @@ func (d *Direct) Exec(ctx context.Context, name string, e ExecSpec) (int, error)
 	enter := append([]string{"--bounding-set=" + bounding, "--", "nsenter"}, nsenterArgs(st.Leader.PID, e.User, e.Env, e.Argv)...)
 	// The command joins the machine's cgroups, so its limits cover it.
 	path, args := inCgroup(execCgroup(name), "setpriv", enter)
-	return runExec(ctx, d.Runner, &bootstrap.Cmd{Path: path, Args: args}, e)
+	c := &bootstrap.Cmd{Path: path, Args: args}
+	if e.TTY {
+		// A terminal of the machine's devpts: one of the host's is no
+		// terminal inside (tty says "not a tty").
+		master, slave, err := openMachinePTY(st.Leader)
+		if err == nil {
+			return runOnTerminal(ctx, d.Runner, c, master, slave)
+		}
+		logrus.Debugf("%s: %v; using a pseudo terminal of the host", name, err)
+	}
+	return runExec(ctx, d.Runner, c, e)
 }
 
 // capBounding is the capability bounding set of pid in setpriv's words:
@@ -395,17 +451,7 @@ func runExec(ctx context.Context, r bootstrap.Runner, c *bootstrap.Cmd, e ExecSp
 		if err != nil {
 			return 0, err
 		}
-		defer master.Close()
-		c.TTY = slave
-		done := make(chan struct{})
-		go func() { attachTerminal(master); close(done) }()
-		err = r.Run(ctx, c)
-		slave.Close()
-		select {
-		case <-done:
-		case <-time.After(time.Second):
-		}
-		return exitStatus(err)
+		return runOnTerminal(ctx, r, c, master, slave)
 	}
 	stdin, done, err := shieldReader(e.Stdin)
 	if err != nil {
@@ -414,6 +460,23 @@ func runExec(ctx context.Context, r bootstrap.Runner, c *bootstrap.Cmd, e ExecSp
 	defer done()
 	c.Stdin, c.Stdout, c.Stderr = stdin, shieldWriter(e.Stdout), shieldWriter(e.Stderr)
 	return exitStatus(r.Run(ctx, c))
+}
+
+// runOnTerminal runs c with slave as its controlling terminal, in a
+// session of its own, proxies master to the caller's terminal and returns
+// c's exit status. It closes both sides.
+func runOnTerminal(ctx context.Context, r bootstrap.Runner, c *bootstrap.Cmd, master, slave *os.File) (int, error) {
+	defer master.Close()
+	c.TTY = slave
+	done := make(chan struct{})
+	go func() { attachTerminal(master); close(done) }()
+	err := r.Run(ctx, c)
+	slave.Close()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+	return exitStatus(err)
 }
 
 func exitStatus(err error) (int, error) {
@@ -427,18 +490,9 @@ func exitStatus(err error) (int, error) {
 	return 0, nil
 }
 
-// Shell implements Backend: a login shell through runuser -l on a pseudo
-// terminal of its own.
+// Shell implements Backend: LoginShell without its exit status.
 func (d *Direct) Shell(ctx context.Context, name, user string) error {
-	if user == "" {
-		user = "root"
-	}
-	term := envOr("TERM", "vt220")
-	_, err := d.Exec(ctx, name, ExecSpec{
-		Argv: []string{"/usr/sbin/runuser", "-l", user},
-		Env:  []string{"TERM=" + term},
-		TTY:  true,
-	})
+	_, err := d.LoginShell(ctx, name, user)
 	return err
 }
 
@@ -449,9 +503,23 @@ func (d *Direct) Cleanup(ctx context.Context, name string) {
 	}
 }
 
-// LogTail implements Backend: the end of the console log.
+// LogTail implements Backend: the end of the console log. Start begins
+// the log anew, so during a boot (withBootStart) a log last written before
+// the boot began is the previous run's, and none of this boot's.
 func (d *Direct) LogTail(ctx context.Context, name string, n int) []string {
-	b, err := os.ReadFile(d.logPath(name))
+	f, err := os.OpenFile(d.logPath(name), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if since, ok := bootStartOf(ctx); ok && fi.ModTime().Before(since) {
+		return nil
+	}
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil
 	}

@@ -57,7 +57,18 @@ var tarArgs = []string{"--numeric-owner", "--xattrs", "--xattrs-include=*", "--a
 // user controls is opened, chmodded or followed: a link at file is
 // replaced, never written through. On a failure or an interruption the
 // file goes (an unnamed one with its descriptor, even on SIGKILL).
+//
+// Export replaces a file already at file; ExportTo without replace
+// refuses one.
 func (m *Manager) Export(ctx context.Context, name, file string) error {
+	return m.ExportTo(ctx, name, file, true)
+}
+
+// ExportTo is Export; without replace, a file (or anything else) already
+// at file is refused before anything is written, and the archive gets its
+// name only where none exists then either (linkat, or renameat2 with
+// RENAME_NOREPLACE), so a file made meanwhile is kept too.
+func (m *Manager) ExportTo(ctx context.Context, name, file string, replace bool) error {
 	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
@@ -76,6 +87,10 @@ func (m *Manager) Export(ctx context.Context, name, file string) error {
 		return err
 	}
 	defer out.Abort()
+	out.noReplace = !replace
+	if !replace && out.exists() {
+		return fmt.Errorf("%s already exists (remove it, or pass --force to replace it)", file)
+	}
 	args := append([]string{"--create", "--file=-", "--directory=" + m.Dir(name)}, tarArgs...)
 	if comp != "" {
 		args = append(args, comp)
@@ -95,12 +110,30 @@ type exportFile struct {
 	base string   // the archive's final name in dir
 	tmp  string   // its name in dir while it has one ("" while unnamed)
 	done bool
+	// noReplace keeps an entry already at base: Publish fails instead.
+	noReplace bool
+}
+
+// path is the archive's final path, the one the user gave: errors name it,
+// never a temporary name the user did not choose.
+func (e *exportFile) path() string { return filepath.Join(e.dir.Name(), e.base) }
+
+// exists reports whether anything has the archive's final name.
+func (e *exportFile) exists() bool {
+	var st unix.Stat_t
+	return unix.Fstatat(int(e.dir.Fd()), e.base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
 }
 
 // createExport makes the archive file for dir/base: unnamed (O_TMPFILE)
 // when unnamed is set and the file system can, else under a fresh name.
 func createExport(dir, base string, unnamed bool) (*exportFile, error) {
 	d, err := openFollowingRoot(dir, unix.O_RDONLY|unix.O_DIRECTORY)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, fmt.Errorf("directory %s does not exist (create it first)", dir)
+	}
+	if errors.Is(err, unix.ENOTDIR) {
+		return nil, fmt.Errorf("%s is not a directory", dir)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +164,7 @@ func createExport(dir, base string, unnamed bool) (*exportFile, error) {
 		}
 		if err != nil {
 			e.dir.Close()
-			return nil, &os.PathError{Op: "create", Path: filepath.Join(dir, name), Err: err}
+			return nil, &os.PathError{Op: "create", Path: filepath.Join(dir, base), Err: err}
 		}
 		e.File, e.tmp = os.NewFile(uintptr(fd), filepath.Join(dir, name)), name
 		return e, nil
@@ -158,6 +191,19 @@ func (e *exportFile) Publish() error {
 		return err
 	}
 	dfd := int(e.dir.Fd())
+	exists := fmt.Errorf("%s already exists (remove it, or pass --force to replace it)", e.path())
+	if e.noReplace && e.tmp == "" {
+		// An unnamed file gets its final name directly: linkat never
+		// replaces.
+		err := linkUnnamed(e.File, dfd, e.base)
+		if errors.Is(err, unix.EEXIST) {
+			return exists
+		}
+		if err != nil {
+			return &os.PathError{Op: "link", Path: e.path(), Err: err}
+		}
+		return e.published()
+	}
 	for e.tmp == "" {
 		name, err := tempName(e.base)
 		if err != nil {
@@ -168,14 +214,34 @@ func (e *exportFile) Publish() error {
 			continue
 		}
 		if err != nil {
-			return &os.PathError{Op: "link", Path: filepath.Join(e.dir.Name(), name), Err: err}
+			return &os.PathError{Op: "link", Path: e.path(), Err: err}
 		}
 		e.tmp = name
 	}
-	if err := unix.Renameat(dfd, e.tmp, dfd, e.base); err != nil {
-		return &os.PathError{Op: "rename", Path: filepath.Join(e.dir.Name(), e.base), Err: err}
+	if e.noReplace {
+		err := unix.Renameat2(dfd, e.tmp, dfd, e.base, unix.RENAME_NOREPLACE)
+		if errors.Is(err, unix.EINVAL) {
+			// A file system without RENAME_NOREPLACE: a hard link does not
+			// replace either; the temporary name goes after it.
+			if err = unix.Linkat(dfd, e.tmp, dfd, e.base, 0); err == nil {
+				_ = unix.Unlinkat(dfd, e.tmp, 0)
+			}
+		}
+		if errors.Is(err, unix.EEXIST) {
+			return exists
+		}
+		if err != nil {
+			return &os.PathError{Op: "rename", Path: e.path(), Err: err}
+		}
+	} else if err := unix.Renameat(dfd, e.tmp, dfd, e.base); err != nil {
+		return &os.PathError{Op: "rename", Path: e.path(), Err: err}
 	}
 	e.tmp = ""
+	return e.published()
+}
+
+// published checks that the final name is the archive and closes it.
+func (e *exportFile) published() error {
 	_ = e.dir.Sync()
 	// The rename moved whatever had the temporary name: the owner of the
 	// directory may have swapped it. Nothing was written through it, but

@@ -48,10 +48,21 @@ type BootRequest struct {
 // can reach its source: what the machine's root makes there is uid 0 on the
 // host, so a setuid program it leaves is root for every one of them.
 func (m *Manager) checkBinds(binds []Bind, privateUsers, force bool) error {
-	for _, b := range binds {
+	for i, b := range binds {
 		fi, err := os.Stat(b.Source)
 		if err != nil || !fi.IsDir() && !fi.Mode().IsRegular() {
 			return fmt.Errorf("%w: bind source %s does not exist", ErrInvalidOption, b.Source)
+		}
+		// What is mounted, now and at every later boot, is the path that
+		// was checked: only root's links are followed, and no user but
+		// root can change what it names.
+		real, err := stablePath(b.Source)
+		if err != nil && !force {
+			return fmt.Errorf("%w: bind %s: %v: a host user could point it elsewhere before the machine mounts it "+
+				"(bind a path only root controls, or use --force-binds)", ErrInvalidOption, b.Source, err)
+		}
+		if err == nil {
+			binds[i].Source, b.Source = real, real
 		}
 		if force {
 			continue
@@ -69,6 +80,63 @@ func (m *Manager) checkBinds(binds []Bind, privateUsers, force bool) error {
 		}
 	}
 	return nil
+}
+
+// stablePath resolves path following only symbolic links that belong to
+// root, and checks that no user but root can change what it names: every
+// directory on the way is root's and writable by nobody else, or sticky
+// with the entry in it root's. The last component may belong to anyone
+// (its owner cannot replace it without writing its parent).
+func stablePath(path string) (string, error) {
+	if !filepath.IsAbs(path) {
+		return "", fmt.Errorf("not an absolute path")
+	}
+	todo := strings.Split(strings.Trim(path, "/"), "/")
+	cur := "/"
+	for links := 0; len(todo) > 0; {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
+		}
+		var dir, ent unix.Stat_t
+		if err := unix.Lstat(cur, &dir); err != nil {
+			return "", err
+		}
+		next := filepath.Join(cur, c)
+		if err := unix.Lstat(next, &ent); err != nil {
+			return "", err
+		}
+		if dir.Uid != 0 {
+			return "", fmt.Errorf("%s belongs to uid %d", cur, dir.Uid)
+		}
+		if dir.Mode&0o022 != 0 && (dir.Mode&unix.S_ISVTX == 0 || ent.Uid != 0) {
+			return "", fmt.Errorf("%s is writable by others than root", cur)
+		}
+		if ent.Mode&unix.S_IFMT != unix.S_IFLNK {
+			cur = next
+			continue
+		}
+		if ent.Uid != 0 {
+			return "", fmt.Errorf("%s is a symbolic link of uid %d", next, ent.Uid)
+		}
+		if links++; links > 40 {
+			return "", fmt.Errorf("too many symbolic links")
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		todo = append(strings.Split(strings.Trim(target, "/"), "/"), todo...)
+	}
+	return cur, nil
 }
 
 // reachableBy says which host users besides root can reach path ("" for
@@ -193,6 +261,9 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if err := m.checkBinds(opts.Binds, opts.PrivateUsers, req.ForceBinds); err != nil {
 		return err
 	}
+	if err := m.checkPorts(ctx, name, opts.Ports); err != nil {
+		return err
+	}
 	limits, err := m.Limits(name)
 	if err != nil {
 		return err
@@ -214,13 +285,21 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(m.settingsPath(name), []byte(text), 0o644); err != nil {
+	// nspawn reads the settings file as it starts (--settings=yes), so the
+	// options of this boot are written now; they are remembered only if
+	// the boot succeeds, and what was there before comes back otherwise.
+	restore, err := m.stageSettings(name, text)
+	if err != nil {
 		return fmt.Errorf("remember options: %w", err)
 	}
-	if err := m.saveLimits(name, limits); err != nil {
-		return fmt.Errorf("remember limits: %w", err)
-	}
+	ok := false
+	defer func() {
+		if !ok {
+			restore()
+		}
+	}()
 	m.linkImage(name)
+	m.unshareMachineID(name)
 
 	link, err := m.prepareNetwork(ctx, name, opts)
 	if err != nil {
@@ -230,7 +309,13 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		m.ensurePersistentJournal(name)
 	}
 	if req.Console {
-		return m.console(ctx, m.nspawnConfig(name, opts))
+		// The machine runs in the foreground until it stops: options are
+		// kept unless nspawn failed.
+		if err := m.console(ctx, m.nspawnConfig(name, opts), limits); err != nil {
+			return err
+		}
+		ok = true
+		return m.saveLimits(name, limits)
 	}
 	timeout := req.Timeout
 	if timeout <= 0 {
@@ -240,11 +325,14 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if err != nil {
 		return err
 	}
+	// The log lines a failure shows are this boot's, not those of the
+	// machine's last run (LogTail reads what is newer).
+	logCtx := withBootStart(ctx, bootClock())
 	bctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	fail := func(why string) error {
 		// Read the log before stopping: stopping adds its own lines.
-		stopCtx, stopCancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		stopCtx, stopCancel := context.WithTimeout(context.WithoutCancel(logCtx), 30*time.Second)
 		defer stopCancel()
 		log := m.Backend.LogTail(stopCtx, name, 15)
 		// Only a machine this boot started is stopped: one that another
@@ -255,6 +343,17 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 			m.waitGone(stopCtx, name, 10*time.Second)
 		}
 		m.Backend.Cleanup(stopCtx, name)
+		if len(log) == 0 {
+			// A boot that gave up at once (a short --timeout) stops before
+			// the machine wrote anything: then nspawn's own lines, as it
+			// was stopped, are all there is to show.
+			log = m.Backend.LogTail(stopCtx, name, 15)
+		}
+		if len(log) == 0 && bctx.Err() != nil && ctx.Err() == nil {
+			// The README promises a failed boot's last lines: say that
+			// there are none rather than leave them out unexplained.
+			log = []string{fmt.Sprintf("(none: the machine wrote nothing in %s, before it was stopped)", timeout)}
+		}
 		return &BootError{Name: name, Why: why, Log: log}
 	}
 	if err := m.Backend.Start(bctx, spec); err != nil {
@@ -278,6 +377,10 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 			return fail(fmt.Sprintf("system state still %q after %s", state, timeout))
 		}
 		return fail(err.Error())
+	}
+	ok = true
+	if err := m.saveLimits(name, limits); err != nil {
+		logrus.Warnf("%s runs, but its limits could not be remembered: %v", name, err)
 	}
 	logrus.Infof("%s is %s", name, state)
 	return nil
@@ -339,8 +442,9 @@ func (m *Manager) waitRunning(ctx context.Context, name string) (string, error) 
 		if _, err := m.Backend.Get(ctx, name); errors.Is(err, ErrNotRunning) {
 			return last, fmt.Errorf("machine stopped during boot (last state %q)", last)
 		}
-		var out bytes.Buffer
-		_, err := m.Backend.Exec(ctx, name, ExecSpec{Argv: []string{"systemctl", "is-system-running"}, Stdout: &out})
+		// The machine's root controls what systemctl prints: keep a line.
+		out := &cappedBuffer{max: 256}
+		_, err := m.Backend.Exec(ctx, name, ExecSpec{Argv: []string{"systemctl", "is-system-running"}, Stdout: out})
 		if err == nil {
 			if s := strings.TrimSpace(out.String()); s != "" {
 				last = s
@@ -361,6 +465,24 @@ func (m *Manager) waitRunning(ctx context.Context, name string) (string, error) 
 	}
 }
 
+// cappedBuffer keeps the first max bytes written to it and drops the rest,
+// for output a machine controls.
+type cappedBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	if room := b.max - b.Len(); room > 0 {
+		if len(p) > room {
+			b.Buffer.Write(p[:room])
+		} else {
+			b.Buffer.Write(p)
+		}
+	}
+	return len(p), nil
+}
+
 // pollDelay is how long to wait between looks at a booting machine.
 func pollDelay(elapsed time.Duration) time.Duration {
 	if elapsed < 3*time.Second {
@@ -369,8 +491,16 @@ func pollDelay(elapsed time.Duration) time.Duration {
 	return 100 * time.Millisecond
 }
 
-// console runs the machine in the foreground on the caller's terminal.
-func (m *Manager) console(ctx context.Context, cfg NspawnConfig) error {
+// foregroundConsole is a backend that runs boot --console itself: the
+// direct backend, whose nspawn needs a cgroup of its own.
+type foregroundConsole interface {
+	Console(ctx context.Context, spec StartSpec) error
+}
+
+// console runs the machine in the foreground on the caller's terminal,
+// with the limits of this boot; nsbox's own veth gets its host end once
+// the machine is up.
+func (m *Manager) console(ctx context.Context, cfg NspawnConfig, limits Limits) error {
 	args := NspawnArgs(cfg)
 	for i, a := range args {
 		switch a {
@@ -382,6 +512,17 @@ func (m *Manager) console(ctx context.Context, cfg NspawnConfig) error {
 				args[i] = "--quiet"
 			}
 		}
+	}
+	if m.ownVeth(cfg.BootOptions) && !cfg.ReadOnly {
+		if link, err := m.machineLink(ctx, cfg.Name); err == nil {
+			netCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			go m.finishNetwork(netCtx, cfg.Name, &link)
+		}
+	}
+	if fc, ok := m.Backend.(foregroundConsole); ok {
+		return fc.Console(ctx, StartSpec{Name: cfg.Name, Root: cfg.Root, Limits: limits,
+			Argv: append([]string{"systemd-nspawn"}, args...)})
 	}
 	c := &bootstrap.Cmd{Path: "systemd-nspawn", Args: args, Foreground: true,
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
@@ -518,6 +659,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	}
 	m.unlinkImage(name)
 	_ = os.Remove(m.LogDir + "/" + name + ".log")
+	_ = os.Remove(m.LogDir + "/" + name + ".log.1")
 	m.unpublish(name)
 	m.release(name)
 	return nil
@@ -540,10 +682,15 @@ func (m *Manager) Shell(ctx context.Context, name, user string, argv []string) (
 	if err != nil {
 		return 0, err
 	}
-	tty := isTerminal(os.Stdin) && isTerminal(os.Stdout)
 	if len(argv) == 0 {
+		// A login shell, ended by the end of its input and with its exit
+		// status passed back ("shell web --" is the same).
+		if ls, ok := m.Backend.(loginShell); ok {
+			return ls.LoginShell(ctx, name, user)
+		}
 		return 0, m.Backend.Shell(ctx, name, user)
 	}
+	tty := isTerminal(os.Stdin) && isTerminal(os.Stdout)
 	return m.Backend.Exec(ctx, name, ExecSpec{
 		Argv: argv, User: user, TTY: tty,
 		Env:   []string{"TERM=" + envOr("TERM", "vt220")},
@@ -579,13 +726,18 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 	args = append(args, "--")
 	args = append(args, argv...)
 	c := &bootstrap.Cmd{Path: "systemd-nspawn", Args: args}
+	// On a host whose /run is no tmpfs nspawn ends every run with a line
+	// about its propagation directory that means nothing here (see
+	// propagateNoise); that one line is dropped, every other passes.
+	stderr := newLineFilter(os.Stderr, propagateNoise(name))
+	defer stderr.Flush()
 	if tty {
 		// nspawn gives the payload a pseudo terminal of its own.
 		c.Foreground = true
-		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, stderr
 		return exitStatus(m.Runner.Run(ctx, c))
 	}
-	return runExec(ctx, m.Runner, c, ExecSpec{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+	return runExec(ctx, m.Runner, c, ExecSpec{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: stderr})
 }
 
 func envOr(k, def string) string {
@@ -609,9 +761,11 @@ func (m *Manager) Bind(ctx context.Context, name, src, dst string, readOnly, mkd
 	if err != nil {
 		return err
 	}
-	if err := m.checkBinds([]Bind{{Source: src, Dest: dst, ReadOnly: readOnly}}, opts.PrivateUsers, force); err != nil {
+	binds := []Bind{{Source: src, Dest: dst, ReadOnly: readOnly}}
+	if err := m.checkBinds(binds, opts.PrivateUsers, force); err != nil {
 		return err
 	}
+	src = binds[0].Source
 	r, err := m.Backend.Get(ctx, name)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,36 +56,49 @@ func ParseSize(s string) (uint64, error) {
 	return uint64(v * mult), nil
 }
 
-// LimitFlags are limits as a user types them; empty strings are unset.
+// LimitFlags are limits as a user types them; empty strings are unset,
+// and NoLimit clears a limit.
 type LimitFlags struct {
 	Memory, MemorySwap, CPUs, CPUWeight, Tasks, IOWeight string
 }
 
-// Apply parses f onto l: only the set values change.
+// NoLimit as a limit's value clears it ("--io-weight none"; the command
+// line takes "--io-weight=" for it too).
+const NoLimit = "none"
+
+// Apply parses f onto l: only the set values change, and NoLimit clears.
 func (f LimitFlags) Apply(l Limits) (Limits, error) {
 	var err error
 	size := func(s string, dst *uint64) {
-		if s != "" && err == nil {
+		if s == NoLimit {
+			*dst = 0
+		} else if s != "" && err == nil {
 			*dst, err = ParseSize(s)
 		}
 	}
 	count := func(s, what string, lo, hi uint64, dst *uint64) {
+		if s == NoLimit {
+			*dst = 0
+			return
+		}
 		if s == "" || err != nil {
 			return
 		}
 		n, perr := strconv.ParseUint(s, 10, 64)
 		if perr != nil || n < lo || n > hi {
-			err = fmt.Errorf("%w: %s %q (use a whole number from %d to %d)", ErrInvalidOption, what, s, lo, hi)
+			err = fmt.Errorf("%w: %s %q (use a whole number from %d to %d, or none)", ErrInvalidOption, what, s, lo, hi)
 			return
 		}
 		*dst = n
 	}
 	size(f.Memory, &l.Memory)
 	size(f.MemorySwap, &l.MemorySwap)
-	if f.CPUs != "" && err == nil {
+	if f.CPUs == NoLimit {
+		l.CPUs = 0
+	} else if f.CPUs != "" && err == nil {
 		v, perr := strconv.ParseFloat(f.CPUs, 64)
 		if perr != nil || v <= 0 || v > 1024 {
-			err = fmt.Errorf("%w: cpus %q (use a positive number such as 0.5 or 2)", ErrInvalidOption, f.CPUs)
+			err = fmt.Errorf("%w: cpus %q (use a positive number such as 0.5 or 2, or none)", ErrInvalidOption, f.CPUs)
 		} else {
 			l.CPUs = v
 		}
@@ -171,3 +185,125 @@ func (m *Manager) saveLimits(name string, l Limits) error {
 	b, _ := json.MarshalIndent(l, "", "  ")
 	return writeFileAtomic(m.limitsPath(name), append(b, '\n'), 0o644)
 }
+
+// cleared is the limits set in l that next has no more, with their old
+// values.
+func (l Limits) cleared(next Limits) Limits {
+	var c Limits
+	if next.Memory == 0 {
+		c.Memory = l.Memory
+	}
+	if next.MemorySwap == 0 {
+		c.MemorySwap = l.MemorySwap
+	}
+	if next.CPUs == 0 {
+		c.CPUs = l.CPUs
+	}
+	if next.CPUWeight == 0 {
+		c.CPUWeight = l.CPUWeight
+	}
+	if next.Tasks == 0 {
+		c.Tasks = l.Tasks
+	}
+	if next.IOWeight == 0 {
+		c.IOWeight = l.IOWeight
+	}
+	return c
+}
+
+// unlimited is the value of a unit property that means "no limit" (or,
+// for the weights, "the default"): infinity, UINT64_MAX on the bus.
+const unlimited = ^uint64(0)
+
+// clearProperties are the unit properties that lift the limits set in c.
+func (c Limits) clearProperties() []dbusapi.UnitProperty {
+	var p []dbusapi.UnitProperty
+	for _, x := range []struct {
+		set  bool
+		name string
+	}{
+		{c.Memory > 0, "MemoryMax"}, {c.MemorySwap > 0, "MemorySwapMax"}, {c.CPUs > 0, "CPUQuotaPerSecUSec"},
+		{c.CPUWeight > 0, "CPUWeight"}, {c.Tasks > 0, "TasksMax"}, {c.IOWeight > 0, "IOWeight"},
+	} {
+		if x.set {
+			p = append(p, dbusapi.UnitProperty{Name: x.name, Value: unlimited})
+		}
+	}
+	return p
+}
+
+// clearFiles lists, for each limit set in c, the cgroup files (v2, then
+// v1) and the values that lift it.
+func (c Limits) clearFiles() [][]cgroupFile {
+	var out [][]cgroupFile
+	if c.Memory > 0 {
+		out = append(out, []cgroupFile{{"memory.max", "max"}, {"memory.limit_in_bytes", "-1"}})
+	}
+	if c.MemorySwap > 0 {
+		out = append(out, []cgroupFile{{"memory.swap.max", "max"}, {"memory.memsw.limit_in_bytes", "-1"}})
+	}
+	if c.CPUs > 0 {
+		out = append(out, []cgroupFile{{"cpu.max", "max 100000"}, {"cpu.cfs_quota_us", "-1"}})
+	}
+	if c.CPUWeight > 0 {
+		out = append(out, []cgroupFile{{"cpu.weight", "100"}, {"cpu.shares", "1024"}})
+	}
+	if c.Tasks > 0 {
+		out = append(out, []cgroupFile{{"pids.max", "max"}})
+	}
+	if c.IOWeight > 0 {
+		out = append(out, []cgroupFile{{"io.weight", "default 100"}, {"blkio.weight", "500"}})
+	}
+	return out
+}
+
+// liftLimits lifts, on running machine name, the limits set in c.
+func (m *Manager) liftLimits(ctx context.Context, name string, c Limits) error {
+	if c.IsZero() {
+		return nil
+	}
+	switch b := m.Backend.(type) {
+	case *Machined:
+		r, err := b.Get(ctx, name)
+		if err != nil {
+			return err
+		}
+		return b.Systemd.SetUnitProperties(ctx, r.Unit, true, c.clearProperties())
+	case *Direct:
+		var errs []error
+		for _, choices := range c.clearFiles() {
+			for _, f := range choices {
+				for _, h := range cgroupHierarchies() {
+					p := filepath.Join(h, cgroupPath(name), f.file)
+					if _, err := os.Stat(p); err != nil {
+						continue
+					}
+					if err := os.WriteFile(p, []byte(f.value), 0o644); err != nil {
+						errs = append(errs, fmt.Errorf("%s: %w", p, err))
+					}
+				}
+			}
+		}
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// checkLimitsFit refuses limits this host cannot apply to a stopped
+// machine, as a running machine refuses them: on the direct backend a
+// limit whose cgroup controller this host lacks (the boot would fail). A
+// cgroup of its own is made to try them in, and removed.
+func (m *Manager) checkLimitsFit(l Limits) error {
+	if _, direct := m.Backend.(*Direct); !direct || l.IsZero() {
+		return nil
+	}
+	trial := fmt.Sprintf(".#limits-%d", os.Getpid())
+	if err := makeCgroup(trial); err != nil {
+		return err
+	}
+	defer removeCgroup(trial)
+	return applyLimits(trial, l)
+}
+
+// stopped reports whether err from Backend.Get says the machine does not run.
+func stopped(err error) bool { return errors.Is(err, ErrNotRunning) }

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
@@ -162,9 +163,11 @@ func (m *Manager) Status(ctx context.Context, name string) (Info, error) {
 		return Info{}, err
 	}
 	var running []Running
+	// A machine that goes away while it is asked (machined dropped it, its
+	// leader died, its unit starts it again) is reported stopped.
 	if r, err := m.Backend.Get(ctx, name); err == nil {
 		running = append(running, r)
-	} else if err != ErrNotRunning {
+	} else if !errors.Is(err, ErrNotRunning) {
 		return Info{}, err
 	}
 	var disk []string
@@ -179,6 +182,13 @@ func (m *Manager) Status(ctx context.Context, name string) (Info, error) {
 	m.fill(&i)
 	if i.Managed {
 		if o, err := m.Options(name); err == nil {
+			// docs/json.md: empty lists are [], never left out or null.
+			if o.Binds == nil {
+				o.Binds = []Bind{}
+			}
+			if o.Ports == nil {
+				o.Ports = []string{}
+			}
 			i.Options = &o
 		}
 		if l, err := m.Limits(name); err == nil && !l.IsZero() {

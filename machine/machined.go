@@ -174,15 +174,21 @@ func (m *Machined) List(ctx context.Context) ([]Running, error) {
 			continue
 		}
 		r, err := m.Get(ctx, e.Name)
+		if errors.Is(err, ErrNotRunning) {
+			continue // gone since ListMachines: it is stopped, or starting again
+		}
 		if err != nil {
-			continue // gone meanwhile
+			return nil, err
 		}
 		out = append(out, r)
 	}
 	return out, nil
 }
 
-// Get implements Backend.
+// Get implements Backend. A machine that machined drops while it is
+// asked (NoSuchMachine, or UnknownObject for its object path) or whose
+// leader is gone is not running: between the death of its PID 1 and the
+// restart of its unit, a machine is stopped, not an error.
 func (m *Machined) Get(ctx context.Context, name string) (Running, error) {
 	mm, err := m.Machines.GetMachine(name)
 	if errors.Is(err, dbusapi.ErrNoSuchMachine) {
@@ -288,20 +294,10 @@ func (m *Machined) Exec(ctx context.Context, name string, e ExecSpec) (int, erro
 	return runExec(ctx, m.Runner, c, e)
 }
 
-// Shell implements Backend through machined's OpenMachineShell, as
-// machinectl shell does.
+// Shell implements Backend: LoginShell without its exit status.
 func (m *Machined) Shell(ctx context.Context, name, user string) error {
-	if user == "" {
-		user = "root"
-	}
-	term := envOr("TERM", "vt220")
-	master, err := m.Machines.OpenMachineShell(name, user, []string{"TERM=" + term})
-	if err != nil {
-		return fmt.Errorf("open shell: %w", err)
-	}
-	defer master.Close()
-	attachTerminal(master)
-	return nil
+	_, err := m.LoginShell(ctx, name, user)
+	return err
 }
 
 // Cleanup implements Backend: a failed unit is forgotten so the next boot
@@ -318,12 +314,17 @@ func (m *Machined) Cleanup(ctx context.Context, name string) {
 	}
 }
 
-// LogTail implements Backend: the unit's journal.
+// LogTail implements Backend: the unit's journal; during a boot
+// (withBootStart) only what it logged since the boot began.
 func (m *Machined) LogTail(ctx context.Context, name string, n int) []string {
 	var out strings.Builder
+	args := []string{"--unit=" + UnitName(name), "--unit=" + AutostartUnitName(name), "--lines=" + fmt.Sprint(n), "--no-pager", "--output=cat", "--boot"}
+	if since, ok := bootStartOf(ctx); ok {
+		args = append(args, fmt.Sprintf("--since=@%d.%06d", since.Unix(), since.Nanosecond()/1000))
+	}
 	err := m.Runner.Run(ctx, &bootstrap.Cmd{
 		Path:   "journalctl",
-		Args:   []string{"--unit=" + UnitName(name), "--unit=" + AutostartUnitName(name), "--lines=" + fmt.Sprint(n), "--no-pager", "--output=cat", "--boot"},
+		Args:   args,
 		Stdout: &out,
 	})
 	if err != nil {

@@ -185,7 +185,7 @@ func TestErrorPathsThroughFakeMachined(t *testing.T) {
 		t.Errorf("stop of a stopped machine: %v", wantErr)
 	}
 
-	// A failed start job is a boot failure; the settings are still written.
+	// A failed start job is a boot failure; its options are not remembered.
 	f.result = "failed"
 	err := m.Boot(ctx, "web", BootRequest{Network: "none", Timeout: time.Second})
 	var be *BootError
@@ -199,8 +199,8 @@ func TestErrorPathsThroughFakeMachined(t *testing.T) {
 	if !strings.Contains(strings.Join(spec.ExecStart, " "), "--private-network") {
 		t.Errorf("--network none not applied: %q", spec.ExecStart)
 	}
-	if o, _ := m.Options("web"); o.Network != "none" {
-		t.Errorf("options not remembered: %+v", o)
+	if o, _ := m.Options("web"); o.Network != "veth" {
+		t.Errorf("options of a failed boot remembered: %+v", o)
 	}
 }
 
@@ -440,5 +440,77 @@ func TestBootErrorHint(t *testing.T) {
 	}
 	if h := (&BootError{Log: []string{"Failed to mount /proc"}}).Hint(); h != "" {
 		t.Errorf("hint without a known cause: %q", h)
+	}
+}
+
+func TestStablePath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give files to another user")
+	}
+	base := t.TempDir() // /tmp/TestStablePathNNN/001, root's, in sticky /tmp
+	for _, d := range []string{filepath.Dir(base), base} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk := func(p string, mode os.FileMode, uid int) string {
+		t.Helper()
+		p = filepath.Join(base, p)
+		if err := os.Mkdir(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	data := mk("data", 0o755, 0)
+	user := mk("user", 0o755, 1000)
+	open := mk("open", 0o777, 0)
+	sticky := mk("sticky", os.ModeSticky|0o777, 0)
+	inSticky := mk("sticky/root", 0o755, 0)
+	usersInSticky := mk("sticky/users", 0o755, 1000)
+	link := func(name, target string, uid int) string {
+		t.Helper()
+		p := filepath.Join(base, name)
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	rootLink := link("rootlink", "data", 0)
+	userLink := link("userlink", "/root", 1000)
+	underUser := filepath.Join(user, "sub")
+	if err := os.Mkdir(underUser, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path, want string
+		ok         bool
+	}{
+		{data, data, true},
+		{user, user, true}, // its owner cannot replace it: the parent is root's
+		{rootLink, data, true},
+		{userLink, "", false},
+		{underUser, "", false}, // the user can swap sub for a link
+		{filepath.Join(open, "x"), "", false},
+		{inSticky, inSticky, true},
+		{usersInSticky, "", false},
+		{sticky, sticky, true},
+		{"relative", "", false},
+	} {
+		if tc.path == filepath.Join(open, "x") {
+			_ = os.Mkdir(tc.path, 0o755)
+		}
+		got, err := stablePath(tc.path)
+		if (err == nil) != tc.ok || (tc.ok && got != tc.want) {
+			t.Errorf("stablePath(%s) = %q, %v; want %q ok=%v", tc.path, got, err, tc.want, tc.ok)
+		}
 	}
 }

@@ -4,13 +4,16 @@ package machine
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #ifndef MOVE_MOUNT_F_EMPTY_PATH
@@ -26,21 +29,51 @@ package machine
 #define AT_RECURSIVE 0x8000
 #endif
 
-// mkdir_p makes dir and its parents, 0755.
-static int mkdir_p(char *dir) {
-	for (char *p = dir + 1; *p; p++) {
-		if (*p == '/') {
-			*p = 0;
-			if (mkdir(dir, 0755) < 0 && errno != EEXIST) return -1;
-			*p = '/';
-		}
+// made holds what make_dest created, so that a failed bind leaves nothing.
+static char *made[256];
+static int nmade;
+
+static void record(const char *p) {
+	if (nmade < (int)(sizeof made / sizeof made[0])) made[nmade++] = strdup(p);
+}
+
+// make_dest makes dest's missing parents (0755) and dest itself: a
+// directory, or an empty file (0644) to bind a file onto when file is set.
+static int make_dest(char *dest, int file) {
+	for (char *p = dest + 1; *p; p++) {
+		if (*p != '/') continue;
+		*p = 0;
+		if (mkdir(dest, 0755) == 0) record(dest);
+		else if (errno != EEXIST) { *p = '/'; return -1; }
+		*p = '/';
 	}
-	if (mkdir(dir, 0755) < 0 && errno != EEXIST) return -1;
+	if (file) {
+		int fd = open(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+		if (fd >= 0) { close(fd); record(dest); }
+		else if (errno != EEXIST) return -1;
+	} else if (mkdir(dest, 0755) == 0) record(dest);
+	else if (errno != EEXIST) return -1;
 	return 0;
+}
+
+// undo_dest removes what make_dest created, deepest first.
+static void undo_dest(void) {
+	while (nmade > 0) remove(made[--nmade]);
 }
 
 static void die(const char *what) {
 	fprintf(stderr, "%s: %s\n", what, strerror(errno));
+	_exit(1);
+}
+
+// fail reports a failure after make_dest, undoing what it made.
+static void fail(const char *fmt, ...) {
+	va_list ap;
+	undo_dest();
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
 	_exit(1);
 }
 
@@ -62,8 +95,13 @@ static void die(const char *what) {
 //      it: the copy of TREE there is locked;
 //   3. a detached clone of that copy (open_tree keeps the locks);
 //   4. the machine's mount namespace, where the clone is moved onto DEST.
-// From step 2 on the helper holds only the machine's root's privileges,
-// so DEST and its parents are made as the machine's root would make them.
+// From step 2 on the helper is the machine's root (uid and gid 0 of its
+// user namespace) with only its privileges, so DEST and its parents are
+// made as the machine's root would make them, and owned by it.
+//
+// TREE may be a file: it is then bound onto a file, and MKDIR makes DEST
+// an empty file (its parents directories). When the bind fails, what
+// MKDIR made goes again.
 __attribute__((constructor)) static void nsbox_move_mount(void) {
 	const char *spec = getenv("NSBOX_MOVE_MOUNT");
 	if (!spec) return;
@@ -73,27 +111,42 @@ __attribute__((constructor)) static void nsbox_move_mount(void) {
 		_exit(2);
 	}
 	char *dest = strdup(spec + n);
+	struct stat st;
+	if (fstat(tree, &st) < 0) die("inspect the tree");
+	int file = !S_ISDIR(st.st_mode);
 	if (userns >= 0) {
 		if (unshare(CLONE_NEWNS) < 0) die("make a private mount namespace");
 		if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make it private");
 		if (mount("nsbox", "/run", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0) die("mount a tmpfs");
-		if (mkdir("/run/bind", 0700) < 0) die("make the anchor");
+		// A file is attached on a file, a directory on a directory.
+		if (file) {
+			int fd = open("/run/bind", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+			if (fd < 0) die("make the anchor");
+			close(fd);
+		} else if (mkdir("/run/bind", 0700) < 0) die("make the anchor");
 		if (syscall(SYS_move_mount, tree, "", AT_FDCWD, "/run/bind", MOVE_MOUNT_F_EMPTY_PATH) < 0) die("attach the tree");
 		if (mount(NULL, "/run/bind", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make the tree private");
 		if (setns(userns, CLONE_NEWUSER) < 0) die("enter the machine's user namespace");
 		if (unshare(CLONE_NEWNS) < 0) die("make a mount namespace of the machine's user namespace");
 		tree = syscall(SYS_open_tree, AT_FDCWD, "/run/bind", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
 		if (tree < 0) die("clone the locked tree");
+		// setns kept the host's IDs (which reached the anchor, host
+		// root's), but the machine does not map them: what DEST needs made
+		// would show as nobody there. Become the machine's root.
+		(void)setgroups(0, NULL);
+		if (setresgid(0, 0, 0) < 0) die("become the machine's root group");
+		if (setresuid(0, 0, 0) < 0) die("become the machine's root");
 	}
 	if (setns(mntns, CLONE_NEWNS) < 0) die("enter the machine's mount namespace");
-	if (mk && mkdir_p(dest) < 0) {
-		fprintf(stderr, "create %s: %s\n", dest, strerror(errno));
-		_exit(1);
+	if (mk && make_dest(dest, file) < 0) fail("create %s in the machine: %s", dest, strerror(errno));
+	struct stat dst;
+	if (stat(dest, &dst) < 0) {
+		if (errno == ENOENT) fail("%s does not exist in the machine (add --mkdir to create it)", dest);
+		fail("%s in the machine: %s", dest, strerror(errno));
 	}
-	if (syscall(SYS_move_mount, tree, "", AT_FDCWD, dest, MOVE_MOUNT_F_EMPTY_PATH) < 0) {
-		fprintf(stderr, "mount on %s: %s\n", dest, strerror(errno));
-		_exit(1);
-	}
+	if (file && S_ISDIR(dst.st_mode)) fail("%s is a directory in the machine: a file is bound onto a file", dest);
+	if (!file && !S_ISDIR(dst.st_mode)) fail("%s is not a directory in the machine: a directory is bound onto a directory", dest);
+	if (syscall(SYS_move_mount, tree, "", AT_FDCWD, dest, MOVE_MOUNT_F_EMPTY_PATH) < 0) fail("mount on %s: %s", dest, strerror(errno));
 	_exit(0);
 }
 */
@@ -163,13 +216,15 @@ func openMachineNS(leader int, still func() bool) (machineNS, error) {
 	return n, nil
 }
 
-// BindIntoMachine mounts host directory src on dst inside the running
-// machine whose PID 1 is leader (still confirms it, see openMachineNS): a
-// detached copy of src (open_tree), mapped to the machine's users when it
+// BindIntoMachine mounts host directory or file src on dst inside the
+// running machine whose PID 1 is leader (still confirms it, see
+// openMachineNS): a detached copy of src (open_tree), mapped to the machine's users when it
 // has a user namespace, read-only if asked, moved into the machine's mount
 // namespace by a helper that enters it before the Go runtime starts. In a
 // machine with a user namespace the bind's flags are locked: its root
-// cannot make a read-only bind writable.
+// cannot make a read-only bind writable. With mkdir, dst and its parents
+// are made by the machine's root (dst an empty file when src is a file),
+// and removed again when the bind fails.
 func BindIntoMachine(leader int, still func() bool, src, dst string, readOnly, mkdir bool) error {
 	ns, err := openMachineNS(leader, still)
 	if err != nil {
@@ -195,10 +250,9 @@ func BindIntoMachine(leader int, still func() bool, src, dst string, readOnly, m
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
 		return fmt.Errorf("map %s to the machine's users: %w", src, err)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
+	// The running image, not the path it was started from: a binary a
+	// user can rewrite must not be run a second time as root.
+	self := "/proc/self/exe"
 	mk := 0
 	if mkdir {
 		mk = 1

@@ -186,12 +186,15 @@ func (m *Manager) hostEndUp(ctx context.Context, name string, l network.Link) er
 	}
 }
 
-// masquerade lets the pool reach beyond the host, and keeps forwarding
-// that is not the machines' as it was: when nsbox is the one that turns
-// IPv4 forwarding on, its forward chain drops everything else.
+// masquerade lets the machines reach beyond the host, and keeps
+// forwarding that is not the machines' as it was: when nsbox is the one
+// that turns IPv4 forwarding on, its forward chain drops everything else.
+// The table is replaced whole, so it covers every address pool in use:
+// this boot's and the subnets remembered for machines, which may come
+// from other pools (a boot with --address-pool).
 func (m *Manager) masquerade(ctx context.Context) {
-	pool, err := netip.ParsePrefix(m.Pool)
-	if err != nil {
+	pools := m.poolsInUse()
+	if len(pools) == 0 {
 		return
 	}
 	fwd := network.HostForwarding(m.RunDir)
@@ -202,7 +205,7 @@ func (m *Manager) masquerade(ctx context.Context) {
 	}
 	// The chain goes in before forwarding is turned on: forwarding without
 	// it would route for anyone.
-	err = m.Runner.Run(ctx, &bootstrap.Cmd{Path: "nft", Args: []string{"-f", "-"}, Stdin: strings.NewReader(network.NftRules(pool, owned))})
+	err = m.Runner.Run(ctx, &bootstrap.Cmd{Path: "nft", Args: []string{"-f", "-"}, Stdin: strings.NewReader(network.NftRules(pools, owned))})
 	if errors.Is(err, bootstrap.ErrToolMissing) {
 		logrus.Warnf("machines cannot reach beyond this host: nft is not installed (install it: apt-get install nftables)")
 		return
@@ -213,4 +216,36 @@ func (m *Manager) masquerade(ctx context.Context) {
 	if err := fwd.Enable(); err != nil {
 		logrus.Warnf("machines cannot reach beyond this host: %v", err)
 	}
+}
+
+// poolsInUse is this Manager's address pool and every subnet remembered
+// for a machine (NftRules leaves out those inside another).
+func (m *Manager) poolsInUse() []netip.Prefix {
+	var out []netip.Prefix
+	if p, err := netip.ParsePrefix(m.Pool); err == nil && p.Addr().Is4() {
+		out = append(out, p.Masked())
+	}
+	dir := filepath.Dir(m.linkPath("x"))
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if ValidateName(e.Name()) != nil {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil {
+			if p, err := netip.ParsePrefix(strings.TrimSpace(string(b))); err == nil && p.Addr().Is4() {
+				out = append(out, p.Masked())
+			}
+		}
+	}
+	return out
+}
+
+// ValidatePool checks an address pool (--address-pool): an IPv4 prefix
+// with room for at least one machine's /30.
+func ValidatePool(s string) error {
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() || p.Bits() > 30 {
+		return fmt.Errorf("%w: address pool %q (use an IPv4 prefix of /30 or wider, such as 10.89.0.0/16)", ErrInvalidOption, s)
+	}
+	return nil
 }

@@ -67,3 +67,28 @@ func TestDirectStaleStateIsCleaned(t *testing.T) {
 		t.Errorf("state file mode %v", fi.Mode())
 	}
 }
+
+func TestRotatingLog(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "web.log")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &rotatingLog{path: path, f: f, max: 100}
+	line := []byte("0123456789012345678901234567890123456789\n") // 41 bytes
+	for i := 0; i < 50; i++ {
+		if n, err := l.Write(line); n != len(line) || err != nil {
+			t.Fatalf("write: %d %v", n, err)
+		}
+	}
+	for _, p := range []string{path, path + ".1"} {
+		fi, err := os.Stat(p)
+		if err != nil || fi.Size() > 100 || fi.Size() == 0 {
+			t.Errorf("%s: %v %v", p, fi, err)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Errorf("files: %v", ents)
+	}
+}

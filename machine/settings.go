@@ -138,12 +138,12 @@ type BootOptions struct {
 	// Network is "veth" (default), "none" (private, loopback only), "host",
 	// "bridge:BR" or "zone:Z".
 	Network string `json:"network"`
-	Binds   []Bind `json:"binds,omitempty"`
+	Binds   []Bind `json:"binds"`
 	// PrivateUsers maps the machine's users to an unused host range, the
 	// only setting under which nspawn is a security boundary.
 	PrivateUsers bool `json:"private_users"`
 	// Ports forwards host ports to the machine: [tcp|udp:]HOST[:MACHINE].
-	Ports []string `json:"ports,omitempty"`
+	Ports []string `json:"ports"`
 
 	// file is the settings file these options were read from: a rewrite
 	// changes only the keys nsbox owns and keeps every other line.

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 )
 
 // NftTable is the nftables table (family ip) nsbox keeps its rules in.
@@ -84,19 +86,20 @@ func (f Forwarding) on() (bool, error) {
 }
 
 // NftRules is the nft script of nsbox's own table ("nft list table ip
-// nsbox"), which it replaces whole. Machines in pool reach beyond the
-// host, masqueraded as systemd-networkd's IPMasquerade= does. Its forward
-// chain accepts what is the machines': what comes in from a machine's
-// veth (ve-*) with a pool address, replies to it, and connections to a
-// forwarded port (nspawn's --port DNATs them to the machine). Traffic to
-// or from the pool that is none of those (a neighbour routing to a
-// machine's address, a pool address spoofed from outside) is dropped.
-// Other forwarding is dropped too when ownForwarding says nsbox turns
-// forwarding on (Forwarding.Owned), since the host did not forward before;
-// otherwise it is left alone. An nftables drop is final, whichever table
-// would accept the packet: this chain never drops others' traffic on a
-// host whose administrator forwards.
-func NftRules(pool netip.Prefix, ownForwarding bool) string {
+// nsbox"), which it replaces whole. Machines in pools (each address pool
+// in use: the one of this boot and the subnets machines were given from
+// others) reach beyond the host, masqueraded as systemd-networkd's
+// IPMasquerade= does. Its forward chain accepts what is the machines':
+// what comes in from a machine's veth (ve-*) with a pool address, replies
+// to it, and connections to a forwarded port (nspawn's --port DNATs them
+// to the machine). Traffic to or from the pools that is none of those (a
+// neighbour routing to a machine's address, a pool address spoofed from
+// outside) is dropped. Other forwarding is dropped too when ownForwarding
+// says nsbox turns forwarding on (Forwarding.Owned), since the host did
+// not forward before; otherwise it is left alone. An nftables drop is
+// final, whichever table would accept the packet: this chain never drops
+// others' traffic on a host whose administrator forwards.
+func NftRules(pools []netip.Prefix, ownForwarding bool) string {
 	policy := "accept"
 	if ownForwarding {
 		policy = "drop"
@@ -117,5 +120,38 @@ table ip %[1]s {
 		ip daddr %[2]s drop
 	}
 }
-`, NftTable, pool.Masked(), policy)
+`, NftTable, nftPrefixes(pools), policy)
+}
+
+// nftPrefixes writes pools as one nft expression: the prefix itself, or an
+// anonymous set of them. A prefix inside another is left out (nft refuses
+// overlapping elements), so is one that is not IPv4.
+func nftPrefixes(pools []netip.Prefix) string {
+	var keep []netip.Prefix
+	for _, p := range pools {
+		p = p.Masked()
+		if !p.IsValid() || !p.Addr().Is4() {
+			continue
+		}
+		inside := false
+		for _, q := range pools {
+			q = q.Masked()
+			if q != p && q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
+				inside = true
+				break
+			}
+		}
+		if !inside && !slices.Contains(keep, p) {
+			keep = append(keep, p)
+		}
+	}
+	slices.SortFunc(keep, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	if len(keep) == 1 {
+		return keep[0].String()
+	}
+	s := make([]string, len(keep))
+	for i, p := range keep {
+		s[i] = p.String()
+	}
+	return "{ " + strings.Join(s, ", ") + " }"
 }

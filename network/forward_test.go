@@ -24,7 +24,7 @@ func TestNftRules(t *testing.T) {
 		{true, "policy drop;"},
 		{false, "policy accept;"},
 	} {
-		got := NftRules(pool, c.owned)
+		got := NftRules([]netip.Prefix{pool}, c.owned)
 		for _, want := range []string{
 			// The table is replaced whole, creating it first so that
 			// the delete never fails.
@@ -229,7 +229,7 @@ func TestForwardingOnlyForMachines(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		s.nft(t, NftRules(pool, owned))
+		s.nft(t, NftRules([]netip.Prefix{pool}, owned))
 		if err := inNS(s.hostNS, f.Enable); err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,102 @@
+package machine
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// maxPasswd is the most nsbox reads of a machine's /etc/passwd.
+const maxPasswd = 4 << 20
+
+// ResolveUser turns shell's --uid value into the user name to run as in
+// machine name: a name stays a name, a numeric ID becomes the name its
+// /etc/passwd gives it (runuser and nspawn's --user take names). A user
+// the machine's /etc/passwd does not have is an error naming --uid, unless
+// the machine also looks users up elsewhere (nsswitch.conf), when the
+// value is passed on as it is. The files are the machine's: read inside
+// its tree, regular files only, bounded.
+func (m *Manager) ResolveUser(name, user string) (string, error) {
+	if user == "" {
+		return "", nil
+	}
+	if err := ValidateText("--uid", user); err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(user, "-") {
+		return "", fmt.Errorf("%w: --uid %q: a user name or a numeric ID", ErrInvalidOption, user)
+	}
+	if ValidateName(name) != nil || !m.exists(name) {
+		return user, nil // the command reports the machine
+	}
+	r, err := os.OpenRoot(m.Dir(name))
+	if err != nil {
+		return user, nil
+	}
+	defer r.Close()
+	f, err := openRegular(r, "etc/passwd")
+	if err != nil {
+		return user, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxPasswd))
+	f.Close()
+	if err != nil {
+		return user, nil
+	}
+	numeric := false
+	if _, err := strconv.ParseUint(user, 10, 32); err == nil {
+		numeric = true
+	}
+	if found, ok := lookupPasswd(string(b), user, numeric); ok {
+		return found, nil
+	}
+	if !numeric && !filesOnly(r) {
+		return user, nil
+	}
+	if numeric {
+		return "", fmt.Errorf("%w: --uid %s: %s has no user with that ID in its /etc/passwd", ErrInvalidOption, user, name)
+	}
+	return "", fmt.Errorf("%w: --uid %s: %s has no such user in its /etc/passwd", ErrInvalidOption, user, name)
+}
+
+// lookupPasswd finds user (a name, or a numeric ID when numeric) in the
+// text of an /etc/passwd, and returns the entry's name. A name nsbox could
+// not pass on safely (control characters, a leading "-") is no match.
+func lookupPasswd(passwd, user string, numeric bool) (string, bool) {
+	for _, l := range strings.Split(passwd, "\n") {
+		f := strings.Split(l, ":")
+		if len(f) < 3 || f[0] == "" || strings.HasPrefix(f[0], "-") || strings.HasPrefix(f[0], "+") || ValidateText("user", f[0]) != nil {
+			continue
+		}
+		if numeric && f[2] == user || !numeric && f[0] == user {
+			return f[0], true
+		}
+	}
+	return "", false
+}
+
+// filesOnly reports whether the machine's nsswitch.conf looks users up in
+// /etc/passwd alone (as Debian's does), so a user missing there does not
+// exist. Without the file, glibc reads /etc/passwd only too.
+func filesOnly(r *os.Root) bool {
+	b, err := readSmall(r, "etc/nsswitch.conf")
+	if err != nil {
+		return os.IsNotExist(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		l, _, _ = strings.Cut(l, "#")
+		k, v, ok := strings.Cut(l, ":")
+		if !ok || strings.TrimSpace(k) != "passwd" {
+			continue
+		}
+		for _, src := range strings.Fields(v) {
+			if src != "files" && src != "compat" && !strings.HasPrefix(src, "[") {
+				return false
+			}
+		}
+		return true
+	}
+	return true
+}
