@@ -188,6 +188,8 @@ func hostEnv(t *testing.T, backend string) *env {
 		for _, n := range machineNames(r.stdout) {
 			e.nsb(t, "remove", "--force", n)
 		}
+		// The store stays after its last machine; it goes with the root.
+		os.Remove(root + "/.nsbox")
 		os.Remove(root)
 	})
 	return e

@@ -670,6 +670,7 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("isolation", func(t *testing.T) { isolation(t, e) })
 	t.Run("boot options, machine IDs, ports", func(t *testing.T) { correctBoot(t, e) })
 	t.Run("shell and console", func(t *testing.T) { correctShell(t, e) })
+	t.Run("command line, bind, export, logs", func(t *testing.T) { correctCLI(t, e) })
 
 	t.Run("reliability", func(t *testing.T) {
 		e.nsb(t, "stop", name)
