@@ -48,7 +48,13 @@ func correctShell(t *testing.T, e *env) {
 
 	t.Run("interactive login shell", func(t *testing.T) {
 		out, code := e.pty(t, []string{"tty; echo \"[$PWD]\"\r", "exit 3\r"}, "shell", name)
-		if code != 3 {
+		// machined's OpenMachineShell, which serves a terminal there,
+		// reports no exit status (docs/reliability.md).
+		if want := 3; e.name == "machined" {
+			if code != 0 {
+				t.Errorf("the login shell on machined ended with %d; the terminal showed:\n%s", code, out)
+			}
+		} else if code != want {
 			t.Errorf("exit 3 in the login shell gave nsbox status %d; the terminal showed:\n%s", code, out)
 		}
 		if strings.Contains(out, "not a tty") || !strings.Contains(out, "/dev/pts/") {

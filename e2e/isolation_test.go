@@ -112,11 +112,15 @@ func isolation(t *testing.T, e *env) {
 		}
 		// A host user's link is never followed: it would hand the machine
 		// root's files, and it could be swapped before any later boot.
-		e.mustSh(t, "mkdir -m 755 /var/tmp/e2e-iso-user && chown 65534:65534 /var/tmp/e2e-iso-user && ln -s /root /var/tmp/e2e-iso-user/share && ln -s /etc /var/tmp/e2e-iso-user/etc && chown -h 65534:65534 /var/tmp/e2e-iso-user/share /var/tmp/e2e-iso-user/etc")
-		defer e.sh(t, "rm -rf /var/tmp/e2e-iso-user")
-		wantFail(t, e.nsb(t, "bind", name, "/var/tmp/e2e-iso-user/share", "/mnt/share", "--mkdir"), 1, "symbolic link of uid 65534")
-		wantFail(t, e.nsb(t, "bind", name, "/var/tmp/e2e-iso-user/etc", "/mnt/etc", "--mkdir", "--read-only"), 1, "symbolic link of uid 65534")
-		wantFail(t, e.nsb(t, "bind", name, "/var/tmp/e2e-iso-user", "/mnt/u", "--mkdir", "--read-only"), 1, "")
+		u := "/var/tmp/e2e-iso-user"
+		e.mustSh(t, "mkdir -m 755 "+u+" "+u+"/home && chown 65534:65534 "+u+"/home && mkdir "+u+"/home/x && ln -s /root "+u+"/share && ln -s /etc "+u+"/etc && chown -h 65534:65534 "+u+"/share "+u+"/etc")
+		defer e.sh(t, "rm -rf "+u)
+		wantFail(t, e.nsb(t, "bind", name, u+"/share", "/mnt/share", "--mkdir"), 1, "symbolic link of uid 65534")
+		wantFail(t, e.nsb(t, "bind", name, u+"/etc", "/mnt/etc", "--mkdir", "--read-only"), 1, "symbolic link of uid 65534")
+		// x is root's, but the user can swap it: home is theirs.
+		wantFail(t, e.nsb(t, "bind", name, u+"/home/x", "/mnt/x", "--mkdir", "--read-only"), 1, "belongs to uid 65534")
+		// home itself is the user's, but only root can replace it.
+		e.mustNsb(t, "bind", name, u+"/home", "/mnt/h", "--mkdir", "--read-only")
 		// A writable bind that host users can reach would let the
 		// machine's root plant setuid-root programs for them.
 		e.mustSh(t, "mkdir -m 755 /var/tmp/e2e-iso-open")

@@ -184,7 +184,7 @@ func scenarios(t *testing.T, e *env) {
 			t.Errorf("%s links to %q, want .nsbox/%s", root, got, name)
 		}
 		i, ok := list(t, e)[name]
-		if !ok || i.State != "stopped" || i.OS != "debian" || i.Version != "12" || i.Root != root {
+		if !ok || i.State != "stopped" || i.OS != "debian" || i.Version != "12" || i.Root != root || i.Usage < 100<<20 {
 			t.Fatalf("list: %+v", i)
 		}
 	})

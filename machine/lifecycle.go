@@ -338,11 +338,26 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		// Only a machine this boot started is stopped: one that another
 		// program (machinectl start, a hand-run nspawn) started meanwhile
 		// under the same name is not ours to end.
-		if r, err := m.Backend.Get(stopCtx, name); err == nil && startedBy(r, spec) {
+		r, err := m.Backend.Get(stopCtx, name)
+		started := err == nil && startedBy(r, spec)
+		if started {
 			_ = m.Backend.Terminate(stopCtx, name)
 			m.waitGone(stopCtx, name, 10*time.Second)
 		}
 		m.Backend.Cleanup(stopCtx, name)
+		if !started && m.Backend.Registered() {
+			// A start cut short by the timeout may still bring the machine
+			// up after its unit was told to stop: nspawn does not act on
+			// SIGTERM before the machine runs. Wait for it, and end it.
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+				if r, err := m.Backend.Get(stopCtx, name); err == nil && startedBy(r, spec) {
+					_ = m.Backend.Terminate(stopCtx, name)
+					m.waitGone(stopCtx, name, 10*time.Second)
+					m.Backend.Cleanup(stopCtx, name)
+					break
+				}
+			}
+		}
 		if len(log) == 0 {
 			// A boot that gave up at once (a short --timeout) stops before
 			// the machine wrote anything: then nspawn's own lines, as it

@@ -139,7 +139,8 @@ func (m *Manager) fill(i *Info) {
 		}
 	}
 	if i.Managed {
-		i.Usage, _ = bootstrap.DiskUsage(i.Root)
+		// The tree itself: Root is the link users know it by.
+		i.Usage, _ = bootstrap.DiskUsage(m.Dir(i.Name))
 		i.ReadOnly = m.ReadOnly(i.Name)
 	}
 	if i.State != "running" || i.Leader <= 0 {

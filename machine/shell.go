@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"fmt"
 	"os"
 )
 
@@ -39,16 +40,34 @@ func (d *Direct) LoginShell(ctx context.Context, name, user string) (int, error)
 const machinedLoginShell = `shell=$(getent passwd "$1" 2>/dev/null | { IFS=: read -r _ _ _ _ _ _ x; echo "$x"; }); ` +
 	`cd "$HOME" 2>/dev/null || cd /; exec "${shell:-/bin/sh}" -l`
 
-// LoginShell runs user's login shell through systemd-run --machine, as
-// Exec runs commands, and returns its exit status: machined's
-// OpenMachineShell (machinectl shell) reports none. On a terminal
-// systemd-run gets a pseudo terminal in the machine (--pty); otherwise the
-// shell reads the caller's stdin (--pipe) and ends with it.
+// LoginShell runs user's login shell. Without a terminal it runs through
+// systemd-run --machine --pipe, as Exec runs commands: the shell reads the
+// caller's stdin, ends with it, and its exit status comes back. On a
+// terminal it is machined's OpenMachineShell, whose exit status machined
+// does not report.
 func (m *Machined) LoginShell(ctx context.Context, name, user string) (int, error) {
 	if user == "" {
 		user = "root"
 	}
+	if isTerminal(os.Stdin) {
+		// On a terminal, machined's own shell (machinectl shell): it
+		// gives the shell a pseudo terminal and a session, but no exit
+		// status.
+		return 0, m.openShell(name, user)
+	}
 	e := loginShellSpec([]string{"/bin/sh", "-c", machinedLoginShell, "sh", user})
 	e.User = user
 	return m.Exec(ctx, name, e)
+}
+
+// openShell is machined's OpenMachineShell on the caller's terminal.
+func (m *Machined) openShell(name, user string) error {
+	term := envOr("TERM", "vt220")
+	master, err := m.Machines.OpenMachineShell(name, user, []string{"TERM=" + term})
+	if err != nil {
+		return fmt.Errorf("open shell: %w", err)
+	}
+	defer master.Close()
+	attachTerminal(master)
+	return nil
 }
