@@ -119,7 +119,15 @@ func (e *env) mustSh(t *testing.T, script string) string {
 // pause, and returns everything the terminal showed.
 func (e *env) pty(t *testing.T, inputs []string, args ...string) (string, int) {
 	t.Helper()
-	full := append(append([]string{}, e.prefix...), append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...)...)
+	return e.onPty(t, inputs, 30*time.Second, append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...)...)
+}
+
+// onPty runs argv in the environment on a pseudo terminal of its own,
+// types each input after a pause, waits at most limit for it to end, and
+// returns what the terminal showed and the exit status.
+func (e *env) onPty(t *testing.T, inputs []string, limit time.Duration, argv ...string) (string, int) {
+	t.Helper()
+	full := append(append([]string{}, e.prefix...), argv...)
 	cmd := exec.Command(full[0], full[1:]...)
 	f, err := pty.Start(cmd)
 	if err != nil {
@@ -139,9 +147,10 @@ func (e *env) pty(t *testing.T, inputs []string, args ...string) (string, int) {
 	go func() { waited <- cmd.Wait() }()
 	select {
 	case <-waited:
-	case <-time.After(30 * time.Second):
+	case <-time.After(limit):
 		_ = cmd.Process.Kill()
-		t.Fatalf("interactive shell did not exit; the terminal showed:\n%s", out.String())
+		<-waited
+		t.Fatalf("%s on a terminal did not end; the terminal showed:\n%s", strings.Join(argv, " "), out.String())
 	}
 	select {
 	case <-done:

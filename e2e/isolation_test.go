@@ -3,19 +3,14 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/creack/pty"
 )
 
 // injector is a program for a machine's root that tries to reach the
@@ -29,29 +24,8 @@ const injector = `perl -e 'if (open(my $t, "+<", "/dev/tty")) { print "TTY-OPEN\
 // the terminal showed.
 func (e *env) onTerminal(t *testing.T, script string) string {
 	t.Helper()
-	full := append(append([]string{}, e.prefix...), "bash", "-c", script)
-	cmd := exec.Command(full[0], full[1:]...)
-	f, err := pty.Start(cmd)
-	if err != nil {
-		t.Fatalf("pty: %v", err)
-	}
-	defer f.Close()
-	var out bytes.Buffer
-	done := make(chan struct{})
-	go func() { _, _ = io.Copy(&out, f); close(done) }()
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	select {
-	case <-waited:
-	case <-time.After(150 * time.Second):
-		_ = cmd.Process.Kill()
-		t.Fatalf("script on a terminal did not end; it showed:\n%s", out.String())
-	}
-	select {
-	case <-done:
-	case <-time.After(2 * time.Second):
-	}
-	return strings.ReplaceAll(out.String(), "\r", "")
+	out, _ := e.onPty(t, nil, 150*time.Second, "bash", "-c", script)
+	return strings.ReplaceAll(out, "\r", "")
 }
 
 // cmdline is the nsbox command line of the environment, for scripts.

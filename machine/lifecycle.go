@@ -341,8 +341,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		r, err := m.Backend.Get(stopCtx, name)
 		started := err == nil && startedBy(r, spec)
 		if started {
-			_ = m.Backend.Terminate(stopCtx, name)
-			m.waitGone(stopCtx, name, 10*time.Second)
+			m.end(stopCtx, name)
 		}
 		m.Backend.Cleanup(stopCtx, name)
 		if !started && m.Backend.Registered() {
@@ -351,8 +350,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 			// SIGTERM before the machine runs. Wait for it, and end it.
 			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 				if r, err := m.Backend.Get(stopCtx, name); err == nil && startedBy(r, spec) {
-					_ = m.Backend.Terminate(stopCtx, name)
-					m.waitGone(stopCtx, name, 10*time.Second)
+					m.end(stopCtx, name)
 					m.Backend.Cleanup(stopCtx, name)
 					break
 				}
@@ -399,6 +397,18 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	}
 	logrus.Infof("%s is %s", name, state)
 	return nil
+}
+
+// end stops a machine whose boot failed: terminated, and killed outright
+// when that does not end it (nspawn ignores SIGTERM while it starts, and a
+// unit told to stop then waits its whole stop timeout).
+func (m *Manager) end(ctx context.Context, name string) {
+	_ = m.Backend.Terminate(ctx, name)
+	if m.waitGone(ctx, name, 3*time.Second) {
+		return
+	}
+	_ = m.Backend.Kill(ctx, name, true, syscall.SIGKILL)
+	m.waitGone(ctx, name, 10*time.Second)
 }
 
 // bootLock takes name's boot lock under RunDir without waiting.
