@@ -14,7 +14,6 @@ import (
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 )
 
 // Signals systemd in a container understands (systemd(1)).
@@ -80,91 +79,6 @@ func (m *Manager) checkBinds(binds []Bind, privateUsers, force bool) error {
 		}
 	}
 	return nil
-}
-
-// stablePath resolves path following only symbolic links that belong to
-// root, and checks that no user but root can change what it names: every
-// directory on the way is root's and writable by nobody else, or sticky
-// with the entry in it root's. The last component may belong to anyone
-// (its owner cannot replace it without writing its parent).
-func stablePath(path string) (string, error) {
-	if !filepath.IsAbs(path) {
-		return "", fmt.Errorf("not an absolute path")
-	}
-	todo := strings.Split(strings.Trim(path, "/"), "/")
-	cur := "/"
-	for links := 0; len(todo) > 0; {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			cur = filepath.Dir(cur)
-			continue
-		}
-		var dir, ent unix.Stat_t
-		if err := unix.Lstat(cur, &dir); err != nil {
-			return "", err
-		}
-		next := filepath.Join(cur, c)
-		if err := unix.Lstat(next, &ent); err != nil {
-			return "", err
-		}
-		if dir.Uid != 0 {
-			return "", fmt.Errorf("%s belongs to uid %d", cur, dir.Uid)
-		}
-		if dir.Mode&0o022 != 0 && (dir.Mode&unix.S_ISVTX == 0 || ent.Uid != 0) {
-			return "", fmt.Errorf("%s is writable by others than root", cur)
-		}
-		if ent.Mode&unix.S_IFMT != unix.S_IFLNK {
-			cur = next
-			continue
-		}
-		if ent.Uid != 0 {
-			return "", fmt.Errorf("%s is a symbolic link of uid %d", next, ent.Uid)
-		}
-		if links++; links > 40 {
-			return "", fmt.Errorf("too many symbolic links")
-		}
-		target, err := os.Readlink(next)
-		if err != nil {
-			return "", err
-		}
-		if filepath.IsAbs(target) {
-			cur = "/"
-		}
-		todo = append(strings.Split(strings.Trim(target, "/"), "/"), todo...)
-	}
-	return cur, nil
-}
-
-// reachableBy says which host users besides root can reach path ("" for
-// none): every directory from / down to it lets them through, or one of
-// them is theirs. Access control lists are not read.
-func reachableBy(path string) string {
-	real, err := filepath.EvalSymlinks(path)
-	if err != nil {
-		return ""
-	}
-	p := "/"
-	parts := strings.Split(strings.TrimPrefix(real, "/"), "/")
-	for i := 0; ; i++ {
-		var st unix.Stat_t
-		if err := unix.Stat(p, &st); err != nil {
-			return ""
-		}
-		if st.Uid != 0 {
-			return fmt.Sprintf("%s belongs to uid %d", p, st.Uid)
-		}
-		if st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Mode&0o011 == 0 {
-			return ""
-		}
-		if i == len(parts) || parts[i] == "" {
-			return fmt.Sprintf("every host user can reach %s", real)
-		}
-		p = filepath.Join(p, parts[i])
-	}
 }
 
 // BootError is a boot that did not reach a running system; Log holds the

@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/nsbox/nsbox/bootstrap"
 )
 
 // OSRelease is the part of os-release(5) that nsbox shows.
@@ -79,10 +81,5 @@ func openRegular(r *os.Root, p string) (*os.File, error) {
 
 // readSmall reads the regular file p inside r, at most maxMachineFile bytes.
 func readSmall(r *os.Root, p string) ([]byte, error) {
-	f, err := openRegular(r, p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, maxMachineFile))
+	return bootstrap.ReadSmallInRoot(r, p, maxMachineFile)
 }

@@ -2,10 +2,11 @@ package machine
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/nsbox/nsbox/bootstrap"
 )
 
 // maxPasswd is the most nsbox reads of a machine's /etc/passwd.
@@ -36,12 +37,7 @@ func (m *Manager) ResolveUser(name, user string) (string, error) {
 		return user, nil
 	}
 	defer r.Close()
-	f, err := openRegular(r, "etc/passwd")
-	if err != nil {
-		return user, nil
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxPasswd))
-	f.Close()
+	b, err := bootstrap.ReadSmallInRoot(r, "etc/passwd", maxPasswd)
 	if err != nil {
 		return user, nil
 	}
