@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nsbox/nsbox/machine/host"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -28,9 +30,9 @@ func isSubvolume(dir string) bool {
 // MakeTreeDir creates the directory a tree is bootstrapped into: a btrfs
 // subvolume where the file system is btrfs (so copies of it can be
 // snapshots), a plain directory elsewhere.
-func MakeTreeDir(ctx context.Context, r Runner, dir string) error {
+func MakeTreeDir(ctx context.Context, r host.Runner, dir string) error {
 	if OnBtrfs(filepath.Dir(dir)) {
-		if err := r.Run(ctx, &Cmd{Path: "btrfs", Args: []string{"subvolume", "create", dir}}); err == nil {
+		if err := r.Run(ctx, &host.Cmd{Path: "btrfs", Args: []string{"subvolume", "create", dir}}); err == nil {
 			return nil
 		}
 		// btrfs-progs missing: a directory still works, copies cost more.
@@ -39,8 +41,8 @@ func MakeTreeDir(ctx context.Context, r Runner, dir string) error {
 }
 
 // snapshot makes dst a writable snapshot of subvolume src.
-func snapshot(ctx context.Context, r Runner, src, dst string) error {
-	if err := r.Run(ctx, &Cmd{Path: "btrfs", Args: []string{"subvolume", "snapshot", src, dst}}); err != nil {
+func snapshot(ctx context.Context, r host.Runner, src, dst string) error {
+	if err := r.Run(ctx, &host.Cmd{Path: "btrfs", Args: []string{"subvolume", "snapshot", src, dst}}); err != nil {
 		return fmt.Errorf("snapshot %s: %w", src, err)
 	}
 	return nil

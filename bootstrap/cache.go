@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nsbox/nsbox/machine/host"
+
 	"github.com/sirupsen/logrus"
 )
 
@@ -23,7 +25,7 @@ import (
 // costs a copy instead of a bootstrap.
 type BaseCache struct {
 	Dir    string // e.g. /var/cache/nsbox/bases
-	Runner Runner
+	Runner host.Runner
 	// LookPath finds programs (mmdebstrap); exec.LookPath in production.
 	LookPath func(string) (string, error)
 }
@@ -73,11 +75,11 @@ func (c *BaseCache) dir(key string) string { return filepath.Join(c.Dir, key) }
 
 // lock takes the base's lock, waiting for another nsbox that bootstraps
 // or refreshes it.
-func (c *BaseCache) lock(ctx context.Context, key string) (*FileLock, error) {
-	if err := PrivateDir(c.Dir); err != nil {
+func (c *BaseCache) lock(ctx context.Context, key string) (*host.FileLock, error) {
+	if err := host.PrivateDir(c.Dir); err != nil {
 		return nil, err
 	}
-	return LockFile(ctx, filepath.Join(c.Dir, ".#"+key+".lck"), true, true)
+	return host.LockFile(ctx, filepath.Join(c.Dir, ".#"+key+".lck"), true, true)
 }
 
 // Get returns the root of the base for o, bootstrapping it first when it
@@ -134,8 +136,8 @@ func (c *BaseCache) build(ctx context.Context, key string, o Options, progress f
 	ok := false
 	defer func() {
 		if !ok {
-			UnmountUnder(tmp)
-			_ = RemoveTree(tmp)
+			host.UnmountUnder(tmp)
+			_ = host.RemoveTree(tmp)
 		}
 	}()
 	root := filepath.Join(tmp, "root")
@@ -154,7 +156,7 @@ func (c *BaseCache) build(ctx context.Context, key string, o Options, progress f
 		Key: key, Distro: o.Release.Distro.Name, Release: o.Release.Name, Arch: o.arch(), Variant: o.variant(),
 		Mirror: o.Mirror, Packages: o.Packages(), Bootstrapper: o.Bootstrapper, Created: time.Now().UTC(),
 	}
-	info.Size, _ = DiskUsage(root)
+	info.Size, _ = host.DiskUsage(root)
 	b, _ := json.MarshalIndent(info, "", "  ")
 	if err := os.WriteFile(filepath.Join(tmp, "base.json"), append(b, '\n'), 0o644); err != nil {
 		return BaseInfo{}, err
@@ -162,7 +164,7 @@ func (c *BaseCache) build(ctx context.Context, key string, o Options, progress f
 	dst := c.dir(key)
 	if _, err := os.Lstat(dst); err == nil {
 		// An incomplete base (no base.json): replace it.
-		if err := RemoveTree(dst); err != nil {
+		if err := host.RemoveTree(dst); err != nil {
 			return BaseInfo{}, err
 		}
 	}
@@ -182,8 +184,8 @@ func (c *BaseCache) sweep(key string) {
 		if strings.HasSuffix(d, ".lck") {
 			continue
 		}
-		UnmountUnder(d)
-		if err := RemoveTree(d); err != nil {
+		host.UnmountUnder(d)
+		if err := host.RemoveTree(d); err != nil {
 			logrus.Warnf("could not remove %s: %v", d, err)
 		}
 	}
@@ -250,7 +252,7 @@ func (c *BaseCache) Refresh(ctx context.Context, info BaseInfo, progress func(St
 	o := Options{Release: rel, Mirror: info.Mirror, Variant: info.Variant, Arch: info.Arch, Include: include, Bootstrapper: info.Bootstrapper,
 		CacheDir: filepath.Join(filepath.Dir(c.Dir), "debs", rel.Distro.Name+"-"+rel.Name)}
 	old := filepath.Join(c.Dir, ".#old-"+info.Key)
-	_ = RemoveTree(old)
+	_ = host.RemoveTree(old)
 	if err := os.Rename(c.dir(info.Key), old); err != nil {
 		return info, err
 	}
@@ -260,7 +262,7 @@ func (c *BaseCache) Refresh(ctx context.Context, info BaseInfo, progress func(St
 		_ = os.Rename(old, c.dir(info.Key))
 		return info, err
 	}
-	return fresh, RemoveTree(old)
+	return fresh, host.RemoveTree(old)
 }
 
 // Remove deletes a cached base, waiting for creates that copy it.
@@ -270,7 +272,7 @@ func (c *BaseCache) Remove(ctx context.Context, key string) error {
 		return err
 	}
 	defer l.Unlock()
-	return RemoveTree(c.dir(key))
+	return host.RemoveTree(c.dir(key))
 }
 
 // CopyTree copies the tree src to dst, which must not exist. A btrfs
@@ -278,7 +280,7 @@ func (c *BaseCache) Remove(ctx context.Context, key string) error {
 // the copy keeps owners, modes, times, extended attributes and ACLs,
 // device nodes, hard links and holes, and where the file system can share
 // blocks (btrfs, XFS) it is a reflink and costs next to nothing.
-func CopyTree(ctx context.Context, r Runner, src, dst string) error {
+func CopyTree(ctx context.Context, r host.Runner, src, dst string) error {
 	// btrfs gives each subvolume a file system id of its own, so whether
 	// src and dst share a file system is learnt by trying: a snapshot
 	// across file systems fails and the copy below does the work.
@@ -287,7 +289,7 @@ func CopyTree(ctx context.Context, r Runner, src, dst string) error {
 			return nil
 		}
 	}
-	err := r.Run(ctx, &Cmd{Path: "cp", Args: []string{"--archive", "--reflink=auto", "--sparse=auto", "--one-file-system", "--no-target-directory", src, dst}})
+	err := r.Run(ctx, &host.Cmd{Path: "cp", Args: []string{"--archive", "--reflink=auto", "--sparse=auto", "--one-file-system", "--no-target-directory", src, dst}})
 	if err != nil {
 		return fmt.Errorf("copy %s: %w", src, err)
 	}
@@ -308,7 +310,7 @@ func UnshareMachineID(root string) error {
 	if fi, err := r.Lstat(DBusMachineID); err != nil || !fi.Mode().IsRegular() {
 		return nil
 	}
-	if err := WriteInRoot(r, "etc/machine-id", ""); err != nil {
+	if err := host.WriteInRoot(r, "etc/machine-id", ""); err != nil {
 		return fmt.Errorf("empty its machine id: %w", err)
 	}
 	if _, _, err := LinkDBusMachineID(r); err != nil {

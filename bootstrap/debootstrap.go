@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nsbox/nsbox/machine/host"
 )
 
 // BasePackages are what every machine needs to boot under nspawn and be
@@ -106,11 +108,11 @@ func suiteScript(r Release, exists func(string) bool) string {
 // naming the Debian package to install otherwise.
 func Check(o Options, lookPath func(string) (string, error)) error {
 	if _, err := lookPath("debootstrap"); err != nil {
-		return fmt.Errorf("debootstrap %w (install it: apt-get install debootstrap)", ErrToolMissing)
+		return fmt.Errorf("debootstrap %w (install it: apt-get install debootstrap)", host.ErrToolMissing)
 	}
 	if _, err := os.Stat(o.Release.Distro.Keyring); err != nil {
 		return fmt.Errorf("%s keyring %s %w (install it: apt-get install %s)",
-			o.Release.Distro.Name, o.Release.Distro.Keyring, ErrToolMissing, o.Release.Distro.Package)
+			o.Release.Distro.Name, o.Release.Distro.Keyring, host.ErrToolMissing, o.Release.Distro.Package)
 	}
 	return nil
 }
@@ -118,7 +120,7 @@ func Check(o Options, lookPath func(string) (string, error)) error {
 // Debootstrap bootstraps o into target, which must not exist yet or be
 // empty. progress, when set, is told each stage. On failure the error
 // carries the tail of debootstrap's own log; the caller removes target.
-func Debootstrap(ctx context.Context, r Runner, o Options, target string, progress func(Stage)) error {
+func Debootstrap(ctx context.Context, r host.Runner, o Options, target string, progress func(Stage)) error {
 	script := suiteScript(o.Release, func(p string) bool { _, err := os.Stat(p); return err == nil })
 	if script != "" && o.Mirror == "" {
 		// debootstrap takes a script only after a mirror, and nsbox
@@ -131,17 +133,17 @@ func Debootstrap(ctx context.Context, r Runner, o Options, target string, progre
 		}
 	}
 	p := newProgressParser(progress)
-	err := r.Run(ctx, &Cmd{
+	err := r.Run(ctx, &host.Cmd{
 		Path:  "debootstrap",
 		Args:  DebootstrapArgs(o, target, script),
 		Lines: p.line,
 		// debootstrap runs dpkg and apt; give them time to stop on Ctrl-C.
 	})
-	UnmountUnder(target)
+	host.UnmountUnder(target)
 	if err == nil {
 		return nil
 	}
-	var ee *ExitError
+	var ee *host.ExitError
 	if errors.As(err, &ee) {
 		if log := logTail(filepath.Join(target, "debootstrap", "debootstrap.log"), 3); log != "" {
 			ee.Tail = strings.TrimSpace(ee.Tail + " | log: " + log)

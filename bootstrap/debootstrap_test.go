@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/nsbox/nsbox/machine/host"
 )
 
 func TestLookupRelease(t *testing.T) {
@@ -80,7 +82,7 @@ func TestCheckNamesThePackage(t *testing.T) {
 	jammy, _ := LookupRelease("jammy", "")
 	jammy.Distro.Keyring = filepath.Join(t.TempDir(), "missing.gpg")
 	err := Check(Options{Release: jammy}, func(string) (string, error) { return "/usr/sbin/debootstrap", nil })
-	if !errors.Is(err, ErrToolMissing) || !strings.Contains(err.Error(), "apt-get install ubuntu-keyring") {
+	if !errors.Is(err, host.ErrToolMissing) || !strings.Contains(err.Error(), "apt-get install ubuntu-keyring") {
 		t.Errorf("missing keyring: %v", err)
 	}
 	err = Check(Options{Release: jammy}, func(string) (string, error) { return "", os.ErrNotExist })
@@ -91,12 +93,12 @@ func TestCheckNamesThePackage(t *testing.T) {
 
 // fakeRunner records the command and plays back output and a result.
 type fakeRunner struct {
-	got   *Cmd
+	got   *host.Cmd
 	lines []string
 	err   error
 }
 
-func (f *fakeRunner) Run(ctx context.Context, c *Cmd) error {
+func (f *fakeRunner) Run(ctx context.Context, c *host.Cmd) error {
 	f.got = c
 	for _, l := range f.lines {
 		c.Lines(l)
@@ -109,7 +111,7 @@ func TestDebootstrapFailureCarriesLogTail(t *testing.T) {
 	os.MkdirAll(filepath.Join(target, "debootstrap"), 0o755)
 	os.WriteFile(filepath.Join(target, "debootstrap", "debootstrap.log"), []byte("a\nb\nE: Couldn't find these debs: nosuch\n"), 0o644)
 	deb, _ := LookupRelease("bookworm", "")
-	f := &fakeRunner{err: &ExitError{Cmd: "debootstrap", Status: 1, Tail: "E: failed"}}
+	f := &fakeRunner{err: &host.ExitError{Cmd: "debootstrap", Status: 1, Tail: "E: failed"}}
 	// A mirror of its own: the test must not depend on the host having
 	// debootstrap's script for bookworm.
 	err := Debootstrap(context.Background(), f, Options{Release: deb, Mirror: "http://127.0.0.1:9/debian"}, target, nil)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+
+	"github.com/nsbox/nsbox/machine/host"
 )
 
 // MmdebstrapArgs builds mmdebstrap's command line for o into target. It
@@ -27,10 +29,10 @@ func MmdebstrapArgs(o Options, target string) []string {
 }
 
 // Mmdebstrap bootstraps o into the empty directory target with mmdebstrap.
-func Mmdebstrap(ctx context.Context, r Runner, o Options, target string, progress func(Stage)) error {
+func Mmdebstrap(ctx context.Context, r host.Runner, o Options, target string, progress func(Stage)) error {
 	p := newProgressParser(progress)
-	err := r.Run(ctx, &Cmd{Path: "mmdebstrap", Args: MmdebstrapArgs(o, target), Lines: p.line})
-	UnmountUnder(target)
+	err := r.Run(ctx, &host.Cmd{Path: "mmdebstrap", Args: MmdebstrapArgs(o, target), Lines: p.line})
+	host.UnmountUnder(target)
 	if err != nil {
 		return fmt.Errorf("mmdebstrap %s: %w", o.Release.Name, err)
 	}
@@ -39,13 +41,13 @@ func Mmdebstrap(ctx context.Context, r Runner, o Options, target string, progres
 
 // Bootstrap runs the bootstrapper o names ("" picks mmdebstrap when it is
 // installed, as it is faster, and debootstrap otherwise).
-func Bootstrap(ctx context.Context, r Runner, o Options, target string, progress func(Stage), lookPath func(string) (string, error)) error {
+func Bootstrap(ctx context.Context, r host.Runner, o Options, target string, progress func(Stage), lookPath func(string) (string, error)) error {
 	switch tool := chooseBootstrapper(o, lookPath); tool {
 	case "debootstrap":
 		return Debootstrap(ctx, r, o, target, progress)
 	case "mmdebstrap":
 		if _, err := lookPath("mmdebstrap"); err != nil {
-			return fmt.Errorf("mmdebstrap %w (install it: apt-get install mmdebstrap)", ErrToolMissing)
+			return fmt.Errorf("mmdebstrap %w (install it: apt-get install mmdebstrap)", host.ErrToolMissing)
 		}
 		return Mmdebstrap(ctx, r, o, target, progress)
 	default:

@@ -49,9 +49,6 @@ var releases = map[string]string{
 // ErrUnknownRelease is returned for a codename nsbox does not know.
 var ErrUnknownRelease = errors.New("unknown release")
 
-// ErrToolMissing is returned when a program nsbox needs is not installed.
-var ErrToolMissing = errors.New("not installed")
-
 // KnownReleases lists the codenames of distro ("" for all), sorted.
 func KnownReleases(distro string) []string {
 	var out []string

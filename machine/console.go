@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -51,7 +51,7 @@ func (d *Direct) Console(ctx context.Context, spec StartSpec) error {
 	}
 	args := append(append([]string{}, d.Supervisor...), d.statePath(spec.Name), consoleLog, "--")
 	args = append(args, spec.Argv...)
-	c := &bootstrap.Cmd{Path: self, Args: args, Foreground: true,
+	c := &host.Cmd{Path: self, Args: args, Foreground: true,
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 		// Interrupted, the supervisor passes SIGTERM on to nspawn, which
 		// shuts the machine down: give it the time to.

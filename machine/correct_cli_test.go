@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,7 +23,7 @@ type journalRunner struct {
 	ran [][]string
 }
 
-func (j *journalRunner) Run(ctx context.Context, c *bootstrap.Cmd) error {
+func (j *journalRunner) Run(ctx context.Context, c *host.Cmd) error {
 	j.ran = append(j.ran, c.Args)
 	if slices.Contains(c.Args, "--output=json") {
 		lines := 0

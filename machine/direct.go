@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -28,7 +28,7 @@ import (
 type Direct struct {
 	RunDir string // state files: RunDir/machines/NAME.json
 	LogDir string // console logs: LogDir/NAME.log
-	Runner bootstrap.Runner
+	Runner host.Runner
 	// Self is the nsbox binary the supervisor runs (TrustedExecutable).
 	Self func() (string, error)
 	// Supervisor is the arguments that make Self "nsbox __supervise"; it
@@ -219,7 +219,7 @@ func Supervise(statePath, logPath string, argv []string) int {
 			if !errors.As(werr, &ee) {
 				return 1
 			}
-			status = bootstrap.ExitStatus(ee.ProcessState)
+			status = host.ExitStatus(ee.ProcessState)
 		}
 		if status != 133 {
 			return status
@@ -403,7 +403,7 @@ func (d *Direct) Exec(ctx context.Context, name string, e ExecSpec) (int, error)
 	enter := append([]string{"--bounding-set=" + bounding, "--", "nsenter"}, nsenterArgs(st.Leader.PID, e.User, e.Env, e.Argv)...)
 	// The command joins the machine's cgroups, so its limits cover it.
 	path, args := inCgroup(execCgroup(name), "setpriv", enter)
-	c := &bootstrap.Cmd{Path: path, Args: args}
+	c := &host.Cmd{Path: path, Args: args}
 	if e.TTY {
 		// A terminal of the machine's devpts: one of the host's is no
 		// terminal inside (tty says "not a tty").
@@ -445,7 +445,7 @@ func capBounding(pid int) (string, error) {
 
 // runExec runs c with e's streams, on a pseudo terminal of its own when
 // e.TTY, and returns its exit status.
-func runExec(ctx context.Context, r bootstrap.Runner, c *bootstrap.Cmd, e ExecSpec) (int, error) {
+func runExec(ctx context.Context, r host.Runner, c *host.Cmd, e ExecSpec) (int, error) {
 	if e.TTY {
 		master, slave, err := pty.Open()
 		if err != nil {
@@ -465,7 +465,7 @@ func runExec(ctx context.Context, r bootstrap.Runner, c *bootstrap.Cmd, e ExecSp
 // runOnTerminal runs c with slave as its controlling terminal, in a
 // session of its own, proxies master to the caller's terminal and returns
 // c's exit status. It closes both sides.
-func runOnTerminal(ctx context.Context, r bootstrap.Runner, c *bootstrap.Cmd, master, slave *os.File) (int, error) {
+func runOnTerminal(ctx context.Context, r host.Runner, c *host.Cmd, master, slave *os.File) (int, error) {
 	defer master.Close()
 	c.TTY = slave
 	done := make(chan struct{})
@@ -480,7 +480,7 @@ func runOnTerminal(ctx context.Context, r bootstrap.Runner, c *bootstrap.Cmd, ma
 }
 
 func exitStatus(err error) (int, error) {
-	var ee *bootstrap.ExitError
+	var ee *host.ExitError
 	if errors.As(err, &ee) {
 		return ee.Status, nil
 	}

@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
 
@@ -95,7 +95,7 @@ func (m *Manager) ExportTo(ctx context.Context, name, file string, replace bool)
 	if comp != "" {
 		args = append(args, comp)
 	}
-	if err := m.Runner.Run(ctx, &bootstrap.Cmd{Path: "tar", Args: append(args, "."), Stdout: out.File}); err != nil {
+	if err := m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: out.File}); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	return out.Publish()

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,7 +26,7 @@ type hostileDir struct {
 	fail        error // returned after writing half, as a cancelled tar
 }
 
-func (h *hostileDir) Run(ctx context.Context, c *bootstrap.Cmd) error {
+func (h *hostileDir) Run(ctx context.Context, c *host.Cmd) error {
 	ents, _ := os.ReadDir(h.dir)
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), ".#") {

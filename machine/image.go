@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -60,8 +61,8 @@ func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string)
 	ok := false
 	defer func() {
 		if !ok {
-			bootstrap.UnmountUnder(tmp)
-			_ = bootstrap.RemoveTree(tmp)
+			host.UnmountUnder(tmp)
+			_ = host.RemoveTree(tmp)
 		}
 	}()
 	if err := os.Remove(tmp); err != nil {

@@ -11,7 +11,7 @@ import (
 	"os/exec"
 	"sync"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -205,7 +205,7 @@ func (m *Manager) extract(ctx context.Context, src io.Reader, dir string, c *Arc
 		done <- err
 	}()
 	args := append([]string{"--extract", "--file=-", "--directory=" + dir, "--same-permissions", "--same-owner"}, tarArgs...)
-	tarErr := m.Runner.Run(ctx, &bootstrap.Cmd{Path: "tar", Args: args, Stdin: pr})
+	tarErr := m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: args, Stdin: pr})
 	// A write GNU tar will no longer read fails (EPIPE).
 	pr.Close()
 	if tarErr != nil {
@@ -236,7 +236,7 @@ func (m *Manager) extract(ctx context.Context, src io.Reader, dir string, c *Arc
 // archiveStream returns the tar stream in src: gzip is read in process,
 // zstd and xz through their programs. stop ends the program if it still
 // runs and waits for it.
-func archiveStream(ctx context.Context, r bootstrap.Runner, src io.Reader) (stream io.Reader, stop func(), err error) {
+func archiveStream(ctx context.Context, r host.Runner, src io.Reader) (stream io.Reader, stop func(), err error) {
 	br := bufio.NewReaderSize(src, 64<<10)
 	magic, _ := br.Peek(6)
 	none := func() {}
@@ -256,7 +256,7 @@ func archiveStream(ctx context.Context, r bootstrap.Runner, src io.Reader) (stre
 }
 
 // through runs prog -dc on in and returns its output.
-func through(ctx context.Context, r bootstrap.Runner, prog string, in io.Reader) (io.Reader, func(), error) {
+func through(ctx context.Context, r host.Runner, prog string, in io.Reader) (io.Reader, func(), error) {
 	if _, err := exec.LookPath(prog); err != nil {
 		pkg := map[string]string{"xz": "xz-utils"}[prog]
 		if pkg == "" {
@@ -281,7 +281,7 @@ func through(ctx context.Context, r bootstrap.Runner, prog string, in io.Reader)
 	go func() {
 		// An exit status other than 0 reaches the reader as the stream's
 		// error: EOF means prog ended well.
-		err := r.Run(ctx, &bootstrap.Cmd{Path: prog, Args: []string{"-dc"}, Stdin: inR, Stdout: pw})
+		err := r.Run(ctx, &host.Cmd{Path: prog, Args: []string{"-dc"}, Stdin: inR, Stdout: pw})
 		inR.Close()
 		pw.CloseWithError(err)
 		close(done)

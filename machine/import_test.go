@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,7 +30,7 @@ func realManager(t *testing.T) *Manager {
 		t.Skip("no tar")
 	}
 	m, _ := newTestManager(t, &fakeMachined{machines: map[string]dbusapi.Machine{}})
-	m.Runner = bootstrap.ExecRunner{}
+	m.Runner = host.ExecRunner{}
 	return m
 }
 

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
@@ -326,13 +326,13 @@ func (m *Manager) end(ctx context.Context, name string) {
 }
 
 // bootLock takes name's boot lock under RunDir without waiting.
-func (m *Manager) bootLock(name string) (*bootstrap.FileLock, error) {
+func (m *Manager) bootLock(name string) (*host.FileLock, error) {
 	dir := filepath.Join(m.RunDir, "boot")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	l, err := bootstrap.LockFile(context.Background(), filepath.Join(dir, name+".lck"), true, false)
-	if errors.Is(err, bootstrap.ErrLocked) {
+	l, err := host.LockFile(context.Background(), filepath.Join(dir, name+".lck"), true, false)
+	if errors.Is(err, host.ErrLocked) {
 		return nil, fmt.Errorf("%w: %s is being booted by another nsbox", ErrBusy, name)
 	}
 	return l, err
@@ -463,7 +463,7 @@ func (m *Manager) console(ctx context.Context, cfg NspawnConfig, limits Limits) 
 		return fc.Console(ctx, StartSpec{Name: cfg.Name, Root: cfg.Root, Limits: limits,
 			Argv: append([]string{"systemd-nspawn"}, args...)})
 	}
-	c := &bootstrap.Cmd{Path: "systemd-nspawn", Args: args, Foreground: true,
+	c := &host.Cmd{Path: "systemd-nspawn", Args: args, Foreground: true,
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
 	return m.Runner.Run(ctx, c)
 }
@@ -587,7 +587,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	defer lock.Unlock()
 	// The tree goes first: if it cannot (a mount inside), the machine keeps
 	// its settings and stays whole enough to boot.
-	if err := bootstrap.RemoveTree(root); err != nil {
+	if err := host.RemoveTree(root); err != nil {
 		return err
 	}
 	_ = os.Remove(m.settingsPath(name))
@@ -664,7 +664,7 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 	}
 	args = append(args, "--")
 	args = append(args, argv...)
-	c := &bootstrap.Cmd{Path: "systemd-nspawn", Args: args}
+	c := &host.Cmd{Path: "systemd-nspawn", Args: args}
 	// On a host whose /run is no tmpfs nspawn ends every run with a line
 	// about its propagation directory that means nothing here (see
 	// propagateNoise); that one line is dropped, every other passes.

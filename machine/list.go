@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/network"
 )
 
@@ -140,7 +140,7 @@ func (m *Manager) fill(i *Info) {
 	}
 	if i.Managed {
 		// The tree itself: Root is the link users know it by.
-		i.Usage, _ = bootstrap.DiskUsage(m.Dir(i.Name))
+		i.Usage, _ = host.DiskUsage(m.Dir(i.Name))
 		i.ReadOnly = m.ReadOnly(i.Name)
 	}
 	if i.State != "running" || i.Leader <= 0 {

@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,7 +17,7 @@ import (
 // (/var/lib/machines/NAME is a link). A lock held here excludes a running
 // systemd-nspawn, and it dies with the process that holds it.
 type Lock struct {
-	local, global *bootstrap.FileLock
+	local, global *host.FileLock
 }
 
 // globalLockDir is where systemd keeps the per-inode image locks.
@@ -32,8 +32,8 @@ func lockPath(path string) string {
 // changes, shared for reads. It fails with ErrBusy when a lock is held.
 func LockImage(path string, exclusive bool) (*Lock, error) {
 	ctx := context.Background()
-	local, err := bootstrap.LockFile(ctx, lockPath(path), exclusive, false)
-	if errors.Is(err, bootstrap.ErrLocked) {
+	local, err := host.LockFile(ctx, lockPath(path), exclusive, false)
+	if errors.Is(err, host.ErrLocked) {
 		return nil, ErrBusy
 	}
 	if err != nil {
@@ -46,10 +46,10 @@ func LockImage(path string, exclusive bool) (*Lock, error) {
 			l.Unlock()
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		g, err := bootstrap.LockFile(ctx, filepath.Join(globalLockDir, fmt.Sprintf("inode-%d:%d", st.Dev, st.Ino)), exclusive, false)
+		g, err := host.LockFile(ctx, filepath.Join(globalLockDir, fmt.Sprintf("inode-%d:%d", st.Dev, st.Ino)), exclusive, false)
 		if err != nil {
 			l.Unlock()
-			if errors.Is(err, bootstrap.ErrLocked) {
+			if errors.Is(err, host.ErrLocked) {
 				return nil, ErrBusy
 			}
 			return nil, err

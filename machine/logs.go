@@ -9,7 +9,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 )
 
 // LogOptions select what logs shows.
@@ -71,7 +71,7 @@ func (m *Machined) HostLogs(ctx context.Context, name string, o LogOptions, w io
 // then, where logs promises the last N, as it shows without --since: so
 // nsbox first asks for the cursor of the Nth entry from the end among
 // those since then, and shows from that entry on.
-func journal(ctx context.Context, r bootstrap.Runner, which []string, o LogOptions, w io.Writer) error {
+func journal(ctx context.Context, r host.Runner, which []string, o LogOptions, w io.Writer) error {
 	args := append(append([]string{}, which...), journalArgs(o)...)
 	if o.Lines > 0 && o.Since != "" {
 		cursor, err := nthLastCursor(ctx, r, which, o)
@@ -91,16 +91,16 @@ func journal(ctx context.Context, r bootstrap.Runner, which []string, o LogOptio
 			args = append(append(append([]string{}, which...), journalArgs(all)...), "--cursor="+cursor, "--no-tail")
 		}
 	}
-	return r.Run(ctx, &bootstrap.Cmd{Path: "journalctl", Args: args, Stdout: w, Foreground: o.Follow})
+	return r.Run(ctx, &host.Cmd{Path: "journalctl", Args: args, Stdout: w, Foreground: o.Follow})
 }
 
 // nthLastCursor is the cursor of the o.Lines-th entry from the end among
 // those since o.Since ("" when there is none).
-func nthLastCursor(ctx context.Context, r bootstrap.Runner, which []string, o LogOptions) (string, error) {
+func nthLastCursor(ctx context.Context, r host.Runner, which []string, o LogOptions) (string, error) {
 	var out bytes.Buffer
 	args := append(append([]string{}, which...), "--no-pager", "--quiet", "--reverse", fmt.Sprintf("--lines=%d", o.Lines),
 		"--since="+o.Since, "--output=json", "--output-fields=__CURSOR")
-	if err := r.Run(ctx, &bootstrap.Cmd{Path: "journalctl", Args: args, Stdout: &out}); err != nil {
+	if err := r.Run(ctx, &host.Cmd{Path: "journalctl", Args: args, Stdout: &out}); err != nil {
 		return "", err
 	}
 	cursor := ""
@@ -135,5 +135,5 @@ func (d *Direct) HostLogs(ctx context.Context, name string, o LogOptions, w io.W
 	if _, err := os.Stat(d.logPath(name)); err != nil {
 		return fmt.Errorf("%s has no console log yet (boot it once: nsbox boot %s)", name, name)
 	}
-	return d.Runner.Run(ctx, &bootstrap.Cmd{Path: "tail", Args: append(args, d.logPath(name)), Stdout: w, Foreground: o.Follow})
+	return d.Runner.Run(ctx, &host.Cmd{Path: "tail", Args: append(args, d.logPath(name)), Stdout: w, Foreground: o.Follow})
 }

@@ -9,8 +9,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 )
 
@@ -72,7 +72,7 @@ type SystemdAPI interface {
 type Machined struct {
 	Machines MachinedAPI
 	Systemd  SystemdAPI
-	Runner   bootstrap.Runner
+	Runner   host.Runner
 	// UnitDir holds the unit files of enabled machines (/etc/systemd/system).
 	UnitDir string
 }
@@ -283,7 +283,7 @@ func SystemdRunArgs(name string, e ExecSpec) []string {
 // Exec implements Backend through systemd-run --machine, which runs the
 // command as a service of the container's own systemd.
 func (m *Machined) Exec(ctx context.Context, name string, e ExecSpec) (int, error) {
-	c := &bootstrap.Cmd{Path: "systemd-run", Args: SystemdRunArgs(name, e)}
+	c := &host.Cmd{Path: "systemd-run", Args: SystemdRunArgs(name, e)}
 	if e.TTY {
 		// systemd-run allocates the pseudo terminal in the container and
 		// proxies it to ours itself; it must stay in our foreground group.
@@ -322,7 +322,7 @@ func (m *Machined) LogTail(ctx context.Context, name string, n int) []string {
 	if since, ok := bootStartOf(ctx); ok {
 		args = append(args, fmt.Sprintf("--since=@%d.%06d", since.Unix(), since.Nanosecond()/1000))
 	}
-	err := m.Runner.Run(ctx, &bootstrap.Cmd{
+	err := m.Runner.Run(ctx, &host.Cmd{
 		Path:   "journalctl",
 		Args:   args,
 		Stdout: &out,

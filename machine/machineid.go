@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 )
 
@@ -44,7 +45,7 @@ func (m *Manager) unshareMachineID(name string) {
 		return
 	}
 	if old != "" && (etc == "" || etc == old) {
-		if err := bootstrap.WriteInRoot(r, "etc/machine-id", ""); err != nil {
+		if err := host.WriteInRoot(r, "etc/machine-id", ""); err != nil {
 			logrus.Warnf("%s: could not empty /etc/machine-id: %v", name, err)
 			return
 		}

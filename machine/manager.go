@@ -13,6 +13,7 @@ import (
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
@@ -47,7 +48,7 @@ type Manager struct {
 	Backend Backend
 	// Why says why this backend was chosen, for --verbose and doctor.
 	Why    string
-	Runner bootstrap.Runner
+	Runner host.Runner
 	// Pool is the IPv4 prefix machine veth subnets are taken from.
 	Pool string
 	// Self is the path of this nsbox binary that units run to call back
@@ -84,7 +85,7 @@ func Booted() bool {
 // Open picks the backend: machined where systemd is PID 1 and machined
 // answers, direct otherwise, unless cfg.Backend names one.
 func Open(ctx context.Context, cfg Config) (*Manager, error) {
-	m := &Manager{Paths: cfg.Paths, Runner: bootstrap.ExecRunner{}, Pool: cfg.Pool, Self: cfg.Self}
+	m := &Manager{Paths: cfg.Paths, Runner: host.ExecRunner{}, Pool: cfg.Pool, Self: cfg.Self}
 	if m.Pool == "" {
 		m.Pool = network.DefaultPool
 	}
@@ -296,8 +297,8 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	ok := false
 	defer func() {
 		if !ok {
-			bootstrap.UnmountUnder(staging)
-			if err := bootstrap.RemoveTree(staging); err != nil {
+			host.UnmountUnder(staging)
+			if err := host.RemoveTree(staging); err != nil {
 				logrus.Warnf("could not remove %s: %v", staging, err)
 			}
 		}

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/host"
 )
 
 func TestMergeList(t *testing.T) {
@@ -118,9 +118,9 @@ func (f *fakeMachined) ResetFailedUnit(ctx context.Context, name string) error {
 // noRunner fails every program: these tests must not run any.
 type noRunner struct{ ran []string }
 
-func (n *noRunner) Run(ctx context.Context, c *bootstrap.Cmd) error {
+func (n *noRunner) Run(ctx context.Context, c *host.Cmd) error {
 	n.ran = append(n.ran, c.String())
-	return &bootstrap.ExitError{Cmd: c.Path, Status: 1}
+	return &host.ExitError{Cmd: c.Path, Status: 1}
 }
 
 func newTestManager(t *testing.T, f *fakeMachined) (*Manager, *noRunner) {

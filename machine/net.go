@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
@@ -46,7 +46,7 @@ func (m *Manager) machineLink(ctx context.Context, name string) (network.Link, e
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return network.Link{}, err
 	}
-	lock, err := bootstrap.LockFile(ctx, filepath.Join(dir, ".lck"), true, true)
+	lock, err := host.LockFile(ctx, filepath.Join(dir, ".lck"), true, true)
 	if err != nil {
 		return network.Link{}, err
 	}
@@ -115,7 +115,7 @@ func (m *Manager) prepareNetwork(ctx context.Context, name string, o BootOptions
 		if err := r.MkdirAll("etc/systemd/network", 0o755); err != nil {
 			return nil, err
 		}
-		if err := bootstrap.WriteInRoot(r, machineNetworkFile, network.MachineNetworkFile(*l)); err != nil {
+		if err := host.WriteInRoot(r, machineNetworkFile, network.MachineNetworkFile(*l)); err != nil {
 			return nil, err
 		}
 	}
@@ -205,8 +205,8 @@ func (m *Manager) masquerade(ctx context.Context) {
 	}
 	// The chain goes in before forwarding is turned on: forwarding without
 	// it would route for anyone.
-	err = m.Runner.Run(ctx, &bootstrap.Cmd{Path: "nft", Args: []string{"-f", "-"}, Stdin: strings.NewReader(network.NftRules(pools, owned))})
-	if errors.Is(err, bootstrap.ErrToolMissing) {
+	err = m.Runner.Run(ctx, &host.Cmd{Path: "nft", Args: []string{"-f", "-"}, Stdin: strings.NewReader(network.NftRules(pools, owned))})
+	if errors.Is(err, host.ErrToolMissing) {
 		logrus.Warnf("machines cannot reach beyond this host: nft is not installed (install it: apt-get install nftables)")
 		return
 	} else if err != nil {

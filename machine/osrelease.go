@@ -8,7 +8,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 )
 
 // OSRelease is the part of os-release(5) that nsbox shows.
@@ -81,5 +81,5 @@ func openRegular(r *os.Root, p string) (*os.File, error) {
 
 // readSmall reads the regular file p inside r, at most maxMachineFile bytes.
 func readSmall(r *os.Root, p string) ([]byte, error) {
-	return bootstrap.ReadSmallInRoot(r, p, maxMachineFile)
+	return host.ReadSmallInRoot(r, p, maxMachineFile)
 }

@@ -13,22 +13,22 @@ import (
 	"time"
 
 	"github.com/creack/pty"
-	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
 
 // exitRunner records the programs it is asked to run and ends each with
 // status.
 type exitRunner struct {
-	ran    []*bootstrap.Cmd
+	ran    []*host.Cmd
 	status int
 }
 
-func (r *exitRunner) Run(ctx context.Context, c *bootstrap.Cmd) error {
+func (r *exitRunner) Run(ctx context.Context, c *host.Cmd) error {
 	r.ran = append(r.ran, c)
 	if r.status != 0 {
-		return &bootstrap.ExitError{Cmd: c.Path, Status: r.status}
+		return &host.ExitError{Cmd: c.Path, Status: r.status}
 	}
 	return nil
 }

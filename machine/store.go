@@ -13,7 +13,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 )
 
@@ -67,7 +67,7 @@ func isLegacy(path string) bool {
 // ensureStore makes the store, or checks it: a directory of root's, not a
 // link, mode 0700 (a widened mode is narrowed again).
 func (m *Manager) ensureStore() error {
-	if err := bootstrap.PrivateDir(m.Store()); err != nil {
+	if err := host.PrivateDir(m.Store()); err != nil {
 		return fmt.Errorf("%w (nsbox keeps machine trees there)", err)
 	}
 	return nil
@@ -266,7 +266,7 @@ func (m *Manager) stage(name string) (string, io.Closer, error) {
 			return "", nil, err
 		}
 		dir := filepath.Join(m.Store(), ".#"+name+"."+hex.EncodeToString(b[:]))
-		l, err := bootstrap.LockFile(context.Background(), lockPath(dir), true, false)
+		l, err := host.LockFile(context.Background(), lockPath(dir), true, false)
 		if err != nil {
 			return "", nil, err
 		}
@@ -288,7 +288,7 @@ func (m *Manager) stage(name string) (string, io.Closer, error) {
 	return "", nil, fmt.Errorf("no free staging name for %s in %s", name, m.Store())
 }
 
-type unlocker struct{ l *bootstrap.FileLock }
+type unlocker struct{ l *host.FileLock }
 
 func (u unlocker) Close() error { u.l.Unlock(); return nil }
 
@@ -304,7 +304,7 @@ func (m *Manager) sweepStaging(name string) {
 				continue
 			}
 			tree := filepath.Join(dir, e.Name())
-			l, err := bootstrap.LockFile(context.Background(), lockPath(tree), true, false)
+			l, err := host.LockFile(context.Background(), lockPath(tree), true, false)
 			if err != nil {
 				logrus.Debugf("leaving %s: %v", tree, err)
 				continue
@@ -312,8 +312,8 @@ func (m *Manager) sweepStaging(name string) {
 			logrus.Infof("removing %s, left by an interrupted create", tree)
 			// A create killed with SIGKILL leaves its debootstrap running.
 			killWorkingIn(tree)
-			bootstrap.UnmountUnder(tree)
-			if err := bootstrap.RemoveTree(tree); err != nil {
+			host.UnmountUnder(tree)
+			if err := host.RemoveTree(tree); err != nil {
 				logrus.Warnf("could not remove %s: %v", tree, err)
 			}
 			l.Unlock()

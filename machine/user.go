@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
 )
 
 // maxPasswd is the most nsbox reads of a machine's /etc/passwd.
@@ -37,7 +37,7 @@ func (m *Manager) ResolveUser(name, user string) (string, error) {
 		return user, nil
 	}
 	defer r.Close()
-	b, err := bootstrap.ReadSmallInRoot(r, "etc/passwd", maxPasswd)
+	b, err := host.ReadSmallInRoot(r, "etc/passwd", maxPasswd)
 	if err != nil {
 		return user, nil
 	}

@@ -1,4 +1,4 @@
-package bootstrap
+package host
 
 import (
 	"bytes"
@@ -15,6 +15,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 )
+
+// ErrToolMissing is returned when a program nsbox needs is not installed.
+var ErrToolMissing = errors.New("not installed")
 
 // Cmd is one external program to run. The runner is shared by every package
 // that starts programs; it lives here because bootstrap is the lowest layer
