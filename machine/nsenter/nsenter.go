@@ -1,0 +1,15 @@
+//go:build cgo
+
+// Package nsenter holds nsbox's one piece of C: a constructor that runs
+// before the Go runtime starts, when the process still has one thread, as
+// setns(CLONE_NEWNS) and setns(CLONE_NEWUSER) require. Importing the
+// package links it in; it acts only when nsbox starts itself with the
+// variable MoveMountEnv names (see MoveMount), and then never returns to
+// Go. runc's libcontainer/nsenter is the model.
+package nsenter
+
+import "C"
+
+// Available reports whether this build has the constructor: false when
+// nsbox was built with CGO_ENABLED=0.
+const Available = true
