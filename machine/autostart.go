@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/nsbox/nsbox/machine/backend"
+	"github.com/nsbox/nsbox/machine/host"
 )
 
 // autostart returns the backend's Autostart, or an error saying why this
 // host cannot start machines with itself.
-func (m *Manager) autostart() (Autostart, error) {
-	a, ok := m.Backend.(Autostart)
+func (m *Manager) autostart() (backend.Autostart, error) {
+	a, ok := m.Backend.(backend.Autostart)
 	if !ok {
 		return nil, fmt.Errorf("%w: starting machines with the host needs systemd as PID 1 (this host: %s)", ErrNoBackend, m.Why)
 	}
@@ -17,14 +20,14 @@ func (m *Manager) autostart() (Autostart, error) {
 }
 
 // enabledSpec is the unit of machine name with its remembered options.
-func (m *Manager) enabledSpec(name string) (StartSpec, error) {
+func (m *Manager) enabledSpec(name string) (backend.StartSpec, error) {
 	opts, err := m.Options(name)
 	if err != nil {
-		return StartSpec{}, err
+		return backend.StartSpec{}, err
 	}
 	limits, err := m.Limits(name)
 	if err != nil {
-		return StartSpec{}, err
+		return backend.StartSpec{}, err
 	}
 	return m.startSpec(name, opts, limits, 2*time.Minute)
 }
@@ -64,7 +67,7 @@ func (m *Manager) Enable(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(m.settingsPath(name), []byte(text), 0o644); err != nil {
+	if err := host.WriteFileAtomic(m.settingsPath(name), []byte(text), 0o644); err != nil {
 		return err
 	}
 	if _, err := m.prepareNetwork(ctx, name, opts); err != nil {
@@ -100,17 +103,17 @@ func (m *Manager) AutostartState(ctx context.Context, name string) string {
 }
 
 // SetLimits changes a machine's resource limits: remembered for the next
-// boot, and applied now when it runs (a cleared limit, NoLimit, is lifted
+// boot, and applied now when it runs (a Cleared limit, NoLimit, is lifted
 // too). Limits this host cannot apply are refused whether the machine
 // runs or not, so a stopped machine is not left unable to boot.
-func (m *Manager) SetLimits(ctx context.Context, name string, f LimitFlags) (Limits, error) {
+func (m *Manager) SetLimits(ctx context.Context, name string, f LimitFlags) (backend.Limits, error) {
 	if err := m.checkRootAndName(name, true); err != nil {
-		return Limits{}, err
+		return backend.Limits{}, err
 	}
 	// No boot meanwhile: it would start with the limits being changed.
 	booting, err := m.bootLock(name)
 	if err != nil {
-		return Limits{}, err
+		return backend.Limits{}, err
 	}
 	defer booting.Unlock()
 	cur, err := m.Limits(name)
@@ -125,7 +128,7 @@ func (m *Manager) SetLimits(ctx context.Context, name string, f LimitFlags) (Lim
 		if err := m.Backend.SetLimits(ctx, name, l); err != nil {
 			return cur, err
 		}
-		if err := m.liftLimits(ctx, name, cur.cleared(l)); err != nil {
+		if err := m.liftLimits(ctx, name, cur.Cleared(l)); err != nil {
 			return cur, err
 		}
 	} else if !stopped(err) {

@@ -147,39 +147,18 @@ func TestBootRefusesTakenPorts(t *testing.T) {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// The direct backend's log tail during a boot is empty when the console
-// log predates the boot: it is the previous run's.
-func TestDirectLogTailIsThisBoots(t *testing.T) {
-	d := &Direct{LogDir: t.TempDir()}
-	os.WriteFile(d.logPath("web"), []byte("Powering off.\nContainer web exited successfully.\n"), 0o640)
-	old := time.Now().Add(-time.Minute)
-	os.Chtimes(d.logPath("web"), old, old)
-	ctx := context.Background()
-	if got := d.LogTail(ctx, "web", 15); len(got) != 2 {
-		t.Errorf("log tail outside a boot: %q", got)
-	}
-	if got := d.LogTail(withBootStart(ctx, bootClock()), "web", 15); len(got) != 0 {
-		t.Errorf("a boot's log tail shows the last run's lines: %q", got)
-	}
-	start := bootClock()
-	os.WriteFile(d.logPath("web"), []byte("Spawning container web.\n"), 0o640)
-	if got := d.LogTail(withBootStart(ctx, start), "web", 15); len(got) != 1 {
-		t.Errorf("a boot's log tail lacks its own lines: %q", got)
-	}
-}
-
 func TestLimitsClear(t *testing.T) {
 	cur := Limits{Memory: 1 << 30, IOWeight: 50, Tasks: 10}
 	l, err := (LimitFlags{IOWeight: NoLimit, Memory: NoLimit, CPUs: "2"}).Apply(cur)
 	if err != nil || l != (Limits{Tasks: 10, CPUs: 2}) {
 		t.Fatalf("apply none: %+v %v", l, err)
 	}
-	c := cur.cleared(l)
+	c := cur.Cleared(l)
 	if c != (Limits{Memory: 1 << 30, IOWeight: 50}) {
-		t.Errorf("cleared %+v", c)
+		t.Errorf("Cleared %+v", c)
 	}
 	var names []string
-	for _, p := range c.clearProperties() {
+	for _, p := range c.ClearProperties() {
 		names = append(names, p.Name)
 		if p.Value != ^uint64(0) {
 			t.Errorf("%s = %v, want infinity", p.Name, p.Value)
@@ -212,5 +191,12 @@ func TestPoolsInUse(t *testing.T) {
 	}
 	if err := ValidatePool("10.89.0.0/16"); err != nil {
 		t.Error(err)
+	}
+}
+
+func TestBootErrorIsOneLine(t *testing.T) {
+	e := &BootError{Name: "web", Why: "system state \"x\x1b[2J\"\nnsbox: all is well"}
+	if msg := e.Error(); strings.ContainsAny(msg, "\n\x1b") || !strings.Contains(msg, `\x1b[2J`) {
+		t.Errorf("Error() = %q", msg)
 	}
 }

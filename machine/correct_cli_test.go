@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/backend"
+	"github.com/nsbox/nsbox/machine/direct"
 	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
@@ -42,7 +44,7 @@ func (j *journalRunner) Run(ctx context.Context, c *host.Cmd) error {
 func TestLogsLinesSinceAreTheLast(t *testing.T) {
 	j := &journalRunner{n: 10}
 	var out bytes.Buffer
-	if err := journal(context.Background(), j, []string{"--root=/m"}, LogOptions{Lines: 2, Since: "10 min ago"}, &out); err != nil {
+	if err := backend.Journal(context.Background(), j, []string{"--root=/m"}, LogOptions{Lines: 2, Since: "10 min ago"}, &out); err != nil {
 		t.Fatal(err)
 	}
 	if len(j.ran) != 2 {
@@ -54,18 +56,18 @@ func TestLogsLinesSinceAreTheLast(t *testing.T) {
 	}
 	// Without --since, one call with --lines (journalctl's own tail).
 	j = &journalRunner{n: 10}
-	_ = journal(context.Background(), j, []string{"--root=/m"}, LogOptions{Lines: 2}, &out)
+	_ = backend.Journal(context.Background(), j, []string{"--root=/m"}, LogOptions{Lines: 2}, &out)
 	if len(j.ran) != 1 || !slices.Contains(j.ran[0], "--lines=2") {
 		t.Errorf("ran %q", j.ran)
 	}
 	// Nothing since then: nothing shown (and with -f, followed from there).
 	j = &journalRunner{n: 0}
-	_ = journal(context.Background(), j, []string{"--root=/m"}, LogOptions{Lines: 2, Since: "1 min ago"}, &out)
+	_ = backend.Journal(context.Background(), j, []string{"--root=/m"}, LogOptions{Lines: 2, Since: "1 min ago"}, &out)
 	if len(j.ran) != 1 {
 		t.Errorf("empty journal: ran %q", j.ran)
 	}
 	j = &journalRunner{n: 0}
-	_ = journal(context.Background(), j, []string{"--root=/m"}, LogOptions{Lines: 2, Since: "1 min ago", Follow: true}, &out)
+	_ = backend.Journal(context.Background(), j, []string{"--root=/m"}, LogOptions{Lines: 2, Since: "1 min ago", Follow: true}, &out)
 	if len(j.ran) != 2 || !slices.Contains(j.ran[1], "--follow") || !slices.Contains(j.ran[1], "--since=1 min ago") {
 		t.Errorf("empty journal, -f: ran %q", j.ran)
 	}
@@ -141,7 +143,7 @@ func TestResolveUser(t *testing.T) {
 
 func TestUnitForReviewWithoutSystemd(t *testing.T) {
 	m, r := newTestManager(t, &fakeMachined{})
-	m.Backend = &Direct{RunDir: m.RunDir, LogDir: m.LogDir, Runner: r}
+	m.Backend = &direct.Backend{RunDir: m.RunDir, LogDir: m.LogDir, Runner: r}
 	m.Self = func() (string, error) { return "/usr/local/bin/nsbox", nil }
 	mkMachine(t, m, "web")
 	if _, err := m.Unit("web"); err == nil {

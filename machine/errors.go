@@ -1,17 +1,21 @@
 package machine
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/nsbox/nsbox/machine/backend"
+)
 
 // Errors a caller can tell apart with errors.Is.
 var (
 	ErrNotFound      = errors.New("no such machine")
 	ErrExists        = errors.New("machine already exists")
 	ErrRunning       = errors.New("machine is running")
-	ErrNotRunning    = errors.New("machine is not running")
+	ErrNotRunning    = backend.ErrNotRunning
 	ErrBusy          = errors.New("machine is busy")
 	ErrNotRoot       = errors.New("must be run as root")
 	ErrNoBackend     = errors.New("backend not available")
 	ErrBootFailed    = errors.New("boot failed")
-	ErrInvalidOption = errors.New("invalid option")
+	ErrInvalidOption = backend.ErrInvalidOption
 	ErrOtherRoot     = errors.New("name taken")
 )

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sort"
 	"time"
+
+	"github.com/nsbox/nsbox/machine/backend"
 )
 
 // Event is a change in the machines: one appears (created), starts, stops
@@ -14,12 +16,6 @@ type Event struct {
 	Event   string    `json:"event"` // "created", "started", "stopped", "removed"
 	State   string    `json:"state"` // the machine's state after it
 	Managed bool      `json:"managed"`
-}
-
-// Watcher is a backend that can tell when machines change, so events come
-// at once instead of at the next poll.
-type Watcher interface {
-	Changes(ctx context.Context) <-chan struct{}
 }
 
 type seen struct {
@@ -84,7 +80,7 @@ func (m *Manager) Events(ctx context.Context, interval time.Duration, emit func(
 		return err
 	}
 	var wake <-chan struct{}
-	if w, ok := m.Backend.(Watcher); ok {
+	if w, ok := m.Backend.(backend.Watcher); ok {
 		wake = w.Changes(ctx)
 	}
 	for {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -103,7 +104,7 @@ func (m *Manager) Clone(ctx context.Context, src, dst string) error {
 		return err
 	}
 	if b, err := os.ReadFile(m.settingsPath(src)); err == nil {
-		if err := writeFileAtomic(m.settingsPath(dst), b, 0o644); err != nil {
+		if err := host.WriteFileAtomic(m.settingsPath(dst), b, 0o644); err != nil {
 			return err
 		}
 	}
@@ -143,7 +144,7 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 		return err
 	}
 	if b, err := os.ReadFile(m.settingsPath(old)); err == nil {
-		if err := writeFileAtomic(m.settingsPath(new), b, 0o644); err == nil {
+		if err := host.WriteFileAtomic(m.settingsPath(new), b, 0o644); err == nil {
 			_ = os.Remove(m.settingsPath(old))
 		}
 	}
@@ -152,7 +153,7 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 			return err
 		}
 	}
-	if a, ok := m.Backend.(Autostart); ok && a.UnitFileState(ctx, old) == "enabled" {
+	if a, ok := m.Backend.(backend.Autostart); ok && a.UnitFileState(ctx, old) == "enabled" {
 		// The unit names the old tree: it goes, and enable makes the new one.
 		a.Forget(ctx, old)
 		logrus.Warnf("%s was enabled as %s; enable it again: nsbox enable %s", old, old, new)

@@ -11,7 +11,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/machined"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
@@ -91,7 +93,9 @@ type BootError struct {
 
 // Error is one line: Why may quote the machine (its state, a program's
 // stderr), so its control characters are shown as escapes.
-func (e *BootError) Error() string { return fmt.Sprintf("%s: %s", ErrBootFailed, Printable(e.Why)) }
+func (e *BootError) Error() string {
+	return fmt.Sprintf("%s: %s", ErrBootFailed, backend.Printable(e.Why))
+}
 
 // Unwrap makes errors.Is(err, ErrBootFailed) hold.
 func (e *BootError) Unwrap() error { return ErrBootFailed }
@@ -241,7 +245,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	}
 	// The log lines a failure shows are this boot's, not those of the
 	// machine's last run (LogTail reads what is newer).
-	logCtx := withBootStart(ctx, bootClock())
+	logCtx := backend.WithBootStart(ctx, backend.BootClock())
 	bctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	fail := func(why string) error {
@@ -340,11 +344,11 @@ func (m *Manager) bootLock(name string) (*host.FileLock, error) {
 
 // startedBy reports whether running machine r is the one spec started:
 // under nsbox's unit on machined, under nsbox's supervisor otherwise.
-func startedBy(r Running, spec StartSpec) bool {
+func startedBy(r backend.Running, spec backend.StartSpec) bool {
 	if r.Unit == "" {
 		return r.Service == "nsbox"
 	}
-	return r.Unit == UnitName(spec.Name) || r.Unit == AutostartUnitName(spec.Name)
+	return r.Unit == machined.UnitName(spec.Name) || r.Unit == machined.AutostartUnitName(spec.Name)
 }
 
 // nspawnConfig is the nspawn configuration of machine name with opts.
@@ -359,8 +363,8 @@ func (m *Manager) nspawnConfig(name string, opts BootOptions) NspawnConfig {
 // startSpec is what the backend needs to run machine name. A machine
 // whose veth nsbox configures gets "nsbox __network-up NAME" once it is
 // up, so a start by systemd alone (autostart) configures it too.
-func (m *Manager) startSpec(name string, opts BootOptions, limits Limits, timeout time.Duration) (StartSpec, error) {
-	spec := StartSpec{Name: name, Root: m.Dir(name), Timeout: timeout, Limits: limits,
+func (m *Manager) startSpec(name string, opts BootOptions, limits backend.Limits, timeout time.Duration) (backend.StartSpec, error) {
+	spec := backend.StartSpec{Name: name, Root: m.Dir(name), Timeout: timeout, Limits: limits,
 		Argv: append([]string{"systemd-nspawn"}, NspawnArgs(m.nspawnConfig(name, opts))...)}
 	if m.ownVeth(opts) && m.Backend.Registered() && m.Self != nil {
 		self, err := m.Self()
@@ -383,7 +387,7 @@ func (m *Manager) waitRunning(ctx context.Context, name string) (string, error) 
 		}
 		// The machine's root controls what systemctl prints: keep a line.
 		out := &cappedBuffer{max: 256}
-		_, err := m.Backend.Exec(ctx, name, ExecSpec{Argv: []string{"systemctl", "is-system-running"}, Stdout: out})
+		_, err := m.Backend.Exec(ctx, name, backend.ExecSpec{Argv: []string{"systemctl", "is-system-running"}, Stdout: out})
 		if err == nil {
 			if s := strings.TrimSpace(out.String()); s != "" {
 				last = s
@@ -433,13 +437,13 @@ func pollDelay(elapsed time.Duration) time.Duration {
 // foregroundConsole is a backend that runs boot --console itself: the
 // direct backend, whose nspawn needs a cgroup of its own.
 type foregroundConsole interface {
-	Console(ctx context.Context, spec StartSpec) error
+	Console(ctx context.Context, spec backend.StartSpec) error
 }
 
 // console runs the machine in the foreground on the caller's terminal,
 // with the limits of this boot; nsbox's own veth gets its host end once
 // the machine is up.
-func (m *Manager) console(ctx context.Context, cfg NspawnConfig, limits Limits) error {
+func (m *Manager) console(ctx context.Context, cfg NspawnConfig, limits backend.Limits) error {
 	args := NspawnArgs(cfg)
 	for i, a := range args {
 		switch a {
@@ -460,7 +464,7 @@ func (m *Manager) console(ctx context.Context, cfg NspawnConfig, limits Limits) 
 		}
 	}
 	if fc, ok := m.Backend.(foregroundConsole); ok {
-		return fc.Console(ctx, StartSpec{Name: cfg.Name, Root: cfg.Root, Limits: limits,
+		return fc.Console(ctx, backend.StartSpec{Name: cfg.Name, Root: cfg.Root, Limits: limits,
 			Argv: append([]string{"systemd-nspawn"}, args...)})
 	}
 	c := &host.Cmd{Path: "systemd-nspawn", Args: args, Foreground: true,
@@ -593,7 +597,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	_ = os.Remove(m.settingsPath(name))
 	_ = os.Remove(m.linkPath(name))
 	_ = os.Remove(m.limitsPath(name))
-	if a, ok := m.Backend.(Autostart); ok {
+	if a, ok := m.Backend.(backend.Autostart); ok {
 		a.Forget(ctx, name)
 	}
 	m.unlinkImage(name)
@@ -624,15 +628,15 @@ func (m *Manager) Shell(ctx context.Context, name, user string, argv []string) (
 	if len(argv) == 0 {
 		// A login shell, ended by the end of its input and with its exit
 		// status passed back ("shell web --" is the same).
-		if ls, ok := m.Backend.(loginShell); ok {
+		if ls, ok := m.Backend.(backend.LoginShells); ok {
 			return ls.LoginShell(ctx, name, user)
 		}
 		return 0, m.Backend.Shell(ctx, name, user)
 	}
-	tty := isTerminal(os.Stdin) && isTerminal(os.Stdout)
-	return m.Backend.Exec(ctx, name, ExecSpec{
+	tty := backend.IsTerminal(os.Stdin) && backend.IsTerminal(os.Stdout)
+	return m.Backend.Exec(ctx, name, backend.ExecSpec{
 		Argv: argv, User: user, TTY: tty,
-		Env:   []string{"TERM=" + envOr("TERM", "vt220")},
+		Env:   []string{"TERM=" + backend.EnvOr("TERM", "vt220")},
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 	})
 }
@@ -658,7 +662,7 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 	if user != "" {
 		args = append(args, "--user="+user)
 	}
-	tty := isTerminal(os.Stdin) && isTerminal(os.Stdout)
+	tty := backend.IsTerminal(os.Stdin) && backend.IsTerminal(os.Stdout)
 	if !tty {
 		args = append(args, "--pipe")
 	}
@@ -674,16 +678,9 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 		// nspawn gives the payload a pseudo terminal of its own.
 		c.Foreground = true
 		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, stderr
-		return exitStatus(m.Runner.Run(ctx, c))
+		return backend.StatusOf(m.Runner.Run(ctx, c))
 	}
-	return runExec(ctx, m.Runner, c, ExecSpec{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: stderr})
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
+	return backend.RunExec(ctx, m.Runner, c, backend.ExecSpec{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: stderr})
 }
 
 // Bind mounts host directory src on dst inside running machine name, now

@@ -5,6 +5,9 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/nsbox/nsbox/machine/backend"
+	"github.com/nsbox/nsbox/machine/machined"
 )
 
 func TestParseSize(t *testing.T) {
@@ -43,22 +46,9 @@ func TestLimitFlags(t *testing.T) {
 	}
 }
 
-func TestLimitFilesPreferV2(t *testing.T) {
-	files := limitFiles(Limits{Memory: 1 << 20, CPUs: 0.5, CPUWeight: 100})
-	if files[0][0] != (cgroupFile{"memory.max", "1048576"}) || files[0][1].file != "memory.limit_in_bytes" {
-		t.Errorf("memory: %+v", files[0])
-	}
-	if files[1][0].value != "50000 100000" || files[1][1] != (cgroupFile{"cpu.cfs_quota_us", "50000"}) {
-		t.Errorf("cpu: %+v", files[1])
-	}
-	if files[2][1].value != "1024" {
-		t.Errorf("cpu.shares for weight 100: %+v", files[2])
-	}
-}
-
 func TestUnitText(t *testing.T) {
-	m := &Machined{}
-	text, err := m.UnitFile(StartSpec{Name: "web", Root: "/srv/web", Argv: []string{"systemd-nspawn", "--directory=/srv/web", "--bind=/a b:/c"},
+	m := &machined.Backend{}
+	text, err := m.UnitFile(backend.StartSpec{Name: "web", Root: "/srv/web", Argv: []string{"systemd-nspawn", "--directory=/srv/web", "--bind=/a b:/c"},
 		PostStart: []string{"/usr/bin/nsbox", "__network-up", "web"}, Limits: Limits{Memory: 1 << 30}})
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/network"
 )
@@ -33,10 +34,10 @@ type Info struct {
 	Usage      int64      `json:"usage_bytes"` // disk usage of the tree
 	ReadOnly   bool       `json:"read_only"`
 	// Status only.
-	Autostart string       `json:"autostart,omitempty"` // "enabled", "disabled"
-	Limits    *Limits      `json:"limits,omitempty"`
-	Use       *Usage       `json:"use,omitempty"` // current resource use of a running machine
-	Options   *BootOptions `json:"boot_options,omitempty"`
+	Autostart string          `json:"autostart,omitempty"` // "enabled", "disabled"
+	Limits    *backend.Limits `json:"limits,omitempty"`
+	Use       *backend.Usage  `json:"use,omitempty"` // current resource use of a running machine
+	Options   *BootOptions    `json:"boot_options,omitempty"`
 }
 
 // onDisk lists the machines under RootDir: the trees in the store with
@@ -66,7 +67,7 @@ func (m *Manager) onDisk() []string {
 // mergeList joins the machines on disk with the running ones. A running
 // machine whose root is not RootDir/NAME (or its ImagesDir link) is
 // foreign: listed, marked unmanaged, and never touched unless named.
-func mergeList(p Paths, disk []string, running []Running, backend string) []Info {
+func mergeList(p Paths, disk []string, running []backend.Running, backend string) []Info {
 	byName := map[string]*Info{}
 	var out []*Info
 	for _, n := range disk {
@@ -163,7 +164,7 @@ func (m *Manager) Status(ctx context.Context, name string) (Info, error) {
 	if err := ValidateName(name); err != nil {
 		return Info{}, err
 	}
-	var running []Running
+	var running []backend.Running
 	// A machine that goes away while it is asked (machined dropped it, its
 	// leader died, its unit starts it again) is reported stopped.
 	if r, err := m.Backend.Get(ctx, name); err == nil {

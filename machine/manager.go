@@ -13,7 +13,10 @@ import (
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/backend"
+	"github.com/nsbox/nsbox/machine/direct"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/machined"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
@@ -45,7 +48,7 @@ func DefaultPaths() Paths {
 // Manager runs the lifecycle of machines over one Backend.
 type Manager struct {
 	Paths
-	Backend Backend
+	Backend backend.Backend
 	// Why says why this backend was chosen, for --verbose and doctor.
 	Why    string
 	Runner host.Runner
@@ -89,7 +92,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if m.Pool == "" {
 		m.Pool = network.DefaultPool
 	}
-	direct := &Direct{RunDir: cfg.RunDir, LogDir: cfg.LogDir, Runner: m.Runner, Self: cfg.Self, Supervisor: cfg.Supervisor}
+	db := &direct.Backend{RunDir: cfg.RunDir, LogDir: cfg.LogDir, Runner: m.Runner, Self: cfg.Self, Supervisor: cfg.Supervisor}
 	useMachined := func() error {
 		if !Booted() {
 			return fmt.Errorf("%w: machined: systemd is not PID 1 on this host (use --backend direct)", ErrNoBackend)
@@ -103,15 +106,15 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			md.Close()
 			return fmt.Errorf("%w: %v", ErrNoBackend, err)
 		}
-		m.Backend = &Machined{Machines: md, Systemd: sd, Runner: m.Runner, UnitDir: "/etc/systemd/system"}
+		m.Backend = &machined.Backend{Machines: md, Systemd: sd, Runner: m.Runner, UnitDir: "/etc/systemd/system"}
 		return nil
 	}
 	switch cfg.Backend {
 	case "", "auto":
 		if !Booted() {
-			m.Backend, m.Why = direct, "systemd is not PID 1 (no /run/systemd/system)"
+			m.Backend, m.Why = db, "systemd is not PID 1 (no /run/systemd/system)"
 		} else if err := useMachined(); err != nil {
-			m.Backend, m.Why = direct, "machined does not answer: "+err.Error()
+			m.Backend, m.Why = db, "machined does not answer: "+err.Error()
 		} else {
 			m.Why = "systemd is PID 1 and machined answers"
 		}
@@ -121,7 +124,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		}
 		m.Why = "chosen with --backend"
 	case "direct":
-		m.Backend, m.Why = direct, "chosen with --backend"
+		m.Backend, m.Why = db, "chosen with --backend"
 	default:
 		return nil, fmt.Errorf("%w: backend %q (use auto, machined or direct)", ErrInvalidOption, cfg.Backend)
 	}

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/machined"
 )
 
 func TestMergeList(t *testing.T) {
@@ -130,7 +132,7 @@ func newTestManager(t *testing.T, f *fakeMachined) (*Manager, *noRunner) {
 		RunDir: filepath.Join(dir, "run"), LogDir: filepath.Join(dir, "log"), CacheDir: filepath.Join(dir, "cache"), StateDir: filepath.Join(dir, "state")}
 	os.MkdirAll(p.RootDir, 0o700)
 	r := &noRunner{}
-	return &Manager{Paths: p, Runner: r, Pool: "10.89.0.0/16", Backend: &Machined{Machines: f, Systemd: f, Runner: r, UnitDir: filepath.Join(dir, "units")}}, r
+	return &Manager{Paths: p, Runner: r, Pool: "10.89.0.0/16", Backend: &machined.Backend{Machines: f, Systemd: f, Runner: r, UnitDir: filepath.Join(dir, "units")}}, r
 }
 
 func mkMachine(t *testing.T, m *Manager, name string) {
@@ -346,32 +348,32 @@ func TestDisabledUnitFileGoesWhenDown(t *testing.T) {
 	ctx := context.Background()
 	f := &fakeMachined{machines: map[string]dbusapi.Machine{}, result: "done", units: map[string]dbusapi.UnitState{}}
 	m, _ := newTestManager(t, f)
-	md := m.Backend.(*Machined)
-	spec := StartSpec{Name: "web", Argv: []string{"systemd-nspawn"}}
+	md := m.Backend.(*machined.Backend)
+	spec := backend.StartSpec{Name: "web", Argv: []string{"systemd-nspawn"}}
 	if err := md.Install(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	if md.UnitFileState(ctx, "web") != "enabled" {
 		t.Fatal("not enabled after Install")
 	}
-	f.units[AutostartUnitName("web")] = dbusapi.UnitState{ActiveState: "active"}
+	f.units[machined.AutostartUnitName("web")] = dbusapi.UnitState{ActiveState: "active"}
 	if err := md.Uninstall(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}
-	if !md.hasUnitFile("web") {
+	if !md.HasUnitFile("web") {
 		t.Fatal("unit file removed under a running unit")
 	}
 	if md.UnitFileState(ctx, "web") != "disabled" {
 		t.Error("still enabled after Uninstall")
 	}
-	f.units[AutostartUnitName("web")] = dbusapi.UnitState{ActiveState: "inactive"}
+	f.units[machined.AutostartUnitName("web")] = dbusapi.UnitState{ActiveState: "inactive"}
 	if err := md.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	if md.hasUnitFile("web") {
+	if md.HasUnitFile("web") {
 		t.Error("unit file of a disabled, stopped machine kept")
 	}
-	if len(f.started) != 1 || f.started[0].Name != UnitName("web") || f.started[0].CollectMode != "inactive-or-failed" {
+	if len(f.started) != 1 || f.started[0].Name != machined.UnitName("web") || f.started[0].CollectMode != "inactive-or-failed" {
 		t.Errorf("disabled machine not started as a transient unit: %+v", f.started)
 	}
 
@@ -379,9 +381,9 @@ func TestDisabledUnitFileGoesWhenDown(t *testing.T) {
 	if err := md.Install(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(md.wantsLink("web"))
+	os.Remove(md.WantsLink("web"))
 	md.Cleanup(ctx, "web")
-	if md.hasUnitFile("web") {
+	if md.HasUnitFile("web") {
 		t.Error("Cleanup kept the unit file of a disabled machine")
 	}
 }

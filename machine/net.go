@@ -69,7 +69,7 @@ func (m *Manager) machineLink(ctx context.Context, name string) (network.Link, e
 	if err != nil {
 		return l, err
 	}
-	if err := writeFileAtomic(m.linkPath(name), []byte(l.Subnet.String()+"\n"), 0o644); err != nil {
+	if err := host.WriteFileAtomic(m.linkPath(name), []byte(l.Subnet.String()+"\n"), 0o644); err != nil {
 		return l, err
 	}
 	return l, nil

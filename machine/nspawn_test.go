@@ -1,9 +1,14 @@
 package machine
 
 import (
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/machine/backend"
+	"github.com/nsbox/nsbox/machine/machined"
 )
 
 func TestNspawnArgs(t *testing.T) {
@@ -137,25 +142,37 @@ func TestSettingsFileIsNspawnFormat(t *testing.T) {
 	}
 }
 
-func TestSystemdRunArgs(t *testing.T) {
-	got := SystemdRunArgs("web", ExecSpec{Argv: []string{"sh", "-c", "echo $HOME"}, Env: []string{"TERM=xterm"}})
-	want := []string{"--machine=web", "--quiet", "--wait", "--collect", "--service-type=exec", "--pipe", "--uid=root",
-		"--setenv=TERM=xterm", "--", "/bin/sh", "-c", `"$$@"; exit $$?`, "sh", "sh", "-c", "echo $$HOME"}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got  %q\nwant %q", got, want)
-	}
-	if got := SystemdRunArgs("web", ExecSpec{Argv: []string{"id"}, User: "www", TTY: true}); got[5] != "--pty" || got[6] != "--uid=www" {
-		t.Errorf("tty/user: %q", got)
-	}
-}
-
-func TestNsenterArgs(t *testing.T) {
-	got := strings.Join(nsenterArgs(42, "", []string{"TERM=xterm"}, []string{"id", "-u"}), " ")
-	if !strings.HasPrefix(got, "-t 42 -a -r -w -- /usr/bin/env -i PATH=") || !strings.HasSuffix(got, "HOME=/root USER=root LOGNAME=root TERM=xterm id -u") {
-		t.Errorf("root: %s", got)
-	}
-	got = strings.Join(nsenterArgs(42, "www", nil, []string{"id"}), " ")
-	if !strings.HasSuffix(got, "/usr/sbin/runuser -u www -- id") {
-		t.Errorf("user: %s", got)
+// A value with a control character never reaches the unit file: UnitFile
+// refuses it, UnitText panics.
+func TestUnitFileRefusesControlCharacters(t *testing.T) {
+	for _, tc := range []struct {
+		what string
+		edit func(*backend.StartSpec)
+	}{
+		{"bind in ExecStart", func(s *backend.StartSpec) {
+			s.Argv = append(s.Argv, "--bind=/a\nExecStartPre=/bin/sh -c 'id > /tmp/pwned'")
+		}},
+		{"root", func(s *backend.StartSpec) { s.Root = "/srv/web\nExecStartPre=/bin/sh" }},
+		{"--root-dir in ExecStartPost", func(s *backend.StartSpec) { s.PostStart[2] = "/srv\nExecStartPre=/bin/sh" }},
+		{"name", func(s *backend.StartSpec) { s.Name = "web\nExecStartPre=/bin/sh" }},
+		{"NEL", func(s *backend.StartSpec) { s.Argv = append(s.Argv, "--port=80\u0085") }},
+		{"invalid UTF-8", func(s *backend.StartSpec) { s.Argv = append(s.Argv, "--bind=/\xff") }},
+		{"program prefix", func(s *backend.StartSpec) { s.Argv[0] = "+/bin/sh" }},
+		{"no program", func(s *backend.StartSpec) { s.Argv = nil }},
+	} {
+		spec := backend.StartSpec{Name: "web", Root: "/srv/.nsbox/web", Timeout: time.Minute,
+			Argv:      []string{"systemd-nspawn", "--directory=/srv/.nsbox/web"},
+			PostStart: []string{"/usr/bin/nsbox", "--root-dir", "/srv", "__network-up", "web"}}
+		tc.edit(&spec)
+		m := &machined.Backend{}
+		text, err := m.UnitFile(spec)
+		if err == nil || text != "" {
+			t.Errorf("%s: UnitFile = %q, %v", tc.what, text, err)
+			continue
+		}
+		if !errors.Is(err, backend.ErrInvalidOption) && !errors.Is(err, backend.ErrInvalidName) {
+			t.Errorf("%s: %v is neither ErrInvalidOption nor ErrInvalidName", tc.what, err)
+		}
+		oneLine(t, err)
 	}
 }

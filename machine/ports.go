@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/network"
 )
 
@@ -66,7 +67,7 @@ func (m *Manager) checkPorts(ctx context.Context, name string, ports []string) e
 				ErrInvalidOption, key, other)
 		}
 		if u, ok := network.PortHolder(proto, n); ok {
-			return fmt.Errorf("%w: host port %s is in use on this host by %s (stop it, or forward another port)", ErrInvalidOption, key, Printable(u.String()))
+			return fmt.Errorf("%w: host port %s is in use on this host by %s (stop it, or forward another port)", ErrInvalidOption, key, backend.Printable(u.String()))
 		}
 	}
 	return nil

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/nsbox/nsbox/machine/backend"
 )
 
 // Bind is a host directory made visible inside a machine.
@@ -23,7 +25,7 @@ type Bind struct {
 // must mean the same thing from any directory. So is a control character
 // anywhere, which would be a new line of the settings file.
 func ParseBind(spec string, readOnly bool) (Bind, error) {
-	if err := ValidateText("bind", spec); err != nil {
+	if err := backend.ValidateText("bind", spec); err != nil {
 		return Bind{}, err
 	}
 	bad := func(why string) error {
@@ -86,7 +88,7 @@ func (b Bind) validate() error {
 		return fmt.Errorf("source and destination must be absolute paths")
 	}
 	for _, v := range []struct{ what, s string }{{"path", b.Source}, {"path", b.Dest}, {"options", b.Options}} {
-		if why := badText(v.s); why != "" {
+		if why := backend.BadText(v.s); why != "" {
 			return fmt.Errorf("%s in %s", why, v.what)
 		}
 	}
@@ -152,7 +154,7 @@ type BootOptions struct {
 
 // ValidatePort checks a --port value as nspawn takes it.
 func ValidatePort(spec string) error {
-	if err := ValidateText("port", spec); err != nil {
+	if err := backend.ValidateText("port", spec); err != nil {
 		return err
 	}
 	s := spec
@@ -197,7 +199,7 @@ func DefaultBootOptions() BootOptions {
 // of them a control character, a space, ':', '/' or '%', and not only
 // digits.
 func ValidateNetwork(n string) error {
-	if err := ValidateText("network", n); err != nil {
+	if err := backend.ValidateText("network", n); err != nil {
 		return err
 	}
 	switch n {
@@ -335,7 +337,7 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 	acc := ""        // the assignment as systemd joins it
 	for n, line := range physical {
 		line = strings.TrimSuffix(line, "\r")
-		if why := badText(strings.ReplaceAll(line, "\t", " ")); why != "" {
+		if why := backend.BadText(strings.ReplaceAll(line, "\t", " ")); why != "" {
 			return nil, fmt.Errorf("line %d: %s (remove it)", n+1, why)
 		}
 		trimmed := strings.TrimSpace(line)
@@ -557,34 +559,4 @@ func readSettings(path string) (BootOptions, bool, error) {
 		return o, true, fmt.Errorf("%s: %w", path, err)
 	}
 	return o, true, nil
-}
-
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory and a rename, so readers never see half a file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".#"+filepath.Base(path)+".")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Chmod(mode)
-	}
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if err := f.Close(); werr == nil {
-		werr = err
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		_ = os.Remove(tmp)
-	}
-	return werr
 }

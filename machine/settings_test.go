@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/nsbox/nsbox/machine/backend"
 )
 
 // hostile are values that would add lines to a settings or unit file, or
@@ -29,7 +31,7 @@ func oneLine(t *testing.T, err error) {
 	if err == nil {
 		return
 	}
-	if msg := err.Error(); badText(msg) != "" {
+	if msg := err.Error(); backend.BadText(msg) != "" {
 		t.Errorf("error message carries a control character: %q", msg)
 	}
 }
@@ -283,5 +285,20 @@ func TestSettingsRewriteAddsMissingSections(t *testing.T) {
 	want := settingsHeader + "[Exec]\nBoot=yes\nPrivateUsers=pick\nEnvironment=FOO=1\n\n[Files]\nPrivateUsersOwnership=auto\n\n[Network]\nVirtualEthernet=yes\n"
 	if err != nil || got != want {
 		t.Errorf("got (%v):\n%s\nwant:\n%s", err, got, want)
+	}
+}
+
+func TestValidateText(t *testing.T) {
+	for _, s := range []string{"", "/srv/data", "with space", "é ü ß 日本", "100%$HOME;#", `a\b`} {
+		if err := ValidateText("x", s); err != nil {
+			t.Errorf("ValidateText(%q): %v", s, err)
+		}
+	}
+	for _, h := range hostile {
+		err := ValidateText("--bind", "/a"+h.s)
+		if !errors.Is(err, ErrInvalidOption) || !strings.HasPrefix(err.Error(), `invalid option: --bind "/a`) {
+			t.Errorf("%s: %v", h.what, err)
+		}
+		oneLine(t, err)
 	}
 }

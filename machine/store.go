@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 )
@@ -311,7 +312,7 @@ func (m *Manager) sweepStaging(name string) {
 			}
 			logrus.Infof("removing %s, left by an interrupted create", tree)
 			// A create killed with SIGKILL leaves its debootstrap running.
-			killWorkingIn(tree)
+			backend.KillWorkingIn(tree)
 			host.UnmountUnder(tree)
 			if err := host.RemoveTree(tree); err != nil {
 				logrus.Warnf("could not remove %s: %v", tree, err)

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
 )
 
@@ -23,7 +24,7 @@ func (m *Manager) ResolveUser(name, user string) (string, error) {
 	if user == "" {
 		return "", nil
 	}
-	if err := ValidateText("--uid", user); err != nil {
+	if err := backend.ValidateText("--uid", user); err != nil {
 		return "", err
 	}
 	if strings.HasPrefix(user, "-") {
@@ -63,7 +64,7 @@ func (m *Manager) ResolveUser(name, user string) (string, error) {
 func lookupPasswd(passwd, user string, numeric bool) (string, bool) {
 	for _, l := range strings.Split(passwd, "\n") {
 		f := strings.Split(l, ":")
-		if len(f) < 3 || f[0] == "" || strings.HasPrefix(f[0], "-") || strings.HasPrefix(f[0], "+") || ValidateText("user", f[0]) != nil {
+		if len(f) < 3 || f[0] == "" || strings.HasPrefix(f[0], "-") || strings.HasPrefix(f[0], "+") || backend.ValidateText("user", f[0]) != nil {
 			continue
 		}
 		if numeric && f[2] == user || !numeric && f[0] == user {

@@ -1,4 +1,4 @@
-package machine
+package direct
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -24,7 +25,7 @@ const consoleLog = "-"
 // see it, and started again when it reboots. The supervisor removes its
 // state and cgroup when the machine is gone; what a killed supervisor left
 // is removed here.
-func (d *Direct) Console(ctx context.Context, spec StartSpec) error {
+func (d *Backend) Console(ctx context.Context, spec backend.StartSpec) error {
 	for _, dir := range []string{filepath.Join(d.RunDir, "machines"), d.LogDir} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err

@@ -1,8 +1,7 @@
-package machine
+package backend
 
 import (
 	"bytes"
-	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -19,21 +18,6 @@ func rawControl(s, allowed string) string {
 		i += size
 	}
 	return ""
-}
-
-func TestValidateText(t *testing.T) {
-	for _, s := range []string{"", "/srv/data", "with space", "é ü ß 日本", "100%$HOME;#", `a\b`} {
-		if err := ValidateText("x", s); err != nil {
-			t.Errorf("ValidateText(%q): %v", s, err)
-		}
-	}
-	for _, h := range hostile {
-		err := ValidateText("--bind", "/a"+h.s)
-		if !errors.Is(err, ErrInvalidOption) || !strings.HasPrefix(err.Error(), `invalid option: --bind "/a`) {
-			t.Errorf("%s: %v", h.what, err)
-		}
-		oneLine(t, err)
-	}
 }
 
 func TestPrintable(t *testing.T) {
@@ -84,8 +68,8 @@ func TestStripTerminal(t *testing.T) {
 		// ESC before a control character shows.
 		{"esc\x1b\nx", "esc\\x1b\nx"},
 	} {
-		if got := stripTerminal(tc.in); got != tc.want {
-			t.Errorf("stripTerminal(%q) = %q, want %q", tc.in, got, tc.want)
+		if got := StripTerminal(tc.in); got != tc.want {
+			t.Errorf("StripTerminal(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }
@@ -127,22 +111,15 @@ func TestLastLinesInert(t *testing.T) {
 		"hostname evil\a\x1b]0;title\x1b\\\r\n" +
 		"progress 10%\rprogress 100%\r\n" +
 		"tab\there\x00nul\r\n"
-	got := lastLines(console, 15)
+	got := LastLines(console, 15)
 	want := []string{"Welcome to Debian GNU/Linux 12!", "PRETTY_NAME=", `hostname evil\x07`,
 		`progress 10%\rprogress 100%`, `tab\there\x00nul`}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
-		t.Errorf("lastLines:\n got %q\nwant %q", got, want)
+		t.Errorf("LastLines:\n got %q\nwant %q", got, want)
 	}
 	for _, l := range got {
 		if c := rawControl(l, ""); c != "" {
 			t.Errorf("%q carries %q", l, c)
 		}
-	}
-}
-
-func TestBootErrorIsOneLine(t *testing.T) {
-	e := &BootError{Name: "web", Why: "system state \"x\x1b[2J\"\nnsbox: all is well"}
-	if msg := e.Error(); strings.ContainsAny(msg, "\n\x1b") || !strings.Contains(msg, `\x1b[2J`) {
-		t.Errorf("Error() = %q", msg)
 	}
 }

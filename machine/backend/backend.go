@@ -1,4 +1,4 @@
-package machine
+package backend
 
 import (
 	"context"
@@ -86,8 +86,29 @@ type Backend interface {
 	LogTail(ctx context.Context, name string, n int) []string
 	// SetLimits applies limits to a running machine.
 	SetLimits(ctx context.Context, name string, l Limits) error
+	// LiftLimits lifts, on a running machine, the limits set in c.
+	LiftLimits(ctx context.Context, name string, c Limits) error
 	// Usage reads a running machine's resource use.
 	Usage(ctx context.Context, name string) (Usage, error)
 	// HostLogs writes the host side of the machine's log to w.
 	HostLogs(ctx context.Context, name string, o LogOptions, w io.Writer) error
+}
+
+// Autostart is what a backend that can start machines with the host does:
+// installing a unit file. Only the machined backend implements it.
+type Autostart interface {
+	// UnitFile renders the unit file, or refuses a spec with a value
+	// that a unit file cannot carry.
+	UnitFile(spec StartSpec) (string, error)
+	Install(ctx context.Context, spec StartSpec) error
+	Uninstall(ctx context.Context, name string) error
+	UnitFileState(ctx context.Context, name string) string
+	// Forget removes every trace of the machine's unit (nsbox remove).
+	Forget(ctx context.Context, name string)
+}
+
+// Watcher is a backend that can tell when machines change, so events come
+// at once instead of at the next poll.
+type Watcher interface {
+	Changes(ctx context.Context) <-chan struct{}
 }

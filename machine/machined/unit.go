@@ -1,4 +1,4 @@
-package machine
+package machined
 
 import (
 	"context"
@@ -7,20 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-)
 
-// Autostart is what a backend that can start machines with the host does:
-// installing a unit file. Only the machined backend implements it.
-type Autostart interface {
-	// UnitFile renders the unit file, or refuses a spec with a value
-	// that a unit file cannot carry.
-	UnitFile(spec StartSpec) (string, error)
-	Install(ctx context.Context, spec StartSpec) error
-	Uninstall(ctx context.Context, name string) error
-	UnitFileState(ctx context.Context, name string) string
-	// Forget removes every trace of the machine's unit (nsbox remove).
-	Forget(ctx context.Context, name string)
-}
+	"github.com/nsbox/nsbox/machine/backend"
+	"github.com/nsbox/nsbox/machine/host"
+)
 
 // quoteExec quotes one command line word for ExecStart= and its kin, by
 // the rules of systemd.service(5) and systemd.syntax(7): specifiers are
@@ -79,16 +69,16 @@ func quotePath(p string) string {
 // that is not a machine name, or a control character in the root or any
 // word of the commands (a newline there would be a line of its own, such
 // as ExecStartPre=).
-func checkStartSpec(spec StartSpec) error {
-	if err := ValidateName(spec.Name); err != nil {
+func checkStartSpec(spec backend.StartSpec) error {
+	if err := backend.ValidateName(spec.Name); err != nil {
 		return err
 	}
-	if err := ValidateText("root directory", spec.Root); err != nil {
+	if err := backend.ValidateText("root directory", spec.Root); err != nil {
 		return err
 	}
 	for _, argv := range [][]string{spec.Argv, spec.PostStart} {
 		for _, a := range argv {
-			if err := ValidateText("argument", a); err != nil {
+			if err := backend.ValidateText("argument", a); err != nil {
 				return err
 			}
 		}
@@ -97,11 +87,11 @@ func checkStartSpec(spec StartSpec) error {
 		// systemd reads these as prefixes of the program (+ runs it with
 		// full privileges, @ sets its argv[0]).
 		if len(argv) > 0 && (argv[0] == "" || strings.ContainsRune("-@+!:|", rune(argv[0][0]))) {
-			return fmt.Errorf("%w: program %q", ErrInvalidOption, argv[0])
+			return fmt.Errorf("%w: program %q", backend.ErrInvalidOption, argv[0])
 		}
 	}
 	if len(spec.Argv) == 0 {
-		return fmt.Errorf("%w: no command to start", ErrInvalidOption)
+		return fmt.Errorf("%w: no command to start", backend.ErrInvalidOption)
 	}
 	return nil
 }
@@ -110,7 +100,7 @@ func checkStartSpec(spec StartSpec) error {
 // the same settings as the transient unit nsbox boot starts, plus what
 // autostart needs. A spec with a control character anywhere is refused
 // and nothing is rendered.
-func (m *Machined) UnitFile(spec StartSpec) (string, error) {
+func (m *Backend) UnitFile(spec backend.StartSpec) (string, error) {
 	if err := checkStartSpec(spec); err != nil {
 		return "", fmt.Errorf("unit of %q: %w", spec.Name, err)
 	}
@@ -119,7 +109,7 @@ func (m *Machined) UnitFile(spec StartSpec) (string, error) {
 
 // renderUnit writes the unit file of spec; every value in it is quoted
 // or escaped for the directive it is in.
-func (m *Machined) renderUnit(spec StartSpec) string {
+func (m *Backend) renderUnit(spec backend.StartSpec) string {
 	s := ServiceSpec(spec)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by nsbox enable %s; nsbox rewrites it when the machine's options change.\n", spec.Name)
@@ -147,7 +137,7 @@ func (m *Machined) renderUnit(spec StartSpec) string {
 }
 
 // unitPath is where an enabled machine's unit file lives.
-func (m *Machined) unitPath(name string) string {
+func (m *Backend) unitPath(name string) string {
 	dir := m.UnitDir
 	if dir == "" {
 		dir = "/etc/systemd/system"
@@ -155,14 +145,14 @@ func (m *Machined) unitPath(name string) string {
 	return filepath.Join(dir, AutostartUnitName(name))
 }
 
-// hasUnitFile reports whether the machine is enabled (has a unit file).
-func (m *Machined) hasUnitFile(name string) bool {
+// HasUnitFile reports whether the machine is enabled (has a unit file).
+func (m *Backend) HasUnitFile(name string) bool {
 	_, err := os.Stat(m.unitPath(name))
 	return err == nil
 }
 
 // writeUnit writes the unit file when its text changed, and reloads.
-func (m *Machined) writeUnit(ctx context.Context, spec StartSpec) error {
+func (m *Backend) writeUnit(ctx context.Context, spec backend.StartSpec) error {
 	text, err := m.UnitFile(spec)
 	if err != nil {
 		return err
@@ -170,26 +160,26 @@ func (m *Machined) writeUnit(ctx context.Context, spec StartSpec) error {
 	if cur, err := os.ReadFile(m.unitPath(spec.Name)); err == nil && string(cur) == text {
 		return nil
 	}
-	if err := writeFileAtomic(m.unitPath(spec.Name), []byte(text), 0o644); err != nil {
+	if err := host.WriteFileAtomic(m.unitPath(spec.Name), []byte(text), 0o644); err != nil {
 		return err
 	}
 	return m.Systemd.Reload(ctx)
 }
 
-// wantsLink is the link that enables a machine's unit: what systemctl
+// WantsLink is the link that enables a machine's unit: what systemctl
 // enable makes from WantedBy=machines.target.
-func (m *Machined) wantsLink(name string) string {
+func (m *Backend) WantsLink(name string) string {
 	return filepath.Join(filepath.Dir(m.unitPath(name)), "machines.target.wants", AutostartUnitName(name))
 }
 
 // Install implements Autostart: the unit file, linked into
 // machines.target, which is itself enabled in multi-user.target. A machine
 // running now keeps running; the unit file serves from its next start.
-func (m *Machined) Install(ctx context.Context, spec StartSpec) error {
+func (m *Backend) Install(ctx context.Context, spec backend.StartSpec) error {
 	if err := m.writeUnit(ctx, spec); err != nil {
 		return err
 	}
-	link := m.wantsLink(spec.Name)
+	link := m.WantsLink(spec.Name)
 	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
 		return err
 	}
@@ -209,8 +199,8 @@ func (m *Machined) Install(ctx context.Context, spec StartSpec) error {
 // host. A machine running from the unit keeps its unit file until it
 // stops, so that a reboot inside it still restarts it; the next stop or
 // boot drops the file (dropDisabledUnit).
-func (m *Machined) Uninstall(ctx context.Context, name string) error {
-	if err := os.Remove(m.wantsLink(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+func (m *Backend) Uninstall(ctx context.Context, name string) error {
+	if err := os.Remove(m.WantsLink(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	if dropped, err := m.dropDisabledUnit(ctx, name); err != nil || dropped {
@@ -223,11 +213,11 @@ func (m *Machined) Uninstall(ctx context.Context, name string) error {
 // unit is down, so that a disabled machine boots as one never enabled:
 // from a transient unit, without the unit file's Restart=on-failure.
 // When it removed the file, it has reloaded systemd and reports true.
-func (m *Machined) dropDisabledUnit(ctx context.Context, name string) (bool, error) {
-	if !m.hasUnitFile(name) {
+func (m *Backend) dropDisabledUnit(ctx context.Context, name string) (bool, error) {
+	if !m.HasUnitFile(name) {
 		return false, nil
 	}
-	if _, err := os.Lstat(m.wantsLink(name)); err == nil {
+	if _, err := os.Lstat(m.WantsLink(name)); err == nil {
 		return false, nil // enabled
 	}
 	st, err := m.Systemd.GetUnitState(ctx, AutostartUnitName(name))
@@ -244,19 +234,19 @@ func (m *Machined) dropDisabledUnit(ctx context.Context, name string) (bool, err
 }
 
 // Forget implements Autostart: the unit file goes with the machine.
-func (m *Machined) Forget(ctx context.Context, name string) {
-	_ = os.Remove(m.wantsLink(name))
+func (m *Backend) Forget(ctx context.Context, name string) {
+	_ = os.Remove(m.WantsLink(name))
 	if err := os.Remove(m.unitPath(name)); err == nil {
 		_ = m.Systemd.Reload(ctx)
 	}
 }
 
 // UnitFileState implements Autostart.
-func (m *Machined) UnitFileState(ctx context.Context, name string) string {
-	if _, err := os.Lstat(m.wantsLink(name)); err == nil && m.hasUnitFile(name) {
+func (m *Backend) UnitFileState(ctx context.Context, name string) string {
+	if _, err := os.Lstat(m.WantsLink(name)); err == nil && m.HasUnitFile(name) {
 		return "enabled"
 	}
 	return "disabled"
 }
 
-var _ Autostart = (*Machined)(nil)
+var _ backend.Autostart = (*Backend)(nil)

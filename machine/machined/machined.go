@@ -1,4 +1,4 @@
-package machine
+package machined
 
 import (
 	"context"
@@ -10,11 +10,12 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/dbusapi"
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 )
 
-// MachinedAPI is the part of machined nsbox uses; dbusapi.Machined
+// MachinedAPI is the part of machined nsbox uses; dbusapi.Backend
 // implements it, tests fake it.
 type MachinedAPI interface {
 	ListMachines() ([]dbusapi.MachineEntry, error)
@@ -25,13 +26,13 @@ type MachinedAPI interface {
 	OpenMachineShell(name, user string, env []string) (*os.File, error)
 }
 
-// Subscriber is machined's signal stream; dbusapi.Machined implements it.
+// Subscriber is machined's signal stream; dbusapi.Backend implements it.
 type Subscriber interface {
 	Subscribe(ctx context.Context) (<-chan string, error)
 }
 
 // Changes implements Watcher from machined's MachineNew and MachineRemoved.
-func (m *Machined) Changes(ctx context.Context) <-chan struct{} {
+func (m *Backend) Changes(ctx context.Context) <-chan struct{} {
 	out := make(chan struct{}, 1)
 	s, ok := m.Machines.(Subscriber)
 	if !ok {
@@ -67,9 +68,9 @@ type SystemdAPI interface {
 	GetUnitUsage(ctx context.Context, name string) (dbusapi.UnitUsage, error)
 }
 
-// Machined runs machines as transient systemd services that machined
+// Backend runs machines as transient systemd services that machined
 // registers, as systemd-nspawn@.service does.
-type Machined struct {
+type Backend struct {
 	Machines MachinedAPI
 	Systemd  SystemdAPI
 	Runner   host.Runner
@@ -78,10 +79,10 @@ type Machined struct {
 }
 
 // Name implements Backend.
-func (m *Machined) Name() string { return "machined" }
+func (m *Backend) Name() string { return "machined" }
 
 // Registered implements Backend.
-func (m *Machined) Registered() bool { return true }
+func (m *Backend) Registered() bool { return true }
 
 // UnitName is the transient service nsbox boot runs a machine in.
 func UnitName(name string) string { return "nsbox-" + name + ".service" }
@@ -93,7 +94,7 @@ func AutostartUnitName(name string) string { return "nsbox@" + name + ".service"
 
 // ServiceSpec is the transient unit for a machine, with the sandboxing of
 // systemd's own systemd-nspawn@.service.
-func ServiceSpec(spec StartSpec) dbusapi.ServiceSpec {
+func ServiceSpec(spec backend.StartSpec) dbusapi.ServiceSpec {
 	return dbusapi.ServiceSpec{
 		Name:                   UnitName(spec.Name),
 		Description:            "nsbox machine " + spec.Name,
@@ -123,7 +124,7 @@ func ServiceSpec(spec StartSpec) dbusapi.ServiceSpec {
 // Start implements Backend. The unit is Type=notify and nspawn runs with
 // --notify-ready=yes, so the start job ends once the container's own
 // systemd has finished starting up.
-func (m *Machined) Start(ctx context.Context, spec StartSpec) error {
+func (m *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 	unit := UnitName(spec.Name)
 	// A failed unit of an earlier boot keeps the name taken.
 	_ = m.Systemd.ResetFailedUnit(ctx, unit)
@@ -132,7 +133,7 @@ func (m *Machined) Start(ctx context.Context, spec StartSpec) error {
 	if _, err := m.dropDisabledUnit(ctx, spec.Name); err != nil {
 		return err
 	}
-	if m.hasUnitFile(spec.Name) {
+	if m.HasUnitFile(spec.Name) {
 		// An enabled machine starts from its unit file, brought up to date
 		// with the options of this boot.
 		if err := m.writeUnit(ctx, spec); err != nil {
@@ -163,18 +164,18 @@ func (m *Machined) Start(ctx context.Context, spec StartSpec) error {
 }
 
 // List implements Backend.
-func (m *Machined) List(ctx context.Context) ([]Running, error) {
+func (m *Backend) List(ctx context.Context) ([]backend.Running, error) {
 	entries, err := m.Machines.ListMachines()
 	if err != nil {
 		return nil, fmt.Errorf("machined: %w", err)
 	}
-	var out []Running
+	var out []backend.Running
 	for _, e := range entries {
 		if e.Class == "host" {
 			continue
 		}
 		r, err := m.Get(ctx, e.Name)
-		if errors.Is(err, ErrNotRunning) {
+		if errors.Is(err, backend.ErrNotRunning) {
 			continue // gone since ListMachines: it is stopped, or starting again
 		}
 		if err != nil {
@@ -189,22 +190,22 @@ func (m *Machined) List(ctx context.Context) ([]Running, error) {
 // asked (NoSuchMachine, or UnknownObject for its object path) or whose
 // leader is gone is not running: between the death of its PID 1 and the
 // restart of its unit, a machine is stopped, not an error.
-func (m *Machined) Get(ctx context.Context, name string) (Running, error) {
+func (m *Backend) Get(ctx context.Context, name string) (backend.Running, error) {
 	mm, err := m.Machines.GetMachine(name)
 	if errors.Is(err, dbusapi.ErrNoSuchMachine) {
-		return Running{}, ErrNotRunning
+		return backend.Running{}, backend.ErrNotRunning
 	}
 	if err != nil {
-		return Running{}, fmt.Errorf("machined: %w", err)
+		return backend.Running{}, fmt.Errorf("machined: %w", err)
 	}
-	if mm.Leader > 0 && !pidExists(mm.Leader) {
+	if mm.Leader > 0 && !backend.PidExists(mm.Leader) {
 		// A registration whose leader is gone is stale (a crash between
 		// machined and its unit): drop it so the name can boot again.
 		logrus.Warnf("machined still lists %s, whose leader %d is gone: terminating the stale registration", name, mm.Leader)
 		_ = m.Machines.TerminateMachine(name)
-		return Running{}, ErrNotRunning
+		return backend.Running{}, backend.ErrNotRunning
 	}
-	r := Running{
+	r := backend.Running{
 		Name: mm.Name, Class: mm.Class, Service: mm.Service, Unit: mm.Unit,
 		Leader: mm.Leader, RootDirectory: mm.RootDirectory, Since: mm.Since,
 	}
@@ -215,23 +216,23 @@ func (m *Machined) Get(ctx context.Context, name string) (Running, error) {
 }
 
 // Kill implements Backend.
-func (m *Machined) Kill(ctx context.Context, name string, all bool, sig syscall.Signal) error {
+func (m *Backend) Kill(ctx context.Context, name string, all bool, sig syscall.Signal) error {
 	who := "leader"
 	if all {
 		who = "all"
 	}
 	err := m.Machines.KillMachine(name, who, sig)
 	if errors.Is(err, dbusapi.ErrNoSuchMachine) {
-		return ErrNotRunning
+		return backend.ErrNotRunning
 	}
 	return err
 }
 
 // Terminate implements Backend.
-func (m *Machined) Terminate(ctx context.Context, name string) error {
+func (m *Backend) Terminate(ctx context.Context, name string) error {
 	err := m.Machines.TerminateMachine(name)
 	if errors.Is(err, dbusapi.ErrNoSuchMachine) {
-		return ErrNotRunning
+		return backend.ErrNotRunning
 	}
 	return err
 }
@@ -258,7 +259,7 @@ func escapeExecArgs(argv []string) []string {
 // passes its exit status back. systemd-run reports a command killed by a
 // signal as 255 (or 0 for SIGTERM), so argv runs under a shell that turns
 // the signal into 128+N; "exit $?" keeps the shell from exec'ing argv.
-func SystemdRunArgs(name string, e ExecSpec) []string {
+func SystemdRunArgs(name string, e backend.ExecSpec) []string {
 	args := []string{"--machine=" + name, "--quiet", "--wait", "--collect", "--service-type=exec"}
 	if e.TTY {
 		args = append(args, "--pty")
@@ -282,27 +283,27 @@ func SystemdRunArgs(name string, e ExecSpec) []string {
 
 // Exec implements Backend through systemd-run --machine, which runs the
 // command as a service of the container's own systemd.
-func (m *Machined) Exec(ctx context.Context, name string, e ExecSpec) (int, error) {
+func (m *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (int, error) {
 	c := &host.Cmd{Path: "systemd-run", Args: SystemdRunArgs(name, e)}
 	if e.TTY {
 		// systemd-run allocates the pseudo terminal in the container and
 		// proxies it to ours itself; it must stay in our foreground group.
 		c.Foreground = true
 		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-		return exitStatus(m.Runner.Run(ctx, c))
+		return backend.StatusOf(m.Runner.Run(ctx, c))
 	}
-	return runExec(ctx, m.Runner, c, e)
+	return backend.RunExec(ctx, m.Runner, c, e)
 }
 
 // Shell implements Backend: LoginShell without its exit status.
-func (m *Machined) Shell(ctx context.Context, name, user string) error {
+func (m *Backend) Shell(ctx context.Context, name, user string) error {
 	_, err := m.LoginShell(ctx, name, user)
 	return err
 }
 
 // Cleanup implements Backend: a failed unit is forgotten so the next boot
 // can use the name, and a unit still up is stopped.
-func (m *Machined) Cleanup(ctx context.Context, name string) {
+func (m *Backend) Cleanup(ctx context.Context, name string) {
 	for _, unit := range []string{UnitName(name), AutostartUnitName(name)} {
 		if st, err := m.Systemd.GetUnitState(ctx, unit); err == nil && st.ActiveState != "inactive" && st.ActiveState != "failed" {
 			_ = m.Systemd.StopUnit(ctx, unit)
@@ -315,11 +316,11 @@ func (m *Machined) Cleanup(ctx context.Context, name string) {
 }
 
 // LogTail implements Backend: the unit's journal; during a boot
-// (withBootStart) only what it logged since the boot began.
-func (m *Machined) LogTail(ctx context.Context, name string, n int) []string {
+// (WithBootStart) only what it logged since the boot began.
+func (m *Backend) LogTail(ctx context.Context, name string, n int) []string {
 	var out strings.Builder
 	args := []string{"--unit=" + UnitName(name), "--unit=" + AutostartUnitName(name), "--lines=" + fmt.Sprint(n), "--no-pager", "--output=cat", "--boot"}
-	if since, ok := bootStartOf(ctx); ok {
+	if since, ok := backend.BootStartOf(ctx); ok {
 		args = append(args, fmt.Sprintf("--since=@%d.%06d", since.Unix(), since.Nanosecond()/1000))
 	}
 	err := m.Runner.Run(ctx, &host.Cmd{
@@ -330,12 +331,12 @@ func (m *Machined) LogTail(ctx context.Context, name string, n int) []string {
 	if err != nil {
 		return nil
 	}
-	return lastLines(out.String(), n)
+	return backend.LastLines(out.String(), n)
 }
 
 // SetLimits implements Backend: the unit's properties change now; the
 // unit file of an enabled machine is rewritten by the next boot.
-func (m *Machined) SetLimits(ctx context.Context, name string, l Limits) error {
+func (m *Backend) SetLimits(ctx context.Context, name string, l backend.Limits) error {
 	props := l.Properties()
 	if len(props) == 0 {
 		return nil
@@ -344,20 +345,20 @@ func (m *Machined) SetLimits(ctx context.Context, name string, l Limits) error {
 }
 
 // Usage implements Backend from the unit's accounting.
-func (m *Machined) Usage(ctx context.Context, name string) (Usage, error) {
+func (m *Backend) Usage(ctx context.Context, name string) (backend.Usage, error) {
 	r, err := m.Get(ctx, name)
 	if err != nil {
-		return Usage{}, err
+		return backend.Usage{}, err
 	}
 	u, err := m.Systemd.GetUnitUsage(ctx, r.Unit)
 	if err != nil {
-		return Usage{}, err
+		return backend.Usage{}, err
 	}
 	const unknown = ^uint64(0)
 	if u.MemoryCurrent == unknown && u.TasksCurrent == unknown && u.CPUUsageNSec == unknown {
-		return Usage{}, fmt.Errorf("no resource accounting for %s", r.Unit)
+		return backend.Usage{}, fmt.Errorf("no resource accounting for %s", r.Unit)
 	}
-	out := Usage{Memory: u.MemoryCurrent, Tasks: u.TasksCurrent, CPUTime: time.Duration(u.CPUUsageNSec)}
+	out := backend.Usage{Memory: u.MemoryCurrent, Tasks: u.TasksCurrent, CPUTime: time.Duration(u.CPUUsageNSec)}
 	if u.MemoryCurrent == unknown {
 		out.Memory = 0
 	}
@@ -368,4 +369,14 @@ func (m *Machined) Usage(ctx context.Context, name string) (Usage, error) {
 		out.CPUTime = 0
 	}
 	return out, nil
+}
+
+// LiftLimits lifts, on running machine name, the limits set in c: each
+// unit property set to infinity (or the default weight).
+func (m *Backend) LiftLimits(ctx context.Context, name string, c backend.Limits) error {
+	r, err := m.Get(ctx, name)
+	if err != nil {
+		return err
+	}
+	return m.Systemd.SetUnitProperties(ctx, r.Unit, true, c.ClearProperties())
 }

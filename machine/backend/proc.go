@@ -1,4 +1,4 @@
-package machine
+package backend
 
 import (
 	"fmt"
@@ -16,14 +16,14 @@ type Proc struct {
 	Start uint64 `json:"start"`
 }
 
-// procRoot is /proc; tests point it at a fake tree.
-var procRoot = "/proc"
+// ProcRoot is /proc; tests point it at a fake tree.
+var ProcRoot = "/proc"
 
 // readProc reads the start time and state of pid. The command name in
 // /proc/PID/stat may hold spaces and parentheses, so fields are counted
 // from the last ')'.
 func readProc(pid int) (start uint64, state byte, err error) {
-	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat"))
+	b, err := os.ReadFile(filepath.Join(ProcRoot, strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return 0, 0, err
 	}
@@ -63,7 +63,7 @@ func (p Proc) Alive() bool {
 // children lists the child PIDs of pid.
 func children(pid int) []int {
 	var out []int
-	tasks, _ := filepath.Glob(filepath.Join(procRoot, strconv.Itoa(pid), "task", "*", "children"))
+	tasks, _ := filepath.Glob(filepath.Join(ProcRoot, strconv.Itoa(pid), "task", "*", "children"))
 	for _, t := range tasks {
 		b, err := os.ReadFile(t)
 		if err != nil {
@@ -78,36 +78,36 @@ func children(pid int) []int {
 	return out
 }
 
-// pidNamespaceMembers lists every process in the PID namespace of pid.
-func pidNamespaceMembers(pid int) []int {
-	ns, err := os.Readlink(filepath.Join(procRoot, strconv.Itoa(pid), "ns", "pid"))
+// PidNamespaceMembers lists every process in the PID namespace of pid.
+func PidNamespaceMembers(pid int) []int {
+	ns, err := os.Readlink(filepath.Join(ProcRoot, strconv.Itoa(pid), "ns", "pid"))
 	if err != nil {
 		return nil
 	}
-	ents, _ := os.ReadDir(procRoot)
+	ents, _ := os.ReadDir(ProcRoot)
 	var out []int
 	for _, e := range ents {
 		n, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		if l, err := os.Readlink(filepath.Join(procRoot, e.Name(), "ns", "pid")); err == nil && l == ns {
+		if l, err := os.Readlink(filepath.Join(ProcRoot, e.Name(), "ns", "pid")); err == nil && l == ns {
 			out = append(out, n)
 		}
 	}
 	return out
 }
 
-// containerChild finds the container's PID 1 among nspawn's children: the
+// ContainerChild finds the container's PID 1 among nspawn's children: the
 // one in a PID namespace of its own. nspawn's short-lived intermediate child
 // shares nspawn's namespace and is passed over.
-func containerChild(nspawn int) (Proc, bool) {
-	own, err := os.Readlink(filepath.Join(procRoot, strconv.Itoa(nspawn), "ns", "pid"))
+func ContainerChild(nspawn int) (Proc, bool) {
+	own, err := os.Readlink(filepath.Join(ProcRoot, strconv.Itoa(nspawn), "ns", "pid"))
 	if err != nil {
 		return Proc{}, false
 	}
 	for _, kid := range children(nspawn) {
-		ns, err := os.Readlink(filepath.Join(procRoot, strconv.Itoa(kid), "ns", "pid"))
+		ns, err := os.Readlink(filepath.Join(ProcRoot, strconv.Itoa(kid), "ns", "pid"))
 		if err != nil || ns == own {
 			continue
 		}
@@ -118,19 +118,19 @@ func containerChild(nspawn int) (Proc, bool) {
 	return Proc{}, false
 }
 
-// killWorkingIn kills every process that works in dir: its command line
+// KillWorkingIn kills every process that works in dir: its command line
 // names dir, or its root or working directory is inside it. It is used on
 // trees whose owner died, to stop what the owner had started.
-func killWorkingIn(dir string) {
+func KillWorkingIn(dir string) {
 	dir = filepath.Clean(dir)
 	inside := func(p string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
-	ents, _ := os.ReadDir(procRoot)
+	ents, _ := os.ReadDir(ProcRoot)
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		base := filepath.Join(procRoot, e.Name())
+		base := filepath.Join(ProcRoot, e.Name())
 		hit := false
 		if b, err := os.ReadFile(filepath.Join(base, "cmdline")); err == nil {
 			for _, arg := range strings.Split(string(b), "\x00") {
@@ -150,8 +150,8 @@ func killWorkingIn(dir string) {
 	}
 }
 
-// pidExists reports whether a process with this PID exists here.
-func pidExists(pid int) bool {
-	_, err := os.Stat(filepath.Join(procRoot, strconv.Itoa(pid)))
+// PidExists reports whether a process with this PID exists here.
+func PidExists(pid int) bool {
+	_, err := os.Stat(filepath.Join(ProcRoot, strconv.Itoa(pid)))
 	return err == nil
 }

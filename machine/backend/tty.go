@@ -1,4 +1,4 @@
-package machine
+package backend
 
 import (
 	"fmt"
@@ -15,12 +15,12 @@ import (
 	"golang.org/x/term"
 )
 
-// attachTerminal joins the caller's terminal to master, the controlling
+// AttachTerminal joins the caller's terminal to master, the controlling
 // side of a pseudo terminal whose other side the payload holds, until the
 // payload closes it. The caller's terminal is put in raw mode meanwhile and
 // window size changes are passed on. The payload never sees the caller's
 // terminal itself, so it cannot push input into it (TIOCSTI).
-func attachTerminal(master *os.File) {
+func AttachTerminal(master *os.File) {
 	in := int(os.Stdin.Fd())
 	if term.IsTerminal(in) {
 		if st, err := term.MakeRaw(in); err == nil {
@@ -62,15 +62,15 @@ func sendEOF(master *os.File) {
 	_, _ = master.Write([]byte{eof})
 }
 
-// openMachinePTY opens a pseudo terminal in the devpts of leader's mount
+// OpenMachinePTY opens a pseudo terminal in the devpts of leader's mount
 // namespace, the machine's own /dev/pts, so that tty and ttyname find it
 // inside: one from the host's devpts is "not a tty" there. ptmx is looked
 // up in the machine's root without following any link (the tree is the
 // machine root's) and must be the ptmx of a devpts. The other side is
 // opened through the master (TIOCGPTPEER), never by path, and given to the
 // machine's root, as a terminal it opened itself would be.
-func openMachinePTY(leader Proc) (master, slave *os.File, err error) {
-	root, err := unix.Open(filepath.Join(procRoot, strconv.Itoa(leader.PID), "root"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+func OpenMachinePTY(leader Proc) (master, slave *os.File, err error) {
+	root, err := unix.Open(filepath.Join(ProcRoot, strconv.Itoa(leader.PID), "root"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("root of PID %d: %w", leader.PID, err)
 	}
@@ -113,7 +113,7 @@ func openMachinePTY(leader Proc) (master, slave *os.File, err error) {
 
 // mappedRoot is the host uid of root in pid's user namespace.
 func mappedRoot(pid int) (int, bool) {
-	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "uid_map"))
+	b, err := os.ReadFile(filepath.Join(ProcRoot, strconv.Itoa(pid), "uid_map"))
 	if err != nil {
 		return 0, false
 	}
@@ -128,19 +128,19 @@ func mappedRoot(pid int) (int, bool) {
 	return 0, false
 }
 
-// isTerminal reports whether v is a terminal file.
-func isTerminal(v any) bool {
+// IsTerminal reports whether v is a terminal file.
+func IsTerminal(v any) bool {
 	f, ok := v.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// shieldReader hides a terminal behind a pipe, so that the program reads
+// ShieldReader hides a terminal behind a pipe, so that the program reads
 // the pipe and never holds the terminal itself. The copy from the terminal
 // is nsbox's own and is left behind when the program ends: a copy made by
 // os/exec would hold Wait until the next key press. Other readers are
 // returned as they are; the caller calls done when the program ended.
-func shieldReader(r io.Reader) (io.Reader, func(), error) {
-	if !isTerminal(r) {
+func ShieldReader(r io.Reader) (io.Reader, func(), error) {
+	if !IsTerminal(r) {
 		return r, func() {}, nil
 	}
 	pr, pw, err := os.Pipe()
@@ -154,10 +154,10 @@ func shieldReader(r io.Reader) (io.Reader, func(), error) {
 	return pr, func() { pr.Close() }, nil
 }
 
-// shieldWriter hides a terminal behind a pipe: exec then copies through a
+// ShieldWriter hides a terminal behind a pipe: exec then copies through a
 // pipe instead of handing the terminal to the program.
-func shieldWriter(w io.Writer) io.Writer {
-	if isTerminal(w) {
+func ShieldWriter(w io.Writer) io.Writer {
+	if IsTerminal(w) {
 		return struct{ io.Writer }{w}
 	}
 	return w

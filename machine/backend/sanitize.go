@@ -1,4 +1,4 @@
-package machine
+package backend
 
 import (
 	"fmt"
@@ -35,9 +35,9 @@ func isInvisibleFormat(r rune) bool {
 	return r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069 || r == 0x2028 || r == 0x2029 || r == 0x200e || r == 0x200f
 }
 
-// badText describes the first character of s that may not appear in a
+// BadText describes the first character of s that may not appear in a
 // value nsbox writes into a file or onto a command line, or is "".
-func badText(s string) string {
+func BadText(s string) string {
 	for i := 0; i < len(s); {
 		r, size := utf8.DecodeRuneInString(s[i:])
 		if r == utf8.RuneError && size == 1 {
@@ -57,7 +57,7 @@ func badText(s string) string {
 // is checked with it; what names the value ("bind", "--root-dir") leads
 // the message, and the value is shown quoted.
 func ValidateText(what, s string) error {
-	if why := badText(s); why != "" {
+	if why := BadText(s); why != "" {
 		return fmt.Errorf("%w: %s %q: %s", ErrInvalidOption, what, s, why)
 	}
 	return nil
@@ -269,11 +269,11 @@ func (f *termFilter) flushCR(out *strings.Builder) {
 	}
 }
 
-// stripTerminal returns s without terminal control sequences and with
+// StripTerminal returns s without terminal control sequences and with
 // every other control character made visible (see PrintableText): for
 // console output and log lines, whose colours would otherwise show as
 // escapes.
-func stripTerminal(s string) string {
+func StripTerminal(s string) string {
 	var f termFilter
 	var out strings.Builder
 	f.feed(s, &out)
@@ -282,7 +282,7 @@ func stripTerminal(s string) string {
 }
 
 // PrintableWriter passes a stream of text a machine controls (its journal,
-// its console log) on to a terminal, filtered as stripTerminal does. A
+// its console log) on to a terminal, filtered as StripTerminal does. A
 // character split between two writes is held back until it is whole;
 // Flush writes what is held at the end.
 type PrintableWriter struct {

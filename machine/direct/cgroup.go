@@ -1,6 +1,7 @@
-package machine
+package direct
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nsbox/nsbox/machine/backend"
 	"golang.org/x/sys/unix"
 )
 
@@ -99,7 +101,7 @@ type cgroupFile struct{ file, value string }
 
 // limitFiles lists, for each limit, the files that can carry it: cgroup v2
 // first, then v1. The first one that exists is written.
-func limitFiles(l Limits) [][]cgroupFile {
+func limitFiles(l backend.Limits) [][]cgroupFile {
 	var out [][]cgroupFile
 	if l.Memory > 0 {
 		v := strconv.FormatUint(l.Memory, 10)
@@ -129,7 +131,7 @@ func limitFiles(l Limits) [][]cgroupFile {
 
 // applyLimits writes l into the machine's cgroups. A limit no hierarchy
 // can carry (its controller is missing) is an error.
-func applyLimits(name string, l Limits) error {
+func applyLimits(name string, l backend.Limits) error {
 	hs := cgroupHierarchies()
 	for _, choices := range limitFiles(l) {
 		done := false
@@ -157,7 +159,7 @@ func applyLimits(name string, l Limits) error {
 			if lastErr != nil {
 				return lastErr
 			}
-			return fmt.Errorf("%w: this host's cgroups have no controller for %s", ErrInvalidOption, choices[0].file)
+			return fmt.Errorf("%w: this host's cgroups have no controller for %s", backend.ErrInvalidOption, choices[0].file)
 		}
 	}
 	return nil
@@ -192,8 +194,8 @@ func readCgroupValue(name string, files ...string) (uint64, bool) {
 }
 
 // cgroupUsage reads the machine's current use.
-func cgroupUsage(name string) (Usage, error) {
-	var u Usage
+func cgroupUsage(name string) (backend.Usage, error) {
+	var u backend.Usage
 	var ok bool
 	if u.Memory, ok = readCgroupValue(name, "memory.current", "memory.usage_in_bytes"); !ok {
 		return u, errors.New("no memory accounting")
@@ -230,4 +232,61 @@ func inCgroup(procs []string, path string, args []string) (string, []string) {
 	script := `n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" 2>/dev/null; shift; n=$((n-1)); done; exec "$@"`
 	out := append([]string{"-c", script, "sh", strconv.Itoa(len(procs))}, procs...)
 	return "/bin/sh", append(append(out, path), args...)
+}
+
+// clearFiles lists, for each limit set in c, the cgroup files (v2, then
+// v1) and the values that lift it.
+func clearFiles(c backend.Limits) [][]cgroupFile {
+	var out [][]cgroupFile
+	if c.Memory > 0 {
+		out = append(out, []cgroupFile{{"memory.max", "max"}, {"memory.limit_in_bytes", "-1"}})
+	}
+	if c.MemorySwap > 0 {
+		out = append(out, []cgroupFile{{"memory.swap.max", "max"}, {"memory.memsw.limit_in_bytes", "-1"}})
+	}
+	if c.CPUs > 0 {
+		out = append(out, []cgroupFile{{"cpu.max", "max 100000"}, {"cpu.cfs_quota_us", "-1"}})
+	}
+	if c.CPUWeight > 0 {
+		out = append(out, []cgroupFile{{"cpu.weight", "100"}, {"cpu.shares", "1024"}})
+	}
+	if c.Tasks > 0 {
+		out = append(out, []cgroupFile{{"pids.max", "max"}})
+	}
+	if c.IOWeight > 0 {
+		out = append(out, []cgroupFile{{"io.weight", "default 100"}, {"blkio.weight", "500"}})
+	}
+	return out
+}
+
+// LiftLimits lifts, on running machine name, the limits set in c: the
+// cgroup files of each, in every hierarchy that has them.
+func (d *Backend) LiftLimits(ctx context.Context, name string, c backend.Limits) error {
+	var errs []error
+	for _, choices := range clearFiles(c) {
+		for _, f := range choices {
+			for _, h := range cgroupHierarchies() {
+				p := filepath.Join(h, cgroupPath(name), f.file)
+				if _, err := os.Stat(p); err != nil {
+					continue
+				}
+				if err := os.WriteFile(p, []byte(f.value), 0o644); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", p, err))
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CheckLimits refuses limits this host cannot apply (a limit whose cgroup
+// controller it lacks: the boot would fail). A cgroup of its own is made
+// to try them in, and removed.
+func (d *Backend) CheckLimits(l backend.Limits) error {
+	trial := fmt.Sprintf(".#limits-%d", os.Getpid())
+	if err := makeCgroup(trial); err != nil {
+		return err
+	}
+	defer removeCgroup(trial)
+	return applyLimits(trial, l)
 }

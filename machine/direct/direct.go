@@ -1,4 +1,4 @@
-package machine
+package direct
 
 import (
 	"context"
@@ -16,16 +16,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/creack/pty"
+	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
-// Direct runs machines without machined: systemd-nspawn --register=no
+// Backend runs machines without machined: systemd-nspawn --register=no
 // under a small nsbox supervisor process that restarts it on reboot and
 // records it in a state file under RunDir.
-type Direct struct {
+type Backend struct {
 	RunDir string // state files: RunDir/machines/NAME.json
 	LogDir string // console logs: LogDir/NAME.log
 	Runner host.Runner
@@ -36,33 +36,33 @@ type Direct struct {
 	Supervisor []string
 }
 
-// directState is what the supervisor records of a running machine.
-type directState struct {
-	Name       string    `json:"name"`
-	Root       string    `json:"root"`
-	Supervisor Proc      `json:"supervisor"`
-	Nspawn     Proc      `json:"nspawn"`
-	Leader     Proc      `json:"leader"`
-	Since      time.Time `json:"since"`
-	Log        string    `json:"log"`
+// state is what the supervisor records of a running machine.
+type state struct {
+	Name       string       `json:"name"`
+	Root       string       `json:"root"`
+	Supervisor backend.Proc `json:"supervisor"`
+	Nspawn     backend.Proc `json:"nspawn"`
+	Leader     backend.Proc `json:"leader"`
+	Since      time.Time    `json:"since"`
+	Log        string       `json:"log"`
 }
 
 // Name implements Backend.
-func (d *Direct) Name() string { return "direct" }
+func (d *Backend) Name() string { return "direct" }
 
 // Registered implements Backend: nspawn runs with --register=no.
-func (d *Direct) Registered() bool { return false }
+func (d *Backend) Registered() bool { return false }
 
-func (d *Direct) statePath(name string) string {
+func (d *Backend) statePath(name string) string {
 	return filepath.Join(d.RunDir, "machines", name+".json")
 }
 
-func (d *Direct) logPath(name string) string {
+func (d *Backend) logPath(name string) string {
 	return filepath.Join(d.LogDir, name+".log")
 }
 
-func (d *Direct) readState(name string) (directState, error) {
-	var st directState
+func (d *Backend) readState(name string) (state, error) {
+	var st state
 	b, err := os.ReadFile(d.statePath(name))
 	if err != nil {
 		return st, err
@@ -72,7 +72,7 @@ func (d *Direct) readState(name string) (directState, error) {
 
 // Start implements Backend: it launches the supervisor in a session of its
 // own and returns once the supervisor has recorded the container's leader.
-func (d *Direct) Start(ctx context.Context, spec StartSpec) error {
+func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 	for _, dir := range []string{filepath.Join(d.RunDir, "machines"), d.LogDir} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
@@ -138,7 +138,7 @@ func (d *Direct) Start(ctx context.Context, spec StartSpec) error {
 // when the machine is gone. SIGTERM is passed on to nspawn, which then
 // shuts the container down.
 func Supervise(statePath, logPath string, argv []string) int {
-	self, err := ProcOf(os.Getpid())
+	self, err := backend.ProcOf(os.Getpid())
 	if err != nil {
 		logrus.Error(err)
 		return 1
@@ -153,7 +153,7 @@ func Supervise(statePath, logPath string, argv []string) int {
 	// The state goes with this supervisor, and only if it is this one's: a
 	// supervisor that lost a race for the machine leaves the winner's.
 	defer func() {
-		var st directState
+		var st state
 		if b, err := os.ReadFile(statePath); err == nil && json.Unmarshal(b, &st) == nil && st.Supervisor == self {
 			_ = os.Remove(statePath)
 		}
@@ -185,10 +185,10 @@ func Supervise(statePath, logPath string, argv []string) int {
 			fmt.Fprintf(os.Stderr, "nsbox: start %s: %v\n", argv[0], err)
 			return 1
 		}
-		nspawn, _ := ProcOf(cmd.Process.Pid)
+		nspawn, _ := backend.ProcOf(cmd.Process.Pid)
 		waited := make(chan error, 1)
 		go func() { waited <- cmd.Wait() }()
-		st := directState{Name: name, Root: root, Supervisor: self, Nspawn: nspawn, Since: time.Now(), Log: logPath}
+		st := state{Name: name, Root: root, Supervisor: self, Nspawn: nspawn, Since: time.Now(), Log: logPath}
 		recorded := false
 		var werr error
 	wait:
@@ -204,9 +204,9 @@ func Supervise(statePath, logPath string, argv []string) int {
 				if recorded {
 					continue
 				}
-				if leader, ok := containerChild(nspawn.PID); ok {
+				if leader, ok := backend.ContainerChild(nspawn.PID); ok {
 					st.Leader = leader
-					if err := writeFileAtomic(statePath, mustJSON(st), 0o644); err != nil {
+					if err := host.WriteFileAtomic(statePath, mustJSON(st), 0o644); err != nil {
 						fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
 					}
 					recorded = true
@@ -272,18 +272,18 @@ func mustJSON(v any) []byte {
 
 // live returns the state of a running machine. State of a machine whose
 // supervisor died is stale: it is removed and ErrNotRunning returned.
-func (d *Direct) live(name string) (directState, error) {
+func (d *Backend) live(name string) (state, error) {
 	st, err := d.readState(name)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return st, ErrNotRunning
+			return st, backend.ErrNotRunning
 		}
 		return st, err
 	}
 	if !st.Supervisor.Alive() {
 		if !st.Leader.Alive() {
 			_ = os.Remove(d.statePath(name))
-			return st, ErrNotRunning
+			return st, backend.ErrNotRunning
 		}
 		// Supervisor killed, container still up: still running, and
 		// stop/terminate act on the leader.
@@ -292,12 +292,12 @@ func (d *Direct) live(name string) (directState, error) {
 }
 
 // Get implements Backend.
-func (d *Direct) Get(ctx context.Context, name string) (Running, error) {
+func (d *Backend) Get(ctx context.Context, name string) (backend.Running, error) {
 	st, err := d.live(name)
 	if err != nil {
-		return Running{}, err
+		return backend.Running{}, err
 	}
-	r := Running{Name: name, Class: "container", Service: "nsbox", RootDirectory: st.Root, Since: st.Since}
+	r := backend.Running{Name: name, Class: "container", Service: "nsbox", RootDirectory: st.Root, Since: st.Since}
 	if st.Leader.Alive() {
 		r.Leader = st.Leader.PID
 	}
@@ -305,9 +305,9 @@ func (d *Direct) Get(ctx context.Context, name string) (Running, error) {
 }
 
 // List implements Backend.
-func (d *Direct) List(ctx context.Context) ([]Running, error) {
+func (d *Backend) List(ctx context.Context) ([]backend.Running, error) {
 	files, _ := filepath.Glob(filepath.Join(d.RunDir, "machines", "*.json"))
-	var out []Running
+	var out []backend.Running
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".json")
 		if strings.HasPrefix(name, ".#") {
@@ -321,7 +321,7 @@ func (d *Direct) List(ctx context.Context) ([]Running, error) {
 }
 
 // Kill implements Backend.
-func (d *Direct) Kill(ctx context.Context, name string, all bool, sig syscall.Signal) error {
+func (d *Backend) Kill(ctx context.Context, name string, all bool, sig syscall.Signal) error {
 	st, err := d.live(name)
 	if err != nil {
 		return err
@@ -332,7 +332,7 @@ func (d *Direct) Kill(ctx context.Context, name string, all bool, sig syscall.Si
 	if !all {
 		return syscall.Kill(st.Leader.PID, sig)
 	}
-	for _, pid := range pidNamespaceMembers(st.Leader.PID) {
+	for _, pid := range backend.PidNamespaceMembers(st.Leader.PID) {
 		_ = syscall.Kill(pid, sig)
 	}
 	return nil
@@ -340,7 +340,7 @@ func (d *Direct) Kill(ctx context.Context, name string, all bool, sig syscall.Si
 
 // Terminate implements Backend: the leader is killed, which ends the
 // container's PID namespace; nspawn then exits and cleans up.
-func (d *Direct) Terminate(ctx context.Context, name string) error {
+func (d *Backend) Terminate(ctx context.Context, name string) error {
 	st, err := d.live(name)
 	if err != nil {
 		return err
@@ -386,7 +386,7 @@ func nsenterArgs(leader int, user string, env []string, argv []string) []string 
 }
 
 // Exec implements Backend by entering the leader's namespaces.
-func (d *Direct) Exec(ctx context.Context, name string, e ExecSpec) (int, error) {
+func (d *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (int, error) {
 	st, err := d.live(name)
 	if err != nil {
 		return 0, err
@@ -407,19 +407,19 @@ func (d *Direct) Exec(ctx context.Context, name string, e ExecSpec) (int, error)
 	if e.TTY {
 		// A terminal of the machine's devpts: one of the host's is no
 		// terminal inside (tty says "not a tty").
-		master, slave, err := openMachinePTY(st.Leader)
+		master, slave, err := backend.OpenMachinePTY(st.Leader)
 		if err == nil {
-			return runOnTerminal(ctx, d.Runner, c, master, slave)
+			return backend.RunOnTerminal(ctx, d.Runner, c, master, slave)
 		}
 		logrus.Debugf("%s: %v; using a pseudo terminal of the host", name, err)
 	}
-	return runExec(ctx, d.Runner, c, e)
+	return backend.RunExec(ctx, d.Runner, c, e)
 }
 
 // capBounding is the capability bounding set of pid in setpriv's words:
 // "-all" and then "+cap_N" for each capability it keeps.
 func capBounding(pid int) (string, error) {
-	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "status"))
+	b, err := os.ReadFile(filepath.Join(backend.ProcRoot, strconv.Itoa(pid), "status"))
 	if err != nil {
 		return "", err
 	}
@@ -443,70 +443,23 @@ func capBounding(pid int) (string, error) {
 	return "", fmt.Errorf("no CapBnd in /proc/%d/status", pid)
 }
 
-// runExec runs c with e's streams, on a pseudo terminal of its own when
-// e.TTY, and returns its exit status.
-func runExec(ctx context.Context, r host.Runner, c *host.Cmd, e ExecSpec) (int, error) {
-	if e.TTY {
-		master, slave, err := pty.Open()
-		if err != nil {
-			return 0, err
-		}
-		return runOnTerminal(ctx, r, c, master, slave)
-	}
-	stdin, done, err := shieldReader(e.Stdin)
-	if err != nil {
-		return 0, err
-	}
-	defer done()
-	c.Stdin, c.Stdout, c.Stderr = stdin, shieldWriter(e.Stdout), shieldWriter(e.Stderr)
-	return exitStatus(r.Run(ctx, c))
-}
-
-// runOnTerminal runs c with slave as its controlling terminal, in a
-// session of its own, proxies master to the caller's terminal and returns
-// c's exit status. It closes both sides.
-func runOnTerminal(ctx context.Context, r host.Runner, c *host.Cmd, master, slave *os.File) (int, error) {
-	defer master.Close()
-	c.TTY = slave
-	done := make(chan struct{})
-	go func() { attachTerminal(master); close(done) }()
-	err := r.Run(ctx, c)
-	slave.Close()
-	select {
-	case <-done:
-	case <-time.After(time.Second):
-	}
-	return exitStatus(err)
-}
-
-func exitStatus(err error) (int, error) {
-	var ee *host.ExitError
-	if errors.As(err, &ee) {
-		return ee.Status, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	return 0, nil
-}
-
 // Shell implements Backend: LoginShell without its exit status.
-func (d *Direct) Shell(ctx context.Context, name, user string) error {
+func (d *Backend) Shell(ctx context.Context, name, user string) error {
 	_, err := d.LoginShell(ctx, name, user)
 	return err
 }
 
 // Cleanup implements Backend.
-func (d *Direct) Cleanup(ctx context.Context, name string) {
+func (d *Backend) Cleanup(ctx context.Context, name string) {
 	if st, err := d.readState(name); err == nil && !st.Supervisor.Alive() && !st.Leader.Alive() {
 		_ = os.Remove(d.statePath(name))
 	}
 }
 
 // LogTail implements Backend: the end of the console log. Start begins
-// the log anew, so during a boot (withBootStart) a log last written before
+// the log anew, so during a boot (WithBootStart) a log last written before
 // the boot began is the previous run's, and none of this boot's.
-func (d *Direct) LogTail(ctx context.Context, name string, n int) []string {
+func (d *Backend) LogTail(ctx context.Context, name string, n int) []string {
 	f, err := os.OpenFile(d.logPath(name), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil
@@ -516,42 +469,18 @@ func (d *Direct) LogTail(ctx context.Context, name string, n int) []string {
 	if err != nil || !fi.Mode().IsRegular() {
 		return nil
 	}
-	if since, ok := bootStartOf(ctx); ok && fi.ModTime().Before(since) {
+	if since, ok := backend.BootStartOf(ctx); ok && fi.ModTime().Before(since) {
 		return nil
 	}
 	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil
 	}
-	return lastLines(string(b), n)
-}
-
-// lastLines returns the last n lines of s that are not blank, as they
-// may be printed on a terminal: a machine writes its console and journal,
-// so escape sequences are dropped and other control characters shown as
-// escapes (stripANSI).
-func lastLines(s string, n int) []string {
-	var lines []string
-	for _, l := range strings.Split(s, "\n") {
-		if l = strings.TrimSpace(stripANSI(strings.TrimRight(l, "\r"))); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return lines
-}
-
-// stripANSI drops terminal escape sequences from one line of console
-// output and makes every other control character visible (\x1b, \r,
-// \u009b): the line is the machine's, and it is printed to a terminal.
-func stripANSI(s string) string {
-	return Printable(stripTerminal(s))
+	return backend.LastLines(string(b), n)
 }
 
 // SetLimits implements Backend by writing the machine's cgroup files.
-func (d *Direct) SetLimits(ctx context.Context, name string, l Limits) error {
+func (d *Backend) SetLimits(ctx context.Context, name string, l backend.Limits) error {
 	if _, err := d.live(name); err != nil {
 		return err
 	}
@@ -559,9 +488,9 @@ func (d *Direct) SetLimits(ctx context.Context, name string, l Limits) error {
 }
 
 // Usage implements Backend from the machine's cgroups.
-func (d *Direct) Usage(ctx context.Context, name string) (Usage, error) {
+func (d *Backend) Usage(ctx context.Context, name string) (backend.Usage, error) {
 	if _, err := d.live(name); err != nil {
-		return Usage{}, err
+		return backend.Usage{}, err
 	}
 	return cgroupUsage(name)
 }
@@ -570,7 +499,7 @@ func timeDuration(ns uint64) time.Duration { return time.Duration(ns) }
 
 // Changes implements Watcher: the state directory changes when a machine
 // starts or stops, and inotify says so at once.
-func (d *Direct) Changes(ctx context.Context) <-chan struct{} {
+func (d *Backend) Changes(ctx context.Context) <-chan struct{} {
 	out := make(chan struct{}, 1)
 	dir := filepath.Join(d.RunDir, "machines")
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -1,0 +1,10 @@
+package backend
+
+import "errors"
+
+// Errors a backend returns that callers tell apart with errors.Is; package
+// machine exports them under the same names.
+var (
+	ErrNotRunning    = errors.New("machine is not running")
+	ErrInvalidOption = errors.New("invalid option")
+)
