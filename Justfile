@@ -46,7 +46,7 @@ e2e: deps
 # fuzz name validation and archive member checks, briefly (seeds in machine/testdata/fuzz)
 fuzz:
     go test -run '^$' -fuzz '^FuzzValidateName$' -fuzztime 15s ./machine/backend/
-    go test -run '^$' -fuzz '^FuzzArchiveChecker$' -fuzztime 15s ./machine/
+    go test -run '^$' -fuzz '^FuzzArchiveChecker$' -fuzztime 15s ./machine/image/
 
 # every test: lint, unit, fuzz, then end to end
 test: lint unit fuzz e2e

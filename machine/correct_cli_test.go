@@ -15,6 +15,8 @@ import (
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/direct"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/image"
+	"github.com/nsbox/nsbox/machine/image/imagetest"
 	"golang.org/x/sys/unix"
 )
 
@@ -166,11 +168,11 @@ func TestExportKeepsAnExistingFile(t *testing.T) {
 	for _, unnamed := range []bool{true, false} {
 		dir := t.TempDir()
 		final := filepath.Join(dir, "web.tar")
-		e, err := createExport(dir, "web.tar", unnamed)
+		e, err := image.CreateExport(dir, "web.tar", unnamed)
 		if err != nil {
 			t.Fatal(err)
 		}
-		e.noReplace = true
+		e.NoReplace = true
 		e.File.Write([]byte("ARCHIVE"))
 		os.WriteFile(final, []byte("precious"), 0o644)
 		err = e.Publish()
@@ -181,13 +183,13 @@ func TestExportKeepsAnExistingFile(t *testing.T) {
 		if b, _ := os.ReadFile(final); string(b) != "precious" {
 			t.Errorf("unnamed=%v: existing file replaced: %q", unnamed, b)
 		}
-		if l := leftovers(dir); len(l) != 0 {
+		if l := imagetest.Leftovers(dir); len(l) != 0 {
 			t.Errorf("unnamed=%v: left %q", unnamed, l)
 		}
 		// No file there: published.
 		os.Remove(final)
-		e, _ = createExport(dir, "web.tar", unnamed)
-		e.noReplace = true
+		e, _ = image.CreateExport(dir, "web.tar", unnamed)
+		e.NoReplace = true
 		e.File.Write([]byte("ARCHIVE"))
 		if err := e.Publish(); err != nil {
 			t.Errorf("unnamed=%v: %v", unnamed, err)
@@ -195,12 +197,12 @@ func TestExportKeepsAnExistingFile(t *testing.T) {
 		if b, _ := os.ReadFile(final); string(b) != "ARCHIVE" {
 			t.Errorf("unnamed=%v: published %q", unnamed, b)
 		}
-		if l := leftovers(dir); len(l) != 0 {
+		if l := imagetest.Leftovers(dir); len(l) != 0 {
 			t.Errorf("unnamed=%v: left %q", unnamed, l)
 		}
 	}
 	// A missing directory is one line naming it, no temporary name.
-	_, err := createExport(filepath.Join(t.TempDir(), "nodir"), "web.tar", true)
+	_, err := image.CreateExport(filepath.Join(t.TempDir(), "nodir"), "web.tar", true)
 	if err == nil || !strings.Contains(err.Error(), "nodir does not exist") || strings.Contains(err.Error(), ".#") {
 		t.Errorf("missing directory: %v", err)
 	}
@@ -213,7 +215,7 @@ func TestExportToRefusesAnExistingFile(t *testing.T) {
 	m, _ := newTestManager(t, &fakeMachined{})
 	mkMachine(t, m, "web")
 	dir := t.TempDir()
-	h := &hostileDir{dir: dir, victim: victim(t)}
+	h := &hostileDir{dir: dir, victim: imagetest.Victim(t)}
 	m.Runner = h
 	final := filepath.Join(dir, "web.tar")
 	os.WriteFile(final, []byte("precious"), 0o644)

@@ -7,11 +7,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/image/imagetest"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,37 +54,6 @@ func (h *hostileDir) Run(ctx context.Context, c *host.Cmd) error {
 	return errors.Join(err, h.fail)
 }
 
-// victim is a file of another user's that root must not change.
-func victim(t *testing.T) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "shadow")
-	if err := os.WriteFile(p, []byte("root:secret\n"), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func untouched(t *testing.T, p string) {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	fi, _ := os.Stat(p)
-	if err != nil || string(b) != "root:secret\n" || fi.Mode().Perm() != 0o640 {
-		t.Errorf("%s was changed: %q, %v, %v", p, b, fi.Mode(), err)
-	}
-}
-
-// leftovers lists the temporary entries in dir.
-func leftovers(dir string) []string {
-	var out []string
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".#") {
-			out = append(out, e.Name())
-		}
-	}
-	return out
-}
-
 func TestExportInAHostileDirectory(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("export checks root first")
@@ -92,7 +61,7 @@ func TestExportInAHostileDirectory(t *testing.T) {
 	m, _ := newTestManager(t, &fakeMachined{})
 	mkMachine(t, m, "web")
 	dir := t.TempDir()
-	v, v2 := victim(t), victim(t)
+	v, v2 := imagetest.Victim(t), imagetest.Victim(t)
 	h := &hostileDir{dir: dir, victim: v}
 	m.Runner = h
 	// The final name is a link too: it is replaced, not written through.
@@ -101,13 +70,13 @@ func TestExportInAHostileDirectory(t *testing.T) {
 	if err := m.Export(context.Background(), "web", final); err != nil {
 		t.Fatal(err)
 	}
-	untouched(t, v)
-	untouched(t, v2)
+	imagetest.Untouched(t, v)
+	imagetest.Untouched(t, v2)
 	fi, err := os.Lstat(final)
 	if b, _ := os.ReadFile(final); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 || string(b) != "ARCHIVE" {
 		t.Errorf("export: %v %q %v", fi.Mode(), b, err)
 	}
-	if l := leftovers(dir); len(l) != 0 {
+	if l := imagetest.Leftovers(dir); len(l) != 0 {
 		t.Errorf("left: %q", l)
 	}
 
@@ -120,58 +89,10 @@ func TestExportInAHostileDirectory(t *testing.T) {
 	if _, err := os.Lstat(final); !os.IsNotExist(err) {
 		t.Errorf("interrupted export published: %v", err)
 	}
-	if l := leftovers(dir); len(l) != 0 {
+	if l := imagetest.Leftovers(dir); len(l) != 0 {
 		t.Errorf("interrupted export left %q", l)
 	}
-	untouched(t, v)
-}
-
-// Where the archive has a temporary name (no O_TMPFILE), a swap of that
-// name is never written through, and is found before the export is said
-// done.
-func TestExportFileNamed(t *testing.T) {
-	dir := t.TempDir()
-	v := victim(t)
-	e, err := createExport(dir, "web.tar", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.tmp == "" || !strings.HasPrefix(e.tmp, ".#web.tar.") {
-		t.Fatalf("temporary name %q", e.tmp)
-	}
-	if fi, _ := os.Lstat(filepath.Join(dir, e.tmp)); fi.Mode().Perm() != 0o600 {
-		t.Errorf("half-written export has mode %v", fi.Mode())
-	}
-	os.Remove(filepath.Join(dir, e.tmp))
-	os.Symlink(v, filepath.Join(dir, e.tmp))
-	e.File.WriteString("ARCHIVE")
-	if err := e.Publish(); err == nil || !strings.Contains(err.Error(), "replaced") {
-		t.Errorf("publish after a swap: %v", err)
-	}
-	e.Abort()
-	untouched(t, v)
-
-	// Given up: the temporary name goes.
-	e, err = createExport(dir, "web.tar", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.File.WriteString("ARC")
-	e.Abort()
-	if l := leftovers(dir); len(l) != 0 {
-		t.Errorf("abort left %q", l)
-	}
-
-	// Unswapped, it is published whole.
-	os.Remove(filepath.Join(dir, "web.tar"))
-	e, _ = createExport(dir, "web.tar", false)
-	e.File.WriteString("ARCHIVE")
-	if err := e.Publish(); err != nil {
-		t.Fatal(err)
-	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "web.tar")); string(b) != "ARCHIVE" || len(leftovers(dir)) != 0 {
-		t.Errorf("published %q, left %q", b, leftovers(dir))
-	}
+	imagetest.Untouched(t, v)
 }
 
 func TestExportImportRoundTrip(t *testing.T) {
@@ -201,7 +122,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 		if fi, err := os.Lstat(file); err != nil || fi.Mode() != 0o600 {
 			t.Errorf("%s: %v %v", file, fi.Mode(), err)
 		}
-		if l := leftovers(dir); len(l) != 0 {
+		if l := imagetest.Leftovers(dir); len(l) != 0 {
 			t.Errorf("left %q", l)
 		}
 	}
@@ -243,55 +164,4 @@ func TestExportImportRoundTrip(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(copyRoot, "dev/null")); !os.IsNotExist(err) {
 		t.Errorf("dev/null imported: %v", err)
 	}
-}
-
-// A symbolic link of a host user's on the way to the destination is not
-// followed (root would write where the user chose); root's are, and so are
-// procfs's.
-func TestOpenFollowingRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to own and chown links")
-	}
-	dir := t.TempDir()
-	real := filepath.Join(dir, "real")
-	os.Mkdir(real, 0o755)
-	os.WriteFile(filepath.Join(real, "a.tar"), []byte("x"), 0o644)
-	os.Symlink("real", filepath.Join(dir, "roots"))
-	os.Symlink(real, filepath.Join(dir, "users"))
-	os.Lchown(filepath.Join(dir, "users"), 65534, 65534)
-	os.Symlink("../users", filepath.Join(real, "loop"))
-	for _, tc := range []struct {
-		path string
-		ok   bool
-	}{
-		{filepath.Join(dir, "real"), true},
-		{filepath.Join(dir, "roots"), true},
-		{filepath.Join(dir, "roots", "..", "real", "a.tar"), true},
-		{filepath.Join(dir, "users"), false},
-		{filepath.Join(dir, "users", "a.tar"), false},
-		{filepath.Join(dir, "roots", "loop", "a.tar"), false},
-		{filepath.Join(dir, "missing", "a.tar"), false},
-	} {
-		f, err := openFollowingRoot(tc.path, unix.O_RDONLY)
-		if (err == nil) != tc.ok {
-			t.Errorf("%s: %v", tc.path, err)
-		}
-		if err == nil {
-			f.Close()
-		}
-	}
-	if _, err := createExport(filepath.Join(dir, "users"), "web.tar", true); err == nil || !strings.Contains(err.Error(), "symbolic link of uid 65534") {
-		t.Errorf("export through a user's link: %v", err)
-	}
-	if l, _ := os.ReadDir(real); len(l) != 2 {
-		t.Errorf("written through a user's link: %v", l)
-	}
-	r, w, _ := os.Pipe()
-	defer r.Close()
-	defer w.Close()
-	f, err := openFollowingRoot("/dev/fd/"+strconv.Itoa(int(r.Fd())), unix.O_RDONLY|unix.O_NONBLOCK)
-	if err != nil {
-		t.Fatalf("/dev/fd: %v", err)
-	}
-	f.Close()
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/nsbox/nsbox/dbusapi"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/image"
+	"github.com/nsbox/nsbox/machine/image/imagetest"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,50 +34,6 @@ func realManager(t *testing.T) *Manager {
 	m, _ := newTestManager(t, &fakeMachined{machines: map[string]dbusapi.Machine{}})
 	m.Runner = host.ExecRunner{}
 	return m
-}
-
-// rootArchive is a small root file system as docker export writes one,
-// with the device nodes such an export has, one outside /dev, a FIFO, a
-// setuid file with a hard link, and extended attributes.
-func rootArchive(t testing.TB, gz bool) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	var z *gzip.Writer
-	var w *tar.Writer
-	if gz {
-		z = gzip.NewWriter(&buf)
-		w = tar.NewWriter(z)
-	} else {
-		w = tar.NewWriter(&buf)
-	}
-	for _, h := range []tar.Header{
-		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 10,
-			PAXRecords: map[string]string{"SCHILY.xattr.user.nsbox": "kept", "SCHILY.xattr.trusted.overlay.redirect": "/etc"}},
-		{Name: "usr/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "usr/bin/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "usr/bin/su", Typeflag: tar.TypeReg, Mode: 0o4755, Size: 10},
-		{Name: "usr/bin/su2", Typeflag: tar.TypeLink, Linkname: "usr/bin/su"},
-		{Name: "bin", Typeflag: tar.TypeSymlink, Linkname: "usr/bin"},
-		{Name: "dev/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "dev/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3},
-		{Name: "usr/sda", Typeflag: tar.TypeBlock, Mode: 0o666, Devmajor: 8},
-		{Name: "run/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "run/initctl", Typeflag: tar.TypeFifo, Mode: 0o600},
-	} {
-		if err := w.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			w.Write([]byte("ID=debian\n"))
-		}
-	}
-	w.Close()
-	if z != nil {
-		z.Close()
-	}
-	return buf.Bytes()
 }
 
 func writeFile(t *testing.T, b []byte) string {
@@ -102,7 +60,7 @@ func noStaging(t *testing.T, m *Manager) {
 func TestImportWithGNUTar(t *testing.T) {
 	m := realManager(t)
 	ctx := context.Background()
-	if err := m.Import(ctx, "web", writeFile(t, rootArchive(t, true)), nil); err != nil {
+	if err := m.Import(ctx, "web", writeFile(t, imagetest.RootArchive(t, true)), nil); err != nil {
 		t.Fatal(err)
 	}
 	root := m.Dir("web")
@@ -136,11 +94,11 @@ func TestImportWithGNUTar(t *testing.T) {
 	}
 
 	// From stdin, and compressed with zstd.
-	if err := m.Import(ctx, "piped", "-", bytes.NewReader(rootArchive(t, false))); err != nil {
+	if err := m.Import(ctx, "piped", "-", bytes.NewReader(imagetest.RootArchive(t, false))); err != nil {
 		t.Errorf("from stdin: %v", err)
 	}
 	if _, err := exec.LookPath("zstd"); err == nil {
-		plain := writeFile(t, rootArchive(t, false))
+		plain := writeFile(t, imagetest.RootArchive(t, false))
 		if out, err := exec.Command("zstd", "-q", plain, "-o", plain+".zst").CombinedOutput(); err != nil {
 			t.Fatalf("zstd: %v %s", err, out)
 		}
@@ -164,7 +122,7 @@ func TestSmugglingFoolsGNUTar(t *testing.T) {
 	for _, tc := range []struct {
 		archive []byte
 		hidden  string
-	}{{smuggling(t), "etc/smuggled"}, {keyword(t), "etc/hidden"}} {
+	}{{imagetest.Smuggling(t), "etc/smuggled"}, {imagetest.Keyword(t), "etc/hidden"}} {
 		var seen []string
 		tr := tar.NewReader(bytes.NewReader(tc.archive))
 		for h, err := tr.Next(); err == nil; h, err = tr.Next() {
@@ -181,7 +139,7 @@ func TestSmugglingFoolsGNUTar(t *testing.T) {
 func TestImportExtractsWhatWasChecked(t *testing.T) {
 	m := realManager(t)
 	ctx := context.Background()
-	if err := m.Import(ctx, "smuggled", writeFile(t, smuggling(t)), nil); err != nil {
+	if err := m.Import(ctx, "smuggled", writeFile(t, imagetest.Smuggling(t)), nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"etc/smuggled", "usr/disk"} {
@@ -194,10 +152,10 @@ func TestImportExtractsWhatWasChecked(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(m.Dir("smuggled"), "carrier")); err != nil || fi.Size() != 3*512 {
 		t.Errorf("carrier as Go read it: %v %v", fi, err)
 	}
-	if err := m.Import(ctx, "keyword", writeFile(t, keyword(t)), nil); err != nil {
+	if err := m.Import(ctx, "imagetest.Keyword", writeFile(t, imagetest.Keyword(t)), nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Lstat(filepath.Join(m.Dir("keyword"), "etc/hidden")); !os.IsNotExist(err) {
+	if _, err := os.Lstat(filepath.Join(m.Dir("imagetest.Keyword"), "etc/hidden")); !os.IsNotExist(err) {
 		t.Errorf("etc/hidden extracted: %v", err)
 	}
 }
@@ -207,29 +165,29 @@ func TestImportRefusesHostileArchives(t *testing.T) {
 	ctx := context.Background()
 	outside := t.TempDir()
 
-	var throughLink rawTar
-	throughLink.header("etc/", tar.TypeDir, "", false)
-	throughLink.header("etc/os-release", tar.TypeReg, "ID=debian\n", false)
-	b := throughLink.header("x", tar.TypeSymlink, "", false)
+	var throughLink imagetest.RawTar
+	throughLink.Header("etc/", tar.TypeDir, "", false)
+	throughLink.Header("etc/os-release", tar.TypeReg, "ID=debian\n", false)
+	b := throughLink.Header("x", tar.TypeSymlink, "", false)
 	copy(b[157:], outside)
-	checksum(b)
-	throughLink.header("x/evil", tar.TypeReg, "evil", false)
+	imagetest.Checksum(b)
+	throughLink.Header("x/evil", tar.TypeReg, "evil", false)
 
-	var sparse rawTar
-	sparse.header("etc/", tar.TypeDir, "", false)
-	sparse.header("etc/os-release", tar.TypeReg, "ID=debian\n", false)
-	sparse.pax("GNU.sparse.name", "etc/passwd")
-	sparse.header("harmless", tar.TypeReg, "x", false)
+	var sparse imagetest.RawTar
+	sparse.Header("etc/", tar.TypeDir, "", false)
+	sparse.Header("etc/os-release", tar.TypeReg, "ID=debian\n", false)
+	sparse.Pax("GNU.sparse.name", "etc/passwd")
+	sparse.Header("harmless", tar.TypeReg, "x", false)
 
 	for _, tc := range []struct {
 		what    string
 		archive []byte
 	}{
-		{"a write through its own symlink", throughLink.end()},
-		{"a GNU sparse name", sparse.end()},
+		{"a write through its own symlink", throughLink.End()},
+		{"a GNU sparse name", sparse.End()},
 	} {
 		err := m.Import(ctx, "evil", writeFile(t, tc.archive), nil)
-		if !errors.Is(err, ErrUnsafeArchive) {
+		if !errors.Is(err, image.ErrUnsafeArchive) {
 			t.Errorf("%s: %v", tc.what, err)
 		}
 		if _, err := os.Lstat(m.Dir("evil")); !os.IsNotExist(err) {
@@ -265,7 +223,7 @@ func TestImportCapsWhatItWrites(t *testing.T) {
 	w.Close()
 	z.Close()
 	err := m.Import(context.Background(), "big", writeFile(t, buf.Bytes()), nil)
-	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "archive needs 25.2 MB, only ") || !strings.Contains(err.Error(), " free on "+m.RootDir) {
+	if !errors.Is(err, image.ErrNoSpace) || !strings.Contains(err.Error(), "archive needs 25.2 MB, only ") || !strings.Contains(err.Error(), " free on "+m.RootDir) {
 		t.Fatalf("%v", err)
 	}
 	noStaging(t, m)
@@ -286,14 +244,14 @@ func TestImportFromPipeAndLinks(t *testing.T) {
 	}
 	defer r.Close()
 	go func() {
-		w.Write(rootArchive(t, true))
+		w.Write(imagetest.RootArchive(t, true))
 		w.Close()
 	}()
 	if err := m.Import(context.Background(), "piped", "/dev/fd/"+strconv.Itoa(int(r.Fd())), nil); err != nil {
 		t.Errorf("from a pipe: %v", err)
 	}
 	link := filepath.Join(t.TempDir(), "web.tar")
-	os.Symlink(writeFile(t, rootArchive(t, false)), link)
+	os.Symlink(writeFile(t, imagetest.RootArchive(t, false)), link)
 	os.Lchown(link, 65534, 65534)
 	if err := m.Import(context.Background(), "linked", link, nil); err == nil || !strings.Contains(err.Error(), "symbolic link of uid 65534") {
 		t.Errorf("through a user's link: %v", err)
@@ -308,7 +266,7 @@ func TestImportFromPipeAndLinks(t *testing.T) {
 }
 
 // A staging tree in a case-folding directory compares names byte for byte
-// once noCasefold has run: "X" is not "x", as the checker assumes.
+// once NoCasefold has run: "X" is not "x", as the checker assumes.
 func TestNoCasefold(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounts a tmpfs")
@@ -322,7 +280,7 @@ func TestNoCasefold(t *testing.T) {
 	os.Mkdir(parent, 0o700)
 	f, _ := os.Open(parent)
 	flags, _ := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
-	err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags|fsCasefold))
+	err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags|image.FSCasefold))
 	f.Close()
 	if err != nil {
 		t.Skipf("chattr +F: %v", err)
@@ -334,7 +292,7 @@ func TestNoCasefold(t *testing.T) {
 		t.Skip("the new directory does not fold case")
 	}
 	os.Remove(filepath.Join(tree, "x"))
-	if err := noCasefold(tree); err != nil {
+	if err := image.NoCasefold(tree); err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(tree, "x"), nil, 0o644)

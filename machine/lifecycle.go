@@ -57,7 +57,7 @@ func (m *Manager) checkBinds(binds []Bind, privateUsers, force bool) error {
 		// What is mounted, now and at every later boot, is the path that
 		// was checked: only root's links are followed, and no user but
 		// root can change what it names.
-		real, err := stablePath(b.Source)
+		real, err := host.StablePath(b.Source)
 		if err != nil && !force {
 			return fmt.Errorf("%w: bind %s: %v: a host user could point it elsewhere before the machine mounts it "+
 				"(bind a path only root controls, or use --force-binds)", ErrInvalidOption, b.Source, err)
@@ -73,7 +73,7 @@ func (m *Manager) checkBinds(binds []Bind, privateUsers, force bool) error {
 		}
 		idmapped := b.Options == "" || strings.Contains(","+b.Options+",", ",idmap,")
 		if privateUsers && !b.ReadOnly && idmapped {
-			if who := reachableBy(b.Source); who != "" {
+			if who := host.ReachableBy(b.Source); who != "" {
 				return fmt.Errorf("%w: bind %s: %s, and the machine's root would make files there as host root "+
 					"(a setuid program is root for them): bind it read-only, keep it under a directory only root can enter "+
 					"(chmod 700 a parent), or use --force-binds", ErrInvalidOption, b.Source, who)

@@ -145,7 +145,7 @@ func requireRoot() error {
 	return nil
 }
 
-// exists reports whether name is a machine on disk: a directory in the
+// Exists reports whether name is a machine on disk: a directory in the
 // store (whole or not: a remove cut short is still a machine that remove
 // can finish), or a tree of an earlier nsbox at RootDir/NAME.
 func (m *Manager) exists(name string) bool {

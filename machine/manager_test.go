@@ -510,9 +510,9 @@ func TestStablePath(t *testing.T) {
 		if tc.path == filepath.Join(open, "x") {
 			_ = os.Mkdir(tc.path, 0o755)
 		}
-		got, err := stablePath(tc.path)
+		got, err := host.StablePath(tc.path)
 		if (err == nil) != tc.ok || (tc.ok && got != tc.want) {
-			t.Errorf("stablePath(%s) = %q, %v; want %q ok=%v", tc.path, got, err, tc.want, tc.ok)
+			t.Errorf("StablePath(%s) = %q, %v; want %q ok=%v", tc.path, got, err, tc.want, tc.ok)
 		}
 	}
 }

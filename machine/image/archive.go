@@ -1,4 +1,4 @@
-package machine
+package image
 
 import (
 	"archive/tar"

@@ -1,4 +1,4 @@
-package machine
+package image
 
 import (
 	"archive/tar"
@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/nsbox/nsbox/machine/image/imagetest"
 )
 
 func TestArchiveChecker(t *testing.T) {
@@ -136,103 +138,6 @@ func TestArchiveCheckerSpace(t *testing.T) {
 	}
 }
 
-// rawTar builds archives byte by byte, for headers Go's writer will not
-// make.
-type rawTar struct{ bytes.Buffer }
-
-// header adds a ustar header block (magic "ustar\x0000", or GNU's
-// "ustar  \x00" when gnu is set) and data, padded to whole blocks.
-func (r *rawTar) header(name string, typeflag byte, data string, gnu bool) []byte {
-	b := make([]byte, 512)
-	copy(b[0:100], name)
-	copy(b[100:], "0000644\x00")
-	copy(b[108:], "0000000\x00")
-	copy(b[116:], "0000000\x00")
-	copy(b[124:], fmt.Sprintf("%011o\x00", len(data)))
-	copy(b[136:], "00000000000\x00")
-	b[156] = typeflag
-	copy(b[257:], "ustar\x0000")
-	if gnu {
-		copy(b[257:], "ustar  \x00")
-	}
-	checksum(b)
-	r.Write(b)
-	r.data(data)
-	return r.Bytes()[r.Len()-512-padded(len(data)) : r.Len()-padded(len(data))]
-}
-
-func padded(n int) int { return (n + 511) / 512 * 512 }
-
-func (r *rawTar) data(d string) {
-	r.WriteString(d)
-	r.Write(make([]byte, padded(len(d))-len(d)))
-}
-
-// pax adds an 'x' header with records in order, keys and values as given.
-func (r *rawTar) pax(kv ...string) { r.records(tar.TypeXHeader, kv...) }
-
-// records adds a PAX header of type typeflag ('x' or 'g').
-func (r *rawTar) records(typeflag byte, kv ...string) {
-	var d strings.Builder
-	for i := 0; i < len(kv); i += 2 {
-		rec := " " + kv[i] + "=" + kv[i+1] + "\n"
-		n := len(rec) + 1
-		for len(fmt.Sprint(n))+len(rec) != n {
-			n++
-		}
-		fmt.Fprintf(&d, "%d%s", n, rec)
-	}
-	r.header("PaxHeaders/x", typeflag, d.String(), false)
-}
-
-func (r *rawTar) end() []byte {
-	r.Write(make([]byte, 1024))
-	return r.Bytes()
-}
-
-func checksum(b []byte) {
-	copy(b[148:156], "        ")
-	s := 0
-	for _, c := range b[:512] {
-		s += int(c)
-	}
-	copy(b[148:156], fmt.Sprintf("%06o\x00 ", s))
-}
-
-// smuggling is an archive that GNU tar reads otherwise than Go's reader:
-// its member "carrier" has the size field "\x00\x00" and octal digits.
-// Go trims the NULs and reads a file of three blocks; GNU tar skips one NUL, stops
-// at the second, reads size 0 and takes the file's data for headers: a
-// block device "usr/disk" and a file "etc/smuggled" that Go never sees.
-func smuggling(t testing.TB) []byte {
-	t.Helper()
-	var inner bytes.Buffer
-	iw := tar.NewWriter(&inner)
-	iw.WriteHeader(&tar.Header{Name: "usr/disk", Typeflag: tar.TypeBlock, Devmajor: 8, Mode: 0o666})
-	iw.WriteHeader(&tar.Header{Name: "etc/smuggled", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644})
-	iw.Write([]byte("!"))
-	iw.Flush()
-	var r rawTar
-	r.header("etc/", tar.TypeDir, "", false)
-	r.header("etc/os-release", tar.TypeReg, "ID=debian\n", false)
-	blk := r.header("carrier", tar.TypeReg, inner.String(), false)
-	copy(blk[124:136], fmt.Sprintf("\x00\x00%09o\x00", inner.Len()))
-	checksum(blk)
-	return r.end()
-}
-
-// keyword is an archive with a PAX record whose key starts with a blank:
-// Go keeps the key " path" and ignores it, GNU tar skips the blank and
-// names the file "etc/hidden".
-func keyword(t testing.TB) []byte {
-	var r rawTar
-	r.header("etc/", tar.TypeDir, "", false)
-	r.header("etc/os-release", tar.TypeReg, "ID=debian\n", false)
-	r.pax(" path", "etc/hidden")
-	r.header("harmless", tar.TypeReg, "x", false)
-	return r.end()
-}
-
 // copied runs copyArchive on an archive and returns the names in what it
 // gives GNU tar.
 func copied(t *testing.T, archive []byte, c *ArchiveChecker) ([]string, error) {
@@ -258,21 +163,21 @@ func copied(t *testing.T, archive []byte, c *ArchiveChecker) ([]string, error) {
 }
 
 func TestCopyArchive(t *testing.T) {
-	var sparse0 rawTar // the sparse header Go ignores (no map) and GNU tar honours
-	sparse0.pax("GNU.sparse.name", "etc/passwd")
-	sparse0.header("harmless", tar.TypeReg, "x", false)
-	var sparseS rawTar
-	sparseS.header("x", tar.TypeGNUSparse, "", true)
-	var longName rawTar // GNU tar takes the PAX path, Go the long name
-	longName.pax("path", "x/passwd")
-	longName.header("././@LongLink", tar.TypeGNULongName, "harmless\x00", true)
-	longName.header("harmless", tar.TypeReg, "", true)
-	var solaris rawTar // GNU tar reads 'X' as a PAX header, Go as a file
-	solaris.header("x", 'X', "19 path=etc/passwd\n", false)
-	solaris.header("harmless", tar.TypeReg, "", false)
-	var global rawTar
-	global.records(tar.TypeXGlobalHeader, "path", "etc/passwd")
-	global.header("harmless", tar.TypeReg, "", false)
+	var sparse0 imagetest.RawTar // the sparse header Go ignores (no map) and GNU tar honours
+	sparse0.Pax("GNU.sparse.name", "etc/passwd")
+	sparse0.Header("harmless", tar.TypeReg, "x", false)
+	var sparseS imagetest.RawTar
+	sparseS.Header("x", tar.TypeGNUSparse, "", true)
+	var longName imagetest.RawTar // GNU tar takes the PAX path, Go the long name
+	longName.Pax("path", "x/passwd")
+	longName.Header("././@LongLink", tar.TypeGNULongName, "harmless\x00", true)
+	longName.Header("harmless", tar.TypeReg, "", true)
+	var solaris imagetest.RawTar // GNU tar reads 'X' as a PAX header, Go as a file
+	solaris.Header("x", 'X', "19 path=etc/passwd\n", false)
+	solaris.Header("harmless", tar.TypeReg, "", false)
+	var global imagetest.RawTar
+	global.Records(tar.TypeXGlobalHeader, "path", "etc/passwd")
+	global.Header("harmless", tar.TypeReg, "", false)
 
 	for _, tc := range []struct {
 		what    string
@@ -280,14 +185,14 @@ func TestCopyArchive(t *testing.T) {
 		want    []string
 		err     error
 	}{
-		{"GNU.sparse.name without a map", sparse0.end(), nil, ErrUnsafeArchive},
-		{"old GNU sparse", sparseS.end(), nil, ErrUnsafeArchive},
-		{"a GNU long name and a PAX path", longName.end(), nil, ErrUnsafeArchive},
-		{"a Solaris extended header", solaris.end(), nil, ErrUnsafeArchive},
-		{"a global header with a path", global.end(), nil, ErrUnsafeArchive},
+		{"GNU.sparse.name without a map", sparse0.End(), nil, ErrUnsafeArchive},
+		{"old GNU sparse", sparseS.End(), nil, ErrUnsafeArchive},
+		{"a GNU long name and a PAX path", longName.End(), nil, ErrUnsafeArchive},
+		{"a Solaris extended header", solaris.End(), nil, ErrUnsafeArchive},
+		{"a global header with a path", global.End(), nil, ErrUnsafeArchive},
 		// Re-encoded, GNU tar reads what Go read: no smuggled members.
-		{"a size field GNU tar reads as 0", smuggling(t), []string{"etc/", "etc/os-release", "carrier"}, nil},
-		{"a PAX key with a blank", keyword(t), []string{"etc/", "etc/os-release", "harmless"}, nil},
+		{"a size field GNU tar reads as 0", imagetest.Smuggling(t), []string{"etc/", "etc/os-release", "carrier"}, nil},
+		{"a PAX key with a blank", imagetest.Keyword(t), []string{"etc/", "etc/os-release", "harmless"}, nil},
 	} {
 		got, err := copied(t, tc.archive, &ArchiveChecker{})
 		if tc.err != nil {
@@ -323,7 +228,7 @@ func TestCopyArchiveRefusesGarbage(t *testing.T) {
 	for what, b := range map[string][]byte{
 		"garbage":   []byte(strings.Repeat("garbage", 200)),
 		"empty":     make([]byte, 1024),
-		"truncated": smuggling(t)[:512*5],
+		"truncated": imagetest.Smuggling(t)[:512*5],
 	} {
 		if _, err := copied(t, b, &ArchiveChecker{}); err == nil {
 			t.Errorf("%s accepted", what)
@@ -384,9 +289,21 @@ func FuzzArchiveChecker(f *testing.F) {
 // What copyArchive gives GNU tar passes the checker again, unchanged: the
 // re-encoding makes nothing the check would refuse.
 func FuzzCopyArchive(f *testing.F) {
-	f.Add(rootArchive(f, false))
-	f.Add(smuggling(f))
-	f.Add(keyword(f))
+	var root bytes.Buffer
+	w := tar.NewWriter(&root)
+	for _, h := range []tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "usr/bin/su", Typeflag: tar.TypeReg, Mode: 0o4755},
+		{Name: "usr/bin/su2", Typeflag: tar.TypeLink, Linkname: "usr/bin/su"},
+		{Name: "bin", Typeflag: tar.TypeSymlink, Linkname: "usr/bin"},
+		{Name: "dev/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3},
+	} {
+		w.WriteHeader(&h)
+	}
+	w.Close()
+	f.Add(root.Bytes())
+	f.Add(imagetest.Smuggling(f))
+	f.Add(imagetest.Keyword(f))
 	f.Fuzz(func(t *testing.T, archive []byte) {
 		pr, pw := io.Pipe()
 		errc := make(chan error, 1)

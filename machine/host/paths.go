@@ -1,4 +1,4 @@
-package machine
+package host
 
 import (
 	"fmt"
@@ -13,14 +13,14 @@ import (
 // follows a path it was given (an export's directory, an archive, a bind
 // source).
 
-// rootLinks resolves the symbolic links in path as the kernel would,
+// RootLinks resolves the symbolic links in path as the kernel would,
 // refusing one that is not root's. kernel is set when the rest of the path
 // is procfs's to resolve.
-func rootLinks(path string) (real string, kernel bool, err error) {
+func RootLinks(path string) (real string, kernel bool, err error) {
 	return walkRootLinks(path, nil)
 }
 
-// walkRootLinks is rootLinks that also calls check, when set, for each
+// walkRootLinks is RootLinks that also calls check, when set, for each
 // existing entry on the way, with the directory it is in.
 func walkRootLinks(path string, check func(dir string, ent *unix.Stat_t) error) (real string, kernel bool, err error) {
 	if !filepath.IsAbs(path) {
@@ -81,12 +81,12 @@ func walkRootLinks(path string, check func(dir string, ent *unix.Stat_t) error) 
 	return real, false, nil
 }
 
-// stablePath resolves path following only symbolic links that belong to
+// StablePath resolves path following only symbolic links that belong to
 // root, and checks that no user but root can change what it names: every
 // directory on the way is root's and writable by nobody else, or sticky
 // with the entry in it root's. The last component may belong to anyone
 // (its owner cannot replace it without writing its parent).
-func stablePath(path string) (string, error) {
+func StablePath(path string) (string, error) {
 	if !filepath.IsAbs(path) {
 		return "", fmt.Errorf("not an absolute path")
 	}
@@ -106,10 +106,10 @@ func stablePath(path string) (string, error) {
 	return real, err
 }
 
-// reachableBy says which host users besides root can reach path ("" for
+// ReachableBy says which host users besides root can reach path ("" for
 // none): every directory from / down to it lets them through, or one of
 // them is theirs. Access control lists are not read.
-func reachableBy(path string) string {
+func ReachableBy(path string) string {
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
 		return ""
