@@ -16,6 +16,10 @@ import (
 
 var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"}
 
+// usageFlag asks list and status for each tree's disk usage, which takes
+// a walk of the tree.
+var usageFlag = &cli.BoolFlag{Name: "usage", Aliases: []string{"u"}, Usage: "show the disk usage of each tree (walks it: slower)"}
+
 func listCommand() *cli.Command {
 	return &cli.Command{
 		Name:    "list",
@@ -23,7 +27,7 @@ func listCommand() *cli.Command {
 		Usage:   "list every machine, running or not",
 		Description: "Machines that machined knows but nsbox did not create are shown too,\n" +
 			"marked with * after the name.\n\n   nsbox list\n   nsbox list --output json",
-		Flags: []cli.Flag{outputFlag, &cli.BoolFlag{Name: "no-legend", Usage: "no header line"}},
+		Flags: []cli.Flag{outputFlag, &cli.BoolFlag{Name: "no-legend", Usage: "no header line"}, usageFlag},
 		Action: func(c *cli.Context) error {
 			if err := checkOutput(c); err != nil {
 				return err
@@ -32,14 +36,14 @@ func listCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			infos, err := m.List(c.Context)
+			infos, err := m.List(c.Context, machine.ListOptions{Usage: c.Bool("usage")})
 			if err != nil {
 				return fmt.Errorf("list: %w", err)
 			}
 			if c.String("output") == "json" {
 				return writeJSON(os.Stdout, infos)
 			}
-			writeTable(os.Stdout, infos, !c.Bool("no-legend"))
+			writeTable(os.Stdout, infos, !c.Bool("no-legend"), c.Bool("usage"))
 			return nil
 		},
 	}
@@ -97,10 +101,14 @@ func dash(s string) string {
 // neither steer the terminal nor break the columns.
 func cell(s string) string { return machine.Printable(dash(s)) }
 
-func writeTable(w io.Writer, infos []machine.Info, legend bool) {
+func writeTable(w io.Writer, infos []machine.Info, legend, usage bool) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if legend {
-		fmt.Fprintln(tw, "NAME\tSTATE\tOS\tVERSION\tUSAGE\tADDRESSES\tROOT\tSINCE")
+		head := "NAME\tSTATE\tOS\tVERSION\tADDRESSES\tROOT\tSINCE"
+		if usage {
+			head = "NAME\tSTATE\tOS\tVERSION\tUSAGE\tADDRESSES\tROOT\tSINCE"
+		}
+		fmt.Fprintln(tw, head)
 	}
 	for _, i := range infos {
 		name := i.Name
@@ -111,16 +119,20 @@ func writeTable(w io.Writer, infos []machine.Info, legend bool) {
 		if i.Since != nil {
 			since = i.Since.Local().Format(time.DateTime)
 		}
-		usage := "-"
-		if i.Managed {
-			usage = humanBytes(i.Usage)
-		}
 		state := i.State
 		if i.ReadOnly {
 			state += " (ro)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cell(name), cell(state), cell(i.OS), cell(i.Version), usage,
-			cell(strings.Join(i.Addresses, ",")), cell(i.Root), since)
+		row := []string{cell(name), cell(state), cell(i.OS), cell(i.Version)}
+		if usage {
+			u := "-"
+			if i.Managed {
+				u = humanBytes(i.Usage)
+			}
+			row = append(row, u)
+		}
+		row = append(row, cell(strings.Join(i.Addresses, ",")), cell(i.Root), since)
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}
 	tw.Flush()
 	if legend && len(infos) == 0 {

@@ -16,7 +16,7 @@ func statusCommand() *cli.Command {
 		Name:      "status",
 		Usage:     "show one machine's state, leader, unit, addresses and boot options",
 		ArgsUsage: "NAME",
-		Flags:     []cli.Flag{outputFlag},
+		Flags:     []cli.Flag{outputFlag, usageFlag},
 		Action: func(c *cli.Context) error {
 			if err := checkOutput(c); err != nil {
 				return err
@@ -29,7 +29,7 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			i, err := m.Status(c.Context, name)
+			i, err := m.Status(c.Context, name, machine.ListOptions{Usage: c.Bool("usage")})
 			if err != nil {
 				return fmt.Errorf("status %s: %w", name, err)
 			}
@@ -85,11 +85,16 @@ func writeStatus(w io.Writer, i machine.Info) {
 	row("OS", strings.TrimSpace(dash(i.OS)+" "+i.Version))
 	row("Root", dash(i.Root))
 	if i.Managed {
-		ro := ""
-		if i.ReadOnly {
-			ro = ", read-only"
+		var disk []string
+		if i.Usage > 0 {
+			disk = append(disk, humanBytes(i.Usage))
 		}
-		row("Disk", humanBytes(i.Usage)+ro)
+		if i.ReadOnly {
+			disk = append(disk, "read-only")
+		}
+		if len(disk) > 0 {
+			row("Disk", strings.Join(disk, ", "))
+		}
 	}
 	if len(i.Interfaces) > 0 {
 		row("Interfaces", strings.Join(i.Interfaces, ", "))

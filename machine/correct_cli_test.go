@@ -241,7 +241,7 @@ func TestExportToRefusesAnExistingFile(t *testing.T) {
 func TestStatusJSONHasEmptyLists(t *testing.T) {
 	m, _ := newTestManager(t, &fakeMachined{machines: map[string]dbusapi.Machine{}})
 	mkMachine(t, m, "web")
-	i, err := m.Status(context.Background(), "web")
+	i, err := m.Status(context.Background(), "web", ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ type Info struct {
 	Service    string     `json:"service,omitempty"`
 	Interfaces []string   `json:"interfaces"`
 	Backend    string     `json:"backend"`
-	Usage      int64      `json:"usage_bytes"` // disk usage of the tree
+	Usage      int64      `json:"usage_bytes,omitempty"` // disk usage of the tree, with ListOptions.Usage
 	ReadOnly   bool       `json:"read_only"`
 	// Status only.
 	Autostart string          `json:"autostart,omitempty"` // "enabled", "disabled"
@@ -111,56 +111,78 @@ func mergeList(p Paths, disk []string, running []backend.Running, backend string
 	return res
 }
 
+// ListOptions choose what List and Status read beyond what the backend
+// and the tree's os-release say.
+type ListOptions struct {
+	// Usage walks each tree for its disk usage: a second or more for a
+	// big tree, so only when asked (list --usage).
+	Usage bool
+}
+
 // List reports every nsbox machine, running or not, and the other
 // machines the backend knows.
-func (m *Manager) List(ctx context.Context) ([]Info, error) {
+func (m *Manager) List(ctx context.Context, o ListOptions) ([]Info, error) {
 	running, err := m.Backend.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	infos := mergeList(m.Paths, m.onDisk(), running, m.Backend.Name())
-	// Disk usage walks each tree: do them side by side.
-	var wg sync.WaitGroup
-	for k := range infos {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			m.fill(&infos[k])
-		}()
-	}
-	wg.Wait()
+	m.fill(infos, o)
 	return infos, nil
 }
 
-// fill adds what is read from the tree and the network namespace.
-func (m *Manager) fill(i *Info) {
-	if i.Root != "" {
-		if osr, ok := readOSRelease(i.Root); ok {
-			i.OS, i.Version = osr.ID, osr.Version
+// fill adds what is read from each tree and each running machine's
+// network namespace: the trees side by side (a walk for the disk usage
+// takes a while), the namespaces in one pass over the host's links.
+func (m *Manager) fill(infos []Info, o ListOptions) {
+	var leaders []int
+	for _, i := range infos {
+		if i.State == "running" && i.Leader > 0 {
+			leaders = append(leaders, i.Leader)
 		}
 	}
-	if i.Managed {
-		// The tree itself: Root is the link users know it by.
-		i.Usage, _ = host.DiskUsage(m.Dir(i.Name))
-		i.ReadOnly = m.ReadOnly(i.Name)
-	}
-	if i.State != "running" || i.Leader <= 0 {
-		return
-	}
-	if len(i.Addresses) == 0 {
-		if addrs, err := network.Addresses(i.Leader); err == nil {
-			i.Addresses = addrs
+	var wg sync.WaitGroup
+	for k := range infos {
+		i := &infos[k]
+		if i.Root == "" && !i.Managed {
+			continue
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i.Root != "" {
+				if osr, ok := readOSRelease(i.Root); ok {
+					i.OS, i.Version = osr.ID, osr.Version
+				}
+			}
+			if i.Managed {
+				i.ReadOnly = m.ReadOnly(i.Name)
+				if o.Usage {
+					// The tree itself: Root is the link users know it by.
+					i.Usage, _ = host.DiskUsage(m.Dir(i.Name))
+				}
+			}
+		}()
 	}
-	if peers, err := network.HostPeers(i.Leader); err == nil {
-		for _, p := range peers {
+	seen := network.Inspect(leaders)
+	for k := range infos {
+		i := &infos[k]
+		s, ok := seen[i.Leader]
+		if i.State != "running" || i.Leader <= 0 || !ok {
+			continue
+		}
+		if len(i.Addresses) == 0 && s.Addresses != nil {
+			i.Addresses = s.Addresses
+		}
+		for _, p := range s.Peers {
 			i.Interfaces = append(i.Interfaces, p.Name)
 		}
 	}
+	wg.Wait()
 }
 
 // Status reports one machine, nsbox's or foreign.
-func (m *Manager) Status(ctx context.Context, name string) (Info, error) {
+func (m *Manager) Status(ctx context.Context, name string, o ListOptions) (Info, error) {
 	if err := ValidateName(name); err != nil {
 		return Info{}, err
 	}
@@ -180,8 +202,8 @@ func (m *Manager) Status(ctx context.Context, name string) (Info, error) {
 	if len(infos) == 0 {
 		return Info{}, m.checkName(name, true)
 	}
+	m.fill(infos[:1], o)
 	i := infos[0]
-	m.fill(&i)
 	if i.Managed {
 		if o, err := m.Options(name); err == nil {
 			// docs/json.md: empty lists are [], never left out or null.

@@ -68,11 +68,11 @@ func TestMachineGoneBetweenCalls(t *testing.T) {
 		if _, err := m.Backend.Get(ctx, "web"); !errors.Is(err, ErrNotRunning) {
 			t.Errorf("%s: get: %v, want ErrNotRunning", what, err)
 		}
-		i, err := m.Status(ctx, "web")
+		i, err := m.Status(ctx, "web", ListOptions{})
 		if err != nil || i.State != "stopped" {
 			t.Errorf("%s: status: %+v, %v; want stopped", what, i, err)
 		}
-		infos, err := m.List(ctx)
+		infos, err := m.List(ctx, ListOptions{})
 		if err != nil || len(infos) != 1 || infos[0].State != "stopped" {
 			t.Errorf("%s: list: %+v, %v; want web stopped", what, infos, err)
 		}
@@ -87,10 +87,10 @@ func TestMachineGoneBetweenCalls(t *testing.T) {
 	// Any other answer is an error, not a stopped
 	v.getErr = errors.New("connection reset")
 	f.machines["web"] = dbusapi.Machine{Name: "web", Class: "container", RootDirectory: m.Dir("web"), Leader: os.Getpid()}
-	if _, err := m.List(ctx); err == nil {
+	if _, err := m.List(ctx, ListOptions{}); err == nil {
 		t.Error("list passed over an error of machined")
 	}
-	if _, err := m.Status(ctx, "web"); err == nil {
+	if _, err := m.Status(ctx, "web", ListOptions{}); err == nil {
 		t.Error("status passed over an error of machined")
 	}
 }

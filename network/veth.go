@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sort"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -23,24 +22,6 @@ var ErrNotMachineVeth = errors.New("not the host end of the machine's veth")
 
 // machineEnd is what nspawn calls its end of the veth inside the machine.
 const machineEnd = "host0"
-
-// HostPeers lists the host ends of the machine's veths: veths in this
-// (the host's) network namespace whose peer the kernel places in the
-// network namespace of pid and which are that namespace's host0. Index
-// numbers read inside the machine are never trusted: a machine's root
-// makes veths of its own whose peer index is any host interface's.
-func HostPeers(pid int) ([]Interface, error) {
-	host, mach, err := namespaces(pid)
-	if err != nil {
-		return nil, err
-	}
-	defer host.Close()
-	defer mach.Close()
-	if host.Equal(mach) {
-		return nil, nil
-	}
-	return hostPeers(host, mach)
-}
 
 // ConfigureHostEnd gives the host end of machine's veth its address and
 // brings it up. The interface is found by the names nspawn gives it in
@@ -88,32 +69,6 @@ func handles(hostNS, machNS netns.NsHandle) (host, mach *netlink.Handle, err err
 		return nil, nil, err
 	}
 	return host, mach, nil
-}
-
-func hostPeers(hostNS, machNS netns.NsHandle) ([]Interface, error) {
-	host, mach, err := handles(hostNS, machNS)
-	if err != nil {
-		return nil, err
-	}
-	defer host.Close()
-	defer mach.Close()
-	// Listing fills in IFLA_LINK_NETNSID, which gives the machine's
-	// namespace an id in the host's if it had none: list first.
-	links, err := host.LinkList()
-	if err != nil {
-		return nil, err
-	}
-	var out []Interface
-	for _, l := range links {
-		if l.Type() != "veth" || l.Attrs().NetNsID < 0 {
-			continue
-		}
-		if checkPair(host, mach, hostNS, machNS, l) == nil {
-			out = append(out, Interface{Name: l.Attrs().Name, Index: l.Attrs().Index})
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
 }
 
 // hostEnd finds the host end of machine's veth by the names nspawn gives

@@ -232,3 +232,21 @@ func TestHostEndOnlyTheMachinesVeth(t *testing.T) {
 		}
 	})
 }
+
+// hostPeers is what Inspect reports as Peers for the machine whose
+// network namespace is machNS.
+func hostPeers(hostNS, machNS netns.NsHandle) ([]Interface, error) {
+	host, mach, err := handles(hostNS, machNS)
+	if err != nil {
+		return nil, err
+	}
+	defer host.Close()
+	defer mach.Close()
+	// Listing fills in IFLA_LINK_NETNSID, which gives the machine's
+	// namespace an id in the host's if it had none: list first.
+	links, err := host.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	return peersOf(host, mach, hostNS, machNS, links)
+}
