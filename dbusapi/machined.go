@@ -1,158 +1,179 @@
-// Package dbusapi talks to systemd-machined and systemd over the system
-// bus. It is the only package that imports godbus or go-systemd: thin typed
-// methods named after the D-Bus methods they call, plain structs for
-// results, no policy.
 package dbusapi
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"os"
 	"syscall"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/machine1"
 	"github.com/godbus/dbus/v5"
 )
 
 const (
-	machinedDest = "org.freedesktop.machine1"
-	machinedPath = "/org/freedesktop/machine1"
-	managerIface = "org.freedesktop.machine1.Manager"
-	machineIface = "org.freedesktop.machine1.Machine"
+	machinedDest      = "org.freedesktop.machine1"
+	machinedPath      = "/org/freedesktop/machine1"
+	machinePathPrefix = "/org/freedesktop/machine1/machine/"
+	managerIface      = "org.freedesktop.machine1.Manager"
+	machineIface      = "org.freedesktop.machine1.Machine"
+	propertiesIface   = "org.freedesktop.DBus.Properties"
 )
 
-// ErrNoSuchMachine is machined's answer for a name it does not know.
-var ErrNoSuchMachine = errors.New("machined has no such machine")
-
-// Machined is a connection to systemd-machined.
+// Machined is the client of systemd-machined (org.freedesktop.machine1).
+// It is safe for concurrent use.
 type Machined struct {
-	m    *machine1.Conn
-	conn *dbus.Conn
+	conn    *dbus.Conn
+	manager dbus.BusObject
 }
 
-// NewMachined connects to machined on the system bus and checks it answers.
-func NewMachined() (*Machined, error) {
-	m, err := machine1.New()
-	if err != nil {
-		return nil, fmt.Errorf("system bus: %w", err)
+// Ping asks machined to answer (starting it if it is not running, as it
+// is started on demand): one round trip, with no work for machined.
+func (c *Machined) Ping() error {
+	if err := c.manager.Call("org.freedesktop.DBus.Peer.Ping", 0).Err; err != nil {
+		return mapMachinedErr(err)
 	}
-	conn, err := dbus.SystemBus()
-	if err != nil {
-		m.Close()
-		return nil, fmt.Errorf("system bus: %w", err)
-	}
-	c := &Machined{m: m, conn: conn}
-	if _, err := c.ListMachines(); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("machined: %w", err)
-	}
-	return c, nil
+	return nil
 }
-
-// Close drops the connection.
-func (c *Machined) Close() { c.m.Close() }
 
 // MachineEntry is one row of ListMachines.
 type MachineEntry struct {
 	Name    string
-	Class   string
-	Service string
+	Class   string // "container", "vm" or "host"
+	Service string // who registered it: "nspawn", ...
 }
 
 // ListMachines lists the machines machined knows, the host included.
 func (c *Machined) ListMachines() ([]MachineEntry, error) {
-	ms, err := c.m.ListMachines()
-	if err != nil {
-		return nil, err
+	var rows []struct {
+		Name, Class, Service string
+		Path                 dbus.ObjectPath
 	}
-	out := make([]MachineEntry, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, MachineEntry{Name: m.Name, Class: m.Class, Service: m.Service})
+	if err := c.manager.Call(managerIface+".ListMachines", 0).Store(&rows); err != nil {
+		return nil, mapMachinedErr(err)
+	}
+	out := make([]MachineEntry, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, MachineEntry{Name: r.Name, Class: r.Class, Service: r.Service})
 	}
 	return out, nil
 }
 
 // Machine is the state machined keeps of one machine.
 type Machine struct {
-	Name              string
-	Class             string
-	Service           string
-	Unit              string
-	Leader            int
-	RootDirectory     string
-	State             string
-	Since             time.Time
-	NetworkInterfaces []int
+	Name          string // the name asked for
+	Class         string // "container", "vm" or "host"
+	Service       string // who registered it: "nspawn", ...
+	Unit          string // the unit the machine runs in
+	Leader        int    // PID 1 of a container, as the host sees it; 0 unknown
+	RootDirectory string
+	Since         time.Time // when machined registered it; zero unknown
 }
 
-// GetMachine reads the properties of a machine.
+// GetMachine reads the properties of a machine: one GetAll on the
+// machine's object path, which is derived from its name as machined
+// derives it, so the GetMachine call that would look the path up is saved.
+// A machine machined does not know answers ErrNoSuchMachine.
 func (c *Machined) GetMachine(name string) (Machine, error) {
-	// Two calls: GetMachine for the path, then GetAll on it. A machine
-	// that goes away between them answers UnknownObject (mapErr).
-	props, err := c.m.DescribeMachine(name)
-	if err != nil {
-		return Machine{}, mapErr(err)
-	}
-	m := Machine{Name: name}
-	m.Class, _ = props["Class"].(string)
-	m.Service, _ = props["Service"].(string)
-	m.Unit, _ = props["Unit"].(string)
-	m.RootDirectory, _ = props["RootDirectory"].(string)
-	m.State, _ = props["State"].(string)
-	if l, ok := props["Leader"].(uint32); ok {
-		m.Leader = int(l)
-	}
-	if ts, ok := props["Timestamp"].(uint64); ok && ts > 0 {
-		m.Since = time.UnixMicro(int64(ts))
-	}
-	if ifs, ok := props["NetworkInterfaces"].([]int32); ok {
-		for _, i := range ifs {
-			m.NetworkInterfaces = append(m.NetworkInterfaces, int(i))
+	ms, errs := c.GetMachines([]string{name})
+	return ms[0], errs[0]
+}
+
+// GetMachines is GetMachine for several machines at once, in one round
+// trip: out[i] and errs[i] are GetMachine's answers for names[i].
+func (c *Machined) GetMachines(names []string) (out []Machine, errs []error) {
+	calls := make([]batchCall, len(names))
+	for i, n := range names {
+		calls[i] = batchCall{
+			obj:    c.conn.Object(machinedDest, machineObjectPath(n)),
+			method: propertiesIface + ".GetAll",
+			args:   []any{machineIface},
 		}
 	}
-	return m, nil
+	out, errs = make([]Machine, len(names)), make([]error, len(names))
+	for i, call := range callAll(context.Background(), calls) {
+		var props map[string]dbus.Variant
+		if err := call.Store(&props); err != nil {
+			errs[i] = mapMachinedErr(err)
+			continue
+		}
+		out[i] = decodeMachine(names[i], props)
+	}
+	return out, errs
+}
+
+// decodeMachine turns machine properties into a Machine. A property that is
+// missing or of another type than machined's is left at its zero value.
+func decodeMachine(name string, props map[string]dbus.Variant) Machine {
+	m := Machine{Name: name}
+	m.Class, _ = props["Class"].Value().(string)
+	m.Service, _ = props["Service"].Value().(string)
+	m.Unit, _ = props["Unit"].Value().(string)
+	m.RootDirectory, _ = props["RootDirectory"].Value().(string)
+	if l, ok := props["Leader"].Value().(uint32); ok {
+		m.Leader = int(l)
+	}
+	// Realtime microseconds; systemd's "unset" is 0 or the maximum.
+	if ts, ok := props["Timestamp"].Value().(uint64); ok && ts > 0 && ts < 1<<63 {
+		m.Since = time.UnixMicro(int64(ts))
+	}
+	return m
 }
 
 // GetMachineAddresses lists the machine's IP addresses as text.
 func (c *Machined) GetMachineAddresses(name string) ([]string, error) {
-	var raw []struct {
-		Family int32
-		Addr   []byte
-	}
-	err := c.conn.Object(machinedDest, machinedPath).
-		Call(managerIface+".GetMachineAddresses", 0, name).Store(&raw)
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	var out []string
-	for _, a := range raw {
-		if ip := ipString(a.Addr); ip != "" {
-			out = append(out, ip)
-		}
-	}
-	return out, nil
+	addrs, errs := c.GetMachinesAddresses([]string{name})
+	return addrs[0], errs[0]
 }
 
-// GetMachineOSRelease reads the machine's os-release fields.
-func (c *Machined) GetMachineOSRelease(name string) (map[string]string, error) {
-	var fields map[string]string
-	err := c.conn.Object(machinedDest, machinedPath).
-		Call(managerIface+".GetMachineOSRelease", 0, name).Store(&fields)
-	return fields, mapErr(err)
+// GetMachinesAddresses is GetMachineAddresses for several machines at once,
+// in one round trip: out[i] and errs[i] are the answers for names[i]. It
+// may run beside GetMachines, so both batches share the round trip.
+func (c *Machined) GetMachinesAddresses(names []string) (out [][]string, errs []error) {
+	calls := make([]batchCall, len(names))
+	for i, n := range names {
+		calls[i] = batchCall{obj: c.manager, method: managerIface + ".GetMachineAddresses", args: []any{n}}
+	}
+	out, errs = make([][]string, len(names)), make([]error, len(names))
+	for i, call := range callAll(context.Background(), calls) {
+		var raw []machineAddress
+		if err := call.Store(&raw); err != nil {
+			errs[i] = mapMachinedErr(err)
+			continue
+		}
+		out[i] = decodeAddresses(raw)
+	}
+	return out, errs
+}
+
+// machineAddress is one entry of GetMachineAddresses, a(iay).
+type machineAddress struct {
+	Family int32
+	Addr   []byte
+}
+
+// decodeAddresses keeps the addresses whose length fits their family, as
+// text.
+func decodeAddresses(raw []machineAddress) []string {
+	var out []string
+	for _, a := range raw {
+		if (a.Family == syscall.AF_INET && len(a.Addr) == net.IPv4len) ||
+			(a.Family == syscall.AF_INET6 && len(a.Addr) == net.IPv6len) {
+			out = append(out, net.IP(a.Addr).String())
+		}
+	}
+	return out
 }
 
 // KillMachine sends sig to the machine's leader ("leader") or to all its
 // processes ("all").
 func (c *Machined) KillMachine(name, who string, sig syscall.Signal) error {
-	return mapErr(c.m.KillMachine(name, who, sig))
+	err := c.manager.Call(managerIface+".KillMachine", 0, name, who, int32(sig)).Err
+	return mapMachinedErr(err)
 }
 
 // TerminateMachine kills all processes of the machine and unregisters it.
 func (c *Machined) TerminateMachine(name string) error {
-	return mapErr(c.m.TerminateMachine(name))
+	return mapMachinedErr(c.manager.Call(managerIface+".TerminateMachine", 0, name).Err)
 }
 
 // OpenMachineShell starts a login shell for user inside the machine, as
@@ -161,66 +182,55 @@ func (c *Machined) TerminateMachine(name string) error {
 func (c *Machined) OpenMachineShell(name, user string, env []string) (*os.File, error) {
 	var fd dbus.UnixFD
 	var pty string
-	err := c.conn.Object(machinedDest, machinedPath).
-		Call(managerIface+".OpenMachineShell", 0, name, user, "", []string{}, env).Store(&fd, &pty)
+	err := c.manager.Call(managerIface+".OpenMachineShell", 0, name, user, "", []string{}, env).Store(&fd, &pty)
 	if err != nil {
-		return nil, mapErr(err)
+		return nil, mapMachinedErr(err)
 	}
 	return os.NewFile(uintptr(fd), pty), nil
 }
 
-// goneErrors are the answers that mean the machine is not (or no longer)
-// there: machined's NoSuchMachine for a name, and the bus's UnknownObject
-// for a machine's object path that went away between GetMachine and the
-// call on the path (DescribeMachine makes both).
-var goneErrors = map[string]bool{
-	"org.freedesktop.machine1.NoSuchMachine":   true,
-	"org.freedesktop.DBus.Error.UnknownObject": true,
-}
-
-// mapErr turns the answers that say the machine is gone into
-// ErrNoSuchMachine, keeping machined's text.
-func mapErr(err error) error {
-	var de dbus.Error
-	var dp *dbus.Error
-	switch {
-	case errors.As(err, &de) && goneErrors[de.Name], errors.As(err, &dp) && dp != nil && goneErrors[dp.Name]:
-		return fmt.Errorf("%w: %v", ErrNoSuchMachine, err)
-	}
-	return err
-}
-
-func ipString(b []byte) string {
-	if len(b) != 4 && len(b) != 16 {
-		return ""
-	}
-	return net.IP(b).String()
-}
-
-// Subscribe delivers the name of every machine machined registers or
-// drops (the MachineNew and MachineRemoved signals) until ctx ends.
+// Subscribe delivers the name of every machine machined registers or drops
+// (the MachineNew and MachineRemoved signals) until ctx ends or the
+// connection closes; then the channel closes. A reader too slow loses
+// names, never blocks the connection.
 func (c *Machined) Subscribe(ctx context.Context) (<-chan string, error) {
-	opts := []dbus.MatchOption{dbus.WithMatchInterface(managerIface), dbus.WithMatchObjectPath(machinedPath)}
-	if err := c.conn.AddMatchSignal(append(opts, dbus.WithMatchMember("MachineNew"))...); err != nil {
-		return nil, err
-	}
-	if err := c.conn.AddMatchSignal(append(opts, dbus.WithMatchMember("MachineRemoved"))...); err != nil {
-		return nil, err
+	match := func(member string) []dbus.MatchOption {
+		return []dbus.MatchOption{
+			dbus.WithMatchObjectPath(machinedPath),
+			dbus.WithMatchInterface(managerIface),
+			dbus.WithMatchMember(member),
+		}
 	}
 	sigs := make(chan *dbus.Signal, 16)
 	c.conn.Signal(sigs)
+	for i, member := range []string{"MachineNew", "MachineRemoved"} {
+		if err := c.conn.AddMatchSignalContext(ctx, match(member)...); err != nil {
+			if i > 0 {
+				_ = c.conn.RemoveMatchSignal(match("MachineNew")...)
+			}
+			c.conn.RemoveSignal(sigs)
+			return nil, mapMachinedErr(err)
+		}
+	}
 	out := make(chan string, 16)
 	go func() {
-		defer c.conn.RemoveSignal(sigs)
+		defer close(out)
+		defer func() {
+			c.conn.RemoveSignal(sigs)
+			if c.conn.Connected() {
+				_ = c.conn.RemoveMatchSignal(match("MachineNew")...)
+				_ = c.conn.RemoveMatchSignal(match("MachineRemoved")...)
+			}
+		}()
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case s := <-sigs:
-				if s == nil || len(s.Body) == 0 {
-					continue
+			case s, ok := <-sigs:
+				if !ok {
+					return // connection closed
 				}
-				if name, ok := s.Body[0].(string); ok {
+				if name, ok := machineSignal(s); ok {
 					select {
 					case out <- name:
 					default:
@@ -230,4 +240,42 @@ func (c *Machined) Subscribe(ctx context.Context) (<-chan string, error) {
 		}
 	}()
 	return out, nil
+}
+
+// machineSignal is the machine name a MachineNew or MachineRemoved signal
+// carries. The connection delivers every signal a match of the process
+// asked for (systemd's JobRemoved too), so the rest are passed over.
+func machineSignal(s *dbus.Signal) (string, bool) {
+	if s == nil || s.Path != machinedPath ||
+		(s.Name != managerIface+".MachineNew" && s.Name != managerIface+".MachineRemoved") ||
+		len(s.Body) == 0 {
+		return "", false
+	}
+	name, ok := s.Body[0].(string)
+	return name, ok
+}
+
+// machineObjectPath is the object path machined gives the machine name.
+func machineObjectPath(name string) dbus.ObjectPath {
+	return dbus.ObjectPath(machinePathPrefix + escapeLabel(name))
+}
+
+// escapeLabel escapes a name for an object path as sd-bus does
+// (bus_label_escape): every byte but a letter, or a digit after the first,
+// becomes _XX in lower-case hex; "" becomes "_".
+func escapeLabel(s string) string {
+	if s == "" {
+		return "_"
+	}
+	const hex = "0123456789abcdef"
+	out := make([]byte, 0, len(s)*3)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || (i > 0 && '0' <= c && c <= '9') {
+			out = append(out, c)
+			continue
+		}
+		out = append(out, '_', hex[c>>4], hex[c&0xf])
+	}
+	return string(out)
 }

@@ -62,6 +62,18 @@ type Manager struct {
 	// that one boot acts on one answer.
 	networkdOnce   sync.Once
 	networkdServes bool
+
+	// bus is the system bus connection of the machined backend.
+	bus *dbusapi.Bus
+}
+
+// Close releases the backend's connection to the system bus, if it has
+// one.
+func (m *Manager) Close() error {
+	if m.bus != nil {
+		return m.bus.Close()
+	}
+	return nil
 }
 
 // Config chooses and configures a Manager.
@@ -97,16 +109,20 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		if !Booted() {
 			return fmt.Errorf("%w: machined: systemd is not PID 1 on this host (use --backend direct)", ErrNoBackend)
 		}
-		md, err := dbusapi.NewMachined()
+		bus, err := dbusapi.Connect(ctx)
 		if err != nil {
-			return fmt.Errorf("%w: %v (is systemd-machined installed? apt-get install systemd-container)", ErrNoBackend, err)
-		}
-		sd, err := dbusapi.NewSystemd(ctx)
-		if err != nil {
-			md.Close()
 			return fmt.Errorf("%w: %v", ErrNoBackend, err)
 		}
-		m.Backend = &machined.Backend{Machines: md, Systemd: sd, Runner: m.Runner, UnitDir: "/etc/systemd/system"}
+		md := bus.Machined()
+		if err := md.Ping(); err != nil {
+			bus.Close()
+			if errors.Is(err, dbusapi.ErrNoService) {
+				return fmt.Errorf("%w: machined: %v (is systemd-machined installed? apt-get install systemd-container)", ErrNoBackend, err)
+			}
+			return fmt.Errorf("%w: machined: %v", ErrNoBackend, err)
+		}
+		m.bus = bus
+		m.Backend = &machined.Backend{Machines: md, Systemd: bus.Systemd(), Runner: m.Runner, UnitDir: "/etc/systemd/system"}
 		return nil
 	}
 	switch cfg.Backend {

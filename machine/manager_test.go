@@ -89,7 +89,18 @@ func (f *fakeMachined) GetMachine(name string) (dbusapi.Machine, error) {
 	}
 	return m, nil
 }
-func (f *fakeMachined) GetMachineAddresses(name string) ([]string, error) { return nil, nil }
+func (f *fakeMachined) GetMachines(names []string) ([]dbusapi.Machine, []error) {
+	return getEach(names, f.GetMachine)
+}
+
+// getEach answers a batch call of the fakes one name after another.
+func getEach[T any](names []string, get func(string) (T, error)) ([]T, []error) {
+	out, errs := make([]T, len(names)), make([]error, len(names))
+	for i, n := range names {
+		out[i], errs[i] = get(n)
+	}
+	return out, errs
+}
 func (f *fakeMachined) KillMachine(name, who string, sig syscall.Signal) error {
 	if _, ok := f.machines[name]; !ok {
 		return dbusapi.ErrNoSuchMachine
@@ -223,10 +234,6 @@ func (f *fakeMachined) StartUnit(ctx context.Context, name string) (string, erro
 }
 func (f *fakeMachined) Reload(ctx context.Context) error                          { return nil }
 func (f *fakeMachined) EnableUnitFiles(ctx context.Context, names []string) error { return nil }
-func (f *fakeMachined) DisableUnitFiles(ctx context.Context, names []string) error {
-	return nil
-}
-func (f *fakeMachined) GetUnitFileState(ctx context.Context, name string) string { return "" }
 func (f *fakeMachined) SetUnitProperties(ctx context.Context, name string, runtime bool, props []dbusapi.UnitProperty) error {
 	return nil
 }

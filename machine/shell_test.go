@@ -53,6 +53,10 @@ func (v *vanishing) GetMachine(name string) (dbusapi.Machine, error) {
 	return v.fakeMachined.GetMachine(name)
 }
 
+func (v *vanishing) GetMachines(names []string) ([]dbusapi.Machine, []error) {
+	return getEach(names, v.GetMachine)
+}
+
 func TestMachineGoneBetweenCalls(t *testing.T) {
 	ctx := context.Background()
 	f := &fakeMachined{machines: map[string]dbusapi.Machine{}}

@@ -20,7 +20,7 @@ import (
 type MachinedAPI interface {
 	ListMachines() ([]dbusapi.MachineEntry, error)
 	GetMachine(name string) (dbusapi.Machine, error)
-	GetMachineAddresses(name string) ([]string, error)
+	GetMachines(names []string) ([]dbusapi.Machine, []error)
 	KillMachine(name, who string, sig syscall.Signal) error
 	TerminateMachine(name string) error
 	OpenMachineShell(name, user string, env []string) (*os.File, error)
@@ -62,8 +62,6 @@ type SystemdAPI interface {
 	ResetFailedUnit(ctx context.Context, name string) error
 	Reload(ctx context.Context) error
 	EnableUnitFiles(ctx context.Context, names []string) error
-	DisableUnitFiles(ctx context.Context, names []string) error
-	GetUnitFileState(ctx context.Context, name string) string
 	SetUnitProperties(ctx context.Context, name string, runtime bool, props []dbusapi.UnitProperty) error
 	GetUnitUsage(ctx context.Context, name string) (dbusapi.UnitUsage, error)
 }
@@ -115,9 +113,9 @@ func ServiceSpec(spec backend.StartSpec) dbusapi.ServiceSpec {
 			{"/dev/mapper/control", "rw"},
 			{"block-device-mapper", "rw"},
 		},
-		TimeoutStartSec: uint64(spec.Timeout / time.Microsecond),
-		ExecStartPost:   escapeExecArgs(spec.PostStart),
-		Properties:      spec.Limits.Properties(),
+		TimeoutStart:  spec.Timeout,
+		ExecStartPost: escapeExecArgs(spec.PostStart),
+		Properties:    spec.Limits.Properties(),
 	}
 }
 
@@ -163,18 +161,26 @@ func (m *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 	return nil
 }
 
-// List implements Backend.
+// List implements Backend. machined is asked for every machine's
+// properties at once, in one round trip where one machine after another
+// would take one each. Addresses are not asked for: machined forks into
+// each machine's network namespace for them, where the caller reads them
+// with netlink (network.Inspect).
 func (m *Backend) List(ctx context.Context) ([]backend.Running, error) {
 	entries, err := m.Machines.ListMachines()
 	if err != nil {
 		return nil, fmt.Errorf("machined: %w", err)
 	}
-	var out []backend.Running
+	var names []string
 	for _, e := range entries {
-		if e.Class == "host" {
-			continue
+		if e.Class != "host" {
+			names = append(names, e.Name)
 		}
-		r, err := m.Get(ctx, e.Name)
+	}
+	ms, errs := m.Machines.GetMachines(names)
+	var out []backend.Running
+	for i, name := range names {
+		r, err := m.running(name, ms[i], errs[i])
 		if errors.Is(err, backend.ErrNotRunning) {
 			continue // gone since ListMachines: it is stopped, or starting again
 		}
@@ -192,6 +198,11 @@ func (m *Backend) List(ctx context.Context) ([]backend.Running, error) {
 // restart of its unit, a machine is stopped, not an error.
 func (m *Backend) Get(ctx context.Context, name string) (backend.Running, error) {
 	mm, err := m.Machines.GetMachine(name)
+	return m.running(name, mm, err)
+}
+
+// running turns machined's answer for one machine into Running.
+func (m *Backend) running(name string, mm dbusapi.Machine, err error) (backend.Running, error) {
 	if errors.Is(err, dbusapi.ErrNoSuchMachine) {
 		return backend.Running{}, backend.ErrNotRunning
 	}
@@ -205,14 +216,10 @@ func (m *Backend) Get(ctx context.Context, name string) (backend.Running, error)
 		_ = m.Machines.TerminateMachine(name)
 		return backend.Running{}, backend.ErrNotRunning
 	}
-	r := backend.Running{
+	return backend.Running{
 		Name: mm.Name, Class: mm.Class, Service: mm.Service, Unit: mm.Unit,
 		Leader: mm.Leader, RootDirectory: mm.RootDirectory, Since: mm.Since,
-	}
-	if addrs, err := m.Machines.GetMachineAddresses(name); err == nil {
-		r.Addresses = addrs
-	}
-	return r, nil
+	}, nil
 }
 
 // Kill implements Backend.
