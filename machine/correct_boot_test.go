@@ -21,9 +21,6 @@ import (
 // started), and the limits stay the old ones. Its log tail is asked for
 // this boot's lines only (journalctl --since the boot's start).
 func TestFailedBootRemembersNothing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lifecycle checks root first")
-	}
 	ctx := context.Background()
 	f := &fakeMachined{machines: map[string]dbusapi.Machine{}, result: "failed"}
 	m, runner := newTestManager(t, f)
@@ -70,9 +67,6 @@ func TestFailedBootRemembersNothing(t *testing.T) {
 // first boot of this nsbox makes it a link and gives the machine an id of
 // its own, before the machine starts.
 func TestBootUnsharesTheMachineID(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lifecycle checks root first")
-	}
 	ctx := context.Background()
 	f := &fakeMachined{machines: map[string]dbusapi.Machine{}, result: "failed"}
 	m, _ := newTestManager(t, f)
@@ -103,9 +97,6 @@ func TestBootUnsharesTheMachineID(t *testing.T) {
 // Port forwards that cannot work are refused before anything starts,
 // naming who holds the port.
 func TestBootRefusesTakenPorts(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lifecycle checks root first")
-	}
 	ctx := context.Background()
 	f := &fakeMachined{machines: map[string]dbusapi.Machine{}, result: "done"}
 	m, _ := newTestManager(t, f)

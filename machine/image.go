@@ -21,7 +21,7 @@ func (m *Manager) lockStopped(ctx context.Context, name string) (*Lock, error) {
 	if _, err := m.Backend.Get(ctx, name); err == nil {
 		return nil, fmt.Errorf("%w: %s (stop it first: nsbox stop %s)", ErrRunning, name, name)
 	}
-	l, err := LockImage(m.Dir(name), true)
+	l, err := m.lockImage(m.Dir(name), true)
 	if errors.Is(err, ErrBusy) {
 		return nil, fmt.Errorf("%w: %s is in use by a systemd-nspawn or another nsbox", ErrRunning, name)
 	}
@@ -42,7 +42,7 @@ func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string)
 		return err
 	}
 	target := m.Tree(dst)
-	lock, err := LockImage(target, true)
+	lock, err := m.lockImage(target, true)
 	if errors.Is(err, ErrBusy) {
 		return fmt.Errorf("%s is being created or used by another process", dst)
 	}
@@ -131,7 +131,7 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 	if err := m.taken(new); err != nil {
 		return err
 	}
-	nl, err := LockImage(m.Tree(new), true)
+	nl, err := m.lockImage(m.Tree(new), true)
 	if err != nil {
 		return fmt.Errorf("%s is being created or used by another process", new)
 	}

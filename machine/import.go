@@ -40,7 +40,7 @@ func (m *Manager) Import(ctx context.Context, name, file string, stdin io.Reader
 	if err := m.checkName(name, false); err != nil {
 		return err
 	}
-	if err := requireRoot(); err != nil {
+	if err := m.requireRoot(); err != nil {
 		return err
 	}
 	label := file

@@ -191,7 +191,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	}
 	// A hand-started nspawn holds the image lock even where no backend
 	// knows the machine.
-	lock, err := LockImage(root, true)
+	lock, err := m.lockImage(root, true)
 	if errors.Is(err, ErrBusy) {
 		return fmt.Errorf("%w: %s is in use by another systemd-nspawn or nsbox", ErrRunning, root)
 	}
@@ -493,7 +493,7 @@ func (m *Manager) running(ctx context.Context, name string) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
-	if err := requireRoot(); err != nil {
+	if err := m.requireRoot(); err != nil {
 		return err
 	}
 	if _, err := m.Backend.Get(ctx, name); errors.Is(err, ErrNotRunning) {
@@ -581,7 +581,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	if m.ReadOnly(name) {
 		return fmt.Errorf("%s is read-only (make it writable first: nsbox read-only %s false)", name, name)
 	}
-	lock, err := LockImage(root, true)
+	lock, err := m.lockImage(root, true)
 	if errors.Is(err, ErrBusy) {
 		return fmt.Errorf("%w: %s is in use by a systemd-nspawn that nsbox did not start", ErrRunning, root)
 	}

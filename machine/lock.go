@@ -20,17 +20,20 @@ type Lock struct {
 	local, global *host.FileLock
 }
 
-// globalLockDir is where systemd keeps the per-inode image locks.
-const globalLockDir = "/run/systemd/nspawn/locks"
-
 // lockPath is the lock file systemd uses beside the image at path.
 func lockPath(path string) string {
 	return filepath.Join(filepath.Dir(path), ".#"+filepath.Base(path)+".lck")
 }
 
-// LockImage takes the image locks of path without waiting: exclusive for
+// lockImage takes the image locks of path without waiting: exclusive for
 // changes, shared for reads. It fails with ErrBusy when a lock is held.
-func LockImage(path string, exclusive bool) (*Lock, error) {
+func (m *Manager) lockImage(path string, exclusive bool) (*Lock, error) {
+	return lockImage(m.LockDir, path, exclusive)
+}
+
+// lockImage takes the lock beside the image at path and, with lockDir,
+// the one on its inode there.
+func lockImage(lockDir, path string, exclusive bool) (*Lock, error) {
 	ctx := context.Background()
 	local, err := host.LockFile(ctx, lockPath(path), exclusive, false)
 	if errors.Is(err, host.ErrLocked) {
@@ -41,12 +44,12 @@ func LockImage(path string, exclusive bool) (*Lock, error) {
 	}
 	l := &Lock{local: local}
 	var st unix.Stat_t
-	if unix.Stat(path, &st) == nil {
-		if err := os.MkdirAll(globalLockDir, 0o755); err != nil {
+	if lockDir != "" && unix.Stat(path, &st) == nil {
+		if err := os.MkdirAll(lockDir, 0o755); err != nil {
 			l.Unlock()
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		g, err := host.LockFile(ctx, filepath.Join(globalLockDir, fmt.Sprintf("inode-%d:%d", st.Dev, st.Ino)), exclusive, false)
+		g, err := host.LockFile(ctx, filepath.Join(lockDir, fmt.Sprintf("inode-%d:%d", st.Dev, st.Ino)), exclusive, false)
 		if err != nil {
 			l.Unlock()
 			if errors.Is(err, host.ErrLocked) {

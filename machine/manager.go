@@ -30,6 +30,10 @@ type Paths struct {
 	LogDir      string // console logs of the direct backend (/var/log/nsbox)
 	CacheDir    string // debootstrap's package cache (/var/cache/nsbox)
 	StateDir    string // what nsbox remembers of machines (/var/lib/nsbox)
+	// LockDir holds systemd's image locks by inode
+	// (/run/systemd/nspawn/locks); empty takes only the lock beside each
+	// image, as tests do.
+	LockDir string
 }
 
 // DefaultPaths are the standard locations.
@@ -42,6 +46,7 @@ func DefaultPaths() Paths {
 		LogDir:      "/var/log/nsbox",
 		CacheDir:    "/var/cache/nsbox",
 		StateDir:    "/var/lib/nsbox",
+		LockDir:     "/run/systemd/nspawn/locks",
 	}
 }
 
@@ -57,6 +62,10 @@ type Manager struct {
 	// Self is the path of this nsbox binary that units run to call back
 	// into it: one only root can change (TrustedExecutable).
 	Self func() (string, error)
+	// Euid is the caller's effective user id (os.Geteuid in Open): what
+	// needs root is refused without it. A field, so that tests run the
+	// lifecycle against fakes without root.
+	Euid int
 
 	// Whether the host's networkd serves veths, asked once per Manager so
 	// that one boot acts on one answer.
@@ -100,7 +109,7 @@ func Booted() bool {
 // Open picks the backend: machined where systemd is PID 1 and machined
 // answers, direct otherwise, unless cfg.Backend names one.
 func Open(ctx context.Context, cfg Config) (*Manager, error) {
-	m := &Manager{Paths: cfg.Paths, Runner: host.ExecRunner{}, Pool: cfg.Pool, Self: cfg.Self}
+	m := &Manager{Paths: cfg.Paths, Runner: host.ExecRunner{}, Pool: cfg.Pool, Self: cfg.Self, Euid: os.Geteuid()}
 	if m.Pool == "" {
 		m.Pool = network.DefaultPool
 	}
@@ -154,8 +163,8 @@ func (m *Manager) settingsPath(name string) string {
 }
 
 // requireRoot fails unless running as root.
-func requireRoot() error {
-	if os.Geteuid() != 0 {
+func (m *Manager) requireRoot() error {
+	if m.Euid != 0 {
 		return fmt.Errorf("%w (try: sudo nsbox ...)", ErrNotRoot)
 	}
 	return nil
@@ -180,7 +189,7 @@ func (m *Manager) Known(ctx context.Context, name string) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
-	if err := requireRoot(); err != nil {
+	if err := m.requireRoot(); err != nil {
 		return err
 	}
 	if err := m.checkOwner(name); err != nil {
@@ -218,7 +227,7 @@ func (m *Manager) checkRootAndName(name string, mustExist bool) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
-	if err := requireRoot(); err != nil {
+	if err := m.requireRoot(); err != nil {
 		return err
 	}
 	return m.checkName(name, mustExist)
@@ -277,7 +286,7 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	if err != nil {
 		return err
 	}
-	if err := requireRoot(); err != nil {
+	if err := m.requireRoot(); err != nil {
 		return err
 	}
 	bo := bootstrap.Options{
@@ -296,7 +305,7 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	if err := exists(); err != nil {
 		return err
 	}
-	lock, err := LockImage(target, true)
+	lock, err := m.lockImage(target, true)
 	if errors.Is(err, ErrBusy) {
 		return fmt.Errorf("%s is being created or used by another process", name)
 	}

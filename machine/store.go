@@ -109,7 +109,7 @@ func (m *Manager) unpublish(name string) {
 // RootDir/NAME) into the store, leaving the link in their place. A tree in
 // use (a running machine) is locked and stays until a later command.
 func (m *Manager) migrateLegacy() {
-	if os.Geteuid() != 0 {
+	if m.Euid != 0 {
 		return
 	}
 	ents, err := os.ReadDir(m.RootDir)
@@ -132,7 +132,7 @@ func (m *Manager) migrate(name string) error {
 		return err
 	}
 	old := m.Path(name)
-	lock, err := LockImage(old, true)
+	lock, err := m.lockImage(old, true)
 	if err != nil {
 		return err
 	}
