@@ -266,13 +266,17 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 			// A start cut short by the timeout may still bring the machine
 			// up after its unit was told to stop: nspawn does not act on
 			// SIGTERM before the machine runs. Wait for it, and end it.
-			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-				if r, err := m.Backend.Get(stopCtx, name); err == nil && startedBy(r, spec) {
-					m.end(stopCtx, name)
-					m.Backend.Cleanup(stopCtx, name)
-					break
+			late, cancel := context.WithTimeout(stopCtx, 5*time.Second)
+			_ = host.Poll(late, host.Every(100*time.Millisecond), func() (bool, error) {
+				r, err := m.Backend.Get(late, name)
+				if err != nil || !startedBy(r, spec) {
+					return false, nil
 				}
-			}
+				m.end(stopCtx, name)
+				m.Backend.Cleanup(stopCtx, name)
+				return true, nil
+			})
+			cancel()
 		}
 		if len(log) == 0 {
 			// A boot that gave up at once (a short --timeout) stops before
@@ -380,32 +384,28 @@ func (m *Manager) startSpec(name string, opts BootOptions, limits backend.Limits
 // degraded; it returns the last state seen.
 func (m *Manager) waitRunning(ctx context.Context, name string) (string, error) {
 	last := "unknown"
-	start := time.Now()
-	for {
+	// Short waits at first: a machine is usually up within a second.
+	err := host.Poll(ctx, pollDelay, func() (bool, error) {
 		if _, err := m.Backend.Get(ctx, name); errors.Is(err, ErrNotRunning) {
-			return last, fmt.Errorf("machine stopped during boot (last state %q)", last)
+			return false, fmt.Errorf("machine stopped during boot (last state %q)", last)
 		}
 		// The machine's root controls what systemctl prints: keep a line.
 		out := &cappedBuffer{max: 256}
-		_, err := m.Backend.Exec(ctx, name, backend.ExecSpec{Argv: []string{"systemctl", "is-system-running"}, Stdout: out})
-		if err == nil {
-			if s := strings.TrimSpace(out.String()); s != "" {
-				last = s
-			}
-			switch last {
-			case "running", "degraded":
-				return last, nil
-			case "stopping":
-				return last, fmt.Errorf("system is %s", last)
-			}
+		if _, err := m.Backend.Exec(ctx, name, backend.ExecSpec{Argv: []string{"systemctl", "is-system-running"}, Stdout: out}); err != nil {
+			return false, nil
 		}
-		// Short at first: a machine is usually up within a second.
-		select {
-		case <-ctx.Done():
-			return last, ctx.Err()
-		case <-time.After(pollDelay(time.Since(start))):
+		if s := strings.TrimSpace(out.String()); s != "" {
+			last = s
 		}
-	}
+		switch last {
+		case "running", "degraded":
+			return true, nil
+		case "stopping":
+			return false, fmt.Errorf("system is %s", last)
+		}
+		return false, nil
+	})
+	return last, err
 }
 
 // cappedBuffer keeps the first max bytes written to it and drops the rest,
@@ -474,18 +474,12 @@ func (m *Manager) console(ctx context.Context, cfg NspawnConfig, limits backend.
 
 // waitGone waits until the backend no longer knows name.
 func (m *Manager) waitGone(ctx context.Context, name string, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if _, err := m.Backend.Get(ctx, name); errors.Is(err, ErrNotRunning) {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return false
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return host.Poll(ctx, host.Every(50*time.Millisecond), func() (bool, error) {
+		_, err := m.Backend.Get(ctx, name)
+		return errors.Is(err, ErrNotRunning), nil
+	}) == nil
 }
 
 // running checks that name is a running machine.

@@ -159,8 +159,10 @@ func (m *Manager) finishNetwork(ctx context.Context, name string, l *network.Lin
 // A veth that is there but is not the machine's is refused at once.
 func (m *Manager) hostEndUp(ctx context.Context, name string, l network.Link) error {
 	last := errors.New("the machine has no leader yet")
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		r, err := m.Backend.Get(ctx, name)
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := host.Poll(wait, host.Every(20*time.Millisecond), func() (bool, error) {
+		r, err := m.Backend.Get(wait, name)
 		switch {
 		case err != nil:
 			last = err
@@ -168,22 +170,24 @@ func (m *Manager) hostEndUp(ctx context.Context, name string, l network.Link) er
 			end, err := network.ConfigureHostEnd(r.Leader, name, l)
 			if err == nil {
 				logrus.Debugf("%s: host end %s (index %d) has %s", name, end.Name, end.Index, l.Host)
-				return nil
+				return true, nil
 			}
 			if !errors.Is(err, network.ErrNoHostEnd) {
-				return fmt.Errorf("no network: nsbox configures no host interface but the host end of the veth nspawn made for it (reboot the machine for a new veth): %w", err)
+				return false, fmt.Errorf("no network: nsbox configures no host interface but the host end of the veth nspawn made for it (reboot the machine for a new veth): %w", err)
 			}
 			last = err
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("its veth did not appear; the machine has no network: %w", last)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("its veth: %w", ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
+		return false, nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("its veth: %w", ctx.Err())
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("its veth did not appear; the machine has no network: %w", last)
 	}
+	return err
 }
 
 // masquerade lets the machines reach beyond the host, and keeps

@@ -117,19 +117,21 @@ func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	for {
+	err = host.Poll(ctx, host.Every(20*time.Millisecond), func() (bool, error) {
 		if st, err := d.readState(spec.Name); err == nil && st.Supervisor.PID == cmd.Process.Pid && st.Leader.PID > 0 {
-			return nil
+			return true, nil
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("systemd-nspawn exited at once")
-		case <-ctx.Done():
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+			return false, fmt.Errorf("systemd-nspawn exited at once")
+		default:
+			return false, nil
 		}
+	})
+	if ctx.Err() != nil {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
 	}
+	return err
 }
 
 // Supervise is the body of "nsbox __supervise": it runs nspawn, records the
@@ -189,7 +191,23 @@ func Supervise(statePath, logPath string, argv []string) int {
 		waited := make(chan error, 1)
 		go func() { waited <- cmd.Wait() }()
 		st := state{Name: name, Root: root, Supervisor: self, Nspawn: nspawn, Since: time.Now(), Log: logPath}
-		recorded := false
+		// The machine is recorded once nspawn has started its PID 1.
+		run, stop := context.WithCancel(context.Background())
+		recorded := make(chan struct{})
+		go func() {
+			defer close(recorded)
+			_ = host.Poll(run, host.Every(10*time.Millisecond), func() (bool, error) {
+				leader, ok := backend.ContainerChild(nspawn.PID)
+				if !ok {
+					return false, nil
+				}
+				st.Leader = leader
+				if err := host.WriteFileAtomic(statePath, mustJSON(st), 0o644); err != nil {
+					fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
+				}
+				return true, nil
+			})
+		}()
 		var werr error
 	wait:
 		for {
@@ -200,19 +218,10 @@ func Supervise(statePath, logPath string, argv []string) int {
 				if s == syscall.SIGTERM {
 					_ = cmd.Process.Signal(syscall.SIGTERM)
 				}
-			case <-time.After(10 * time.Millisecond):
-				if recorded {
-					continue
-				}
-				if leader, ok := backend.ContainerChild(nspawn.PID); ok {
-					st.Leader = leader
-					if err := host.WriteFileAtomic(statePath, mustJSON(st), 0o644); err != nil {
-						fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
-					}
-					recorded = true
-				}
 			}
 		}
+		stop()
+		<-recorded
 		status := 0
 		if werr != nil {
 			var ee *exec.ExitError
@@ -352,13 +361,13 @@ func (d *Backend) Terminate(ctx context.Context, name string) error {
 	if st.Leader.Alive() {
 		_ = syscall.Kill(st.Leader.PID, syscall.SIGKILL)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if !st.Supervisor.Alive() && !st.Nspawn.Alive() && !st.Leader.Alive() {
-			_ = os.Remove(d.statePath(name))
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
+	gone, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if host.Poll(gone, host.Every(20*time.Millisecond), func() (bool, error) {
+		return !st.Supervisor.Alive() && !st.Nspawn.Alive() && !st.Leader.Alive(), nil
+	}) == nil {
+		_ = os.Remove(d.statePath(name))
+		return nil
 	}
 	if st.Nspawn.Alive() {
 		_ = syscall.Kill(st.Nspawn.PID, syscall.SIGKILL)

@@ -24,17 +24,19 @@ type FileLock struct {
 // LockFile locks path, creating it if needed: exclusive or shared. Without
 // wait it fails with ErrLocked at once; with wait it retries until ctx ends.
 func LockFile(ctx context.Context, path string, exclusive, wait bool) (*FileLock, error) {
-	for {
-		l, err := tryLock(path, exclusive)
-		if !errors.Is(err, ErrLocked) || !wait {
-			return l, err
+	var l *FileLock
+	err := Poll(ctx, Every(100*time.Millisecond), func() (bool, error) {
+		var err error
+		l, err = tryLock(path, exclusive)
+		if errors.Is(err, ErrLocked) && wait {
+			return false, nil
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
+		return true, err
+	})
+	if err != nil {
+		return nil, err
 	}
+	return l, nil
 }
 
 func tryLock(path string, exclusive bool) (*FileLock, error) {
