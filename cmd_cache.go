@@ -6,7 +6,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 )
@@ -35,7 +35,7 @@ func cacheCommand() *cli.Command {
 					if c.String("output") == "json" {
 						// docs/json.md: empty lists are [], never null.
 						if list == nil {
-							list = []bootstrap.BaseInfo{}
+							list = []machine.BaseInfo{}
 						}
 						for i := range list {
 							if list[i].Packages == nil {
@@ -59,7 +59,7 @@ func cacheCommand() *cli.Command {
 				Usage:     "bootstrap a base anew, so new machines get current packages",
 				ArgsUsage: "BASE|RELEASE",
 				Action: func(c *cli.Context) error {
-					return eachBase(c, func(bc *bootstrap.BaseCache, b bootstrap.BaseInfo) error {
+					return eachBase(c, func(bc *machine.BaseCache, b machine.BaseInfo) error {
 						p := newProgress(os.Stderr, quiet(c), logrus.IsLevelEnabled(logrus.InfoLevel))
 						_, err := bc.Refresh(c.Context, b, p.stage)
 						p.done()
@@ -78,7 +78,7 @@ func cacheCommand() *cli.Command {
 				Usage:     "delete a cached base (machines made from it are not touched)",
 				ArgsUsage: "BASE|RELEASE",
 				Action: func(c *cli.Context) error {
-					return eachBase(c, func(bc *bootstrap.BaseCache, b bootstrap.BaseInfo) error {
+					return eachBase(c, func(bc *machine.BaseCache, b machine.BaseInfo) error {
 						if err := bc.Remove(c.Context, b.Key); err != nil {
 							return fmt.Errorf("cache remove %s: %w", b.Key, err)
 						}
@@ -92,7 +92,7 @@ func cacheCommand() *cli.Command {
 
 // eachBase runs fn for every cached base the command's argument names
 // (a key, or a release such as bookworm).
-func eachBase(c *cli.Context, fn func(*bootstrap.BaseCache, bootstrap.BaseInfo) error) error {
+func eachBase(c *cli.Context, fn func(*machine.BaseCache, machine.BaseInfo) error) error {
 	if c.NArg() != 1 {
 		return usagef("%s takes one base: a key or a release (see: nsbox cache list)", c.Command.Name)
 	}

@@ -14,7 +14,9 @@ import (
 // The completion scripts ask nsbox itself what fits next (urfave/cli's
 // --generate-bash-completion), so they follow the commands as they change
 // and complete machine names from the root directory.
-const bashCompletion = `# nsbox completion for bash: source <(nsbox completion bash)
+const (
+	// bashCompletion is the script of nsbox completion bash.
+	bashCompletion = `# nsbox completion for bash: source <(nsbox completion bash)
 _nsbox() {
 	local cur=${COMP_WORDS[COMP_CWORD]} IFS=$'\n'
 	local words=("${COMP_WORDS[@]:1:COMP_CWORD-1}")
@@ -23,7 +25,8 @@ _nsbox() {
 complete -o default -F _nsbox nsbox
 `
 
-const zshCompletion = `#compdef nsbox
+	// zshCompletion is the script of nsbox completion zsh.
+	zshCompletion = `#compdef nsbox
 # nsbox completion for zsh: source <(nsbox completion zsh)
 _nsbox() {
 	local -a opts
@@ -33,9 +36,11 @@ _nsbox() {
 compdef _nsbox nsbox
 `
 
-const fishCompletion = `# nsbox completion for fish: nsbox completion fish | source
+	// fishCompletion is the script of nsbox completion fish.
+	fishCompletion = `# nsbox completion for fish: nsbox completion fish | source
 complete -c nsbox -f -a '(set -l t (commandline -opc); $t[1] $t[2..-1] --generate-bash-completion 2>/dev/null | string replace -r ":.*" "")'
 `
+)
 
 func completionCommand() *cli.Command {
 	return &cli.Command{

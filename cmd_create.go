@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
@@ -85,7 +84,7 @@ func newProgress(f *os.File, quiet, verbose bool) *progress {
 
 func (p *progress) elapsed() string { return time.Since(p.start).Round(time.Second).String() }
 
-func (p *progress) stage(s bootstrap.Stage) {
+func (p *progress) stage(s machine.Stage) {
 	switch {
 	case p.quiet:
 	case p.verbose:

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -132,9 +130,9 @@ func terminateCommand() *cli.Command {
 
 func killCommand() *cli.Command {
 	flags := func(c *cli.Context) (syscall.Signal, bool, error) {
-		sig, err := parseSignal(c.String("signal"))
+		sig, err := machine.ParseSignal(c.String("signal"))
 		if err != nil {
-			return 0, false, err
+			return 0, false, usagef("%v", err)
 		}
 		whom := c.String("kill-whom")
 		if whom != "leader" && whom != "all" {
@@ -162,28 +160,6 @@ func killCommand() *cli.Command {
 		return nil
 	}
 	return cmd
-}
-
-// parseSignal reads TERM, SIGTERM, 15, RTMIN+4 or SIGRTMIN+4.
-func parseSignal(s string) (syscall.Signal, error) {
-	if n, err := strconv.Atoi(s); err == nil && n > 0 && n < 65 {
-		return syscall.Signal(n), nil
-	}
-	u := strings.TrimPrefix(strings.ToUpper(s), "SIG")
-	if off, ok := strings.CutPrefix(u, "RTMIN+"); ok {
-		if n, err := strconv.Atoi(off); err == nil && n >= 0 && 34+n < 65 {
-			return syscall.Signal(34 + n), nil
-		}
-	}
-	names := map[string]syscall.Signal{
-		"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT, "KILL": syscall.SIGKILL,
-		"USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "TERM": syscall.SIGTERM, "CONT": syscall.SIGCONT,
-		"STOP": syscall.SIGSTOP, "PWR": syscall.SIGPWR, "WINCH": syscall.SIGWINCH,
-	}
-	if sig, ok := names[u]; ok {
-		return sig, nil
-	}
-	return 0, usagef("unknown signal %q", s)
 }
 
 func removeCommand() *cli.Command {

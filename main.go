@@ -18,13 +18,11 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/machine"
+	"github.com/nsbox/nsbox/machine/argv"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 // Exit statuses (documented in the README).
 const (
@@ -48,11 +46,12 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) 
 
 func newApp() *cli.App {
 	// -v is --verbose here, as in most tools; the version has no short flag.
-	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version and the commit nsbox was built from"}
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintln(c.App.Writer, c.App.Name, c.App.Version) }
 	return &cli.App{
 		Name:    "nsbox",
 		Usage:   "manage systemd-nspawn machines with less typing",
-		Version: version,
+		Version: buildVersion(),
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "root-dir", Value: "/srv", EnvVars: []string{"NSBOX_ROOT"}, Usage: "directory that holds machine roots"},
 			&cli.StringFlag{Name: "backend", Value: "auto", EnvVars: []string{"NSBOX_BACKEND"}, Usage: "auto, machined or direct"},
@@ -227,12 +226,14 @@ func run(args []string) int {
 		os.Exit(exitInterrupted)
 	}()
 	app := newApp()
-	if name, unknown := unknownCommand(app, args); unknown {
+	if name, unknown := argv.UnknownCommand(app, args); unknown {
 		return report(usagef("unknown command %q (see: nsbox --help)", name))
 	}
-	hoisted, err := hoistFlags(app, args)
+	// Flags may follow the machine name; one without its value is a usage
+	// error.
+	hoisted, err := argv.Hoist(app, args)
 	if err != nil {
-		return report(err)
+		return report(usagef("%v", err))
 	}
 	err = app.RunContext(ctx, hoisted)
 	if code := interrupted.Load(); ctx.Err() != nil && code != 0 {

@@ -4,10 +4,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/nsbox/nsbox/machine"
+	"github.com/nsbox/nsbox/machine/argv"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 )
@@ -92,12 +94,22 @@ func TestManPageAgreesWithHelp(t *testing.T) {
 	}
 }
 
-// enable names the unit it installs as the README does.
+// enable names the unit it installs as the README does, in the list of
+// commands and in its own --help.
 func TestEnableNamesItsUnit(t *testing.T) {
-	for _, c := range newApp().Commands {
-		if c.Name == "enable" && !strings.Contains(c.Usage, machine.AutostartUnitName("NAME")) {
-			t.Errorf("enable --help: %q, want %s", c.Usage, machine.AutostartUnitName("NAME"))
-		}
+	unit := machine.AutostartUnitName("NAME")
+	if unit != "nsbox@NAME.service" {
+		t.Errorf("enable installs %s, the README says nsbox@NAME.service", unit)
+	}
+	enable := newApp().Command("enable")
+	if enable == nil {
+		t.Fatal("no enable command")
+	}
+	if !strings.Contains(enable.Usage, unit) {
+		t.Errorf("enable's usage: %q, want %s", enable.Usage, unit)
+	}
+	if out, code := capture(t, "enable", "--help"); code != 0 || !strings.Contains(out, unit) {
+		t.Errorf("enable --help: exit %d, lacks %s:\n%s", code, unit, out)
 	}
 }
 
@@ -119,5 +131,89 @@ func TestWarningsInNsboxStyle(t *testing.T) {
 	l.Warn("x")
 	if !strings.HasSuffix(b.String(), " nsbox: warning: x\n") || strings.HasPrefix(b.String(), "nsbox") {
 		t.Errorf("with timestamps: %q", b.String())
+	}
+}
+
+// nsbox's own command lines, hoisted with its flags: a global flag after
+// the command goes before it, a command's flags before its names.
+func TestHoistNsboxFlags(t *testing.T) {
+	app := newApp()
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{"nsbox", "create", "web", "--release", "trixie"}, []string{"nsbox", "create", "--release", "trixie", "web"}},
+		{[]string{"nsbox", "--root-dir", "/x", "boot", "web", "--bind", "/a:/b", "--console"}, []string{"nsbox", "--root-dir", "/x", "boot", "--bind", "/a:/b", "--console", "web"}},
+		{[]string{"nsbox", "shell", "web", "--uid", "u", "--", "ls", "-l"}, []string{"nsbox", "shell", "--uid", "u", "web", "--", "ls", "-l"}},
+		{[]string{"nsbox", "cache", "remove", "bookworm", "-q"}, []string{"nsbox", "-q", "cache", "remove", "bookworm"}},
+		{[]string{"nsbox", "create", "web", "-q", "--release", "trixie", "--root-dir", "/x"}, []string{"nsbox", "-q", "--root-dir", "/x", "create", "--release", "trixie", "web"}},
+		{[]string{"nsbox", "-v", "list", "--output", "json", "--debug"}, []string{"nsbox", "-v", "--debug", "list", "--output", "json"}},
+		{[]string{"nsbox", "kill", "web", "--signal", "-9"}, []string{"nsbox", "kill", "--signal", "-9", "web"}},
+	} {
+		if got, err := argv.Hoist(app, tc.in); err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Hoist(%q)\n got %q, %v\nwant %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// A value-taking flag with nothing after it is one line and exit status
+// 2: "kill web --signal" is "--signal needs a value", not "unknown signal
+// web".
+func TestFlagWithoutValue(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"kill", "web", "--signal"}, "--signal"},
+		{[]string{"logs", "web", "-n"}, "-n"},
+		{[]string{"create", "web", "--release"}, "--release"},
+		{[]string{"boot", "web", "--bind"}, "--bind"},
+		{[]string{"boot", "web", "--port"}, "--port"},
+		{[]string{"shell", "web", "--uid", "--", "id"}, "--uid"},
+		{[]string{"logs", "web", "-n", "-f"}, "-n"},
+		{[]string{"list", "--output"}, "--output"},
+		{[]string{"list", "--root-dir"}, "--root-dir"},
+		{[]string{"--root-dir"}, "--root-dir"},
+		{[]string{"cache", "list", "-o"}, "-o"},
+	} {
+		r, w, _ := os.Pipe()
+		old := os.Stderr
+		os.Stderr = w
+		code := run(append([]string{"nsbox"}, tc.args...))
+		w.Close()
+		os.Stderr = old
+		msg, _ := io.ReadAll(r)
+		want := "nsbox: flag " + tc.flag + " needs a value\n"
+		if code != exitUsage || string(msg) != want {
+			t.Errorf("%q: exit %d, %q; want %d, %q", tc.args, code, msg, exitUsage, want)
+		}
+	}
+}
+
+// Usage errors exit 2, as the README promises: unknown commands and
+// subcommands at any level, help on an unknown topic, a bad --backend,
+// flag values that do not parse, an unknown signal.
+func TestUsageErrorsExit2(t *testing.T) {
+	root := t.TempDir()
+	for _, args := range [][]string{
+		{"bogus"},
+		{"cache", "lst"},
+		{"cache", "-q", "lst"},
+		{"help", "bogus"},
+		{"--root-dir", root, "--backend", "bogus", "list"},
+		{"--root-dir", root, "list", "--backend", "bogus"},
+		{"stop", "web", "--timeout", "soon"},
+		{"logs", "web", "-n", "many"},
+		{"list", "-o", "yaml"},
+		{"kill", "web", "--signal", "NOPE"},
+	} {
+		if _, code := capture(t, args...); code != exitUsage {
+			t.Errorf("%q: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+	// Help is no unknown command. (Checked without running it: urfave/cli
+	// keeps its help command in a global that running help changes.)
+	app := newApp()
+	for _, args := range [][]string{{"cache", "--help"}, {"help", "cache"}, {"cache", "list", "--help"}, {"cache", "help"}, {"cache"}, {"-q", "cache", "list"}} {
+		if name, unknown := argv.UnknownCommand(app, append([]string{"nsbox"}, args...)); unknown {
+			t.Errorf("%q: %q taken for an unknown command", args, name)
+		}
 	}
 }

@@ -93,7 +93,8 @@ func (m *Manager) Disable(ctx context.Context, name string) error {
 	return a.Uninstall(ctx, name)
 }
 
-// Autostart reports "enabled" or "disabled" ("" where the host cannot).
+// AutostartState reports whether machine name boots with the host:
+// "enabled" or "disabled" ("" where the host cannot start machines).
 func (m *Manager) AutostartState(ctx context.Context, name string) string {
 	a, err := m.autostart()
 	if err != nil {
@@ -158,8 +159,9 @@ func (m *Manager) NetworkUp(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	// The caller names the machine (nsbox: __network-up web: ...).
 	if err := m.hostEndUp(ctx, name, l); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return err
 	}
 	m.masquerade(ctx)
 	return nil

@@ -12,7 +12,7 @@ var (
 	ErrExists        = errors.New("machine already exists")
 	ErrRunning       = errors.New("machine is running")
 	ErrNotRunning    = backend.ErrNotRunning
-	ErrBusy          = errors.New("machine is busy")
+	ErrBusy          = backend.ErrBusy
 	ErrNotRoot       = errors.New("must be run as root")
 	ErrNoBackend     = errors.New("backend not available")
 	ErrBootFailed    = errors.New("boot failed")

@@ -61,8 +61,10 @@ func (m *Manager) ExportTo(ctx context.Context, name, file string, replace bool)
 	if comp != "" {
 		args = append(args, comp)
 	}
+	// The runner's error names tar, its status and its stderr; the caller
+	// names the command and the machine.
 	if err := m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: out.File}); err != nil {
-		return fmt.Errorf("export: %w", err)
+		return err
 	}
 	return out.Publish()
 }

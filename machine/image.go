@@ -23,7 +23,9 @@ func (m *Manager) lockStopped(ctx context.Context, name string) (*Lock, error) {
 	}
 	l, err := m.lockImage(m.Dir(name), true)
 	if errors.Is(err, ErrBusy) {
-		return nil, fmt.Errorf("%w: %s is in use by a systemd-nspawn or another nsbox", ErrRunning, name)
+		// The lock does not say whether a systemd-nspawn the backend does
+		// not know runs it or another nsbox exports, clones or boots it.
+		return nil, fmt.Errorf("%w: %s is in use by a systemd-nspawn or another nsbox", ErrBusy, name)
 	}
 	return l, err
 }
@@ -44,7 +46,7 @@ func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string)
 	target := m.Tree(dst)
 	lock, err := m.lockImage(target, true)
 	if errors.Is(err, ErrBusy) {
-		return fmt.Errorf("%s is being created or used by another process", dst)
+		return fmt.Errorf("%w: %s is being created or used by another process", ErrBusy, dst)
 	}
 	if err != nil {
 		return err
@@ -132,8 +134,11 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 		return err
 	}
 	nl, err := m.lockImage(m.Tree(new), true)
+	if errors.Is(err, ErrBusy) {
+		return fmt.Errorf("%w: %s is being created or used by another process", ErrBusy, new)
+	}
 	if err != nil {
-		return fmt.Errorf("%s is being created or used by another process", new)
+		return err
 	}
 	defer nl.Unlock()
 	oldTree := m.Dir(old)
@@ -199,7 +204,7 @@ func (m *Manager) SetReadOnly(ctx context.Context, name string, ro bool) error {
 	defer f.Close()
 	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
 	if err != nil {
-		return fmt.Errorf("read-only: %w", err)
+		return fmt.Errorf("read the attributes of %s: %w", m.Dir(name), err)
 	}
 	if ro {
 		flags |= fsImmutable
@@ -207,7 +212,7 @@ func (m *Manager) SetReadOnly(ctx context.Context, name string, ro bool) error {
 		flags &^= fsImmutable
 	}
 	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags)); err != nil {
-		return fmt.Errorf("read-only: %w", err)
+		return fmt.Errorf("set the immutable attribute of %s: %w", m.Dir(name), err)
 	}
 	return nil
 }

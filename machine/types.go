@@ -3,6 +3,7 @@ package machine
 import (
 	"io"
 
+	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/direct"
 	"github.com/nsbox/nsbox/machine/machined"
@@ -55,3 +56,16 @@ func Supervise(statePath, logPath string, argv []string) int {
 // AutostartUnitName is the unit enable installs for machine name
 // (nsbox@NAME.service).
 func AutostartUnitName(name string) string { return machined.AutostartUnitName(name) }
+
+// What package bootstrap says of bases and of a bootstrap in progress,
+// under the names callers of machine know; see package bootstrap.
+type (
+	// BaseCache is the cache of bootstrapped bases machines are copied
+	// from (Manager.Bases): List, Find, Refresh and Remove them.
+	BaseCache = bootstrap.BaseCache
+	// BaseInfo describes one cached base, as cache list shows it.
+	BaseInfo = bootstrap.BaseInfo
+	// Stage is where a bootstrap is, for CreateOptions.Progress and
+	// BaseCache.Refresh.
+	Stage = bootstrap.Stage
+)

@@ -7,4 +7,7 @@ import "errors"
 var (
 	ErrNotRunning    = errors.New("machine is not running")
 	ErrInvalidOption = errors.New("invalid option")
+	// ErrBusy is a machine another process holds, or one between two
+	// states (between boots): trying again later may succeed.
+	ErrBusy = errors.New("machine is busy")
 )

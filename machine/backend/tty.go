@@ -138,7 +138,8 @@ func IsTerminal(v any) bool {
 // the pipe and never holds the terminal itself. The copy from the terminal
 // is nsbox's own and is left behind when the program ends: a copy made by
 // os/exec would hold Wait until the next key press. Other readers are
-// returned as they are; the caller calls done when the program ended.
+// returned as they are. The caller calls the returned func once the
+// program has ended.
 func ShieldReader(r io.Reader) (io.Reader, func(), error) {
 	if !IsTerminal(r) {
 		return r, func() {}, nil

@@ -1,4 +1,9 @@
-package main
+// Package argv reads a command line the way nsbox's users type it, before
+// urfave/cli does: command flags may follow the positional arguments
+// ("nsbox create web --release trixie"), a flag that takes a value must
+// have one, and a mistyped command or subcommand is named. It is generic
+// urfave/cli work and imports nothing of nsbox.
+package argv
 
 import (
 	"strings"
@@ -6,14 +11,24 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// hoistFlags lets command flags follow positional arguments, as in
+// MissingValueError is a flag that takes its value from the next argument
+// given where there is none: last, or before "--" or another flag.
+type MissingValueError struct {
+	Flag string // as given: "--signal", "-n"
+}
+
+// Error says which flag lacks its value: "flag --signal needs a value".
+func (e *MissingValueError) Error() string { return "flag " + e.Flag + " needs a value" }
+
+// Hoist lets command flags follow positional arguments, as in
 // "nsbox create web --release trixie": urfave/cli v2 stops reading flags at
 // the first positional argument, so the command's flags are moved before
-// them. Everything after "--" stays where it is. A flag that takes a value
-// but ends the command line (or stands before "--" or another flag) is a
-// usage error: taken as it is, it would swallow the machine name
+// them, and global flags given after the command before the command.
+// Everything after "--" stays where it is. A flag that takes a value but
+// ends the command line (or stands before "--" or another flag) is a
+// *MissingValueError: taken as it is, it would swallow the machine name
 // ("kill web --signal" read as --signal web).
-func hoistFlags(app *cli.App, args []string) ([]string, error) {
+func Hoist(app *cli.App, args []string) ([]string, error) {
 	if err := checkFlagValues(app.Flags, args[1:min(commandIndex(app, args), len(args))], nil); err != nil {
 		return nil, err
 	}
@@ -69,7 +84,7 @@ func hoistFlags(app *cli.App, args []string) ([]string, error) {
 
 // checkFlagValues finds a flag in args (up to "--") that takes its value
 // from the next argument when there is none: it is last, or "--" or a
-// flag nsbox knows follows it. flags are the command's own, globals the
+// flag the app knows follows it. flags are the command's own, globals the
 // global ones a command line may carry after the command.
 func checkFlagValues(flags []cli.Flag, args []string, globals []cli.Flag) error {
 	known := func(a string) bool {
@@ -88,7 +103,7 @@ func checkFlagValues(flags []cli.Flag, args []string, globals []cli.Flag) error 
 			continue
 		}
 		if j+1 == len(args) || args[j+1] == "--" || known(args[j+1]) {
-			return usagef("flag %s needs a value", a)
+			return &MissingValueError{Flag: a}
 		}
 		j++
 	}
@@ -108,10 +123,10 @@ func commandIndex(app *cli.App, args []string) int {
 	return i
 }
 
-// unknownCommand returns the command named in args when nsbox has none
-// of that name: a top-level one, a subcommand ("cache lst") or the topic
-// of help ("help lst").
-func unknownCommand(app *cli.App, args []string) (string, bool) {
+// UnknownCommand returns the command named in args when app has none of
+// that name: a top-level one, a subcommand ("cache lst", returned whole)
+// or the topic of help ("help lst").
+func UnknownCommand(app *cli.App, args []string) (string, bool) {
 	i := commandIndex(app, args)
 	if i >= len(args) {
 		return "", false
