@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// A tree as debootstrap leaves it: /etc/machine-id and D-Bus's machine id
+// bootstrappedTree is a tree as debootstrap leaves it: /etc/machine-id and D-Bus's machine id
 // both hold the id the bootstrap generated.
 func bootstrappedTree(t *testing.T) string {
 	t.Helper()

@@ -193,7 +193,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	// knows the machine.
 	lock, err := m.lockImage(root, true)
 	if errors.Is(err, ErrBusy) {
-		return fmt.Errorf("%w: %s is in use by another systemd-nspawn or nsbox", ErrRunning, root)
+		return fmt.Errorf("%w: %s is in use by another systemd-nspawn or nsbox", ErrBusy, root)
 	}
 	if err != nil {
 		return err
@@ -577,7 +577,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	}
 	lock, err := m.lockImage(root, true)
 	if errors.Is(err, ErrBusy) {
-		return fmt.Errorf("%w: %s is in use by a systemd-nspawn that nsbox did not start", ErrRunning, root)
+		return fmt.Errorf("%w: %s is in use by a systemd-nspawn nsbox did not start, or another nsbox", ErrBusy, root)
 	}
 	if err != nil {
 		return err
@@ -701,7 +701,7 @@ func (m *Manager) Bind(ctx context.Context, name, src, dst string, readOnly, mkd
 		return err
 	}
 	if r.Leader <= 0 {
-		return fmt.Errorf("%s is between boots; try again", name)
+		return fmt.Errorf("%w: %s is between boots; try again", ErrBusy, name)
 	}
 	still := func() bool {
 		now, err := m.Backend.Get(ctx, name)

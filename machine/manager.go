@@ -307,7 +307,7 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	}
 	lock, err := m.lockImage(target, true)
 	if errors.Is(err, ErrBusy) {
-		return fmt.Errorf("%s is being created or used by another process", name)
+		return fmt.Errorf("%w: %s is being created or used by another process", ErrBusy, name)
 	}
 	if err != nil {
 		return err

@@ -154,8 +154,8 @@ func (m *Manager) migrate(name string) error {
 	return nil
 }
 
-// A machine name is unique on the host, whatever root directory its tree
-// is under: settings, units, addresses, limits, runtime state and
+// namePath is where the owner of name is recorded. A machine name is
+// unique on the host, whatever root directory its tree is under: settings, units, addresses, limits, runtime state and
 // machined's registrations are all keyed by name. StateDir/names/NAME
 // records which root directory a name belongs to (a link to it).
 func (m *Manager) namePath(name string) string {

@@ -13,7 +13,7 @@ import (
 // make.
 type RawTar struct{ bytes.Buffer }
 
-// header adds a ustar header block (magic "ustar\x0000", or GNU's
+// Header adds a ustar header block (magic "ustar\x0000", or GNU's
 // "ustar  \x00" when gnu is set) and data, padded to whole blocks.
 func (r *RawTar) Header(name string, typeflag byte, data string, gnu bool) []byte {
 	b := make([]byte, 512)
@@ -41,10 +41,10 @@ func (r *RawTar) Data(d string) {
 	r.Write(make([]byte, padded(len(d))-len(d)))
 }
 
-// pax adds an 'x' header with records in order, keys and values as given.
+// Pax adds an 'x' header with records in order, keys and values as given.
 func (r *RawTar) Pax(kv ...string) { r.Records(tar.TypeXHeader, kv...) }
 
-// records adds a PAX header of type typeflag ('x' or 'g').
+// Records adds a PAX header of type typeflag ('x' or 'g').
 func (r *RawTar) Records(typeflag byte, kv ...string) {
 	var d strings.Builder
 	for i := 0; i < len(kv); i += 2 {
