@@ -65,7 +65,9 @@ func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string)
 	defer func() {
 		if !ok {
 			host.UnmountUnder(tmp)
-			_ = host.RemoveTree(tmp)
+			if err := host.RemoveTree(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+				logrus.Warnf("could not remove %s: %v", tmp, err)
+			}
 		}
 	}()
 	if err := os.Remove(tmp); err != nil {

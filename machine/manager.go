@@ -275,9 +275,9 @@ func ResolveRelease(name string, o CreateOptions) (bootstrap.Release, error) {
 	return bootstrap.LookupRelease(rel, o.Distro)
 }
 
-// Create bootstraps a new machine into RootDir/name. It works in a
-// temporary ".#name.XXXX" directory beside the target and renames it into
-// place at the end, so an interrupted or failed create leaves nothing.
+// Create bootstraps a new machine into RootDir/name, or copies the cached
+// base of its release: in a staging tree that becomes the machine only
+// when whole (newTree), so an interrupted or failed create leaves nothing.
 func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) error {
 	if err := m.checkName(name, false); err != nil {
 		return err
@@ -297,61 +297,23 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	if err := bootstrap.Check(bo, exec.LookPath); err != nil {
 		return err
 	}
-	if err := m.ensureStore(); err != nil {
-		return err
-	}
-	target := m.Tree(name)
-	exists := func() error { return m.taken(name) }
-	if err := exists(); err != nil {
-		return err
-	}
-	lock, err := m.lockImage(target, true)
-	if errors.Is(err, ErrBusy) {
-		return fmt.Errorf("%w: %s is being created or used by another process", ErrBusy, name)
-	}
-	if err != nil {
-		return err
-	}
-	defer lock.Unlock()
-	if err := exists(); err != nil {
-		return err
-	}
-	m.sweepStaging(name)
-	staging, held, err := m.stage(name)
-	if err != nil {
-		return err
-	}
-	defer held.Close()
-	ok := false
-	defer func() {
-		if !ok {
-			host.UnmountUnder(staging)
-			if err := host.RemoveTree(staging); err != nil {
-				logrus.Warnf("could not remove %s: %v", staging, err)
+	return m.newTree(ctx, name, func(tmp string) error {
+		if o.NoCache {
+			// 0755 whatever the umask, as a machine's root is.
+			if err := os.Mkdir(tmp, 0o755); err != nil {
+				return err
 			}
+			if err := os.Chmod(tmp, 0o755); err != nil {
+				return err
+			}
+			return bootstrap.Bootstrap(ctx, m.Runner, bo, tmp, o.Progress, exec.LookPath)
 		}
-	}()
-	if o.NoCache {
-		err = bootstrap.Bootstrap(ctx, m.Runner, bo, staging, o.Progress, exec.LookPath)
-	} else {
-		err = m.cloneBase(ctx, bo, o, staging)
-	}
-	if err != nil {
-		return err
-	}
-	if err := bootstrap.Personalise(staging, name); err != nil {
-		return err
-	}
-	if err := renameNoReplace(staging, target); err != nil {
-		return fmt.Errorf("%w: %s", ErrExists, target)
-	}
-	ok = true
-	m.published(name)
-	return nil
+		return m.cloneBase(ctx, bo, o, tmp)
+	})
 }
 
-// cloneBase copies the cached base for bo into staging, bootstrapping the
-// base first when it is not cached yet.
+// cloneBase copies the cached base for bo into staging (which does not
+// exist yet), bootstrapping the base first when it is not cached yet.
 func (m *Manager) cloneBase(ctx context.Context, bo bootstrap.Options, o CreateOptions, staging string) error {
 	bases := m.Bases()
 	root, info, unlock, err := bases.Get(ctx, bo, o.Progress)
@@ -374,10 +336,6 @@ func (m *Manager) cloneBase(ctx context.Context, bo bootstrap.Options, o CreateO
 	defer unlock()
 	if o.Progress != nil {
 		o.Progress(bootstrap.Stage{Phase: "copying base " + info.Key})
-	}
-	// cp copies into staging itself, which must not exist yet.
-	if err := os.Remove(staging); err != nil {
-		return err
 	}
 	return bootstrap.CopyTree(ctx, m.Runner, root, staging)
 }
