@@ -25,7 +25,7 @@ deps:
 
 # build the nsbox binary into ./nsbox
 build:
-    go build -o nsbox .
+    go build -tags urfave_cli_no_docs -o nsbox .
 
 # gofmt, go vet and staticcheck
 lint:

@@ -4,10 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
-	"github.com/cpuguy83/go-md2man/v2/md2man"
 	"github.com/urfave/cli/v2"
 )
 
@@ -66,11 +64,7 @@ func manCommand() *cli.Command {
 		Name:  "man",
 		Usage: "print nsbox's manual page (nsbox man > /usr/local/share/man/man1/nsbox.1)",
 		Action: func(c *cli.Context) error {
-			page, err := manPage(c.App)
-			if err != nil {
-				return err
-			}
-			fmt.Print(page)
+			fmt.Print(manPage(c.App))
 			return nil
 		},
 	}
@@ -80,23 +74,6 @@ func manCommand() *cli.Command {
 // for machinectl(1) and systemd-nspawn(1), which also need root for most
 // of what they do.
 const manSection = 1
-
-// markdownLink is the "](" or "] (" that makes text before it a link.
-var markdownLink = regexp.MustCompile(`\]([ \t]*)\(`)
-
-// manPage renders app's manual page. urfave/cli writes Markdown and
-// go-md2man turns it into roff; flag texts such as "SRC[:DST[:OPTS]]
-// (repeatable)" read as a Markdown link there ("[...] (...)"), which
-// would print ":DST[:OPTS]" and a stray "<repeatable>" line. A "(" after
-// "]" is escaped, so every text reads as in --help.
-func manPage(app *cli.App) (string, error) {
-	md, err := app.ToMarkdown()
-	if err != nil {
-		return "", err
-	}
-	md = fmt.Sprintf("%% %s %d\n\n", app.Name, manSection) + markdownLink.ReplaceAllString(md, `]$1\(`)
-	return string(md2man.Render([]byte(md))), nil
-}
 
 // completeMachines offers the machine names under the root directory, for
 // commands that take one. It reads the directory only: completion must be

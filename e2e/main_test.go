@@ -71,7 +71,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	nsboxBin = filepath.Join(work, "nsbox")
-	build := exec.Command("go", "build", "-o", nsboxBin, ".")
+	build := exec.Command("go", "build", "-tags", "urfave_cli_no_docs", "-o", nsboxBin, ".")
 	build.Dir = repoRoot
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// manPage renders app's manual page in roff, from the same commands,
+// usage texts and flags --help shows. nsbox writes the roff itself rather
+// than through urfave/cli's Markdown and go-md2man: that path costs every
+// run of nsbox the Markdown parser's start-up (its tables are built at
+// init), and read flag texts such as "SRC[:DST[:OPTS]] (repeatable)" as
+// links.
+func manPage(app *cli.App) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, ".TH %s %d\n", app.Name, manSection)
+	b.WriteString(".SH NAME\n")
+	fmt.Fprintf(&b, "%s \\- %s\n", app.Name, roffText(app.Usage))
+	b.WriteString(".SH SYNOPSIS\n")
+	fmt.Fprintf(&b, ".B %s\n[global options] command [command options] [arguments...]\n", app.Name)
+	if app.Description != "" {
+		b.WriteString(".SH DESCRIPTION\n")
+		roffParagraphs(&b, app.Description)
+	}
+	b.WriteString(".SH GLOBAL OPTIONS\n")
+	roffFlags(&b, app.VisibleFlags())
+	b.WriteString(".SH COMMANDS\n")
+	for _, c := range app.VisibleCommands() {
+		roffCommand(&b, c, "")
+	}
+	return b.String()
+}
+
+// roffCommand writes one command, and its subcommands after it.
+func roffCommand(b *strings.Builder, c *cli.Command, parent string) {
+	name := strings.TrimSpace(parent + " " + c.Name)
+	head := name
+	if c.ArgsUsage != "" {
+		head += " " + c.ArgsUsage
+	}
+	fmt.Fprintf(b, ".SS %s\n", roffText(head))
+	roffParagraphs(b, c.Usage)
+	if len(c.Aliases) > 0 {
+		fmt.Fprintf(b, ".PP\nAlso: %s\n", roffText(strings.Join(c.Aliases, ", ")))
+	}
+	if c.Description != "" {
+		b.WriteString(".PP\n")
+		roffParagraphs(b, c.Description)
+	}
+	roffFlags(b, c.VisibleFlags())
+	for _, s := range c.VisibleCommands() {
+		roffCommand(b, s, name)
+	}
+}
+
+// roffFlags writes each flag as a tagged paragraph: its names, its value
+// placeholder, and the usage text, default and variables of --help.
+func roffFlags(b *strings.Builder, flags []cli.Flag) {
+	for _, f := range flags {
+		var names []string
+		for _, n := range f.Names() {
+			if n == "help" || n == "h" {
+				continue
+			}
+			dash := "--"
+			if len(n) == 1 {
+				dash = "-"
+			}
+			names = append(names, roffOption(dash+n))
+		}
+		if len(names) == 0 {
+			continue
+		}
+		tag := strings.Join(names, ", ")
+		text := ""
+		if df, ok := f.(cli.DocGenerationFlag); ok {
+			if df.TakesValue() {
+				tag += "=" + "\\fIvalue\\fP"
+			}
+			text = df.GetUsage()
+			if d := df.GetDefaultText(); d != "" && df.TakesValue() {
+				text += " (default: " + d + ")"
+			} else if df.TakesValue() && df.GetValue() != "" {
+				text += " (default: " + df.GetValue() + ")"
+			}
+			if env := df.GetEnvVars(); len(env) > 0 {
+				text += " [$" + strings.Join(env, ", $") + "]"
+			}
+		}
+		fmt.Fprintf(b, ".TP\n\\fB%s\\fP\n%s\n", tag, roffLine(roffText(text)))
+	}
+}
+
+// roffParagraphs writes text whose blank lines separate paragraphs;
+// lines indented in the text (examples) are kept as they are.
+func roffParagraphs(b *strings.Builder, text string) {
+	for i, para := range strings.Split(strings.TrimSpace(text), "\n\n") {
+		if i > 0 {
+			b.WriteString(".PP\n")
+		}
+		lines := strings.Split(para, "\n")
+		verbatim := strings.HasPrefix(lines[0], " ")
+		if verbatim {
+			b.WriteString(".nf\n")
+		}
+		for _, l := range lines {
+			if verbatim {
+				l = strings.TrimSpace(l)
+			}
+			b.WriteString(roffLine(roffText(l)) + "\n")
+		}
+		if verbatim {
+			b.WriteString(".fi\n")
+		}
+	}
+}
+
+// roffText escapes text for roff: a backslash is written \e.
+func roffText(s string) string { return strings.ReplaceAll(s, `\`, `\e`) }
+
+// roffOption writes an option name with minus signs that copy and paste
+// as hyphens.
+func roffOption(s string) string { return strings.ReplaceAll(roffText(s), "-", `\-`) }
+
+// roffLine keeps a line that starts with "." or "'" from being read as
+// a request.
+func roffLine(s string) string {
+	if strings.HasPrefix(s, ".") || strings.HasPrefix(s, "'") {
+		return `\&` + s
+	}
+	return s
+}
