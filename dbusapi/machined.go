@@ -26,15 +26,6 @@ type Machined struct {
 	manager dbus.BusObject
 }
 
-// Ping asks machined to answer (starting it if it is not running, as it
-// is started on demand): one round trip, with no work for machined.
-func (c *Machined) Ping() error {
-	if err := c.manager.Call("org.freedesktop.DBus.Peer.Ping", 0).Err; err != nil {
-		return mapMachinedErr(err)
-	}
-	return nil
-}
-
 // MachineEntry is one row of ListMachines.
 type MachineEntry struct {
 	Name    string

@@ -106,8 +106,12 @@ func Booted() bool {
 	return err == nil
 }
 
+// machinedService is the bus's activation file of machined, there when
+// systemd-container is installed.
+const machinedService = "/usr/share/dbus-1/system-services/org.freedesktop.machine1.service"
+
 // Open picks the backend: machined where systemd is PID 1 and machined
-// answers, direct otherwise, unless cfg.Backend names one.
+// is installed, direct otherwise, unless cfg.Backend names one.
 func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	m := &Manager{Paths: cfg.Paths, Runner: host.ExecRunner{}, Pool: cfg.Pool, Self: cfg.Self, Euid: os.Geteuid()}
 	if m.Pool == "" {
@@ -118,18 +122,17 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		if !Booted() {
 			return fmt.Errorf("%w: machined: systemd is not PID 1 on this host (use --backend direct)", ErrNoBackend)
 		}
+		// machined is started on demand by the bus: that it is installed
+		// is what there is to check, and a file says so without the round
+		// trip a call costs every command.
+		if _, err := os.Stat(machinedService); err != nil {
+			return fmt.Errorf("%w: machined is not installed (apt-get install systemd-container)", ErrNoBackend)
+		}
 		bus, err := dbusapi.Connect(ctx)
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrNoBackend, err)
 		}
 		md := bus.Machined()
-		if err := md.Ping(); err != nil {
-			bus.Close()
-			if errors.Is(err, dbusapi.ErrNoService) {
-				return fmt.Errorf("%w: machined: %v (is systemd-machined installed? apt-get install systemd-container)", ErrNoBackend, err)
-			}
-			return fmt.Errorf("%w: machined: %v", ErrNoBackend, err)
-		}
 		m.bus = bus
 		m.Backend = &machined.Backend{Machines: md, Systemd: bus.Systemd(), Runner: m.Runner, UnitDir: "/etc/systemd/system"}
 		return nil
@@ -139,9 +142,9 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 		if !Booted() {
 			m.Backend, m.Why = db, "systemd is not PID 1 (no /run/systemd/system)"
 		} else if err := useMachined(); err != nil {
-			m.Backend, m.Why = db, "machined does not answer: "+err.Error()
+			m.Backend, m.Why = db, "machined is not available: "+err.Error()
 		} else {
-			m.Why = "systemd is PID 1 and machined answers"
+			m.Why = "systemd is PID 1 and machined is installed"
 		}
 	case "machined":
 		if err := useMachined(); err != nil {
