@@ -42,29 +42,6 @@ func statusCommand() *cli.Command {
 	}
 }
 
-func limitsText(l machine.Limits) string {
-	var parts []string
-	if l.Memory > 0 {
-		parts = append(parts, "memory "+humanBytes(int64(l.Memory)))
-	}
-	if l.MemorySwap > 0 {
-		parts = append(parts, "swap "+humanBytes(int64(l.MemorySwap)))
-	}
-	if l.CPUs > 0 {
-		parts = append(parts, fmt.Sprintf("%g CPUs", l.CPUs))
-	}
-	if l.CPUWeight > 0 {
-		parts = append(parts, fmt.Sprintf("CPU weight %d", l.CPUWeight))
-	}
-	if l.Tasks > 0 {
-		parts = append(parts, fmt.Sprintf("%d tasks", l.Tasks))
-	}
-	if l.IOWeight > 0 {
-		parts = append(parts, fmt.Sprintf("IO weight %d", l.IOWeight))
-	}
-	return strings.Join(parts, ", ")
-}
-
 // writeStatus prints machine i as status shows it. Every value goes
 // through cell: the OS and version come from the machine's os-release,
 // and a foreign machine's name, root and unit from whoever registered it.
@@ -109,7 +86,7 @@ func writeStatus(w io.Writer, i machine.Info) {
 		row("Autostart", i.Autostart)
 	}
 	if l := i.Limits; l != nil {
-		row("Limits", limitsText(*l))
+		row("Limits", strings.Join(l.Describe(func(n uint64) string { return humanBytes(int64(n)) }), ", "))
 	}
 	if u := i.Use; u != nil {
 		row("Use", fmt.Sprintf("memory %s, %d tasks, CPU %s", humanBytes(int64(u.Memory)), u.Tasks, u.CPUTime.Round(time.Millisecond)))

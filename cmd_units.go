@@ -9,40 +9,35 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// limitFlags are the resource limits boot and set take.
-var limitFlags = []cli.Flag{
-	&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512M or 2G, or none (MemoryMax=)"},
-	&cli.StringFlag{Name: "memory-swap", Usage: "swap limit, or none (MemorySwapMax=)"},
-	&cli.StringFlag{Name: "cpus", Usage: "CPU quota in CPUs, e.g. 0.5 or 2, or none (CPUQuota=)"},
-	&cli.StringFlag{Name: "cpu-weight", Usage: "CPU weight 1-10000, or none (CPUWeight=)"},
-	&cli.StringFlag{Name: "tasks", Usage: "most tasks, or none (TasksMax=)"},
-	&cli.StringFlag{Name: "io-weight", Usage: "IO weight 1-10000, or none (IOWeight=)"},
-}
+// limitFlags are the resource limits boot and set take, one per limit.
+var limitFlags = func() []cli.Flag {
+	var out []cli.Flag
+	for _, f := range machine.LimitFlagList() {
+		out = append(out, &cli.StringFlag{Name: f.Name, Usage: f.Usage})
+	}
+	return out
+}()
 
 // limitArgs reads the limit flags; one given empty ("--io-weight=")
 // clears its limit, as "none" does.
 func limitArgs(c *cli.Context) machine.LimitFlags {
-	get := func(flag string) string {
-		if v := c.String(flag); v != "" || !c.IsSet(flag) {
-			return v
+	var f machine.LimitFlags
+	for _, d := range machine.LimitFlagList() {
+		v := c.String(d.Name)
+		if v == "" && c.IsSet(d.Name) {
+			v = machine.NoLimit
 		}
-		return machine.NoLimit
+		f.Set(d.Name, v)
 	}
-	return machine.LimitFlags{
-		Memory: get("memory"), MemorySwap: get("memory-swap"), CPUs: get("cpus"),
-		CPUWeight: get("cpu-weight"), Tasks: get("tasks"), IOWeight: get("io-weight"),
-	}
+	return f
 }
 
 // checkLimitArgs refuses limit flags that do not parse, hold a control
 // character (which a unit file would take for a new line) or are not a
 // number at all (NaN).
 func checkLimitArgs(f machine.LimitFlags) error {
-	for _, v := range []struct{ flag, s string }{
-		{"--memory", f.Memory}, {"--memory-swap", f.MemorySwap}, {"--cpus", f.CPUs},
-		{"--cpu-weight", f.CPUWeight}, {"--tasks", f.Tasks}, {"--io-weight", f.IOWeight},
-	} {
-		if err := machine.ValidateText(v.flag, v.s); err != nil {
+	for _, d := range machine.LimitFlagList() {
+		if err := machine.ValidateText("--"+d.Name, f.Value(d.Name)); err != nil {
 			return usagef("%v", err)
 		}
 	}

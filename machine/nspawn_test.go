@@ -60,6 +60,11 @@ func TestNspawnArgsSettingsMode(t *testing.T) {
 		// Keys of the user's own: nspawn reads the trusted /etc file, and the
 		// binds come from it so that TemporaryFileSystem= is not dropped.
 		{"user keys", own, "--settings=yes", false},
+		// An assignment before the first section, which nspawn ignores, is
+		// no key of the user's that needs the file read.
+		{"an assignment outside a section", "Environment=FOO=1\n" + fresh, "--settings=no", true},
+		// A continued line is one key of the user's, however many lines.
+		{"a continued user key", fresh + "[Exec]\nEnvironment=A=1 \\\n  B=2\n", "--settings=yes", false},
 	} {
 		o, err := ParseSettingsFile(tc.file)
 		if err != nil {

@@ -2,11 +2,15 @@ package machine
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
+	"github.com/coreos/go-systemd/v22/unit"
 	"github.com/nsbox/nsbox/machine/backend"
 )
 
@@ -108,12 +112,13 @@ func escapeBindPath(p string) string {
 
 // String is the SRC:DST[:OPTS] form nspawn and .nspawn files take, escaped
 // as nspawn reads it. A destination that ends in a space gets an empty
-// OPTS field, so that a settings file parser, which trims lines, keeps it.
+// OPTS field, so that a settings file parser, which trims lines, keeps it
+// (systemd trims blanks, go-systemd's parser any Unicode space).
 func (b Bind) String() string {
 	s := escapeBindPath(b.Source) + ":" + escapeBindPath(b.Dest)
 	if b.Options != "" {
 		s += ":" + b.Options
-	} else if strings.HasSuffix(b.Dest, " ") {
+	} else if r, _ := utf8.DecodeLastRuneInString(b.Dest); unicode.IsSpace(r) {
 		s += ":"
 	}
 	return s
@@ -283,18 +288,17 @@ var ownedKeys = map[string]bool{
 // an assignment (over several lines when continued with a backslash), a
 // comment or a blank line.
 type settingsLine struct {
-	raw     string // as written, without the final newline
-	section string // the section it is in
-	key     string // for an assignment
-	value   string
+	raw     string           // as written, without the final newline
+	section string           // the section it is in ("" before the first)
+	opt     *unit.UnitOption // an assignment in a section, as go-systemd read it
 	header  bool
 	line    int // its (last) line number, for messages
 }
 
 // owned reports whether the line is one nsbox writes itself.
 func (l settingsLine) owned() bool {
-	if l.key != "" {
-		return ownedKeys[l.section+"."+l.key]
+	if l.opt != nil {
+		return ownedKeys[l.opt.Section+"."+l.opt.Name]
 	}
 	c := strings.TrimSpace(l.raw)
 	return !l.header && c != "" && (strings.HasPrefix(c, settingsHeaderPrefix) || slices.Contains(strings.Split(settingsHeader, "\n"), c))
@@ -312,19 +316,45 @@ func (d *settingsDoc) userKeys() bool {
 		return false
 	}
 	for _, l := range d.lines {
-		if l.key != "" && l.section != "" && !l.owned() {
+		if l.opt != nil && !l.owned() {
 			return true
 		}
 	}
 	return false
 }
 
-// parseSettingsDoc splits text into logical lines as systemd's config
-// parser does (conf-parser.c): a line ending in an unescaped backslash
-// goes on on the next line, and a comment line inside such a run stands
-// on its own. Any control character but tab (a carriage return or NUL
-// ends a line for systemd, not for a reader of the file) and text that is
-// not UTF-8 are refused, so nsbox and nspawn always read the same lines.
+// blanks are the characters systemd strips from both ends of a line, a
+// key and a value (WHITESPACE, less the line ends, which a line has no
+// more).
+const blanks = " \t"
+
+// parseSettingsDoc reads a settings file in two steps.
+//
+// First the file is split into logical lines as systemd's config parser
+// does (conf-parser.c): a line ending in an odd run of backslashes goes
+// on on the next line, the backslash read as a space; a comment line
+// stands on its own, inside such a run too; an even run of backslashes is
+// escaped backslashes and ends the line. go-systemd's unit parser does
+// none of this (it continues any line ending in a backslash, keeps the
+// backslash and the newline in the value, continues comments, and ends a
+// continued value at a comment), and it drops comments, which a rewrite
+// keeps: this step is nsbox's, and keeps each logical line as written.
+// Any control character but tab (a carriage return or NUL ends a line for
+// systemd, not for a reader of the file) and text that is not UTF-8 are
+// refused, so nsbox and nspawn always read the same lines.
+//
+// Then go-systemd's unit.DeserializeOptions reads the sections, keys and
+// values from the logical lines, one to a line, without comments: text it
+// reads as systemd does, but for what is guarded here. An assignment
+// before the first section is not given to it (systemd ignores one;
+// go-systemd would take a "[" in it for a section); a line ending in
+// escaped backslashes gets a blank after them (go-systemd would continue
+// it; both drop the blank); a line of SYSTEMD_LINE_MAX bytes or more is
+// refused here, always (go-systemd refuses one only where its read buffer
+// happens to hold all of it; systemd reads lines up to 1 MiB); and each
+// key and value it returns must be the line's text around its first "="
+// less blanks, as systemd reads them (go-systemd also strips Unicode
+// spaces such as U+00A0, which systemd keeps).
 func parseSettingsDoc(text string) (*settingsDoc, error) {
 	d := &settingsDoc{}
 	text = strings.TrimPrefix(text, "\ufeff")
@@ -335,12 +365,28 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 	section := ""
 	var run []string // raw lines of an assignment still going on
 	acc := ""        // the assignment as systemd joins it
+	var given strings.Builder
+	type assignment struct {
+		at      int // in d.lines
+		logical string
+	}
+	var assignments []assignment // what go-systemd is given, in order
+	give := func(n int, logical string) error {
+		if strings.HasSuffix(logical, `\`) { // escaped backslashes: a logical line is not continued
+			logical += " "
+		}
+		if len(logical) >= unit.SYSTEMD_LINE_MAX {
+			return fmt.Errorf("line %d: longer than go-systemd's unit parser reads (%d bytes; shorten it)", n, unit.SYSTEMD_LINE_MAX-1)
+		}
+		given.WriteString(logical + "\n")
+		return nil
+	}
 	for n, line := range physical {
 		line = strings.TrimSuffix(line, "\r")
 		if why := backend.BadText(strings.ReplaceAll(line, "\t", " ")); why != "" {
 			return nil, fmt.Errorf("line %d: %s (remove it)", n+1, why)
 		}
-		trimmed := strings.TrimSpace(line)
+		trimmed := strings.Trim(line, blanks)
 		if trimmed != "" && (trimmed[0] == '#' || trimmed[0] == ';') {
 			d.lines = append(d.lines, settingsLine{raw: line, section: section, line: n + 1})
 			continue
@@ -352,28 +398,56 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 			acc = acc[:len(acc)-1] + " "
 			continue
 		}
-		logical := strings.TrimSpace(acc)
+		logical := strings.Trim(acc, blanks)
 		l := settingsLine{raw: strings.Join(run, "\n"), section: section, line: n + 1}
 		run, acc = nil, ""
 		switch {
 		case logical == "":
-		case logical[0] == '[' && logical[len(logical)-1] == ']':
-			section = logical[1 : len(logical)-1]
+		case logical[0] == '[':
+			name, ok := strings.CutSuffix(logical[1:], "]")
+			if !ok || strings.Contains(name, "]") {
+				return nil, fmt.Errorf("line %d: %q is not a section header", n+1, logical)
+			}
+			if err := give(n+1, logical); err != nil {
+				return nil, err
+			}
+			section = name
 			l.section, l.header = section, true
 		default:
-			k, v, ok := strings.Cut(logical, "=")
+			k, _, ok := strings.Cut(logical, "=")
 			if !ok {
 				return nil, fmt.Errorf("line %d: %q is not KEY=VALUE", n+1, logical)
 			}
-			l.key, l.value = strings.TrimSpace(k), strings.TrimSpace(v)
-			if l.key == "" {
+			if strings.Trim(k, blanks) == "" {
 				return nil, fmt.Errorf("line %d: %q has no key", n+1, logical)
 			}
+			if section == "" {
+				break // systemd ignores it: kept as it is
+			}
+			if err := give(n+1, logical); err != nil {
+				return nil, err
+			}
+			assignments = append(assignments, assignment{len(d.lines), logical})
 		}
 		d.lines = append(d.lines, l)
 	}
 	if len(run) > 0 {
 		return nil, fmt.Errorf("line %d: the file ends inside a continued line", len(physical))
+	}
+	opts, err := unit.DeserializeOptions(strings.NewReader(given.String()))
+	if err != nil {
+		return nil, fmt.Errorf("go-systemd's unit parser: %w", err)
+	}
+	if len(opts) != len(assignments) {
+		return nil, fmt.Errorf("go-systemd's unit parser read %d settings, systemd reads %d", len(opts), len(assignments))
+	}
+	for i, a := range assignments {
+		l, o := &d.lines[a.at], opts[i]
+		k, v, _ := strings.Cut(a.logical, "=")
+		if o.Section != l.section || o.Name != strings.Trim(k, blanks) || o.Value != strings.Trim(v, blanks) {
+			return nil, fmt.Errorf("line %d: %q is read differently by go-systemd's unit parser and by systemd (a space that is not a blank or tab around the key or value?)", l.line, a.logical)
+		}
+		l.opt = o
 	}
 	return d, nil
 }
@@ -381,10 +455,7 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 // continued reports whether a line ends in a backslash that escapes the
 // newline: an odd run of backslashes at its end.
 func continued(s string) bool {
-	n := 0
-	for i := len(s) - 1; i >= 0 && s[i] == '\\'; i-- {
-		n++
-	}
+	n := len(s) - len(strings.TrimRight(s, `\`))
 	return n%2 == 1
 }
 
@@ -393,28 +464,40 @@ func continued(s string) bool {
 // sections and comments, in place) and only the keys nsbox owns are
 // replaced; nsbox's keys go at the top of their section. A value that
 // would not survive the trip (a control character, a relative bind, a bad
-// bridge name) is an error, and nothing is rendered.
+// bridge name, a line too long for go-systemd to read back) is an error,
+// and nothing is rendered.
+//
+// nsbox's sections and keys are written by go-systemd's unit package,
+// checked first (backend.CheckUnitOptions), since it writes values as
+// they are; the user's lines are copied as they were read. What is
+// rendered must read back (ParseSettingsFile).
 func (o BootOptions) SettingsText() (string, error) {
 	if err := o.validate(); err != nil {
 		return "", err
 	}
-	own := o.ownedLines()
+	own := o.ownedSections()
+	if err := checkSettings(own); err != nil {
+		return "", err
+	}
 	var b strings.Builder
 	b.WriteString(settingsHeader)
 	if o.file == nil {
-		for i, s := range own {
-			if i > 0 {
-				b.WriteString("\n")
-			}
-			b.WriteString("[" + s.section + "]\n")
-			for _, l := range s.lines {
-				b.WriteString(l + "\n")
-			}
-		}
-		return b.String(), nil
+		b.WriteString(serializeSections(own...))
+	} else {
+		o.file.rewrite(&b, own)
 	}
+	if _, err := ParseSettingsFile(b.String()); err != nil {
+		return "", fmt.Errorf("%w: the settings file would not read back: %v", ErrInvalidOption, err)
+	}
+	return b.String(), nil
+}
+
+// rewrite writes d with nsbox's sections own in place of the keys it
+// owns: at the top of their section, or in sections of their own at the
+// end for those d lacks.
+func (d *settingsDoc) rewrite(b *strings.Builder, own []*unit.UnitSection) {
 	done := map[string]bool{}
-	for _, l := range o.file.lines {
+	for _, l := range d.lines {
 		if l.owned() {
 			continue
 		}
@@ -423,74 +506,97 @@ func (o BootOptions) SettingsText() (string, error) {
 			continue
 		}
 		for _, s := range own {
-			if s.section == l.section {
-				for _, ol := range s.lines {
-					b.WriteString(ol + "\n")
-				}
-				done[s.section] = true
+			if s.Section == l.section {
+				// go-systemd's rendering of the section, without its header.
+				_, entries, _ := strings.Cut(serializeSections(s), "\n")
+				b.WriteString(entries)
+				done[s.Section] = true
 			}
 		}
 	}
 	for _, s := range own {
-		if done[s.section] {
+		if done[s.Section] {
 			continue
 		}
 		if !strings.HasSuffix(b.String(), "\n\n") {
 			b.WriteString("\n")
 		}
-		b.WriteString("[" + s.section + "]\n")
-		for _, l := range s.lines {
-			b.WriteString(l + "\n")
+		b.WriteString(serializeSections(s))
+	}
+}
+
+// serializeSections is go-systemd's rendering of secs, an empty one with
+// its header (unit.Serialize would leave it out).
+func serializeSections(secs ...*unit.UnitSection) string {
+	text, _ := io.ReadAll(unit.SerializeSections(secs)) // a bytes.Buffer: no error
+	return string(text)
+}
+
+// checkSettings refuses sections of nsbox's keys that go-systemd would
+// not write as they are (backend.CheckUnitOptions) or that would make a
+// line it cannot read back.
+func checkSettings(secs []*unit.UnitSection) error {
+	var opts []*unit.UnitOption
+	for _, s := range secs {
+		for _, e := range s.Entries {
+			opts = append(opts, unit.NewUnitOption(s.Section, e.Name, e.Value))
 		}
 	}
-	return b.String(), nil
+	if err := backend.CheckUnitOptions(opts); err != nil {
+		return err
+	}
+	for _, o := range opts {
+		if n := len(o.Name) + 1 + len(o.Value); n >= unit.SYSTEMD_LINE_MAX {
+			return fmt.Errorf("%w: %s=%.40q...: a line of %d bytes, longer than go-systemd's unit parser reads (%d)", ErrInvalidOption, o.Name, o.Value, n, unit.SYSTEMD_LINE_MAX-1)
+		}
+	}
+	return nil
 }
 
-// ownedSection is the lines nsbox writes in one section.
-type ownedSection struct {
-	section string
-	lines   []string
-}
-
-// ownedLines are the keys nsbox writes for o, by section, in order.
-func (o BootOptions) ownedLines() []ownedSection {
-	exec := []string{"Boot=yes", "PrivateUsers=no"}
-	var files []string
+// ownedSections are the sections and keys nsbox writes for o, in order.
+func (o BootOptions) ownedSections() []*unit.UnitSection {
+	exec := []*unit.UnitEntry{{Name: "Boot", Value: "yes"}, {Name: "PrivateUsers", Value: "no"}}
+	var files []*unit.UnitEntry
 	if o.PrivateUsers {
-		exec[1] = "PrivateUsers=pick"
-		files = append(files, "PrivateUsersOwnership=auto")
+		exec[1].Value = "pick"
+		files = append(files, &unit.UnitEntry{Name: "PrivateUsersOwnership", Value: "auto"})
 	}
 	for _, bd := range withIDMap(o.Binds, o.PrivateUsers) {
+		key := "Bind"
 		if bd.ReadOnly {
-			files = append(files, "BindReadOnly="+bd.String())
-		} else {
-			files = append(files, "Bind="+bd.String())
+			key = "BindReadOnly"
 		}
+		files = append(files, &unit.UnitEntry{Name: key, Value: bd.String()})
 	}
-	var network []string
+	var network []*unit.UnitEntry
+	set := func(key, value string) { network = append(network, &unit.UnitEntry{Name: key, Value: value}) }
 	switch {
 	case o.Network == "none":
-		network = append(network, "Private=yes", "VirtualEthernet=no")
+		set("Private", "yes")
+		set("VirtualEthernet", "no")
 	case o.Network == "host":
-		network = append(network, "Private=no", "VirtualEthernet=no")
+		set("Private", "no")
+		set("VirtualEthernet", "no")
 	case strings.HasPrefix(o.Network, "bridge:"):
-		network = append(network, "Bridge="+strings.TrimPrefix(o.Network, "bridge:"))
+		set("Bridge", strings.TrimPrefix(o.Network, "bridge:"))
 	case strings.HasPrefix(o.Network, "zone:"):
-		network = append(network, "Zone="+strings.TrimPrefix(o.Network, "zone:"))
+		set("Zone", strings.TrimPrefix(o.Network, "zone:"))
 	default:
-		network = append(network, "VirtualEthernet=yes")
+		set("VirtualEthernet", "yes")
 	}
 	for _, p := range o.Ports {
-		network = append(network, "Port="+p)
+		set("Port", p)
 	}
-	return []ownedSection{{"Exec", exec}, {"Files", files}, {"Network", network}}
+	return []*unit.UnitSection{{Section: "Exec", Entries: exec}, {Section: "Files", Entries: files}, {Section: "Network", Entries: network}}
 }
 
 // ParseSettingsFile reads the subset of systemd.nspawn(5) that nsbox
 // writes. Unknown keys are kept out of BootOptions, not refused: a user may
 // have added settings of their own, which nspawn honours (see NspawnArgs)
-// and a rewrite keeps. A control character anywhere in the file, or a
-// value of nsbox's keys it would not write itself, is an error.
+// and a rewrite keeps. A control character anywhere in the file, a line
+// go-systemd's unit parser would read otherwise than systemd (see
+// parseSettingsDoc), or a value of nsbox's keys it would not write itself,
+// is an error.
 func ParseSettingsFile(text string) (BootOptions, error) {
 	o := DefaultBootOptions()
 	doc, err := parseSettingsDoc(text)
@@ -499,16 +605,16 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 	}
 	private, veth := false, false
 	for _, l := range doc.lines {
-		if l.key == "" {
+		if l.opt == nil {
 			continue
 		}
 		at := func(err error) error { return fmt.Errorf("line %d: %w", l.line, err) }
-		v := l.value
-		switch l.section + "." + l.key {
+		v := l.opt.Value
+		switch l.opt.Section + "." + l.opt.Name {
 		case "Exec.PrivateUsers":
 			o.PrivateUsers = v != "no" && v != "false" && v != "0"
 		case "Files.Bind", "Files.BindReadOnly":
-			b, err := ParseBind(v, l.key == "BindReadOnly")
+			b, err := ParseBind(v, l.opt.Name == "BindReadOnly")
 			if err != nil {
 				return o, at(err)
 			}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/coreos/go-systemd/v22/unit"
 	"github.com/nsbox/nsbox/machine/backend"
 )
 
@@ -300,5 +301,228 @@ func TestValidateText(t *testing.T) {
 			t.Errorf("%s: %v", h.what, err)
 		}
 		oneLine(t, err)
+	}
+}
+
+// options lists options as Section.Key=Value.
+func options(opts []*unit.UnitOption) []string {
+	out := []string{}
+	for _, o := range opts {
+		out = append(out, o.Section+"."+o.Name+"="+o.Value)
+	}
+	return out
+}
+
+// nsboxReads is the settings nsbox reads in text, as options lists them.
+func nsboxReads(text string) ([]string, error) {
+	d, err := parseSettingsDoc(text)
+	if err != nil {
+		return nil, err
+	}
+	var opts []*unit.UnitOption
+	for _, l := range d.lines {
+		if l.opt != nil {
+			opts = append(opts, l.opt)
+		}
+	}
+	return options(opts), nil
+}
+
+// Where go-systemd's unit parser reads a settings file otherwise than
+// systemd 252 does (conf-parser.c), nsbox reads it as systemd does, or
+// refuses it. Each case says what go-systemd reads (a change there shows
+// here) and what nsbox does.
+func TestSettingsReadAsSystemdDoes(t *testing.T) {
+	for _, tc := range []struct {
+		what, text string
+		goSystemd  []string // nil: an error
+		nsbox      []string // nil: refused, with nsboxErr in the message
+		nsboxErr   string
+	}{
+		{"a continued line is joined, its backslash a space",
+			"[Exec]\nEnvironment=X=1 \\\nBind=/:/host\n",
+			[]string{"Exec.Environment=X=1 \\\nBind=/:/host"},
+			[]string{"Exec.Environment=X=1  Bind=/:/host"}, ""},
+		{"an even run of backslashes is escaped ones: the line ends",
+			"[Exec]\nParameters=a \\\\\n[Network]\nVirtualEthernet=yes\n",
+			[]string{"Exec.Parameters=a \\\\\n[Network]", "Exec.VirtualEthernet=yes"},
+			[]string{"Exec.Parameters=a \\\\", "Network.VirtualEthernet=yes"}, ""},
+		{"a comment ends at its line, backslash or not",
+			"[Files]\n# a note \\\nBind=/b:/b\n",
+			[]string{},
+			[]string{"Files.Bind=/b:/b"}, ""},
+		{"a comment inside a continued line stands on its own",
+			"[Exec]\nEnvironment=X=1 \\\n# note\nY=2\n",
+			[]string{"Exec.Environment=X=1 \\\n# note", "Exec.Y=2"},
+			[]string{"Exec.Environment=X=1  Y=2"}, ""},
+		{"an assignment before the first section is ignored",
+			"Foo=a[b]\nBoot=yes\n[Exec]\nPrivateUsers=no\n",
+			[]string{"b.Boot=yes", "Exec.PrivateUsers=no"},
+			[]string{"Exec.PrivateUsers=no"}, ""},
+		{"a section header ends at its line",
+			"[Exec\nBoot=yes]\n",
+			[]string{},
+			nil, `line 1: "[Exec" is not a section header`},
+		{"a section header is all of its line",
+			"[Exec] PrivateUsers=no\n",
+			nil,
+			nil, "not a section header"},
+		{"a bracket inside a section name",
+			"[Ex]ec]\nBoot=yes\n",
+			nil,
+			nil, `line 1: "[Ex]ec]" is not a section header`},
+		{"a space that is not a blank stays in the value (nsbox refuses it)",
+			"[Network]\nBridge=br0\u00a0\n",
+			[]string{"Network.Bridge=br0"},
+			nil, `line 2: "Bridge=br0\u00a0" is read differently`},
+		{"and in the key",
+			"[Network]\n\u00a0Bridge=br0\n",
+			[]string{"Network.Bridge=br0"},
+			nil, "line 2:"},
+		{"a carriage return ends a line (nsbox refuses it)",
+			"[Exec]\nA=b\rC=d\n",
+			[]string{"Exec.A=b\rC=d"},
+			nil, "line 2: control character U+000D"},
+		{"a line without = (systemd ignores it, nsbox refuses it)",
+			"[Exec]\nBoot\n",
+			nil,
+			nil, `line 2: "Boot" is not KEY=VALUE`},
+		{"a line without a key (systemd ignores it, nsbox refuses it)",
+			"[Exec]\n=x\n",
+			[]string{"Exec.=x"},
+			nil, `line 2: "=x" has no key`},
+		// Where both agree.
+		{"comments with # and ;, indented too, and # inside a value",
+			"# a\n[Exec]\n; b\n  # c\nEnvironment=A=1 # not a comment\n\tBoot = yes\t\n",
+			[]string{"Exec.Environment=A=1 # not a comment", "Exec.Boot=yes"},
+			[]string{"Exec.Environment=A=1 # not a comment", "Exec.Boot=yes"}, ""},
+		{"CRLF line ends, empty values, empty sections",
+			"[Exec]\r\nA=\r\n[Files]\r\n[Network]\r\nB=  \r\n",
+			[]string{"Exec.A=", "Network.B="},
+			[]string{"Exec.A=", "Network.B="}, ""},
+	} {
+		gs, err := unit.DeserializeOptions(strings.NewReader(tc.text))
+		if tc.goSystemd == nil && err == nil {
+			t.Errorf("%s: go-systemd now reads %q without an error: %q", tc.what, tc.text, options(gs))
+		}
+		if tc.goSystemd != nil && (err != nil || !reflect.DeepEqual(options(gs), tc.goSystemd)) {
+			t.Errorf("%s: go-systemd now reads %q as %q, %v; was %q", tc.what, tc.text, options(gs), err, tc.goSystemd)
+		}
+		got, err := nsboxReads(tc.text)
+		if tc.nsbox == nil {
+			if err == nil || !strings.Contains(err.Error(), tc.nsboxErr) {
+				t.Errorf("%s: nsbox reads %q as %q, %v; want an error with %q", tc.what, tc.text, got, err, tc.nsboxErr)
+			}
+			oneLine(t, err)
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.nsbox) {
+			t.Errorf("%s: nsbox reads %q as %q, %v; want %q", tc.what, tc.text, got, err, tc.nsbox)
+		}
+	}
+}
+
+// go-systemd's parser refuses a line of SYSTEMD_LINE_MAX (2048) bytes or
+// more, but only where its 4096-byte read buffer holds all of it: the same
+// line passes after some 3000 bytes of others. systemd reads lines of up to
+// 1 MiB. nsbox refuses such a line always, and writes none.
+func TestSettingsLongLines(t *testing.T) {
+	long := "[Files]\nBind=/" + strings.Repeat("a", 2100) + ":/x\n"
+	if _, err := unit.DeserializeOptions(strings.NewReader(long)); !errors.Is(err, unit.ErrLineTooLong) {
+		t.Errorf("go-systemd reads a long line first in the file: %v", err)
+	}
+	later := "[Files]\n" + strings.Repeat("Foo=123456789\n", 250) + long[len("[Files]\n"):]
+	if _, err := unit.DeserializeOptions(strings.NewReader(later)); err != nil {
+		t.Errorf("go-systemd now refuses a long line after 3500 bytes too: %v", err)
+	}
+	for _, text := range []string{long, later} {
+		if _, err := ParseSettingsFile(text); err == nil || !strings.Contains(err.Error(), "longer than go-systemd's unit parser reads (2047 bytes") {
+			t.Errorf("long line: %v", err)
+		}
+	}
+	// 2047 bytes is the longest line either reads; a continued line counts
+	// as systemd joins it.
+	fits := "Bind=/" + strings.Repeat("a", 2047-len("Bind=/")-len(":/x")) + ":/x"
+	if o, err := ParseSettingsFile("[Files]\n" + fits + "\n"); err != nil || len(o.Binds) != 1 {
+		t.Errorf("a line of 2047 bytes: %v", err)
+	}
+	if _, err := ParseSettingsFile("[Files]\nA=" + strings.Repeat("a", 1500) + "\\\n" + strings.Repeat("b", 1500) + "\n"); err == nil {
+		t.Error("a continued line of 3000 bytes was read")
+	}
+	// A bind too long for a line is refused when written: nothing nsbox
+	// writes fails to read back.
+	o := DefaultBootOptions()
+	o.Binds = []Bind{{Source: "/" + strings.Repeat("a", 1100), Dest: "/" + strings.Repeat("b", 1100)}}
+	if text, err := o.SettingsText(); !errors.Is(err, ErrInvalidOption) || text != "" || !strings.Contains(err.Error(), "longer than go-systemd's unit parser reads") {
+		t.Errorf("long bind: %q, %v", text, err)
+	}
+}
+
+// What nsbox writes (by go-systemd's SerializeSections) reads back, with
+// the values that go-systemd's own parser would read otherwise.
+func TestSettingsTextReadsBack(t *testing.T) {
+	for _, o := range []BootOptions{
+		DefaultBootOptions(),
+		{Network: "host"},
+		{Network: "none", PrivateUsers: true, Ports: []string{"80", "udp:53:53"}},
+		{Network: "zone:lab", Binds: []Bind{
+			{Source: `/a\`, Dest: `/b\`},                // ends in escaped backslashes
+			{Source: "/c", Dest: "/d ", ReadOnly: true}, // ends in a blank
+			{Source: "/c", Dest: "/d\u00a0"},            // in a space go-systemd's parser drops
+			{Source: "/e#f;g", Dest: "/100%$HOME", Options: "norbind"},
+			{Source: "/é:x", Dest: "/ü"},
+		}},
+	} {
+		text, err := o.SettingsText()
+		if err != nil {
+			t.Fatalf("%+v: %v", o, err)
+		}
+		back, err := ParseSettingsFile(text)
+		if err != nil {
+			t.Fatalf("%+v does not read back: %v\n%s", o, err, text)
+		}
+		back.file = nil
+		if o.Network == "" {
+			o.Network = "veth"
+		}
+		if len(o.Binds) > 0 {
+			o.Binds = withIDMap(o.Binds, o.PrivateUsers)
+		}
+		if !reflect.DeepEqual(back, o) {
+			t.Errorf("read back %+v, want %+v:\n%s", back, o, text)
+		}
+	}
+}
+
+// A fresh file, byte for byte: an empty section keeps its header, as
+// before (go-systemd's SerializeSections writes it; Serialize, which
+// writes options, would leave it out).
+func TestSettingsTextFresh(t *testing.T) {
+	for _, tc := range []struct {
+		o    BootOptions
+		want string
+	}{
+		{DefaultBootOptions(), "[Exec]\nBoot=yes\nPrivateUsers=pick\n\n[Files]\nPrivateUsersOwnership=auto\n\n[Network]\nVirtualEthernet=yes\n"},
+		{BootOptions{Network: "host"}, "[Exec]\nBoot=yes\nPrivateUsers=no\n\n[Files]\n\n[Network]\nPrivate=no\nVirtualEthernet=no\n"},
+		{BootOptions{Network: "bridge:br0", Binds: []Bind{{Source: "/a:b", Dest: `/c\d`}}, Ports: []string{"tcp:80:8080"}},
+			"[Exec]\nBoot=yes\nPrivateUsers=no\n\n[Files]\nBind=/a\\:b:/c\\\\d\n\n[Network]\nBridge=br0\nPort=tcp:80:8080\n"},
+	} {
+		got, err := tc.o.SettingsText()
+		if err != nil || got != settingsHeader+tc.want {
+			t.Errorf("%+v (%v):\n%s\nwant:\n%s", tc.o, err, got, settingsHeader+tc.want)
+		}
+	}
+}
+
+// An assignment before the first section is the user's, kept, and not a
+// key of theirs that nspawn honours (it ignores it).
+func TestSettingsAssignmentBeforeSections(t *testing.T) {
+	o, err := ParseSettingsFile("Bind=/:/host\n[Exec]\nPrivateUsers=no\n")
+	if err != nil || len(o.Binds) != 0 || o.PrivateUsers || o.file.userKeys() {
+		t.Fatalf("%+v, %v", o, err)
+	}
+	text, err := o.SettingsText()
+	if err != nil || !strings.HasPrefix(text, settingsHeader+"Bind=/:/host\n[Exec]\nBoot=yes\nPrivateUsers=no\n") {
+		t.Errorf("%v:\n%s", err, text)
 	}
 }

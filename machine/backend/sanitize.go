@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
 	"unicode/utf8"
+
+	"github.com/coreos/go-systemd/v22/unit"
 )
 
 // Two kinds of text cross nsbox in ways that can hurt.
@@ -328,4 +331,50 @@ func (p *PrintableWriter) Flush() error {
 	p.f.end(&out)
 	_, err := io.WriteString(p.w, out.String())
 	return err
+}
+
+// CheckUnitOptions refuses options that go-systemd's unit.Serialize, which
+// writes every section, key and value as it is, would not write as
+// themselves, or that systemd would read as something else: a control
+// character anywhere (a newline would start a line of its own, a key or a
+// section), a section name with a bracket, a key that is not a plain word,
+// a value that begins or ends with a space (readers drop it) or ends in a
+// backslash that continues the line. Unit files and .nspawn files are
+// checked with it before they are serialized.
+func CheckUnitOptions(opts []*unit.UnitOption) error {
+	for _, o := range opts {
+		if why := unitOptionProblem(o); why != "" {
+			return fmt.Errorf("%w: [%s] %s=%q: %s", ErrInvalidOption, Printable(o.Section), Printable(o.Name), o.Value, why)
+		}
+	}
+	return nil
+}
+
+// unitOptionProblem says what is wrong with o (see CheckUnitOptions), or "".
+func unitOptionProblem(o *unit.UnitOption) string {
+	for _, s := range []string{o.Section, o.Name, o.Value} {
+		if why := BadText(s); why != "" {
+			return why
+		}
+	}
+	if o.Section == "" || strings.ContainsAny(o.Section, "[]") {
+		return "not a section name"
+	}
+	if o.Name == "" || strings.ContainsFunc(o.Name, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+	}) {
+		return "not a key"
+	}
+	if v := o.Value; v != "" {
+		first, _ := utf8.DecodeRuneInString(v)
+		last, _ := utf8.DecodeLastRuneInString(v)
+		if unicode.IsSpace(first) || unicode.IsSpace(last) {
+			return "begins or ends with a space, which readers drop"
+		}
+	}
+	n := len(o.Value) - len(strings.TrimRight(o.Value, `\`))
+	if n%2 == 1 {
+		return "ends in a backslash, which continues the line"
+	}
+	return ""
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/coreos/go-systemd/v22/unit"
 )
 
 // rawControl returns the first control character (other than those
@@ -120,6 +122,42 @@ func TestLastLinesInert(t *testing.T) {
 	for _, l := range got {
 		if c := rawControl(l, ""); c != "" {
 			t.Errorf("%q carries %q", l, c)
+		}
+	}
+}
+
+func TestCheckUnitOptions(t *testing.T) {
+	for _, tc := range []struct {
+		section, name, value string
+		ok                   bool
+	}{
+		{"Service", "ExecStart", `systemd-nspawn "--bind=/a b" x\\`, true}, // an even run of backslashes is escaped ones
+		{"Files", "Bind", `/a:/b\\`, true},
+		{"Unit", "Description", "", true},
+		{"Unit", "Description", "nsbox machine é", true},
+		{"X-Custom", "Key_1.a-b", "v", true},
+		{"Service", "ExecStart", "a\rb", false},
+		{"Service", "ExecStart", "a\x00b", false},
+		{"Service", "ExecStart", "a\u0085b", false},
+		{"Service", "ExecStart", "a\xffb", false},
+		{"Service", "ExecStart", `a\`, false},
+		{"Service", "ExecStart", `a\\\`, false},
+		{"Service", "ExecStart", "a\t", false},
+		{"Service", "ExecStart", "\u00a0a", false}, // go-systemd's reader drops it, systemd's keeps it
+		{"", "A", "b", false},
+		{"Se[rvice", "A", "b", false},
+		{"Service", "", "b", false},
+		{"Service", "A B", "b", false},
+		{"Service", "#A", "b", false},
+		{"Service", "[A]", "b", false},
+		{"Service", "A\n", "b", false},
+	} {
+		err := CheckUnitOptions([]*unit.UnitOption{unit.NewUnitOption(tc.section, tc.name, tc.value)})
+		if (err == nil) != tc.ok {
+			t.Errorf("[%q] %q=%q: %v, want ok %v", tc.section, tc.name, tc.value, err, tc.ok)
+		}
+		if err != nil && BadText(err.Error()) != "" {
+			t.Errorf("message with a control character: %q", err)
 		}
 	}
 }

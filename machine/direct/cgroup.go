@@ -99,32 +99,22 @@ func leaveCgroup() {
 // cgroupFile is one limit as a cgroup file and its value.
 type cgroupFile struct{ file, value string }
 
-// limitFiles lists, for each limit, the files that can carry it: cgroup v2
-// first, then v1. The first one that exists is written.
-func limitFiles(l backend.Limits) [][]cgroupFile {
-	var out [][]cgroupFile
-	if l.Memory > 0 {
-		v := strconv.FormatUint(l.Memory, 10)
-		out = append(out, []cgroupFile{{"memory.max", v}, {"memory.limit_in_bytes", v}})
-	}
-	if l.MemorySwap > 0 {
-		out = append(out, []cgroupFile{{"memory.swap.max", strconv.FormatUint(l.MemorySwap, 10)},
-			{"memory.memsw.limit_in_bytes", strconv.FormatUint(l.Memory+l.MemorySwap, 10)}})
-	}
-	if l.CPUs > 0 {
-		q := strconv.Itoa(int(l.CPUs * 100000))
-		out = append(out, []cgroupFile{{"cpu.max", q + " 100000"}, {"cpu.cfs_quota_us", q}})
-	}
-	if l.CPUWeight > 0 {
-		out = append(out, []cgroupFile{{"cpu.weight", strconv.FormatUint(l.CPUWeight, 10)},
-			{"cpu.shares", strconv.FormatUint(max(2, l.CPUWeight*1024/100), 10)}})
-	}
-	if l.Tasks > 0 {
-		out = append(out, []cgroupFile{{"pids.max", strconv.FormatUint(l.Tasks, 10)}})
-	}
-	if l.IOWeight > 0 {
-		w := min(1000, max(10, l.IOWeight/10))
-		out = append(out, []cgroupFile{{"io.weight", "default " + strconv.FormatUint(l.IOWeight, 10)}, {"blkio.weight", strconv.FormatUint(w, 10)}})
+// limitFiles lists, for each limit set in l, the files that can carry it
+// (backend's limit table): cgroup v2 first, then v1. The first one that
+// exists is written.
+func limitFiles(l backend.Limits) [][]cgroupFile { return cgroupFiles(l.CgroupFiles()) }
+
+// clearFiles lists, for each limit set in c, the cgroup files (v2, then
+// v1) and the values that lift it.
+func clearFiles(c backend.Limits) [][]cgroupFile { return cgroupFiles(c.LiftCgroupFiles()) }
+
+// cgroupFiles converts backend's lists of cgroup files.
+func cgroupFiles(in [][]backend.CgroupFile) [][]cgroupFile {
+	out := make([][]cgroupFile, len(in))
+	for i, choices := range in {
+		for _, c := range choices {
+			out[i] = append(out[i], cgroupFile{c.File, c.Value})
+		}
 	}
 	return out
 }
@@ -142,8 +132,8 @@ func applyLimits(name string, l backend.Limits) error {
 				if _, err := os.Stat(p); err != nil {
 					continue
 				}
-				if c.file == "cpu.cfs_quota_us" {
-					_ = os.WriteFile(filepath.Join(h, cgroupPath(name), "cpu.cfs_period_us"), []byte("100000"), 0o644)
+				if first, ok := backend.CgroupFileFirst(c.file); ok {
+					_ = os.WriteFile(filepath.Join(h, cgroupPath(name), first.File), []byte(first.Value), 0o644)
 				}
 				if err := os.WriteFile(p, []byte(c.value), 0o644); err != nil {
 					lastErr = fmt.Errorf("%s: %w", p, err)
@@ -232,31 +222,6 @@ func inCgroup(procs []string, path string, args []string) (string, []string) {
 	script := `n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" 2>/dev/null; shift; n=$((n-1)); done; exec "$@"`
 	out := append([]string{"-c", script, "sh", strconv.Itoa(len(procs))}, procs...)
 	return "/bin/sh", append(append(out, path), args...)
-}
-
-// clearFiles lists, for each limit set in c, the cgroup files (v2, then
-// v1) and the values that lift it.
-func clearFiles(c backend.Limits) [][]cgroupFile {
-	var out [][]cgroupFile
-	if c.Memory > 0 {
-		out = append(out, []cgroupFile{{"memory.max", "max"}, {"memory.limit_in_bytes", "-1"}})
-	}
-	if c.MemorySwap > 0 {
-		out = append(out, []cgroupFile{{"memory.swap.max", "max"}, {"memory.memsw.limit_in_bytes", "-1"}})
-	}
-	if c.CPUs > 0 {
-		out = append(out, []cgroupFile{{"cpu.max", "max 100000"}, {"cpu.cfs_quota_us", "-1"}})
-	}
-	if c.CPUWeight > 0 {
-		out = append(out, []cgroupFile{{"cpu.weight", "100"}, {"cpu.shares", "1024"}})
-	}
-	if c.Tasks > 0 {
-		out = append(out, []cgroupFile{{"pids.max", "max"}})
-	}
-	if c.IOWeight > 0 {
-		out = append(out, []cgroupFile{{"io.weight", "default 100"}, {"blkio.weight", "500"}})
-	}
-	return out
 }
 
 // LiftLimits lifts, on running machine name, the limits set in c: the

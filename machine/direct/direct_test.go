@@ -2,6 +2,7 @@ package direct
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,6 +96,21 @@ func TestLimitFilesPreferV2(t *testing.T) {
 	}
 	if files[2][1].value != "1024" {
 		t.Errorf("cpu.shares for weight 100: %+v", files[2])
+	}
+}
+
+// Lifting a limit writes, for each limit set, the v2 file and the v1 one
+// with the values that mean no limit (or the default weight).
+func TestClearFiles(t *testing.T) {
+	got := fmt.Sprint(clearFiles(backend.Limits{Memory: 1, MemorySwap: 1, CPUs: 1, CPUWeight: 1, Tasks: 1, IOWeight: 1}))
+	want := "[[{memory.max max} {memory.limit_in_bytes -1}] [{memory.swap.max max} {memory.memsw.limit_in_bytes -1}] " +
+		"[{cpu.max max 100000} {cpu.cfs_quota_us -1}] [{cpu.weight 100} {cpu.shares 1024}] [{pids.max max}] " +
+		"[{io.weight default 100} {blkio.weight 500}]]"
+	if got != want {
+		t.Errorf("clear files\n got %s\nwant %s", got, want)
+	}
+	if files := clearFiles(backend.Limits{Tasks: 1}); len(files) != 1 || files[0][0] != (cgroupFile{"pids.max", "max"}) {
+		t.Errorf("tasks alone: %v", files)
 	}
 }
 

@@ -4,13 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/coreos/go-systemd/v22/unit"
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
 )
+
+// escapeSpecifiers writes "%" as "%%", so that systemd, which expands
+// specifiers such as %n in most settings of a unit file, reads the text as
+// it is.
+func escapeSpecifiers(s string) string { return strings.ReplaceAll(s, "%", "%%") }
 
 // quoteExec quotes one command line word for ExecStart= and its kin, by
 // the rules of systemd.service(5) and systemd.syntax(7): specifiers are
@@ -20,8 +27,10 @@ import (
 // quote, backslash, semicolon or control character is double-quoted, with
 // backslash and double quote escaped and control characters written as
 // \xNN, so no value can end the line or start a word of its own.
+// go-systemd's unit package writes values as they are: this is what it
+// lacks.
 func quoteExec(s string) string {
-	s = strings.ReplaceAll(s, "%", "%%")
+	s = escapeSpecifiers(s)
 	s = strings.ReplaceAll(s, "$", "$$")
 	if s != "" && !strings.ContainsFunc(s, func(r rune) bool {
 		return strings.ContainsRune(" \t\"'\\;", r) || r < 0x20 || r == 0x7f
@@ -45,6 +54,8 @@ func quoteExec(s string) string {
 	return b.String()
 }
 
+// execLine is argv as the value of ExecStart= and its kin, each word
+// quoted (quoteExec).
 func execLine(argv []string) string {
 	q := make([]string, len(argv))
 	for i, a := range argv {
@@ -58,7 +69,7 @@ func execLine(argv []string) string {
 // with a space, quote or backslash is double-quoted with the last two
 // escaped (systemd unquotes these without C escapes).
 func quotePath(p string) string {
-	p = strings.ReplaceAll(p, "%", "%%")
+	p = escapeSpecifiers(p)
 	if !strings.ContainsAny(p, " \"'\\") {
 		return p
 	}
@@ -104,36 +115,53 @@ func (m *Backend) UnitFile(spec backend.StartSpec) (string, error) {
 	if err := checkStartSpec(spec); err != nil {
 		return "", fmt.Errorf("unit of %q: %w", spec.Name, err)
 	}
-	return m.renderUnit(spec), nil
+	opts := unitOptions(spec)
+	if err := backend.CheckUnitOptions(opts); err != nil {
+		return "", fmt.Errorf("unit of %q: %w", spec.Name, err)
+	}
+	body, err := io.ReadAll(unit.Serialize(opts))
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("# Written by nsbox enable %s; nsbox rewrites it when the machine's options change.\n", spec.Name) + string(body), nil
 }
 
-// renderUnit writes the unit file of spec; every value in it is quoted
-// or escaped for the directive it is in.
-func (m *Backend) renderUnit(spec backend.StartSpec) string {
+// unitOptions are the settings of spec's unit file, in the order written;
+// every value is quoted or escaped for the directive it is in.
+func unitOptions(spec backend.StartSpec) []*unit.UnitOption {
 	s := ServiceSpec(spec)
-	var b strings.Builder
-	fmt.Fprintf(&b, "# Written by nsbox enable %s; nsbox rewrites it when the machine's options change.\n", spec.Name)
-	fmt.Fprintf(&b, "[Unit]\nDescription=%s\nDocumentation=man:systemd-nspawn(1)\n", strings.ReplaceAll(s.Description, "%", "%%"))
-	b.WriteString("PartOf=machines.target\nBefore=machines.target\nAfter=network.target systemd-resolved.service modprobe@tun.service modprobe@loop.service\n")
-	fmt.Fprintf(&b, "RequiresMountsFor=%s\n", quotePath(spec.Root))
-	b.WriteString("\n[Service]\n")
-	// The commands as nsbox runs them, quoted here for a unit file (not
-	// ServiceSpec's, which are for a transient unit).
-	fmt.Fprintf(&b, "ExecStart=%s\n", execLine(spec.Argv))
+	opt := unit.NewUnitOption
+	opts := []*unit.UnitOption{
+		opt("Unit", "Description", escapeSpecifiers(s.Description)),
+		opt("Unit", "Documentation", "man:systemd-nspawn(1)"),
+		opt("Unit", "PartOf", "machines.target"),
+		opt("Unit", "Before", "machines.target"),
+		opt("Unit", "After", "network.target systemd-resolved.service modprobe@tun.service modprobe@loop.service"),
+		opt("Unit", "RequiresMountsFor", quotePath(spec.Root)),
+		// The commands as nsbox runs them, quoted here for a unit file (not
+		// ServiceSpec's, which are for a transient unit).
+		opt("Service", "ExecStart", execLine(spec.Argv)),
+	}
 	if len(spec.PostStart) > 0 {
-		fmt.Fprintf(&b, "ExecStartPost=-%s\n", execLine(spec.PostStart))
+		opts = append(opts, opt("Service", "ExecStartPost", "-"+execLine(spec.PostStart)))
 	}
-	fmt.Fprintf(&b, "Type=%s\nSlice=%s\nDelegate=yes\nKillMode=%s\nRestart=on-failure\n", s.Type, s.Slice, s.KillMode)
-	b.WriteString("RestartForceExitStatus=133\nSuccessExitStatus=133\nWatchdogSec=3min\nTimeoutStartSec=" + fmt.Sprint(spec.Timeout.Seconds()) + "\n")
-	fmt.Fprintf(&b, "DevicePolicy=%s\n", s.DevicePolicy)
+	opts = append(opts,
+		opt("Service", "Type", s.Type),
+		opt("Service", "Slice", s.Slice),
+		opt("Service", "Delegate", "yes"),
+		opt("Service", "KillMode", s.KillMode),
+		opt("Service", "Restart", "on-failure"),
+		opt("Service", "RestartForceExitStatus", "133"),
+		opt("Service", "SuccessExitStatus", "133"),
+		opt("Service", "WatchdogSec", "3min"),
+		opt("Service", "TimeoutStartSec", fmt.Sprint(spec.Timeout.Seconds())),
+		opt("Service", "DevicePolicy", s.DevicePolicy),
+	)
 	for _, d := range s.DeviceAllow {
-		fmt.Fprintf(&b, "DeviceAllow=%s %s\n", d[0], d[1])
+		opts = append(opts, opt("Service", "DeviceAllow", d[0]+" "+d[1]))
 	}
-	for _, l := range spec.Limits.UnitLines() {
-		b.WriteString(l + "\n")
-	}
-	b.WriteString("\n[Install]\nWantedBy=machines.target\n")
-	return b.String()
+	opts = append(opts, spec.Limits.UnitOptions("Service")...)
+	return append(opts, opt("Install", "WantedBy", "machines.target"))
 }
 
 // unitPath is where an enabled machine's unit file lives.

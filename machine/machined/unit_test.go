@@ -1,12 +1,15 @@
 package machined
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/unit"
 	"github.com/nsbox/nsbox/machine/backend"
 )
 
@@ -194,5 +197,140 @@ func TestUnitFileQuotes(t *testing.T) {
 				t.Errorf("ExecStart reads back as %q, %v; want %q", got, err, spec.Argv)
 			}
 		}
+	}
+}
+
+// The unit file, byte for byte: written by go-systemd's Serialize from
+// unitOptions, it is what nsbox wrote by hand before (systemd reads both
+// the same: they are the same bytes).
+func TestUnitFileText(t *testing.T) {
+	spec := testSpec()
+	spec.Limits = backend.Limits{Memory: 1 << 30, CPUs: 1.5}
+	text, err := (&Backend{}).UnitFile(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `# Written by nsbox enable web; nsbox rewrites it when the machine's options change.
+[Unit]
+Description=nsbox machine web
+Documentation=man:systemd-nspawn(1)
+PartOf=machines.target
+Before=machines.target
+After=network.target systemd-resolved.service modprobe@tun.service modprobe@loop.service
+RequiresMountsFor=/srv/.nsbox/web
+
+[Service]
+ExecStart=systemd-nspawn --directory=/srv/.nsbox/web
+ExecStartPost=-/usr/bin/nsbox --root-dir /srv __network-up web
+Type=notify
+Slice=machine.slice
+Delegate=yes
+KillMode=mixed
+Restart=on-failure
+RestartForceExitStatus=133
+SuccessExitStatus=133
+WatchdogSec=3min
+TimeoutStartSec=60
+DevicePolicy=closed
+DeviceAllow=/dev/net/tun rwm
+DeviceAllow=char-pts rw
+DeviceAllow=/dev/loop-control rw
+DeviceAllow=block-loop rw
+DeviceAllow=block-blkext rw
+DeviceAllow=/dev/mapper/control rw
+DeviceAllow=block-device-mapper rw
+MemoryMax=1073741824
+CPUQuota=150%
+
+[Install]
+WantedBy=machines.target
+`
+	if text != want {
+		t.Errorf("unit file:\n%s\nwant:\n%s", text, want)
+	}
+}
+
+// go-systemd's parser reads the unit file back as the options nsbox
+// serialized, the commands as the words nsbox meant, whatever the words.
+func TestUnitFileReadsBack(t *testing.T) {
+	for _, argv := range [][]string{
+		{"systemd-nspawn", "--directory=/srv/my %n dir/.nsbox/web", "--bind=/data/100%$HOME x:/mnt:idmap"},
+		{"x", `a"b'c\d`, ";", "", "%%", "$$", "%n", "$1", "\\;", `ends\`, `\\`},
+	} {
+		spec := testSpec()
+		spec.Root = `/srv/a "b" \c %n/.nsbox/web`
+		spec.Argv = argv
+		text, err := (&Backend{}).UnitFile(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := unit.DeserializeOptions(strings.NewReader(text))
+		if err != nil || !unit.AllMatch(got, unitOptions(spec)) {
+			t.Errorf("%q reads back as %v, %v", argv, got, err)
+			continue
+		}
+		for _, o := range got {
+			if o.Name == "ExecStart" {
+				words, err := systemdExecWords(o.Value)
+				if err != nil || strings.Join(words, "\x00") != strings.Join(argv, "\x00") {
+					t.Errorf("ExecStart reads back as %q, %v; want %q", words, err, argv)
+				}
+			}
+		}
+	}
+}
+
+// go-systemd's Serialize writes sections, keys and values as they are:
+// these are what CheckUnitOptions refuses before it is called.
+func TestSerializeWritesValuesAsTheyAre(t *testing.T) {
+	for _, tc := range []struct {
+		what string
+		opt  *unit.UnitOption
+		// written is what Serialize makes of it; read, what systemd reads.
+		written, read string
+	}{
+		{"a newline starts a line of its own", unit.NewUnitOption("Service", "ExecStart", "/bin/true\nExecStartPre=/bin/sh"),
+			"[Service]\nExecStart=/bin/true\nExecStartPre=/bin/sh\n", "an ExecStartPre= of its own"},
+		{"a section header in a value", unit.NewUnitOption("Unit", "Description", "x\n[Install]\nWantedBy=x"),
+			"[Unit]\nDescription=x\n[Install]\nWantedBy=x\n", "a new section"},
+		{"a final backslash continues the line", unit.NewUnitOption("Unit", "Description", `x\`),
+			"[Unit]\nDescription=x\\\n", "the next line as part of the value"},
+		{"blanks around a value", unit.NewUnitOption("Unit", "Description", " x "),
+			"[Unit]\nDescription= x \n", "x, without them"},
+		{"a section name with a bracket", unit.NewUnitOption("Unit]\n[Service", "X", "y"),
+			"[Unit]\n[Service]\nX=y\n", "X= in [Service]"},
+		{"a key with =", unit.NewUnitOption("Unit", "A=B", "c"),
+			"[Unit]\nA=B=c\n", "A= with the value B=c"},
+	} {
+		b, err := io.ReadAll(unit.Serialize([]*unit.UnitOption{tc.opt}))
+		if err != nil || string(b) != tc.written {
+			t.Errorf("%s: Serialize wrote %q (%v), no longer %q: look again at backend.CheckUnitOptions", tc.what, b, err, tc.written)
+		}
+		if err := backend.CheckUnitOptions([]*unit.UnitOption{tc.opt}); !errors.Is(err, backend.ErrInvalidOption) {
+			t.Errorf("%s (systemd reads %s): CheckUnitOptions = %v", tc.what, tc.read, err)
+		} else if msg := err.Error(); backend.BadText(msg) != "" {
+			t.Errorf("%s: message with a control character: %q", tc.what, msg)
+		}
+	}
+}
+
+// systemd reads unit file lines of up to 1 MiB (LONG_LINE_MAX); go-systemd's
+// parser refuses one of 2048 bytes or more (SYSTEMD_LINE_MAX, where its
+// buffer holds all of it). A machine with many binds has such an
+// ExecStart=, so nsbox writes it and never reads a unit file back with
+// go-systemd.
+func TestUnitFileLongExecStart(t *testing.T) {
+	spec := testSpec()
+	long := "/srv/" + strings.Repeat("d", 3000)
+	spec.Argv = append(spec.Argv, "--bind="+long+":/mnt")
+	text, err := (&Backend{}).UnitFile(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text, "\nExecStart=systemd-nspawn --directory=/srv/.nsbox/web --bind="+long+":/mnt\n") {
+		t.Errorf("long ExecStart= not written as one line")
+	}
+	if _, err := unit.DeserializeOptions(strings.NewReader(text)); !errors.Is(err, unit.ErrLineTooLong) {
+		t.Errorf("go-systemd reads a line of %d bytes: %v (nsbox could read unit files back with it)", len(long), err)
 	}
 }
