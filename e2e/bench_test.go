@@ -63,12 +63,15 @@ func TestBenchmark(t *testing.T) {
 	for i := 0; i < 19; i++ {
 		e.mustNsb(t, "clone", "bench-seed", fmt.Sprintf("bench-%02d", i))
 	}
-	var ls []time.Duration
+	var ls, lu []time.Duration
 	for i := 0; i < runs; i++ {
 		ls = append(ls, timed(t, e.nsbox, "--root-dir", e.rootDir, "list"))
+		lu = append(lu, timed(t, e.nsbox, "--root-dir", e.rootDir, "list", "--usage"))
 	}
-	rows = append(rows, [3]string{"nsbox list, 20 stopped machines (disk usage included)", median(ls).Round(time.Millisecond).String(),
+	rows = append(rows, [3]string{"nsbox list, 20 stopped machines", median(ls).Round(time.Millisecond).String(),
 		(median(ls) / 20).Round(100*time.Microsecond).String() + " a machine"})
+	rows = append(rows, [3]string{"nsbox list --usage (a walk of every tree), 20 stopped machines", median(lu).Round(time.Millisecond).String(),
+		(median(lu) / 20).Round(100*time.Microsecond).String() + " a machine"})
 	for i := 0; i < 19; i++ {
 		e.mustNsb(t, "remove", fmt.Sprintf("bench-%02d", i))
 	}
@@ -123,8 +126,11 @@ func TestBenchmark(t *testing.T) {
 	}
 	e.mustNsb(t, "remove", "bench-seed")
 
-	// 6. nsbox list vs machinectl list, 20 machines running on machined.
-	rows = append(rows, listVsMachinectl(t, runs)...)
+	// 6. The everyday commands against machinectl, systemd-run and
+	// nsenter, with 1 and 20 running machines, on both backends.
+	raiseInotify(t)
+	rows = append(rows, everydayCommands(t, e, 20, 3)...)
+	rows = append(rows, everydayCommands(t, machinedEnv(t), 20, 3)...)
 
 	host, _ := os.Hostname()
 	cpu := strings.TrimSpace(e.mustSh(t, "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"))
@@ -221,47 +227,20 @@ func peakRSS(t *testing.T, argv ...string) int {
 // listVsMachinectl times nsbox list against machinectl list with 20
 // machines running on machined (in the test host where systemd is not
 // PID 1), alternating the two.
-func listVsMachinectl(t *testing.T, runs int) [][3]string {
-	// Each machine's systemd holds inotify instances, all counted against
-	// root: 20 machines need more than the kernel's default of 128.
+// raiseInotify makes room for 20 running machines: each machine's systemd
+// holds inotify instances, all counted against root, and 20 machines need
+// more than the kernel's default of 128. The limit is put back after.
+func raiseInotify(t *testing.T) {
 	const limit = "/proc/sys/fs/inotify/max_user_instances"
-	if b, err := os.ReadFile(limit); err == nil {
-		if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n < 1024 {
-			if err := os.WriteFile(limit, []byte("1024"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.WriteFile(limit, b, 0o644) })
-			fmt.Printf("bench: fs.inotify.max_user_instances is 1024 for the run (was %d)\n", n)
+	b, err := os.ReadFile(limit)
+	if err != nil {
+		return
+	}
+	if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n < 1024 {
+		if err := os.WriteFile(limit, []byte("1024"), 0o644); err != nil {
+			t.Fatal(err)
 		}
-	}
-	m := machinedEnv(t)
-	names := make([]string, 20)
-	for i := range names {
-		names[i] = fmt.Sprintf("bench-l%02d", i)
-		if i == 0 {
-			m.mustNsb(t, "create", names[i], "--release", "bookworm")
-		} else {
-			m.mustNsb(t, "clone", names[0], names[i])
-		}
-		t.Cleanup(func() { m.nsb(t, "remove", "--force", names[i]) })
-	}
-	m.mustNsb(t, append([]string{"boot"}, names...)...)
-	if got := strings.Count(m.mustSh(t, "machinectl list --no-legend"), "bench-l"); got != len(names) {
-		t.Fatalf("machinectl lists %d of %d machines", got, len(names))
-	}
-	in := func(argv ...string) []string { return append(append([]string{}, m.prefix...), argv...) }
-	var ns, mc []time.Duration
-	for i := 0; i < runs; i++ {
-		ns = append(ns, timed(t, in(m.nsbox, "--root-dir", m.rootDir, "list")...))
-		mc = append(mc, timed(t, in("machinectl", "list")...))
-	}
-	where := "this host"
-	if m.host != nil {
-		where = "the test host"
-	}
-	return [][3]string{
-		{"nsbox list vs machinectl list, 20 running machines on machined (" + where + ")",
-			fmt.Sprintf("%s vs %s", median(ns).Round(time.Millisecond), median(mc).Round(time.Millisecond)),
-			fmt.Sprintf("%.2f; nsbox %s a machine", float64(median(ns))/float64(median(mc)), (median(ns) / 20).Round(100*time.Microsecond))},
+		t.Cleanup(func() { os.WriteFile(limit, b, 0o644) })
+		fmt.Printf("bench: fs.inotify.max_user_instances is 1024 for the run (was %d)\n", n)
 	}
 }

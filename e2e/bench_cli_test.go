@@ -1,0 +1,100 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sideBySide times calls of two commands in e's shell: rounds of calls
+// runs of a, then of b (b first in every other round), one loop per
+// command so the harness's own start-up is outside what is timed, and
+// returns the median time of one call of each.
+func sideBySide(t *testing.T, e *env, a, b string, calls, rounds int) (time.Duration, time.Duration) {
+	t.Helper()
+	loop := func(cmd string) string {
+		return fmt.Sprintf(`s=$(date +%%s%%N); i=0; while [ $i -lt %d ]; do %s >/dev/null 2>&1 || exit 3; i=$((i+1)); done; echo $(( ($(date +%%s%%N)-s)/%d ))`, calls, cmd, calls)
+	}
+	var as, bs []time.Duration
+	for r := 0; r < rounds; r++ {
+		order := []*[]time.Duration{&as, &bs}
+		cmds := []string{a, b}
+		if r%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+			cmds[0], cmds[1] = cmds[1], cmds[0]
+		}
+		for k, cmd := range cmds {
+			out := strings.TrimSpace(e.mustSh(t, loop(cmd)))
+			ns, err := strconv.ParseInt(out, 10, 64)
+			if err != nil {
+				t.Fatalf("timing %q: %q", cmd, out)
+			}
+			*order[k] = append(*order[k], time.Duration(ns))
+		}
+	}
+	return median(as), median(bs)
+}
+
+// cliRow is one row of the everyday commands against their anchors.
+func cliRow(what string, a, b time.Duration, target float64) [3]string {
+	r := float64(a) / float64(b)
+	mark := ""
+	if r > target {
+		mark = " (over)"
+	}
+	return [3]string{what, fmt.Sprintf("%.1f ms vs %.1f ms", float64(a)/1e6, float64(b)/1e6),
+		fmt.Sprintf("%.2f (target <= %.1f)%s", r, target, mark)}
+}
+
+// everydayCommands measures list, status and shell -- true against what
+// a user would run instead: machinectl and systemd-run on machined, nsenter
+// into the leader on the direct backend, with 1 and then 20 running
+// machines. m is where the machines run; direct says which anchors apply.
+func everydayCommands(t *testing.T, e *env, calls, rounds int) [][3]string {
+	nsb := fmt.Sprintf("%s --backend %s --root-dir %s", e.nsbox, e.name, e.rootDir)
+	names := make([]string, 20)
+	for i := range names {
+		names[i] = fmt.Sprintf("bench-e%02d", i)
+		if i == 0 {
+			e.mustNsb(t, "create", names[i], "--release", "bookworm")
+		} else {
+			e.mustNsb(t, "clone", names[0], names[i])
+		}
+		t.Cleanup(func() { e.nsb(t, "remove", "--force", names[i]) })
+	}
+	var rows [][3]string
+	measure := func(running int) {
+		first := names[0]
+		where := fmt.Sprintf("%s, %d running", e.name, running)
+		if e.name == "machined" {
+			l, ml := sideBySide(t, e, nsb+" list", "machinectl list", calls, rounds)
+			rows = append(rows, cliRow("list vs machinectl list ("+where+")", l, ml, 1.0))
+			s, ms := sideBySide(t, e, nsb+" status "+first, "machinectl status "+first+" --no-pager", calls, rounds)
+			rows = append(rows, cliRow("status vs machinectl status ("+where+")", s, ms, 1.0))
+			sh, sr := sideBySide(t, e, nsb+" shell "+first+" -- true", "systemd-run -M "+first+" --pipe --wait -q true", calls, rounds)
+			rows = append(rows, cliRow("shell -- true vs systemd-run -M --pipe --wait ("+where+")", sh, sr, 1.1))
+			return
+		}
+		leader := status(t, e, first).Leader
+		if leader <= 0 {
+			t.Fatalf("no leader for %s", first)
+		}
+		anchor := fmt.Sprintf("nsenter -t %d -a true", leader)
+		for _, c := range []struct{ what, cmd string }{
+			{"list", nsb + " list"}, {"status", nsb + " status " + first}, {"shell -- true", nsb + " shell " + first + " -- true"},
+		} {
+			a, b := sideBySide(t, e, c.cmd, anchor, calls, rounds)
+			rows = append(rows, cliRow(c.what+" vs nsenter -a true into the leader ("+where+")", a, b, 1.2))
+		}
+	}
+	e.mustNsb(t, "boot", names[0])
+	measure(1)
+	e.mustNsb(t, append([]string{"boot"}, names[1:]...)...)
+	measure(len(names))
+	e.mustNsb(t, append([]string{"stop"}, names...)...)
+	return rows
+}
