@@ -224,9 +224,6 @@ func peakRSS(t *testing.T, argv ...string) int {
 	}
 }
 
-// listVsMachinectl times nsbox list against machinectl list with 20
-// machines running on machined (in the test host where systemd is not
-// PID 1), alternating the two.
 // raiseInotify makes room for 20 running machines: each machine's systemd
 // holds inotify instances, all counted against root, and 20 machines need
 // more than the kernel's default of 128. The limit is put back after.
