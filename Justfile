@@ -35,9 +35,11 @@ lint:
     go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
     go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags e2e ./e2e/
 
-# unit tests (no root, no network)
+# unit tests (no root, no network), and the build without cgo
 unit:
     go test ./...
+    CGO_ENABLED=0 go build -o /dev/null .
+    CGO_ENABLED=0 go test -count=1 -run '^TestBindWithoutCgo$' ./machine/
 
 # end-to-end tests against real nspawn, debootstrap, machined (root)
 e2e: deps

@@ -14,6 +14,7 @@ import (
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/machined"
+	"github.com/nsbox/nsbox/machine/nsenter"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
@@ -680,6 +681,9 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 // Bind mounts host directory src on dst inside running machine name, now
 // and until it stops (boot --bind makes a bind that lasts).
 func (m *Manager) Bind(ctx context.Context, name, src, dst string, readOnly, mkdir, force bool) error {
+	if !nsenter.Available {
+		return fmt.Errorf("%w: this nsbox was built without cgo (CGO_ENABLED=0), so it cannot bind into a running machine: bind at boot instead (nsbox boot %s --bind SRC:DST), or use a build with cgo", ErrInvalidOption, name)
+	}
 	if err := m.running(ctx, name); err != nil {
 		return err
 	}
