@@ -18,6 +18,7 @@ import (
 
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/nsenter"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -382,19 +383,14 @@ func (d *Backend) Terminate(ctx context.Context, name string) error {
 // nsenterArgs enters every namespace of leader, with its root and working
 // directory, and runs argv there with a clean environment.
 func nsenterArgs(leader int, user string, env []string, argv []string) []string {
-	args := []string{"-t", fmt.Sprint(leader), "-a", "-r", "-w", "--", "/usr/bin/env", "-i",
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"container=systemd-nspawn"}
-	if user == "" || user == "root" || user == "0" {
-		args = append(args, "HOME=/root", "USER=root", "LOGNAME=root")
-		args = append(args, env...)
-		return append(args, argv...)
-	}
-	args = append(args, env...)
-	return append(append(args, "/usr/sbin/runuser", "-u", user, "--"), argv...)
+	environ, cmd := execEnv(user, env, argv)
+	args := append([]string{"-t", fmt.Sprint(leader), "-a", "-r", "-w", "--", "/usr/bin/env", "-i"}, environ...)
+	return append(args, cmd...)
 }
 
-// Exec implements Backend by entering the leader's namespaces.
+// Exec implements Backend by entering the leader's namespaces: through
+// nsbox's own helper (enterCommand), or where this build lacks it (no
+// cgo) through setpriv and nsenter (chainCommand).
 func (d *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (int, error) {
 	st, err := d.live(name)
 	if err != nil {
@@ -403,16 +399,20 @@ func (d *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (in
 	if !st.Leader.Alive() {
 		return 0, fmt.Errorf("%s: container is between boots", name)
 	}
-	// What runs in the machine gets no more capabilities than its PID 1,
-	// which nspawn gave a reduced bounding set.
-	bounding, err := capBounding(st.Leader.PID)
-	if err != nil {
-		return 0, fmt.Errorf("%s: read the capabilities of its PID 1: %w", name, err)
+	if len(e.Argv) == 0 {
+		return 0, fmt.Errorf("%s: no command to run", name)
 	}
-	enter := append([]string{"--bounding-set=" + bounding, "--", "nsenter"}, nsenterArgs(st.Leader.PID, e.User, e.Env, e.Argv)...)
-	// The command joins the machine's cgroups, so its limits cover it.
-	path, args := inCgroup(execCgroup(name), "setpriv", enter)
-	c := &host.Cmd{Path: path, Args: args}
+	var c *host.Cmd
+	if nsenter.Available {
+		t, err := openEnterTarget(st.Leader, execCgroup(name))
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", name, err)
+		}
+		defer t.Close()
+		c = enterCommand(name, t, e.User, e.Env, e.Argv)
+	} else if c, err = chainCommand(name, st.Leader.PID, e); err != nil {
+		return 0, err
+	}
 	if e.TTY {
 		// A terminal of the machine's devpts: one of the host's is no
 		// terminal inside (tty says "not a tty").
@@ -425,31 +425,50 @@ func (d *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (in
 	return backend.RunExec(ctx, d.Runner, c, e)
 }
 
+// chainCommand is Exec's command where nsbox has no helper: a shell joins
+// the machine's cgroups, setpriv gives the bounding set of the leader,
+// nsenter enters its namespaces, env makes the environment.
+func chainCommand(name string, leader int, e backend.ExecSpec) (*host.Cmd, error) {
+	// What runs in the machine gets no more capabilities than its PID 1,
+	// which nspawn gave a reduced bounding set.
+	bounding, err := capBounding(leader)
+	if err != nil {
+		return nil, fmt.Errorf("%s: read the capabilities of its PID 1: %w", name, err)
+	}
+	enter := append([]string{"--bounding-set=" + bounding, "--", "nsenter"}, nsenterArgs(leader, e.User, e.Env, e.Argv)...)
+	// The command joins the machine's cgroups, so its limits cover it.
+	path, args := inCgroup(execCgroup(name), "setpriv", enter)
+	return &host.Cmd{Path: path, Args: args}, nil
+}
+
+// capBoundingMask is the capability bounding set of pid (CapBnd).
+func capBoundingMask(pid int) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(backend.ProcRoot, strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	return 0, fmt.Errorf("no CapBnd in /proc/%d/status", pid)
+}
+
 // capBounding is the capability bounding set of pid in setpriv's words:
 // "-all" and then "+cap_N" for each capability it keeps.
 func capBounding(pid int) (string, error) {
-	b, err := os.ReadFile(filepath.Join(backend.ProcRoot, strconv.Itoa(pid), "status"))
+	mask, err := capBoundingMask(pid)
 	if err != nil {
 		return "", err
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		v, ok := strings.CutPrefix(l, "CapBnd:")
-		if !ok {
-			continue
+	out := "-all"
+	for i := 0; i < 64; i++ {
+		if mask&(1<<i) != 0 {
+			out += fmt.Sprintf(",+cap_%d", i)
 		}
-		mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-		if err != nil {
-			return "", err
-		}
-		out := "-all"
-		for i := 0; i < 64; i++ {
-			if mask&(1<<i) != 0 {
-				out += fmt.Sprintf(",+cap_%d", i)
-			}
-		}
-		return out, nil
 	}
-	return "", fmt.Errorf("no CapBnd in /proc/%d/status", pid)
+	return out, nil
 }
 
 // Shell implements Backend: LoginShell without its exit status.

@@ -41,6 +41,8 @@ type Cmd struct {
 	// KillGrace is how long the process group gets between SIGTERM and
 	// SIGKILL when the context ends; zero means 5 seconds.
 	KillGrace time.Duration
+	// ExtraFiles are the program's fds 3, 4, ... (os/exec's ExtraFiles).
+	ExtraFiles []*os.File
 }
 
 // String is the command line as a user would type it.
@@ -81,6 +83,7 @@ func (ExecRunner) Run(ctx context.Context, c *Cmd) error {
 		cmd.Env = append(os.Environ(), c.Env...)
 	}
 	cmd.Stdin = c.Stdin
+	cmd.ExtraFiles = c.ExtraFiles
 	tail := &tailBuffer{max: 12, lines: c.Lines}
 	cmd.Stdout, cmd.Stderr = tail, tail
 	if c.Stdout != nil {

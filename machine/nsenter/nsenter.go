@@ -2,10 +2,12 @@
 
 // Package nsenter holds nsbox's one piece of C: a constructor that runs
 // before the Go runtime starts, when the process still has one thread, as
-// setns(CLONE_NEWNS) and setns(CLONE_NEWUSER) require. Importing the
+// setns into mount, user, pid and time namespaces requires. Importing the
 // package links it in; it acts only when nsbox starts itself with the
-// variable MoveMountEnv names (see MoveMount), and then never returns to
-// Go. runc's libcontainer/nsenter is the model.
+// variable MoveMountEnv or EnterEnv names (see MoveMount and Enter), and
+// then never returns to Go. nsenter.c dispatches to the bind helper
+// (move_mount.c) or the shell helper (enter.c). runc's libcontainer/nsenter
+// is the model.
 package nsenter
 
 import "C"
