@@ -12,6 +12,7 @@ import (
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/nsenter"
 	"github.com/nsbox/nsbox/network"
 	"golang.org/x/sys/unix"
 )
@@ -63,7 +64,9 @@ func (d Doctor) Checks(ctx context.Context) []Check {
 		add(Check{Name: name + " keyring", Needed: name == "debian", OK: err == nil, Detail: k.Keyring, Fix: "apt-get install " + k.Package})
 	}
 	_, ok = d.toolVersion(ctx, "nsenter", "--version")
-	add(Check{Name: "nsenter", Needed: true, OK: ok, Detail: "util-linux", Fix: "apt-get install util-linux"})
+	// The enter helper replaces nsenter in a build with cgo; one without
+	// needs it (and setpriv) for shell on the direct backend.
+	add(Check{Name: "nsenter", Needed: !nsenter.Available, OK: ok, Detail: "util-linux", Fix: "apt-get install util-linux"})
 	if m := d.Manager; m == nil {
 		detail := "not opened"
 		if d.OpenErr != nil {
