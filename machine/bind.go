@@ -1,16 +1,14 @@
 package machine
 
 import (
-	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/nsenter"
 )
 
@@ -74,7 +72,7 @@ func openMachineNS(leader int, still func() bool) (machineNS, error) {
 // cannot make a read-only bind writable. With mkdir, dst and its parents
 // are made by the machine's root (dst an empty file when src is a file),
 // and removed again when the bind fails.
-func BindIntoMachine(leader int, still func() bool, src, dst string, readOnly, mkdir bool) error {
+func BindIntoMachine(ctx context.Context, r host.Runner, leader int, still func() bool, src, dst string, readOnly, mkdir bool) error {
 	ns, err := openMachineNS(leader, still)
 	if err != nil {
 		return err
@@ -101,25 +99,21 @@ func BindIntoMachine(leader int, still func() bool, src, dst string, readOnly, m
 	}
 	// The running image, not the path it was started from: a binary a
 	// user can rewrite must not be run a second time as root.
-	self := "/proc/self/exe"
-	cmd := exec.Command(self)
-	// Children see ExtraFiles as fds 3, 4, 5.
-	cmd.ExtraFiles = []*os.File{ns.mnt, treeFile}
+	c := &host.Cmd{Path: "/proc/self/exe"}
+	// The helper sees ExtraFiles as fds 3, 4, 5.
+	c.ExtraFiles = []*os.File{ns.mnt, treeFile}
 	userns := -1
 	if ns.user != nil {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, ns.user)
+		c.ExtraFiles = append(c.ExtraFiles, ns.user)
 		userns = 5
 	}
-	cmd.Env = []string{nsenter.MoveMount(3, userns, 4, mkdir, dst)}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = err.Error()
+	c.Env = []string{nsenter.MoveMount(3, userns, 4, mkdir, dst)}
+	if err := r.Run(ctx, c); err != nil {
+		var ee *host.ExitError
+		if errors.As(err, &ee) && ee.Tail != "" {
+			return errors.New(ee.Tail)
 		}
-		return errors.New(msg)
+		return err
 	}
 	return nil
 }

@@ -711,5 +711,5 @@ func (m *Manager) Bind(ctx context.Context, name, src, dst string, readOnly, mkd
 		now, err := m.Backend.Get(ctx, name)
 		return err == nil && now.Leader == r.Leader
 	}
-	return BindIntoMachine(r.Leader, still, src, dst, readOnly, mkdir)
+	return BindIntoMachine(ctx, m.Runner, r.Leader, still, src, dst, readOnly, mkdir)
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Interface is one network link seen from the host.
@@ -39,7 +40,7 @@ func Inspect(pids []int) map[int]Seen {
 		return out
 	}
 	defer hostNS.Close()
-	hostH, err := netlink.NewHandleAt(hostNS)
+	hostH, err := netlink.NewHandleAt(hostNS, unix.NETLINK_ROUTE)
 	if err != nil {
 		return out
 	}
@@ -65,7 +66,7 @@ func inspect(hostNS netns.NsHandle, hostH *netlink.Handle, links []netlink.Link,
 		return Seen{}, false
 	}
 	defer machNS.Close()
-	machH, err := netlink.NewHandleAt(machNS)
+	machH, err := netlink.NewHandleAt(machNS, unix.NETLINK_ROUTE)
 	if err != nil {
 		return Seen{}, false
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // ErrNoHostEnd means the host end of a machine's veth is not (yet) in the
@@ -61,10 +62,10 @@ func namespaces(pid int) (host, mach netns.NsHandle, err error) {
 // handles opens netlink handles in the host's and the machine's network
 // namespaces.
 func handles(hostNS, machNS netns.NsHandle) (host, mach *netlink.Handle, err error) {
-	if host, err = netlink.NewHandleAt(hostNS); err != nil {
+	if host, err = netlink.NewHandleAt(hostNS, unix.NETLINK_ROUTE); err != nil {
 		return nil, nil, err
 	}
-	if mach, err = netlink.NewHandleAt(machNS); err != nil {
+	if mach, err = netlink.NewHandleAt(machNS, unix.NETLINK_ROUTE); err != nil {
 		host.Close()
 		return nil, nil, err
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -108,18 +107,21 @@ func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 	}
 	args := append(append([]string{}, d.Supervisor...), d.statePath(spec.Name), logPath, "--")
 	args = append(args, spec.Argv...)
-	cmd := exec.Command(self, args...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Dir = "/"
-	logrus.Debugf("run: %s %s", cmd.Path, strings.Join(args, " "))
-	if err := cmd.Start(); err != nil {
+	// The supervisor outlives this command: it runs in a session of its
+	// own, and nothing here waits for it beyond its first record.
+	started := make(chan *os.Process, 1)
+	c := &host.Cmd{Path: self, Args: args, Stdin: devnull, Stdout: logf, Stderr: logf, Dir: "/",
+		Started: func(p *os.Process) { started <- p }}
+	exited := make(chan error, 1)
+	go func() { exited <- d.Runner.Run(context.Background(), c) }()
+	var sup *os.Process
+	select {
+	case sup = <-started:
+	case err := <-exited:
 		return fmt.Errorf("start supervisor: %w", err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
 	err = host.Poll(ctx, host.Every(20*time.Millisecond), func() (bool, error) {
-		if st, err := d.readState(spec.Name); err == nil && st.Supervisor.PID == cmd.Process.Pid && st.Leader.PID > 0 {
+		if st, err := d.readState(spec.Name); err == nil && st.Supervisor.PID == sup.Pid && st.Leader.PID > 0 {
 			return true, nil
 		}
 		select {
@@ -130,7 +132,7 @@ func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 		}
 	})
 	if ctx.Err() != nil {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = sup.Signal(syscall.SIGTERM)
 	}
 	return err
 }
@@ -178,19 +180,25 @@ func Supervise(statePath, logPath string, argv []string) int {
 		console.size = fi.Size()
 	}
 	for {
-		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, console, console
+		// nspawn stays in the supervisor's session and process group: the
+		// supervisor passes SIGTERM on itself, and with --console nspawn
+		// has the caller's terminal.
+		c := &host.Cmd{Path: argv[0], Args: argv[1:], Stdout: console, Stderr: console, Foreground: true}
 		if logPath == consoleLog {
-			// boot --console: nspawn has the caller's terminal itself.
-			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 		}
-		if err := cmd.Start(); err != nil {
-			fmt.Fprintf(os.Stderr, "nsbox: start %s: %v\n", argv[0], err)
+		started := make(chan *os.Process, 1)
+		c.Started = func(p *os.Process) { started <- p }
+		waited := make(chan error, 1)
+		go func() { waited <- host.ExecRunner{}.Run(context.Background(), c) }()
+		var proc *os.Process
+		select {
+		case proc = <-started:
+		case err := <-waited:
+			fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
 			return 1
 		}
-		nspawn, _ := backend.ProcOf(cmd.Process.Pid)
-		waited := make(chan error, 1)
-		go func() { waited <- cmd.Wait() }()
+		nspawn, _ := backend.ProcOf(proc.Pid)
 		st := state{Name: name, Root: root, Supervisor: self, Nspawn: nspawn, Since: time.Now(), Log: logPath}
 		// The machine is recorded once nspawn has started its PID 1.
 		run, stop := context.WithCancel(context.Background())
@@ -217,7 +225,7 @@ func Supervise(statePath, logPath string, argv []string) int {
 				break wait
 			case s := <-sigs:
 				if s == syscall.SIGTERM {
-					_ = cmd.Process.Signal(syscall.SIGTERM)
+					_ = proc.Signal(syscall.SIGTERM)
 				}
 			}
 		}
@@ -225,11 +233,12 @@ func Supervise(statePath, logPath string, argv []string) int {
 		<-recorded
 		status := 0
 		if werr != nil {
-			var ee *exec.ExitError
+			var ee *host.ExitError
 			if !errors.As(werr, &ee) {
+				fmt.Fprintf(os.Stderr, "nsbox: %v\n", werr)
 				return 1
 			}
-			status = host.ExitStatus(ee.ProcessState)
+			status = ee.Status
 		}
 		if status != 133 {
 			return status

@@ -43,6 +43,11 @@ type Cmd struct {
 	KillGrace time.Duration
 	// ExtraFiles are the program's fds 3, 4, ... (os/exec's ExtraFiles).
 	ExtraFiles []*os.File
+	// Dir is the program's working directory; empty keeps the caller's.
+	Dir string
+	// Started, when set, is told the process once it runs, for callers
+	// that signal it themselves or wait for what it records.
+	Started func(*os.Process)
 }
 
 // String is the command line as a user would type it.
@@ -84,6 +89,7 @@ func (ExecRunner) Run(ctx context.Context, c *Cmd) error {
 	}
 	cmd.Stdin = c.Stdin
 	cmd.ExtraFiles = c.ExtraFiles
+	cmd.Dir = c.Dir
 	tail := &tailBuffer{max: 12, lines: c.Lines}
 	cmd.Stdout, cmd.Stderr = tail, tail
 	if c.Stdout != nil {
@@ -112,6 +118,9 @@ func (ExecRunner) Run(ctx context.Context, c *Cmd) error {
 			return fmt.Errorf("%s: %w", c.Path, ErrToolMissing)
 		}
 		return fmt.Errorf("start %s: %w", c.Path, err)
+	}
+	if c.Started != nil {
+		c.Started(cmd.Process)
 	}
 	done := make(chan struct{})
 	go func() {
