@@ -76,4 +76,4 @@ bench: deps
     #!/usr/bin/env bash
     set -euo pipefail
     command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap
-    NSBOX_BENCH=1 go test -tags e2e -count=1 -timeout 60m -run '^TestBenchmark$' -v ./e2e/ | grep -v '^=== RUN'
+    NSBOX_BENCH=1 go test -tags e2e -count=1 -timeout 60m -run '^TestBenchmark' -v ./e2e/ | grep -v '^=== RUN'

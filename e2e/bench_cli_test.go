@@ -4,11 +4,27 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
+
+// TestBenchmarkEveryday measures list, status and shell -- true against
+// machinectl, systemd-run and nsenter, with 1 and 20 running machines, on
+// both backends. It runs only with NSBOX_BENCH=1 (just bench).
+func TestBenchmarkEveryday(t *testing.T) {
+	if os.Getenv("NSBOX_BENCH") != "1" {
+		t.Skip("set NSBOX_BENCH=1 (just bench)")
+	}
+	const calls, rounds = 20, 3
+	raiseInotify(t)
+	e := hostEnv(t, "direct")
+	rows := everydayCommands(t, e, calls, rounds)
+	rows = append(rows, everydayCommands(t, machinedEnv(t), calls, rounds)...)
+	printRows(t, e, fmt.Sprintf("medians of %d rounds of %d calls, the two sides taking turns", rounds, calls), rows)
+}
 
 // sideBySide times calls of two commands in e's shell: rounds of calls
 // runs of a, then of b (b first in every other round), one loop per
