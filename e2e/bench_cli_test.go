@@ -71,7 +71,7 @@ func cliRow(what string, a, b time.Duration, target float64) [3]string {
 // into the leader on the direct backend, with 1 and then 20 running
 // machines. m is where the machines run; direct says which anchors apply.
 func everydayCommands(t *testing.T, e *env, calls, rounds int) [][3]string {
-	nsb := fmt.Sprintf("%s --backend %s --root-dir %s", e.nsbox, e.name, e.rootDir)
+	nsb := e.cmdline()
 	names := make([]string, 20)
 	for i := range names {
 		names[i] = fmt.Sprintf("bench-e%02d", i)

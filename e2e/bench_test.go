@@ -33,15 +33,15 @@ func TestBenchmark(t *testing.T) {
 			fmt.Sprintf("%.2f%s", float64(a)/float64(b), target)})
 	}
 
-	// The base: one cold create fills the cache.
+	// The base is the suite's own (suiteBase): this create copies it.
 	e.mustNsb(t, "create", "bench-seed", "--release", "bookworm")
-	base := strings.TrimSpace(e.mustSh(t, "ls -d /var/cache/nsbox/bases/debian-bookworm-*/root | head -1"))
+	base := e.cacheDir + "/bases/" + suiteBaseKey + "/root"
 
 	// 1. Warm create (cache hit) vs cp -a of the same base.
 	var warm, cp []time.Duration
 	for i := 0; i < runs; i++ {
 		e.mustSh(t, "sync")
-		warm = append(warm, timed(t, e.nsbox, "--root-dir", e.rootDir, "-q", "create", "bench-w", "--release", "bookworm"))
+		warm = append(warm, timed(t, e.argv("-q", "create", "bench-w", "--release", "bookworm")...))
 		e.mustNsb(t, "remove", "bench-w")
 		e.mustSh(t, "sync")
 		cp = append(cp, timed(t, "cp", "-a", base, e.rootDir+"/bench-cp"))
@@ -53,7 +53,7 @@ func TestBenchmark(t *testing.T) {
 	// its systemd says running (both without machined, here).
 	var nb, bare []time.Duration
 	for i := 0; i < runs; i++ {
-		nb = append(nb, timed(t, e.nsbox, "--backend", "direct", "--root-dir", e.rootDir, "-q", "boot", "bench-seed"))
+		nb = append(nb, timed(t, e.argv("-q", "boot", "bench-seed")...))
 		e.mustNsb(t, "stop", "bench-seed")
 		bare = append(bare, bareBoot(t, e.rootDir+"/bench-seed"))
 	}
@@ -65,8 +65,8 @@ func TestBenchmark(t *testing.T) {
 	}
 	var ls, lu []time.Duration
 	for i := 0; i < runs; i++ {
-		ls = append(ls, timed(t, e.nsbox, "--root-dir", e.rootDir, "list"))
-		lu = append(lu, timed(t, e.nsbox, "--root-dir", e.rootDir, "list", "--usage"))
+		ls = append(ls, timed(t, e.argv("list")...))
+		lu = append(lu, timed(t, e.argv("list", "--usage")...))
 	}
 	rows = append(rows, [3]string{"nsbox list, 20 stopped machines", median(ls).Round(time.Millisecond).String(),
 		(median(ls) / 20).Round(100*time.Microsecond).String() + " a machine"})
@@ -77,7 +77,7 @@ func TestBenchmark(t *testing.T) {
 	}
 
 	// 4. Peak memory of nsbox itself during a create.
-	rss := peakRSS(t, e.nsbox, "--root-dir", e.rootDir, "-q", "create", "bench-m", "--release", "bookworm")
+	rss := peakRSS(t, e.argv("-q", "create", "bench-m", "--release", "bookworm")...)
 	e.mustNsb(t, "remove", "bench-m")
 	rows = append(rows, [3]string{"peak RSS of nsbox during create", fmt.Sprintf("%.1f MB", float64(rss)/1024), "(target < 30 MB)"})
 
@@ -92,14 +92,14 @@ func TestBenchmark(t *testing.T) {
 	}
 	sides := []side{
 		{&nc, func() time.Duration {
-			d := timed(t, e.nsbox, "--root-dir", e.rootDir, "-q", "create", "bench-c", "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")
+			d := timed(t, e.argv("-q", "create", "bench-c", "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")...)
 			e.mustNsb(t, "remove", "bench-c")
 			return d
 		}},
 		{&db, func() time.Duration {
 			// debootstrap with the arguments nsbox gives it.
 			d := timed(t, "debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus,iproute2", "--components=main",
-				"--keyring=/usr/share/keyrings/debian-archive-keyring.gpg", "--cache-dir=/var/cache/nsbox/debs/debian-bookworm", "bookworm", e.rootDir+"/bench-db")
+				"--keyring=/usr/share/keyrings/debian-archive-keyring.gpg", "--cache-dir="+e.cacheDir+"/debs/debian-bookworm", "bookworm", e.rootDir+"/bench-db")
 			e.mustSh(t, "rm -rf --one-file-system "+e.rootDir+"/bench-db")
 			return d
 		}},

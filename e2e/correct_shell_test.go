@@ -107,7 +107,7 @@ func correctShell(t *testing.T, e *env) {
 // never comes must not hold the suite for its 10-minute bound.
 func (e *env) bounded(t *testing.T, d time.Duration, stdin string, args ...string) result {
 	t.Helper()
-	full := append(append([]string{}, e.prefix...), append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...)...)
+	full := append(append([]string{}, e.prefix...), e.argv(args...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
@@ -143,7 +143,7 @@ type onTTY struct {
 // terminal shows.
 func (e *env) startOnTerminal(t *testing.T, args ...string) *onTTY {
 	t.Helper()
-	full := append(append([]string{}, e.prefix...), append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...)...)
+	full := append(append([]string{}, e.prefix...), e.argv(args...)...)
 	c := &onTTY{cmd: exec.Command(full[0], full[1:]...), done: make(chan struct{})}
 	f, err := pty.Start(c.cmd)
 	if err != nil {

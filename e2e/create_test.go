@@ -43,15 +43,17 @@ func baseCache(t *testing.T, e *env) {
 	}
 	img, mnt := dir+"/fs.img", dir+"/mnt"
 	cache := mnt + "/cache"
-	// debootstrap's downloads are the host's: the base is new, the .debs need not be.
+	// debootstrap's downloads are the suite's cache's: the base is new,
+	// the .debs need not be.
+	debs := e.cacheDir + "/debs"
 	e.mustSh(t, "truncate -s 3G "+img+" && mkfs.btrfs -q "+img+" && mkdir "+mnt+" && mount -o loop "+img+" "+mnt+
-		" && mkdir -m 0700 "+mnt+"/srv && mkdir -p /var/cache/nsbox/debs "+cache+"/debs && mount --bind /var/cache/nsbox/debs "+cache+"/debs")
-	// rm only once both are unmounted: the bind holds the host's downloads.
+		" && mkdir -m 0700 "+mnt+"/srv && mkdir -p "+debs+" "+cache+"/debs && mount --bind "+debs+" "+cache+"/debs")
+	// rm only once both are unmounted: the bind holds the suite's downloads.
 	defer e.sh(t, "umount "+cache+"/debs && umount "+mnt+" && rm -rf --one-file-system "+dir)
 	bt := *e
-	bt.rootDir = mnt + "/srv"
+	bt.rootDir, bt.cacheDir = mnt+"/srv", cache
 	nsb := func(args ...string) result {
-		return e.run(t, append([]string{e.nsbox, "--backend", e.name, "--root-dir", bt.rootDir, "--cache-dir", cache}, args...)...)
+		return e.run(t, bt.argv(args...)...)
 	}
 	must := func(args ...string) result {
 		t.Helper()
@@ -188,7 +190,7 @@ func interrupts(t *testing.T, e *env) {
 // returns once debootstrap has worked in the temporary tree for a while.
 func bootstrapping(t *testing.T, e *env, name string, stderr io.Writer) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(e.nsbox, "--root-dir", e.rootDir, "create", name, "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")
+	cmd := exec.Command(e.nsbox, "--root-dir", e.rootDir, "--cache-dir", e.cacheDir, "create", name, "--release", "bookworm", "--no-cache", "--bootstrapper", "debootstrap")
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,11 +20,23 @@ import (
 
 // env is a place where nsbox runs: this host, or the test host.
 type env struct {
-	name    string   // "direct" or "machined"
-	prefix  []string // turns a command into one that runs there
-	nsbox   string   // path of the binary there
-	rootDir string   // --root-dir for machines
-	host    *testHost
+	name     string   // "direct" or "machined"
+	prefix   []string // turns a command into one that runs there
+	nsbox    string   // path of the binary there
+	rootDir  string   // --root-dir for machines: a directory of the suite's own
+	cacheDir string   // --cache-dir: the suite's base cache, never the host's
+	host     *testHost
+}
+
+// argv is an nsbox command line in the environment: its binary, backend,
+// root and cache directories, then args.
+func (e *env) argv(args ...string) []string {
+	return append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir, "--cache-dir", e.cacheDir}, args...)
+}
+
+// cmdline is argv for scripts.
+func (e *env) cmdline(args ...string) string {
+	return strings.Join(e.argv(args...), " ")
 }
 
 // result is what a finished command left.
@@ -76,10 +89,10 @@ func (e *env) sh(t *testing.T, script string) result {
 	return e.run(t, "sh", "-c", script)
 }
 
-// nsb runs nsbox with the environment's backend and root directory.
+// nsb runs nsbox with the environment's backend, root and cache directories.
 func (e *env) nsb(t *testing.T, args ...string) result {
 	t.Helper()
-	return e.run(t, append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...)...)
+	return e.run(t, e.argv(args...)...)
 }
 
 // mustNsb runs nsbox and fails the test unless it exits 0.
@@ -119,7 +132,7 @@ func (e *env) mustSh(t *testing.T, script string) string {
 // pause, and returns everything the terminal showed.
 func (e *env) pty(t *testing.T, inputs []string, args ...string) (string, int) {
 	t.Helper()
-	return e.onPty(t, inputs, 30*time.Second, append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...)...)
+	return e.onPty(t, inputs, 30*time.Second, e.argv(args...)...)
 }
 
 // onPty runs argv in the environment on a pseudo terminal of its own,
@@ -181,7 +194,8 @@ func (e *env) diagnose(t *testing.T) {
 	t.Logf("console logs:\n%s", e.sh(t, "tail -n 30 /var/log/nsbox/e2e-*.log 2>/dev/null").stdout)
 }
 
-// hostEnv is nsbox on this host.
+// hostEnv is nsbox on this host, with machines in a root directory of the
+// test's own and the suite's base cache.
 func hostEnv(t *testing.T, backend string) *env {
 	root, err := os.MkdirTemp("/var/tmp", "nsbox-e2e-root-")
 	if err != nil {
@@ -190,13 +204,10 @@ func hostEnv(t *testing.T, backend string) *env {
 	if err := os.Chmod(root, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{name: backend, prefix: nil, nsbox: nsboxBin, rootDir: root}
+	e := &env{name: backend, prefix: nil, nsbox: nsboxBin, rootDir: root, cacheDir: suiteCache}
 	t.Cleanup(func() {
 		// Machines a failed test left: stop and remove them, then the root.
-		r := e.nsb(t, "list", "--output", "json")
-		for _, n := range machineNames(r.stdout) {
-			e.nsb(t, "remove", "--force", n)
-		}
+		e.removeOwnMachines(t)
 		// The store stays after its last machine; it goes with the root.
 		os.Remove(root + "/.nsbox")
 		os.Remove(root)
@@ -204,16 +215,29 @@ func hostEnv(t *testing.T, backend string) *env {
 	return e
 }
 
+// guestRoot and guestCache are the suite's root and base cache inside the
+// test host; its /srv and /var/cache/nsbox are a user's (bootTestHost).
+const (
+	guestRoot  = "/var/tmp/nsbox-e2e-root"
+	guestCache = "/var/cache/nsbox-e2e"
+)
+
 // guestEnv is nsbox inside the booted test host.
 func guestEnv(t *testing.T, h *testHost) *env {
-	e := &env{name: "machined", prefix: h.prefix(), nsbox: "/usr/local/bin/nsbox", rootDir: "/srv", host: h}
-	t.Cleanup(func() {
-		r := e.nsb(t, "list", "--output", "json")
-		for _, n := range machineNames(r.stdout) {
-			if strings.HasPrefix(n, "e2e-") {
-				e.nsb(t, "remove", "--force", n)
-			}
-		}
-	})
+	e := &env{name: "machined", prefix: h.prefix(), nsbox: "/usr/local/bin/nsbox", rootDir: guestRoot, cacheDir: guestCache, host: h}
+	t.Cleanup(func() { e.removeOwnMachines(t) })
 	return e
+}
+
+// removeOwnMachines removes the machines a failed test left in the
+// environment's root directory; running machines of other root
+// directories, which list shows too, are not its own.
+func (e *env) removeOwnMachines(t *testing.T) {
+	var infos []info
+	_ = json.Unmarshal([]byte(e.nsb(t, "list", "--output", "json").stdout), &infos)
+	for _, i := range infos {
+		if i.Managed && strings.HasPrefix(i.Root, e.rootDir+"/") {
+			e.nsb(t, "remove", "--force", i.Name)
+		}
+	}
 }

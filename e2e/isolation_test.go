@@ -28,11 +28,6 @@ func (e *env) onTerminal(t *testing.T, script string) string {
 	return strings.ReplaceAll(out, "\r", "")
 }
 
-// cmdline is the nsbox command line of the environment, for scripts.
-func (e *env) cmdline(args ...string) string {
-	return strings.Join(append([]string{e.nsbox, "--backend", e.name, "--root-dir", e.rootDir}, args...), " ")
-}
-
 // isolation attacks a machine from inside and nsbox from the host, as
 // docs/reliability.md lists under "A machine's root is the attacker".
 func isolation(t *testing.T, e *env) {
@@ -119,7 +114,7 @@ func isolation(t *testing.T, e *env) {
 		if r := e.sh(t, nobody+"sh -c '"+tree+"/usr/local/bin/rootsh -c id'"); r.code == 0 {
 			t.Errorf("an unprivileged host user ran the machine's setuid shell:\n%s", r)
 		}
-		if got := strings.TrimSpace(e.mustSh(t, "stat -L -c %a /var/cache/nsbox/bases")); got != "700" {
+		if got := strings.TrimSpace(e.mustSh(t, "stat -L -c %a "+e.cacheDir+"/bases")); got != "700" {
 			t.Errorf("the base cache is %s, want 700", got)
 		}
 		e.mustNsb(t, "shell", name, "--", "rm", "/usr/local/bin/rootsh")
@@ -206,7 +201,7 @@ func isolation(t *testing.T, e *env) {
 		e.mustSh(t, "rm -rf "+other+" && mkdir -m 700 "+other)
 		defer e.sh(t, "rm -rf "+other)
 		o := func(args ...string) result {
-			return e.run(t, append([]string{e.nsbox, "--backend", e.name, "--root-dir", other}, args...)...)
+			return e.run(t, append([]string{e.nsbox, "--backend", e.name, "--root-dir", other, "--cache-dir", e.cacheDir}, args...)...)
 		}
 		wantFail(t, o("create", name, "--release", "bookworm"), 1, "is under "+e.rootDir)
 		wantFail(t, o("remove", "--force", name), 1, "is under "+e.rootDir)

@@ -19,8 +19,7 @@ func reliability(t *testing.T, e *env, name string) {
 
 	t.Run("not root", func(t *testing.T) {
 		for _, args := range [][]string{{"create", "e2e-nr", "--release", "bookworm"}, {"boot", name}, {"remove", name}} {
-			r := e.run(t, append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", e.nsbox,
-				"--backend", e.name, "--root-dir", e.rootDir}, args...)...)
+			r := e.run(t, append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"}, e.argv(args...)...)...)
 			wantFail(t, r, 1, "must be run as root")
 		}
 		e.mustSh(t, "test ! -e "+e.rootDir+"/e2e-nr && test -d "+root)
@@ -62,17 +61,29 @@ func reliability(t *testing.T, e *env, name string) {
 	})
 
 	t.Run("remove refused while a hand-started nspawn holds the tree", func(t *testing.T) {
-		nspawn := "systemd-nspawn --quiet --register=no --keep-unit --settings=no -D " + root + " sleep 60"
+		// The payload's command line is the test's own, to be told from
+		// any other sleep on the host.
+		nspawn := "systemd-nspawn --quiet --register=no --keep-unit --settings=no -D " + root + " sh -c 'sleep 60; : e2e-hand'"
+		held := "pgrep -fa '[s]ystemd-nspawn --quiet --register=no --keep-unit --settings=no -D " + root + " sh'"
 		if machined {
 			// A process of its own unit, as nspawn wants on a systemd host.
 			e.mustSh(t, "systemd-run --unit=e2e-hand -p Delegate=yes "+nspawn)
-			defer e.sh(t, "systemctl stop e2e-hand; sleep 1")
 		} else {
 			e.mustSh(t, "(setsid "+nspawn+" >/dev/null 2>&1 &)")
-			defer e.sh(t, "pkill -f '[s]ystemd-nspawn --quiet --register=no --keep-unit --settings=no -D "+root+" sleep 60'; sleep 1")
 		}
+		defer func() {
+			if machined {
+				e.sh(t, "systemctl stop e2e-hand")
+			} else {
+				e.sh(t, "pkill -f '[s]ystemd-nspawn --quiet --register=no --keep-unit --settings=no -D "+root+" sh'")
+			}
+			waitFor(t, 10*time.Second, "the hand-started nspawn gone", func() (bool, string) {
+				r := e.sh(t, held)
+				return r.code == 1, r.stdout
+			})
+		}()
 		waitFor(t, 10*time.Second, "the hand-started nspawn running its payload", func() (bool, string) {
-			r := e.sh(t, "pgrep -fa '^sleep 60$'")
+			r := e.sh(t, "pgrep -fa '[s]leep 60; : e2e-hand'")
 			return r.code == 0, r.stdout
 		})
 		wantFail(t, e.nsb(t, "remove", name), 1, "in use")
@@ -88,14 +99,14 @@ func reliability(t *testing.T, e *env, name string) {
 	})
 
 	t.Run("missing debootstrap", func(t *testing.T) {
-		r := e.run(t, "env", "PATH=/nonexistent", e.nsbox, "--backend", e.name, "--root-dir", e.rootDir, "create", "e2e-nd", "--release", "bookworm")
+		r := e.run(t, append([]string{"env", "PATH=/nonexistent"}, e.argv("create", "e2e-nd", "--release", "bookworm")...)...)
 		wantFail(t, r, 1, "apt-get install debootstrap")
 		e.mustSh(t, "test ! -e "+e.rootDir+"/e2e-nd")
 	})
 
 	t.Run("concurrent creates of one name", func(t *testing.T) {
-		r := e.sh(t, fmt.Sprintf(`for i in 1 2 3; do %s --backend %s --root-dir %s create e2e-race --release bookworm >/var/tmp/e2e-race.$i 2>&1 & done; wait
-			grep -l 'created e2e-race' /var/tmp/e2e-race.* | wc -l; cat /var/tmp/e2e-race.*; rm -f /var/tmp/e2e-race.*`, e.nsbox, e.name, e.rootDir))
+		r := e.sh(t, fmt.Sprintf(`for i in 1 2 3; do %s >/var/tmp/e2e-race.$i 2>&1 & done; wait
+			grep -l 'created e2e-race' /var/tmp/e2e-race.* | wc -l; cat /var/tmp/e2e-race.*; rm -f /var/tmp/e2e-race.*`, e.cmdline("create", "e2e-race", "--release", "bookworm")))
 		if !strings.HasPrefix(r.stdout, "1\n") {
 			t.Errorf("exactly one create must win:\n%s", r.stdout)
 		}
@@ -193,8 +204,9 @@ func reliability(t *testing.T, e *env, name string) {
 	})
 
 	t.Run("events", func(t *testing.T) {
-		e.mustSh(t, fmt.Sprintf("(timeout 20 %s --backend %s --root-dir %s events --output json --interval 100ms > /var/tmp/e2e-events.json 2>&1 &); sleep 1", e.nsbox, e.name, e.rootDir))
-		defer e.sh(t, "pkill -f '[e]vents --output json'; rm -f /var/tmp/e2e-events.json")
+		e.mustSh(t, "(timeout 20 "+e.cmdline("events", "--output", "json", "--interval", "100ms")+" > /var/tmp/e2e-events.json 2>&1 &); sleep 1")
+		// Only this test's: a user may watch events of their own.
+		defer e.sh(t, "pkill -f -- '--root-dir "+e.rootDir+" --cache-dir "+e.cacheDir+" [e]vents --output json'; rm -f /var/tmp/e2e-events.json")
 		e.mustNsb(t, "boot", name)
 		e.mustNsb(t, "stop", name)
 		want := []string{"started", "stopped"}
@@ -222,18 +234,26 @@ func reliability(t *testing.T, e *env, name string) {
 		defer e.sh(t, "umount "+dir+" && rmdir "+dir)
 		cy := *e
 		cy.rootDir = dir
-		count := func() string {
-			return strings.TrimSpace(e.mustSh(t, "ls /run/nsbox/machines 2>/dev/null | wc -l; ls /run/systemd/nspawn/locks 2>/dev/null | wc -l; ls -A "+dir+" "+dir+"/.nsbox 2>/dev/null | grep -v '^$' | grep -vx '.nsbox\\|"+dir+".*:' | wc -l; ls /etc/systemd/nspawn | wc -l; ls /etc/systemd/system | wc -l; ls /var/lib/nsbox/network 2>/dev/null | wc -l; ip -o link | wc -l"))
+		// What is left of e2e-cycle: what nsbox keeps by its name, its
+		// veth, the root directory's entries, and nspawn's image locks
+		// on the cycles' own file system.
+		dev := strings.TrimSpace(e.mustSh(t, "stat -c %d "+dir))
+		left := func() string {
+			return e.query(t, "ls -d /run/nsbox/machines/* /etc/systemd/nspawn/* /etc/systemd/system/* /var/lib/nsbox/network/* /var/lib/nsbox/limits/* /var/lib/nsbox/names/* /var/lib/machines/* 2>/dev/null | grep e2e-cycle; "+
+				"ip -o link | grep -o 've-e2e-cycle[^:@]*'; ls -A "+dir+" "+dir+"/.nsbox 2>/dev/null | grep -v '^$' | grep -vx '.nsbox\\|"+dir+".*:'; "+
+				"ls /run/systemd/nspawn/locks 2>/dev/null | grep '^inode-"+dev+":'")
 		}
-		before := count()
+		if out := left(); out != "" {
+			t.Fatalf("before the cycles: %s", out)
+		}
 		for i := 0; i < 20; i++ {
 			cy.mustNsb(t, "create", "e2e-cycle", "--release", "bookworm")
 			cy.mustNsb(t, "boot", "e2e-cycle")
 			cy.mustNsb(t, "stop", "e2e-cycle")
 			cy.mustNsb(t, "remove", "e2e-cycle")
 		}
-		if after := count(); after != before {
-			t.Errorf("state, locks or files grew: before %q after %q", before, after)
+		if out := left(); out != "" {
+			t.Errorf("state, locks or files left after twenty cycles:\n%s", out)
 		}
 	})
 }

@@ -7,8 +7,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -58,18 +56,6 @@ func hostileTar(t *testing.T) []byte {
 	}
 	w.Close()
 	return buf.Bytes()
-}
-
-func machineNames(listJSON string) []string {
-	var infos []info
-	_ = json.Unmarshal([]byte(listJSON), &infos)
-	var out []string
-	for _, i := range infos {
-		if i.Managed {
-			out = append(out, i.Name)
-		}
-	}
-	return out
 }
 
 func list(t *testing.T, e *env) map[string]info {
@@ -152,9 +138,9 @@ func machinedEnv(t *testing.T) *env {
 	}
 	hostOnce.Do(func() {
 		// The test host has no network of its own: its creates copy the
-		// bookworm base from this host's cache, made here if missing.
-		if hostErr = ensureBase(); hostErr == nil {
-			host, hostErr = bootTestHost()
+		// suite's bookworm base (suiteBase), bound into it.
+		if host, hostErr = bootTestHost(); hostErr == nil {
+			userGuest, hostErr = seedUser("the test host", host.prefix(), "/usr/local/bin/nsbox", guestCache+"/bases/"+suiteBaseKey+"/root")
 		}
 	})
 	if hostErr != nil {
@@ -232,7 +218,7 @@ func scenarios(t *testing.T, e *env) {
 		if r := e.nsb(t, "shell", name, "--", "sh", "-c", "kill -9 $$"); r.code != 137 {
 			t.Errorf("SIGKILL came back as %d, want 137\n%s", r.code, r)
 		}
-		if r := e.runIn(t, "through stdin\n", e.nsbox, "--backend", e.name, "--root-dir", e.rootDir, "shell", name, "--", "cat"); r.stdout != "through stdin\n" {
+		if r := e.runIn(t, "through stdin\n", e.argv("shell", name, "--", "cat")...); r.stdout != "through stdin\n" {
 			t.Errorf("stdin not passed: %s", r)
 		}
 		if r := e.nsb(t, "shell", name, "--", "sh", "-c", "echo $HOME; hostname"); r.stdout != "/root\n"+name+"\n" {
@@ -260,7 +246,7 @@ func scenarios(t *testing.T, e *env) {
 		wantFail(t, e.run(t, e.nsbox, "--root-dir", "/nonexistent-e2e", "list"), 1, "does not exist")
 		wantFail(t, e.run(t, e.nsbox, "--root-dir", "/etc/hostname", "list"), 1, "not a directory")
 		if !machined {
-			wantFail(t, e.run(t, e.nsbox, "--backend", "machined", "list"), 1, "systemd is not PID 1")
+			wantFail(t, e.run(t, e.nsbox, "--backend", "machined", "--root-dir", e.rootDir, "--cache-dir", e.cacheDir, "list"), 1, "systemd is not PID 1")
 		}
 		if i := status(t, e, name); i.State != "running" {
 			t.Errorf("after the refused commands %s is %s", name, i.State)
@@ -415,6 +401,12 @@ func scenarios(t *testing.T, e *env) {
 		// there manages only its machines' veths.
 		t.Run("networkd on the host serves the veth", func(t *testing.T) {
 			e.mustNsb(t, "stop", name)
+			// networkd takes every veth its stock file matches, a user's
+			// machines' too, and keeps the addresses it gave them: it is
+			// kept to the suite's own.
+			const others = "/run/systemd/network/10-e2e-others-veths.network"
+			e.mustSh(t, "mkdir -p /run/systemd/network && printf '[Match]\\nKind=veth\\nName=!ve-e2e-*\\n\\n[Link]\\nUnmanaged=yes\\n' > "+others)
+			defer e.sh(t, "rm -f "+others)
 			e.mustSh(t, "systemctl start systemd-networkd")
 			defer e.sh(t, "systemctl stop systemd-networkd.socket systemd-networkd")
 			e.mustNsb(t, "boot", name)
@@ -569,14 +561,14 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("two at once", func(t *testing.T) {
 		const other = "e2e-bw2"
 		e.mustNsb(t, "stop", name)
-		// A second create of the release copies the cached base.
-		e.mustNsb(t, "create", other, "--release", "bookworm")
-		var bases []struct {
-			Key     string `json:"key"`
-			Release string `json:"release"`
+		// A second create of the release copies the suite's cached base,
+		// which stays as it was.
+		bases := e.mustNsb(t, "cache", "list", "--output", "json").stdout
+		if r := e.mustNsb(t, "create", other, "--release", "bookworm"); !strings.Contains(r.stderr, "copying base "+suiteBaseKey+"\n") {
+			t.Errorf("the second create did not copy the cached base %s:\n%s", suiteBaseKey, r)
 		}
-		if err := json.Unmarshal([]byte(e.mustNsb(t, "cache", "list", "--output", "json").stdout), &bases); err != nil || len(bases) != 1 || bases[0].Release != "bookworm" {
-			t.Errorf("one cached bookworm base expected: %+v %v", bases, err)
+		if after := e.mustNsb(t, "cache", "list", "--output", "json").stdout; after != bases {
+			t.Errorf("the base cache changed with a create that copies a base:\n%s\nwas:\n%s", after, bases)
 		}
 		e.mustNsb(t, "boot", name, other)
 		a, b := status(t, e, name), status(t, e, other)
@@ -615,8 +607,18 @@ func scenarios(t *testing.T, e *env) {
 
 	if machined {
 		t.Run("foreign machine", func(t *testing.T) {
+			// machinectl knows images only in /var/lib/machines: the
+			// name is the suite's, never a tree another put there.
+			e.mustSh(t, "test ! -e /var/lib/machines/e2e-foreign")
 			e.mustSh(t, "mkdir -p /var/lib/machines && cp -a "+e.rootDir+"/.nsbox/"+name+" /var/lib/machines/e2e-foreign && machinectl start e2e-foreign")
-			defer e.sh(t, "machinectl terminate e2e-foreign; sleep 1; rm -rf /var/lib/machines/e2e-foreign")
+			defer func() {
+				e.sh(t, "machinectl terminate e2e-foreign")
+				waitFor(t, 30*time.Second, "e2e-foreign gone from machined", func() (bool, string) {
+					r := e.sh(t, "machinectl show --property=State --value e2e-foreign")
+					return r.code != 0, r.stdout
+				})
+				e.sh(t, "rm -rf /var/lib/machines/e2e-foreign")
+			}()
 			waitFor(t, 30*time.Second, "foreign machine listed", func() (bool, string) {
 				i, ok := list(t, e)["e2e-foreign"]
 				return ok && i.State == "running" && !i.Managed, fmt.Sprintf("%+v", i)
@@ -687,10 +689,13 @@ func scenarios(t *testing.T, e *env) {
 	})
 
 	t.Run("nothing left behind", func(t *testing.T) {
-		if out := e.query(t, "ip -br link | grep -o '^ve-e2e[^@ ]*'"); out != "" {
+		// The suite's machines are named e2e-...; nspawn keeps that much
+		// of a long name too.
+		if out := e.query(t, "ip -br link | grep -o '^ve-e2e-[^@ ]*'"); out != "" {
 			t.Errorf("veths left: %s", out)
 		}
-		if out := e.query(t, "pgrep -fa '[s]ystemd-nspawn.*e2e-|[_]_supervise.*e2e-'"); out != "" {
+		// nspawn and supervisors of the machines in this root directory.
+		if out := e.query(t, "pgrep -fa '[s]ystemd-nspawn .*--directory="+e.rootDir+"/|--root-dir "+e.rootDir+" .*[_]_supervise'"); out != "" {
 			t.Errorf("processes left: %s", out)
 		}
 		if out := e.query(t, "grep ' "+e.rootDir+"/' /proc/self/mountinfo"); out != "" {
@@ -703,36 +708,4 @@ func scenarios(t *testing.T, e *env) {
 			t.Errorf("state files left: %s", out)
 		}
 	})
-}
-
-// ensureBase makes sure this host's base cache holds a bookworm base,
-// creating (and removing) a machine in a directory of its own if not.
-func ensureBase() error {
-	out, err := exec.Command(nsboxBin, "cache", "list", "--output", "json").Output()
-	if err != nil {
-		return fmt.Errorf("nsbox cache list: %w", err)
-	}
-	var bases []struct {
-		Release string `json:"release"`
-	}
-	if err := json.Unmarshal(out, &bases); err != nil {
-		return fmt.Errorf("nsbox cache list: %w", err)
-	}
-	for _, b := range bases {
-		if b.Release == "bookworm" {
-			return nil
-		}
-	}
-	dir, err := os.MkdirTemp("/var/tmp", "nsbox-e2e-seed-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	fmt.Fprintln(os.Stderr, "e2e: bootstrapping the bookworm base for the test host")
-	for _, args := range [][]string{{"create", "e2e-seed", "--release", "bookworm"}, {"remove", "e2e-seed"}} {
-		if out, err := exec.Command(nsboxBin, append([]string{"--root-dir", dir, "-q"}, args...)...).CombinedOutput(); err != nil {
-			return fmt.Errorf("nsbox %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	return nil
 }

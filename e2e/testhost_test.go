@@ -85,9 +85,6 @@ func bootTestHost() (*testHost, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll("/var/cache/nsbox", 0o755); err != nil {
-		return nil, err
-	}
 	logf, err := os.CreateTemp("", "nsbox-e2e-host-*.log")
 	if err != nil {
 		return nil, err
@@ -103,11 +100,16 @@ func bootTestHost() (*testHost, error) {
 		"--private-network",
 		// Machines in memory: the machined scenarios copy 250 MB trees
 		// a dozen times, and this disk's writeback made each copy take
-		// seconds. The direct scenarios keep theirs on disk.
-		"--tmpfs=/srv:mode=0700",
+		// seconds. The direct scenarios keep theirs on disk. The
+		// scenarios' machines are in a root directory of their own;
+		// /srv and /var/cache/nsbox are a user's, where the suite seeds
+		// machines and a base of a user's (seedUser).
+		"--tmpfs="+guestRoot+":mode=0700",
+		"--tmpfs=/srv:mode=0755",
+		"--tmpfs=/var/cache/nsbox:mode=0700",
 		"--bind-ro="+nsboxBin+":/usr/local/bin/nsbox",
-		// debootstrap's downloads are shared with the host's nsbox cache.
-		"--bind=/var/cache/nsbox:/var/cache/nsbox")
+		// The suite's base cache: the test host has no network of its own.
+		"--bind="+suiteCache+":"+guestCache)
 	h.nspawn.Stdout, h.nspawn.Stderr = logf, logf
 	h.nspawn.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := h.nspawn.Start(); err != nil {
