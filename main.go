@@ -62,6 +62,8 @@ func newApp() *cli.App {
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only results and errors"},
 		},
 		Before:                    setupLogging,
+		After:                     closeManagers,
+		Metadata:                  map[string]any{},
 		Commands:                  commands(),
 		EnableBashCompletion:      true,
 		OnUsageError:              func(_ *cli.Context, err error, _ bool) error { return usageError{err.Error()} },
@@ -175,7 +177,7 @@ func manager(c *cli.Context) (*machine.Manager, error) {
 		}
 		paths.CacheDir = filepath.Clean(cache)
 	}
-	return machine.Open(c.Context, machine.Config{
+	m, err := machine.Open(c.Context, machine.Config{
 		Paths:   paths,
 		Backend: c.String("backend"),
 		// Resolved when a unit or supervisor needs it, not on every command.
@@ -183,6 +185,31 @@ func manager(c *cli.Context) (*machine.Manager, error) {
 		Supervisor: []string{"--root-dir", paths.RootDir, "--cache-dir", paths.CacheDir, superviseName},
 		Pool:       c.String("address-pool"),
 	})
+	if err != nil {
+		return nil, err
+	}
+	// Closed when the command ends (closeManagers, the app's After).
+	c.App.Metadata[openManagers] = append(managers(c), m)
+	return m, nil
+}
+
+// openManagers is where manager keeps what it opened, in the app's
+// Metadata, so that their connections close when the command ends.
+const openManagers = "nsbox.managers"
+
+func managers(c *cli.Context) []*machine.Manager {
+	ms, _ := c.App.Metadata[openManagers].([]*machine.Manager)
+	return ms
+}
+
+// closeManagers closes the system bus connection of every manager the
+// command opened.
+func closeManagers(c *cli.Context) error {
+	for _, m := range managers(c) {
+		m.Close()
+	}
+	c.App.Metadata[openManagers] = nil
+	return nil
 }
 
 // nameArg returns the single machine name argument of a command.
