@@ -15,7 +15,8 @@ import (
 // links.
 func manPage(app *cli.App) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, ".TH %s %d\n", app.Name, manSection)
+	// No hyphenation: option names must read as typed.
+	fmt.Fprintf(&b, ".nh\n.TH %s %d\n", app.Name, manSection)
 	b.WriteString(".SH NAME\n")
 	fmt.Fprintf(&b, "%s \\- %s\n", app.Name, roffText(app.Usage))
 	b.WriteString(".SH SYNOPSIS\n")
