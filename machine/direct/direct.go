@@ -346,7 +346,7 @@ func (d *Backend) Kill(ctx context.Context, name string, all bool, sig syscall.S
 		return err
 	}
 	if !st.Leader.Alive() {
-		return fmt.Errorf("%s: container is between boots", name)
+		return fmt.Errorf("%w: %s is between boots; try again", backend.ErrBusy, name)
 	}
 	if !all {
 		return syscall.Kill(st.Leader.PID, sig)
@@ -406,7 +406,7 @@ func (d *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (in
 		return 0, err
 	}
 	if !st.Leader.Alive() {
-		return 0, fmt.Errorf("%s: container is between boots", name)
+		return 0, fmt.Errorf("%w: %s is between boots; try again", backend.ErrBusy, name)
 	}
 	if len(e.Argv) == 0 {
 		return 0, fmt.Errorf("%s: no command to run", name)
