@@ -5,7 +5,7 @@
 // A process opens one connection (Connect) and hands it to both clients
 // (Bus.Machined, Bus.Systemd): one socket and one authentication, however
 // many services it talks to. Calls that read many objects (GetMachines,
-// GetMachinesAddresses, GetUnitState) send their messages together and then
+// GetUnitState) send their messages together and then
 // collect the replies, so they cost one round trip, not one per object.
 package dbusapi
 

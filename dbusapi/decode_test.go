@@ -2,7 +2,6 @@ package dbusapi
 
 import (
 	"math"
-	"reflect"
 	"testing"
 	"time"
 
@@ -123,41 +122,6 @@ func TestDecodeUnitUsage(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := decodeUnitUsage(tc.props); got != tc.want {
 				t.Errorf("got %+v, want %+v", got, tc.want)
-			}
-		})
-	}
-}
-
-func TestDecodeAddresses(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		raw  []machineAddress
-		want []string
-	}{
-		{"none", nil, nil},
-		{
-			"both families",
-			[]machineAddress{
-				{2, []byte{10, 0, 0, 2}},
-				{10, []byte{0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}},
-			},
-			[]string{"10.0.0.2", "fe80::1"},
-		},
-		{
-			"length not of the family",
-			[]machineAddress{
-				{2, []byte{10, 0, 0, 2, 0}},
-				{10, []byte{10, 0, 0, 3}},
-				{2, nil},
-				{99, []byte{10, 0, 0, 4}},
-				{2, []byte{192, 168, 1, 5}},
-			},
-			[]string{"192.168.1.5"},
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := decodeAddresses(tc.raw); !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("got %q, want %q", got, tc.want)
 			}
 		})
 	}

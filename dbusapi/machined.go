@@ -2,7 +2,6 @@ package dbusapi
 
 import (
 	"context"
-	"net"
 	"os"
 	"syscall"
 	"time"
@@ -108,51 +107,6 @@ func decodeMachine(name string, props map[string]dbus.Variant) Machine {
 		m.Since = time.UnixMicro(int64(ts))
 	}
 	return m
-}
-
-// GetMachineAddresses lists the machine's IP addresses as text.
-func (c *Machined) GetMachineAddresses(name string) ([]string, error) {
-	addrs, errs := c.GetMachinesAddresses([]string{name})
-	return addrs[0], errs[0]
-}
-
-// GetMachinesAddresses is GetMachineAddresses for several machines at once,
-// in one round trip: out[i] and errs[i] are the answers for names[i]. It
-// may run beside GetMachines, so both batches share the round trip.
-func (c *Machined) GetMachinesAddresses(names []string) (out [][]string, errs []error) {
-	calls := make([]batchCall, len(names))
-	for i, n := range names {
-		calls[i] = batchCall{obj: c.manager, method: managerIface + ".GetMachineAddresses", args: []any{n}}
-	}
-	out, errs = make([][]string, len(names)), make([]error, len(names))
-	for i, call := range callAll(context.Background(), calls) {
-		var raw []machineAddress
-		if err := call.Store(&raw); err != nil {
-			errs[i] = mapMachinedErr(err)
-			continue
-		}
-		out[i] = decodeAddresses(raw)
-	}
-	return out, errs
-}
-
-// machineAddress is one entry of GetMachineAddresses, a(iay).
-type machineAddress struct {
-	Family int32
-	Addr   []byte
-}
-
-// decodeAddresses keeps the addresses whose length fits their family, as
-// text.
-func decodeAddresses(raw []machineAddress) []string {
-	var out []string
-	for _, a := range raw {
-		if (a.Family == syscall.AF_INET && len(a.Addr) == net.IPv4len) ||
-			(a.Family == syscall.AF_INET6 && len(a.Addr) == net.IPv6len) {
-			out = append(out, net.IP(a.Addr).String())
-		}
-	}
-	return out
 }
 
 // KillMachine sends sig to the machine's leader ("leader") or to all its
