@@ -3,7 +3,19 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Debian packages nsbox and its tests need on the host.
-host_packages := "systemd-container debootstrap dbus iproute2 util-linux zstd nftables btrfs-progs"
+host_packages := "systemd-container debootstrap dbus iproute2 util-linux zstd nftables btrfs-progs lintian"
+
+# where just install puts nsbox, and a staging directory in front of it
+# (as make's DESTDIR): just PREFIX=/usr DESTDIR=/tmp/stage install
+PREFIX := env("PREFIX", "/usr/local")
+DESTDIR := env("DESTDIR", "")
+
+# how every shipped binary is built: position-independent, without the
+# build's paths, stripped (-s -w: lintian refuses unstripped binaries),
+# with relocations read-only after start (relro, now: Debian's hardening),
+# stamped with the commit where there is one (GOFLAGS may say otherwise)
+maintainer := "nsbox developers <nsbox@users.noreply.github.com>"
+release_flags := "-buildvcs=auto -trimpath -buildmode=pie -tags urfave_cli_no_docs"
 
 # list the recipes
 default:
@@ -25,7 +37,123 @@ deps:
 
 # build the nsbox binary into ./nsbox
 build:
-    go build -tags urfave_cli_no_docs -o nsbox .
+    go build -buildvcs=auto -tags urfave_cli_no_docs -o nsbox .
+
+# build and install nsbox, its man page, completions and docs under PREFIX
+install:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    gen=$(mktemp -d); trap 'rm -rf "$gen"' EXIT
+    go build {{release_flags}} -ldflags "-s -w -extldflags=-Wl,-z,relro,-z,now ${NSBOX_VERSION:+-X main.version=$NSBOX_VERSION}" -o "$gen/nsbox" .
+    "$gen/nsbox" man | gzip -9n > "$gen/nsbox.1.gz"
+    for sh in bash zsh fish; do "$gen/nsbox" completion $sh > "$gen/$sh"; done
+    just --quiet PREFIX={{PREFIX}} files | while read -r mode src dst; do
+        case $src in gen/*) src=$gen/${src#gen/} ;; esac
+        install -D -m "$mode" "$src" "{{DESTDIR}}$dst"
+    done
+    echo "installed nsbox in {{DESTDIR}}{{PREFIX}}; remove it with: just PREFIX={{PREFIX}} uninstall"
+
+# remove what just install installed under PREFIX (machines and bases stay)
+uninstall:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    just --quiet PREFIX={{PREFIX}} files | while read -r mode src dst; do
+        rm -f "{{DESTDIR}}$dst"
+    done
+    # the one directory that is nsbox's alone; the others are shared
+    rmdir "{{DESTDIR}}{{PREFIX}}/share/doc/nsbox" 2>/dev/null || true
+    echo "removed nsbox from {{DESTDIR}}{{PREFIX}}"
+
+# what install puts where, a line each: mode, source (gen/: made by the
+# built binary), destination
+[private]
+files:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    p={{PREFIX}}
+    # zsh on Debian reads vendor-completions for packages, site-functions
+    # for what an admin installs
+    zsh=share/zsh/site-functions
+    [ "$p" = /usr ] && zsh=share/zsh/vendor-completions
+    echo "0755 gen/nsbox $p/bin/nsbox"
+    echo "0644 gen/nsbox.1.gz $p/share/man/man1/nsbox.1.gz"
+    echo "0644 gen/bash $p/share/bash-completion/completions/nsbox"
+    echo "0644 gen/zsh $p/$zsh/_nsbox"
+    echo "0644 gen/fish $p/share/fish/vendor_completions.d/nsbox.fish"
+    echo "0644 README.md $p/share/doc/nsbox/README.md"
+    for f in docs/*.md; do echo "0644 $f $p/share/doc/nsbox/$(basename "$f")"; done
+
+# build the Debian package nsbox_VERSION_ARCH.deb into DIR, and lintian it
+# (dpkg-deb: every Debian has it, and the package is a dozen plain files)
+deb dir=".":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    release=$(sed -n 's/^const release = "\(.*\)"$/\1/p' version.go)
+    version=$release
+    # between tags: 0.1.0+git20261130.3f4dd10 (sorts after 0.1.0)
+    if rev=$(git rev-parse --short=7 HEAD 2>/dev/null) &&
+        ! git describe --exact-match --tags --match "v$release" >/dev/null 2>&1; then
+        version=$release+git$(git log -1 --format=%cd --date=format:%Y%m%d).$rev
+        git diff --quiet HEAD -- || version=$version.modified
+    fi
+    arch=$(dpkg --print-architecture)
+    stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
+    chmod 0755 "$stage"
+    NSBOX_VERSION=$version just --quiet PREFIX=/usr DESTDIR="$stage" install >/dev/null
+    doc=$stage/usr/share/doc/nsbox
+    printf 'nsbox (%s) unstable; urgency=medium\n\n  * Built from %s.\n\n -- %s  %s\n' \
+        "$version" "${rev:+commit $rev}${rev:-a source tree without git}" "{{maintainer}}" \
+        "$(date -R -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")" | gzip -9n > "$doc/changelog.gz"
+    chmod 0644 "$doc/changelog.gz"
+    printf '%s\n' 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/' \
+        'Upstream-Name: nsbox' 'Source: https://github.com/nsbox/nsbox' '' \
+        'Files: *' 'Copyright: 2026 the nsbox developers' 'License: none-chosen' \
+        ' The nsbox developers have not chosen a license yet; until they do, the' \
+        ' authors keep their rights. See https://github.com/nsbox/nsbox.' > "$doc/copyright"
+    mkdir -m 0755 "$stage/DEBIAN"
+    # util-linux (nsenter, mount) is essential: Depends may not name it.
+    # the newest glibc symbol version the binary needs (cgo links libc)
+    glibc=$(objdump -T "$stage/usr/bin/nsbox" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 | cut -d_ -f2)
+    cat > "$stage/DEBIAN/control" <<EOF
+    Package: nsbox
+    Version: $version
+    Architecture: $arch
+    Maintainer: {{maintainer}}
+    Installed-Size: $(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+    Depends: libc6 (>= $glibc), systemd-container, debootstrap, iproute2
+    Recommends: mmdebstrap, zstd, nftables, btrfs-progs, dbus
+    Section: admin
+    Priority: optional
+    Homepage: https://github.com/nsbox/nsbox
+    Description: systemd-nspawn machines, as machinectl with less typing
+     nsbox creates Debian and Ubuntu machines with debootstrap, boots them
+     with systemd-nspawn as systemd services registered with machined (or
+     under a supervisor of its own where systemd is not running), and gives
+     each a shell, a network, limits, logs and autostart. Machines live in
+     /srv, cached bases in /var/cache/nsbox.
+    EOF
+    cat > "$stage/DEBIAN/postrm" <<'EOF'
+    #!/bin/sh
+    set -e
+    # Machines, bases and settings are the user's: purge says where they are.
+    if [ "$1" = purge ]; then
+        echo "nsbox: left as they were (the user's, not the package's):"
+        echo "  machines in /srv (and their settings in /etc/systemd/nspawn),"
+        echo "  cached bases in /var/cache/nsbox, machine state in /var/lib/nsbox,"
+        echo "  units of enabled machines in /etc/systemd/system/nsbox-*.service."
+        echo "nsbox: remove machines with nsbox remove NAME before purging, or those paths by hand."
+    fi
+    EOF
+    chmod 0755 "$stage/DEBIAN/postrm"
+    (cd "$stage" && find usr -type f -exec md5sum {} + | sort -k2 > DEBIAN/md5sums)
+    chmod 0644 "$stage/DEBIAN/md5sums"
+    mkdir -p "{{dir}}"
+    out={{dir}}/nsbox_${version}_$arch.deb
+    dpkg-deb --root-owner-group -Zxz --build "$stage" "$out" >/dev/null
+    if command -v lintian >/dev/null; then
+        lintian --fail-on error --suppress-tags-from-file /dev/null "$out"
+    fi
+    echo "$out"
 
 # gofmt, go vet and staticcheck
 lint:

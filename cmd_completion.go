@@ -24,14 +24,21 @@ complete -o default -F _nsbox nsbox
 `
 
 	// zshCompletion is the script of nsbox completion zsh.
+	// Sourced, it registers _nsbox; autoloaded from $fpath as _nsbox (the
+	// package's vendor-completions file), its body is the function's
+	// first call, which defines _nsbox and completes.
 	zshCompletion = `#compdef nsbox
-# nsbox completion for zsh: source <(nsbox completion zsh)
+# nsbox completion for zsh: source <(nsbox completion zsh), or as _nsbox in $fpath
 _nsbox() {
 	local -a opts
 	opts=("${(@f)$(${words[1]} ${words[2,CURRENT-1]} --generate-bash-completion 2>/dev/null)}")
 	_describe 'nsbox' opts
 }
-compdef _nsbox nsbox
+if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
+	_nsbox "$@"
+else
+	compdef _nsbox nsbox
+fi
 `
 
 	// fishCompletion is the script of nsbox completion fish.

@@ -19,7 +19,10 @@ func doctorCommand() *cli.Command {
 			}
 			// A manager that cannot be opened is a failed check, not an error.
 			m, err := manager(c)
-			checks := machine.Doctor{Manager: m, OpenErr: err, Pool: c.String("address-pool")}.Checks(c.Context)
+			// The first line says which nsbox this is: a report of a
+			// problem names it.
+			checks := append([]machine.Check{{Name: "nsbox", OK: true, Detail: c.App.Version, Version: c.App.Version}},
+				machine.Doctor{Manager: m, OpenErr: err, Pool: c.String("address-pool")}.Checks(c.Context)...)
 			if c.String("output") == "json" {
 				if err := writeJSON(os.Stdout, checks); err != nil {
 					return err

@@ -34,12 +34,19 @@ func statusCommand() *cli.Command {
 				return fmt.Errorf("status %s: %w", name, err)
 			}
 			if c.String("output") == "json" {
-				return writeJSON(os.Stdout, i)
+				return writeJSON(os.Stdout, statusJSON{i, c.App.Version})
 			}
 			writeStatus(os.Stdout, i)
 			return nil
 		},
 	}
+}
+
+// statusJSON is status -o json: the machine, and which nsbox answered
+// (for bug reports, where the version matters).
+type statusJSON struct {
+	machine.Info
+	NsboxVersion string `json:"nsbox_version"`
 }
 
 // writeStatus prints machine i as status shows it. Every value goes

@@ -81,23 +81,7 @@ func testHostRoot() (string, error) {
 // bootTestHost boots an ephemeral copy of the test host root with the
 // freshly built nsbox in it, and waits for its systemd.
 func bootTestHost() (*testHost, error) {
-	root, err := testHostRoot()
-	if err != nil {
-		return nil, err
-	}
-	logf, err := os.CreateTemp("", "nsbox-e2e-host-*.log")
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	h := &testHost{log: logf.Name(), exited: make(chan struct{})}
-	start := time.Now()
-	h.nspawn = exec.Command("systemd-nspawn", "--quiet", "--directory="+root, "--ephemeral",
-		"--register=no", "--keep-unit", "--settings=no", "--boot", "--machine=nsbox-e2e-host",
-		"--capability=CAP_NET_ADMIN", "--console=read-only",
-		// A network namespace of its own: its machines' veths, bridges
-		// and a networkd of its own never meet this host's.
-		"--private-network",
+	return bootHost("nsbox-e2e-host",
 		// Machines in memory: the machined scenarios copy 250 MB trees
 		// a dozen times, and this disk's writeback made each copy take
 		// seconds. The direct scenarios keep theirs on disk. The
@@ -107,9 +91,33 @@ func bootTestHost() (*testHost, error) {
 		"--tmpfs="+guestRoot+":mode=0700",
 		"--tmpfs=/srv:mode=0755",
 		"--tmpfs=/var/cache/nsbox:mode=0700",
-		"--bind-ro="+nsboxBin+":/usr/local/bin/nsbox",
+		"--bind-ro="+nsboxBin+":/usr/local/bin/nsbox")
+}
+
+// bootHost boots an ephemeral copy of the test host root as machine name,
+// with the suite's base cache at guestCache and the extra nspawn options,
+// and waits for its systemd.
+func bootHost(name string, extra ...string) (*testHost, error) {
+	root, err := testHostRoot()
+	if err != nil {
+		return nil, err
+	}
+	logf, err := os.CreateTemp("", name+"-*.log")
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	h := &testHost{log: logf.Name(), exited: make(chan struct{})}
+	start := time.Now()
+	args := []string{"--quiet", "--directory=" + root, "--ephemeral",
+		"--register=no", "--keep-unit", "--settings=no", "--boot", "--machine=" + name,
+		"--capability=CAP_NET_ADMIN", "--console=read-only",
+		// A network namespace of its own: its machines' veths, bridges
+		// and a networkd of its own never meet this host's.
+		"--private-network",
 		// The suite's base cache: the test host has no network of its own.
-		"--bind="+suiteCache+":"+guestCache)
+		"--bind=" + suiteCache + ":" + guestCache}
+	h.nspawn = exec.Command("systemd-nspawn", append(args, extra...)...)
 	h.nspawn.Stdout, h.nspawn.Stderr = logf, logf
 	h.nspawn.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := h.nspawn.Start(); err != nil {
@@ -144,7 +152,7 @@ func bootTestHost() (*testHost, error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	fmt.Fprintf(os.Stderr, "e2e: test host %s after %s\n", state, time.Since(start).Round(10*time.Millisecond))
+	fmt.Fprintf(os.Stderr, "e2e: test host %s %s after %s\n", name, state, time.Since(start).Round(10*time.Millisecond))
 	return h, nil
 }
 

@@ -25,6 +25,8 @@ type Check struct {
 	Needed bool   `json:"needed"` // a failed needed check makes doctor exit 1
 	Detail string `json:"detail"`
 	Fix    string `json:"fix,omitempty"`
+	// Version is nsbox's own version, on the check named "nsbox" only.
+	Version string `json:"version,omitempty"`
 }
 
 // Doctor checks a host for what nsbox needs, each finding with its fix:
