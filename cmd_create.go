@@ -30,11 +30,16 @@ func createCommand() *cli.Command {
 			&cli.StringFlag{Name: "include", Usage: "extra packages, comma-separated"},
 			&cli.StringFlag{Name: "arch", Usage: "architecture (default: the host's)"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "bootstrap straight into the machine, not from a cached base"},
+			&cli.StringFlag{Name: "storage", Value: "auto", Usage: "copy (of the base; a snapshot on btrfs) or overlay (over the base, nothing copied); auto is copy"},
 			&cli.StringFlag{Name: "bootstrapper", Usage: "debootstrap or mmdebstrap (default: mmdebstrap when installed)"},
 			&cli.DurationFlag{Name: "refresh-older-than", Usage: "refresh a cached base older than this before use (e.g. 720h)"},
 		},
 		Action: func(c *cli.Context) error {
 			name, err := nameArg(c)
+			if err != nil {
+				return err
+			}
+			kind, err := machine.ParseStorage(c.String("storage"))
 			if err != nil {
 				return err
 			}
@@ -51,7 +56,7 @@ func createCommand() *cli.Command {
 				Release: c.String("release"), Distro: c.String("distro"), Mirror: c.String("mirror"),
 				Variant: c.String("variant"), Include: include, Arch: c.String("arch"),
 				NoCache: c.Bool("no-cache"), Bootstrapper: c.String("bootstrapper"), MaxAge: c.Duration("refresh-older-than"),
-				Progress: p.stage,
+				Progress: p.stage, Storage: kind,
 			})
 			p.done()
 			if err != nil {

@@ -69,9 +69,17 @@ func writeStatus(w io.Writer, i machine.Info) {
 	row("OS", strings.TrimSpace(dash(i.OS)+" "+i.Version))
 	row("Root", dash(i.Root))
 	if i.Managed {
+		storage := i.Storage
+		if i.Base != "" {
+			storage += " over " + i.Base
+		}
+		row("Storage", storage)
 		var disk []string
 		if i.Usage > 0 {
 			disk = append(disk, humanBytes(i.Usage))
+		}
+		if i.BaseUsage > 0 {
+			disk = append(disk, humanBytes(i.BaseUsage)+" in its base")
 		}
 		if i.ReadOnly {
 			disk = append(disk, "read-only")

@@ -102,3 +102,15 @@ func networkUpCommand() *cli.Command {
 	cmd.Hidden = true
 	return cmd
 }
+
+// storageCommand is what an overlay machine's unit runs before its start
+// and after its stop: nsbox __storage mount|unmount NAME.
+func storageCommand() *cli.Command {
+	mount := simple("mount", "", nil, func(c *cli.Context, m *machine.Manager, n string) error {
+		return m.MountStorage(c.Context, n)
+	})
+	unmount := simple("unmount", "", nil, func(c *cli.Context, m *machine.Manager, n string) error {
+		return m.UnmountStorage(c.Context, n)
+	})
+	return &cli.Command{Name: machine.StorageCommand, Hidden: true, Subcommands: []*cli.Command{mount, unmount}}
+}

@@ -82,7 +82,7 @@ func commands() []*cli.Command {
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(),
 		bindCommand(), completionCommand(), manCommand(),
-		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(),
+		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
 	}
 	quietUsage(cmds)
 	for _, c := range cmds {

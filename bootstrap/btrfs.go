@@ -20,9 +20,9 @@ func OnBtrfs(path string) bool {
 	return unix.Statfs(path, &st) == nil && st.Type == btrfsMagic
 }
 
-// isSubvolume reports whether dir is the top of a btrfs subvolume (its
+// IsSubvolume reports whether dir is the top of a btrfs subvolume (its
 // inode is always 256).
-func isSubvolume(dir string) bool {
+func IsSubvolume(dir string) bool {
 	var st unix.Stat_t
 	return OnBtrfs(dir) && unix.Lstat(dir, &st) == nil && st.Ino == 256
 }

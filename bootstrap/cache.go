@@ -284,7 +284,7 @@ func CopyTree(ctx context.Context, r host.Runner, src, dst string) error {
 	// btrfs gives each subvolume a file system id of its own, so whether
 	// src and dst share a file system is learnt by trying: a snapshot
 	// across file systems fails and the copy below does the work.
-	if isSubvolume(src) && OnBtrfs(filepath.Dir(dst)) {
+	if IsSubvolume(src) && OnBtrfs(filepath.Dir(dst)) {
 		if err := snapshot(ctx, r, src, dst); err == nil {
 			return nil
 		}

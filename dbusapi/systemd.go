@@ -56,6 +56,11 @@ type ServiceSpec struct {
 	// ExecStartPost runs once the service has started; its failure fails
 	// the start (sent without "ignore failure").
 	ExecStartPost []string
+	// ExecStartPre runs before ExecStart; its failure fails the start.
+	ExecStartPre []string
+	// ExecStopPost runs once the service has stopped, after a failed
+	// start too; its failure is ignored.
+	ExecStopPost []string
 	// CollectMode "inactive-or-failed" unloads the unit as soon as it
 	// stops, failed or not (systemd-run --collect).
 	CollectMode string
@@ -151,8 +156,14 @@ func transientProperties(spec ServiceSpec) []property {
 	if spec.CollectMode != "" {
 		props = append(props, prop("CollectMode", spec.CollectMode))
 	}
+	if len(spec.ExecStartPre) > 0 {
+		props = append(props, prop("ExecStartPre", []execCommand{{spec.ExecStartPre[0], spec.ExecStartPre, false}}))
+	}
 	if len(spec.ExecStartPost) > 0 {
 		props = append(props, prop("ExecStartPost", []execCommand{{spec.ExecStartPost[0], spec.ExecStartPost, false}}))
+	}
+	if len(spec.ExecStopPost) > 0 {
+		props = append(props, prop("ExecStopPost", []execCommand{{spec.ExecStopPost[0], spec.ExecStopPost, true}}))
 	}
 	return append(props, unitProperties(spec.Properties)...)
 }

@@ -34,6 +34,12 @@ func (m *Manager) lockStopped(ctx context.Context, name string) (*Lock, error) {
 // renames it into place as machine dst, personalised; on any failure
 // nothing is left. fill gets a path that does not exist yet.
 func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string) error) error {
+	return m.newTreeWith(ctx, dst, fill, func(tmp string) error { return bootstrap.Personalise(tmp, dst) })
+}
+
+// newTreeWith is newTree with the step that gives the new tree its name
+// and machine id: an overlay's is written through the overlay.
+func (m *Manager) newTreeWith(ctx context.Context, dst string, fill, personalise func(tmp string) error) error {
 	if err := m.checkName(dst, false); err != nil {
 		return err
 	}
@@ -76,7 +82,7 @@ func (m *Manager) newTree(ctx context.Context, dst string, fill func(tmp string)
 	if err := fill(tmp); err != nil {
 		return err
 	}
-	if err := bootstrap.Personalise(tmp, dst); err != nil {
+	if err := personalise(tmp); err != nil {
 		return err
 	}
 	if err := renameNoReplace(tmp, target); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/machined"
 	"github.com/nsbox/nsbox/machine/nsenter"
+	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
@@ -152,7 +153,15 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		return err
 	}
 	root := m.Dir(name)
-	if err := validateRoot(root); err != nil {
+	// An overlay machine's tree is mounted further down: its base is
+	// what must be bootable.
+	rec := m.storageOf(name)
+	overlay := rec.Kind == storage.Overlay
+	if overlay {
+		if err := validateRoot(rec.Lower); err != nil {
+			return fmt.Errorf("the base of %s: %w", name, err)
+		}
+	} else if err := validateRoot(root); err != nil {
 		return err
 	}
 	opts, err := m.Options(name)
@@ -217,6 +226,24 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 			restore()
 		}
 	}()
+	if overlay {
+		if !opts.PrivateUsers {
+			return errOverlayPrivateUsers(name)
+		}
+		// Mounted now for what is written into the tree before the
+		// start; the unit's own mount then finds it there, and its
+		// unmount after the stop takes it away.
+		if err := m.MountStorage(ctx, name); err != nil {
+			return err
+		}
+		defer func() {
+			if !ok || req.Console {
+				if err := m.UnmountStorage(context.WithoutCancel(ctx), name); err != nil {
+					logrus.Warn(err)
+				}
+			}
+		}()
+	}
 	m.linkImage(name)
 	m.unshareMachineID(name)
 
@@ -226,6 +253,12 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	}
 	if !m.ReadOnly(name) {
 		m.ensurePersistentJournal(name)
+	}
+	if overlay {
+		// What was just written there by host root is the machine root's.
+		if err := storage.Shift(m.layout(name).Upper(), 0, rec.UIDBase); err != nil {
+			return err
+		}
 	}
 	if req.Console {
 		// The machine runs in the foreground until it stops: options are
@@ -378,6 +411,11 @@ func (m *Manager) startSpec(name string, opts BootOptions, limits backend.Limits
 		}
 		spec.PostStart = []string{self, "--root-dir", m.RootDir, "__network-up", name}
 	}
+	pre, post, err := m.storageHooks(name)
+	if err != nil {
+		return spec, err
+	}
+	spec.PreStart, spec.StopPost = pre, post
 	return spec, nil
 }
 
@@ -584,11 +622,18 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 		return err
 	}
 	defer lock.Unlock()
-	// The tree goes first: if it cannot (a mount inside), the machine keeps
-	// its settings and stays whole enough to boot.
+	// An overlay machine's upper goes first (its base stays), then the
+	// tree. If the tree cannot go (a mount inside), the machine keeps its
+	// settings and stays whole enough to boot.
+	if m.storageOf(name).Kind == storage.Overlay {
+		if err := m.removeStorage(name); err != nil {
+			return err
+		}
+	}
 	if err := host.RemoveTree(root); err != nil {
 		return err
 	}
+	_ = os.Remove(m.storagePath(name))
 	_ = os.Remove(m.settingsPath(name))
 	_ = os.Remove(m.linkPath(name))
 	_ = os.Remove(m.limitsPath(name))
@@ -651,6 +696,10 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 		// With systemd, nspawn asks for a scope of its own.
 		args = append(args, "--keep-unit")
 	}
+	overlay := m.storageOf(name).Kind == storage.Overlay
+	if overlay && !opts.PrivateUsers {
+		return 0, errOverlayPrivateUsers(name)
+	}
 	if opts.PrivateUsers {
 		args = append(args, "--private-users=pick", "--private-users-ownership=auto")
 	}
@@ -664,6 +713,21 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 	args = append(args, "--")
 	args = append(args, argv...)
 	c := &host.Cmd{Path: "systemd-nspawn", Args: args}
+	if overlay {
+		var code int
+		err := m.withTree(ctx, name, func() error {
+			var err error
+			code, err = m.runStopped(ctx, name, c, tty)
+			return err
+		})
+		return code, err
+	}
+	return m.runStopped(ctx, name, c, tty)
+}
+
+// runStopped runs nspawn command c in a stopped machine, on the caller's
+// terminal when tty.
+func (m *Manager) runStopped(ctx context.Context, name string, c *host.Cmd, tty bool) (int, error) {
 	// On a host whose /run is no tmpfs nspawn ends every run with a line
 	// about its propagation directory that means nothing here (see
 	// propagateNoise); that one line is dropped, every other passes.

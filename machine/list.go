@@ -10,8 +10,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/nsbox/nsbox/network"
 )
 
@@ -33,6 +35,12 @@ type Info struct {
 	Backend    string     `json:"backend"`
 	Usage      int64      `json:"usage_bytes,omitempty"` // disk usage of the tree, with ListOptions.Usage
 	ReadOnly   bool       `json:"read_only"`
+	// Storage is how the tree is kept: "copy", "btrfs" or "overlay"
+	// (nsbox's machines only), and Base the cached base an overlay
+	// machine is over, whose size BaseUsage is (with ListOptions.Usage).
+	Storage   string `json:"storage,omitempty"`
+	Base      string `json:"base,omitempty"`
+	BaseUsage int64  `json:"base_usage_bytes,omitempty"`
 	// Status only.
 	Autostart string          `json:"autostart,omitempty"` // "enabled", "disabled"
 	Limits    *backend.Limits `json:"limits,omitempty"`
@@ -150,16 +158,31 @@ func (m *Manager) fill(infos []Info, o ListOptions) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var rec storage.Record
+			if i.Managed {
+				rec = m.storageOf(i.Name)
+			}
 			if i.Root != "" {
-				if osr, ok := readOSRelease(i.Root); ok {
+				if osr, ok := m.readOSReleaseOf(i.Root, rec); ok {
 					i.OS, i.Version = osr.ID, osr.Version
 				}
 			}
 			if i.Managed {
 				i.ReadOnly = m.ReadOnly(i.Name)
+				i.Storage = string(rec.Kind)
+				if rec.Kind == storage.Copy && bootstrap.IsSubvolume(m.Dir(i.Name)) {
+					i.Storage = string(storage.Btrfs)
+				}
+				i.Base = rec.Base
 				if o.Usage {
 					// The tree itself: Root is the link users know it by.
-					i.Usage, _ = host.DiskUsage(m.Dir(i.Name))
+					// An overlay machine's own bytes are its upper's.
+					if rec.Kind == storage.Overlay {
+						i.Usage, _ = host.DiskUsage(m.layout(i.Name).Upper())
+						i.BaseUsage, _ = host.DiskUsage(rec.Lower)
+					} else {
+						i.Usage, _ = host.DiskUsage(m.Dir(i.Name))
+					}
 				}
 			}
 		}()

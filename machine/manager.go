@@ -17,6 +17,7 @@ import (
 	"github.com/nsbox/nsbox/machine/direct"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/machined"
+	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
@@ -254,6 +255,8 @@ type CreateOptions struct {
 	// zero never refreshes (nsbox only warns).
 	MaxAge   time.Duration
 	Progress func(bootstrap.Stage)
+	// Storage is how the machine's tree is kept; "" is a copy.
+	Storage StorageKind
 }
 
 // StaleBaseAge is the age after which nsbox tells the user a base is old.
@@ -299,6 +302,14 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	}
 	if err := bootstrap.Check(bo, exec.LookPath); err != nil {
 		return err
+	}
+	switch o.Storage {
+	case storage.Overlay:
+		return m.createOverlay(ctx, name, bo, o)
+	case storage.Btrfs:
+		if !bootstrap.OnBtrfs(m.RootDir) || !bootstrap.OnBtrfs(m.CacheDir) {
+			return fmt.Errorf("%w: --storage btrfs needs the root directory (%s) and the cache (%s) on btrfs", ErrInvalidOption, m.RootDir, m.CacheDir)
+		}
 	}
 	return m.newTree(ctx, name, func(tmp string) error {
 		if o.NoCache {

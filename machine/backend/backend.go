@@ -30,7 +30,10 @@ type StartSpec struct {
 	Timeout time.Duration
 	// PostStart runs once the machine is up (nsbox __network-up NAME).
 	PostStart []string
-	Limits    Limits
+	// PreStart runs before nspawn starts and StopPost after it stopped
+	// (nsbox __storage mount|unmount NAME for an overlay machine).
+	PreStart, StopPost []string
+	Limits             Limits
 }
 
 // Usage is what a running machine uses now.

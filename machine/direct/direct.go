@@ -105,6 +105,12 @@ func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 	if err != nil {
 		return err
 	}
+	if len(spec.PreStart) > 0 {
+		if err := d.Runner.Run(ctx, &host.Cmd{Path: spec.PreStart[0], Args: spec.PreStart[1:]}); err != nil {
+			removeCgroup(spec.Name)
+			return err
+		}
+	}
 	args := append(append([]string{}, d.Supervisor...), d.statePath(spec.Name), logPath, "--")
 	args = append(args, spec.Argv...)
 	// The supervisor outlives this command: it runs in a session of its
@@ -112,6 +118,9 @@ func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 	started := make(chan *os.Process, 1)
 	c := &host.Cmd{Path: self, Args: args, Stdin: devnull, Stdout: logf, Stderr: logf, Dir: "/",
 		Started: func(p *os.Process) { started <- p }}
+	if len(spec.StopPost) > 0 {
+		c.Env = []string{StopPostEnv + "=" + string(mustJSON(spec.StopPost))}
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- d.Runner.Run(context.Background(), c) }()
 	var sup *os.Process
@@ -143,6 +152,19 @@ func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 // when the machine is gone. SIGTERM is passed on to nspawn, which then
 // shuts the container down.
 func Supervise(statePath, logPath string, argv []string) int {
+	// StopPost (an overlay machine's unmount) runs last, once the state
+	// says the machine is gone; nspawn does not inherit it.
+	if v, ok := os.LookupEnv(StopPostEnv); ok {
+		os.Unsetenv(StopPostEnv)
+		var post []string
+		if err := json.Unmarshal([]byte(v), &post); err == nil && len(post) > 0 {
+			defer func() {
+				if err := (host.ExecRunner{}).Run(context.Background(), &host.Cmd{Path: post[0], Args: post[1:]}); err != nil {
+					fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
+				}
+			}()
+		}
+	}
 	self, err := backend.ProcOf(os.Getpid())
 	if err != nil {
 		logrus.Error(err)
@@ -246,6 +268,9 @@ func Supervise(statePath, logPath string, argv []string) int {
 		fmt.Fprintln(os.Stderr, "nsbox: container rebooted; starting it again")
 	}
 }
+
+// StopPostEnv carries StartSpec.StopPost, as JSON, to the supervisor.
+const StopPostEnv = "NSBOX_STOP_POST"
 
 // maxConsoleLog is the size at which a machine's console log is rotated.
 const maxConsoleLog = 8 << 20

@@ -48,6 +48,14 @@ type Cmd struct {
 	// Started, when set, is told the process once it runs, for callers
 	// that signal it themselves or wait for what it records.
 	Started func(*os.Process)
+	// UserNS, when set, starts the program in a user namespace of its
+	// own whose root is host uid and gid UserNS.HostID, for Size ids.
+	UserNS *IDMap
+}
+
+// IDMap maps ids 0..Size-1 of a user namespace to HostID.. on the host.
+type IDMap struct {
+	HostID, Size int
 }
 
 // String is the command line as a user would type it.
@@ -112,6 +120,14 @@ func (ExecRunner) Run(ctx context.Context, c *Cmd) error {
 		// caller's through /dev/tty or push input into it (TIOCSTI). Being
 		// a session leader also makes it the leader of its process group.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
+	if c.UserNS != nil {
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: c.UserNS.HostID, Size: c.UserNS.Size}}
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings, cmd.SysProcAttr.GidMappings = m, m
 	}
 	if err := cmd.Start(); err != nil {
 		if errors.Is(err, exec.ErrNotFound) {

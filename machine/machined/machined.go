@@ -115,6 +115,8 @@ func ServiceSpec(spec backend.StartSpec) dbusapi.ServiceSpec {
 		},
 		TimeoutStart:  spec.Timeout,
 		ExecStartPost: escapeExecArgs(spec.PostStart),
+		ExecStartPre:  escapeExecArgs(spec.PreStart),
+		ExecStopPost:  escapeExecArgs(spec.StopPost),
 		Properties:    spec.Limits.Properties(),
 	}
 }

@@ -87,14 +87,14 @@ func checkStartSpec(spec backend.StartSpec) error {
 	if err := backend.ValidateText("root directory", spec.Root); err != nil {
 		return err
 	}
-	for _, argv := range [][]string{spec.Argv, spec.PostStart} {
+	for _, argv := range [][]string{spec.Argv, spec.PostStart, spec.PreStart, spec.StopPost} {
 		for _, a := range argv {
 			if err := backend.ValidateText("argument", a); err != nil {
 				return err
 			}
 		}
 	}
-	for _, argv := range [][]string{spec.Argv, spec.PostStart} {
+	for _, argv := range [][]string{spec.Argv, spec.PostStart, spec.PreStart, spec.StopPost} {
 		// systemd reads these as prefixes of the program (+ runs it with
 		// full privileges, @ sets its argv[0]).
 		if len(argv) > 0 && (argv[0] == "" || strings.ContainsRune("-@+!:|", rune(argv[0][0]))) {
@@ -142,8 +142,14 @@ func unitOptions(spec backend.StartSpec) []*unit.UnitOption {
 		// ServiceSpec's, which are for a transient unit).
 		opt("Service", "ExecStart", execLine(spec.Argv)),
 	}
+	if len(spec.PreStart) > 0 {
+		opts = append(opts, opt("Service", "ExecStartPre", execLine(spec.PreStart)))
+	}
 	if len(spec.PostStart) > 0 {
 		opts = append(opts, opt("Service", "ExecStartPost", "-"+execLine(spec.PostStart)))
+	}
+	if len(spec.StopPost) > 0 {
+		opts = append(opts, opt("Service", "ExecStopPost", "-"+execLine(spec.StopPost)))
 	}
 	opts = append(opts,
 		opt("Service", "Type", s.Type),

@@ -1,0 +1,288 @@
+package machine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/storage"
+)
+
+// StorageKind is how a machine's tree is kept (create --storage).
+type StorageKind = storage.Kind
+
+// ParseStorage checks a --storage value.
+func ParseStorage(s string) (StorageKind, error) {
+	k, err := storage.ParseKind(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrInvalidOption, err)
+	}
+	return k, nil
+}
+
+// storagePath is where nsbox remembers how machine name is stored.
+func (m *Manager) storagePath(name string) string {
+	return filepath.Join(m.StateDir, "storage", name+".json")
+}
+
+// storageOf is how machine name is stored; a machine nsbox recorded
+// nothing of is a copy.
+func (m *Manager) storageOf(name string) storage.Record {
+	var rec storage.Record
+	if b, err := os.ReadFile(m.storagePath(name)); err == nil && json.Unmarshal(b, &rec) == nil && rec.Kind != "" {
+		return rec
+	}
+	return storage.Record{Kind: storage.Copy}
+}
+
+func (m *Manager) writeStorage(name string, rec storage.Record) error {
+	if err := os.MkdirAll(filepath.Dir(m.storagePath(name)), 0o700); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(rec, "", "  ")
+	return host.WriteFileAtomic(m.storagePath(name), append(b, '\n'), 0o600)
+}
+
+// overlayDir holds the overlay machines' upper and work directories, in
+// the store (root's alone): what a machine's root wrote is there with its
+// host ids, setuid files included.
+func (m *Manager) overlayDir() string { return filepath.Join(m.Store(), ".overlay") }
+
+// layout is where overlay machine name's parts are.
+func (m *Manager) layout(name string) storage.Layout {
+	return storage.Layout{Target: m.Tree(name), Dir: filepath.Join(m.overlayDir(), name)}
+}
+
+// overlayRecords are the overlay machines nsbox knows, by name.
+func (m *Manager) overlayRecords() map[string]storage.Record {
+	out := map[string]storage.Record{}
+	files, _ := filepath.Glob(filepath.Join(m.StateDir, "storage", "*.json"))
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".json")
+		rec := m.storageOf(name)
+		if _, err := os.Lstat(rec.Tree); rec.Kind == storage.Overlay && err == nil {
+			out[name] = rec
+		}
+	}
+	return out
+}
+
+// BaseUsers are the overlay machines made over cached base key: the base
+// is their lower layer, and must stay as it is while they exist.
+func (m *Manager) BaseUsers(key string) []string {
+	var names []string
+	for name, rec := range m.overlayRecords() {
+		if rec.Base == key {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// createOverlay makes machine name an overlay over the cached base for
+// bo: no file of the base is copied. The upper starts with the machine's
+// hostname (written through the overlay, then given to the machine's
+// root).
+func (m *Manager) createOverlay(ctx context.Context, name string, bo bootstrap.Options, o CreateOptions) error {
+	if o.NoCache {
+		return fmt.Errorf("%w: --storage overlay needs a cached base (leave out --no-cache)", ErrInvalidOption)
+	}
+	var rec storage.Record
+	var unlock func()
+	defer func() {
+		if unlock != nil {
+			unlock()
+		}
+	}()
+	lay := m.layout(name)
+	fill := func(tmp string) error {
+		root, info, un, err := m.Bases().Get(ctx, bo, o.Progress)
+		if err != nil {
+			return err
+		}
+		unlock = un
+		taken := map[int]bool{}
+		for _, r := range m.overlayRecords() {
+			taken[r.UIDBase] = true
+		}
+		uid, err := storage.PickUIDBase(taken)
+		if err != nil {
+			return err
+		}
+		rec = storage.Record{Kind: storage.Overlay, Base: info.Key, Lower: root, UIDBase: uid, Tree: m.Tree(name)}
+		// Left by a create that was killed: no machine of this name
+		// exists (newTree checked, and holds its lock).
+		if err := host.RemoveTree(lay.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if err := os.Mkdir(tmp, 0o755); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(m.overlayDir(), 0o700); err != nil {
+			return err
+		}
+		if err := lay.Prepare(root, uid); err != nil {
+			return err
+		}
+		// Recorded before the machine exists: a machine is never there
+		// without it.
+		return m.writeStorage(name, rec)
+	}
+	personalise := func(tmp string) error {
+		at := storage.Layout{Target: tmp, Dir: lay.Dir}
+		if err := at.Mount(ctx, m.Runner, rec.Lower, rec.UIDBase); err != nil {
+			return err
+		}
+		err := bootstrap.Personalise(tmp, name)
+		if uerr := at.Unmount(); err == nil {
+			err = uerr
+		}
+		if err == nil {
+			// What host root wrote belongs to the machine's root.
+			err = storage.Shift(lay.Upper(), 0, rec.UIDBase)
+		}
+		return err
+	}
+	err := m.newTreeWith(ctx, name, fill, personalise)
+	if err != nil {
+		if rec.Kind != "" {
+			_ = os.Remove(m.storagePath(name))
+		}
+		if _, serr := os.Lstat(m.Tree(name)); serr != nil {
+			_ = host.RemoveTree(lay.Dir)
+		}
+	}
+	return err
+}
+
+// mountLock serialises the mounts and unmounts of one overlay machine.
+func (m *Manager) mountLock(ctx context.Context, name string) (*host.FileLock, error) {
+	if err := os.MkdirAll(m.overlayDir(), 0o700); err != nil {
+		return nil, err
+	}
+	return host.LockFile(ctx, filepath.Join(m.overlayDir(), "."+name+".lck"), true, true)
+}
+
+// MountStorage mounts overlay machine name's tree, if it is not mounted
+// yet (nsbox __storage mount NAME, before a start). Other kinds need
+// nothing.
+func (m *Manager) MountStorage(ctx context.Context, name string) error {
+	rec := m.storageOf(name)
+	if rec.Kind != storage.Overlay {
+		return nil
+	}
+	if _, err := os.Stat(rec.Lower); err != nil {
+		return fmt.Errorf("the base of %s is gone (%s): the machine cannot be mounted", name, rec.Lower)
+	}
+	l, err := m.mountLock(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	return m.layout(name).Mount(ctx, m.Runner, rec.Lower, rec.UIDBase)
+}
+
+// UnmountStorage unmounts overlay machine name's tree (nsbox __storage
+// unmount NAME, after a stop), unless the machine runs.
+func (m *Manager) UnmountStorage(ctx context.Context, name string) error {
+	if m.storageOf(name).Kind != storage.Overlay {
+		return nil
+	}
+	l, err := m.mountLock(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	if _, err := m.Backend.Get(ctx, name); err == nil {
+		return nil
+	}
+	return m.layout(name).Unmount()
+}
+
+// withTree runs fn while machine name's tree is there to read and write:
+// an overlay machine that is not mounted is mounted for fn and unmounted
+// after, unless it started meanwhile.
+func (m *Manager) withTree(ctx context.Context, name string, fn func() error) error {
+	if m.storageOf(name).Kind != storage.Overlay || storage.Mounted(m.Tree(name)) {
+		return fn()
+	}
+	if err := m.MountStorage(ctx, name); err != nil {
+		return err
+	}
+	defer func() {
+		if err := m.UnmountStorage(context.WithoutCancel(ctx), name); err != nil {
+			logrus.Warnf("%v", err)
+		}
+	}()
+	return fn()
+}
+
+// removeStorage removes what overlay machine name has besides its tree:
+// its upper and work directories and its record. The base stays.
+func (m *Manager) removeStorage(name string) error {
+	if m.storageOf(name).Kind == storage.Overlay {
+		if err := m.layout(name).Unmount(); err != nil {
+			return err
+		}
+		if err := host.RemoveTree(m.layout(name).Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		_ = os.Remove(filepath.Join(m.overlayDir(), "."+name+".lck"))
+		_ = os.Remove(m.overlayDir()) // when it was the last
+	}
+	if err := os.Remove(m.storagePath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// storageHooks are the commands a backend runs around an overlay
+// machine's systemd-nspawn: mount before, unmount after.
+func (m *Manager) storageHooks(name string) (pre, post []string, err error) {
+	if m.storageOf(name).Kind != storage.Overlay {
+		return nil, nil, nil
+	}
+	if m.Self == nil {
+		return nil, nil, fmt.Errorf("no nsbox binary to mount %s's overlay", name)
+	}
+	self, err := m.Self()
+	if err != nil {
+		return nil, nil, err
+	}
+	base := []string{self, "--root-dir", m.RootDir, StorageCommand}
+	return append(append([]string{}, base...), "mount", name), append(append([]string{}, base...), "unmount", name), nil
+}
+
+// StorageCommand is the hidden command units run to mount and unmount an
+// overlay machine's tree: nsbox __storage mount|unmount NAME.
+const StorageCommand = "__storage"
+
+// errOverlayPrivateUsers refuses to run an overlay machine without a user
+// namespace: its upper holds its files under the machine's own host ids,
+// which only its user namespace maps back to root.
+func errOverlayPrivateUsers(name string) error {
+	return fmt.Errorf("%w: %s is an overlay machine, which runs with a user namespace only (leave out --private-users=false)", ErrInvalidOption, name)
+}
+
+// readOSReleaseOf reads the os-release of a machine whose tree is root:
+// of a stopped overlay machine (nothing mounted), the one in its upper
+// when it changed it, else its base's.
+func (m *Manager) readOSReleaseOf(root string, rec storage.Record) (OSRelease, bool) {
+	if rec.Kind != storage.Overlay || storage.Mounted(rec.Tree) {
+		return readOSRelease(root)
+	}
+	if osr, ok := readOSRelease(filepath.Join(filepath.Dir(rec.Tree), ".overlay", filepath.Base(rec.Tree), "upper")); ok {
+		return osr, true
+	}
+	return readOSRelease(rec.Lower)
+}

@@ -1,0 +1,294 @@
+// Package storage holds how a machine's tree is kept on disk: a copy of
+// its base (copy, or a snapshot on btrfs), or an overlay of the base it was
+// created from (lower, never written) and an upper directory of its own.
+//
+// An overlay machine runs with a user namespace whose root is host uid
+// UIDBase: its base is mounted through an idmapped mount that shows the
+// base's root as UIDBase, and the upper stores what the machine writes
+// with those same host ids. systemd-nspawn --private-users=pick then finds
+// the tree already owned by the range (the upper's top directory is
+// UIDBase's) and neither chowns nor copies a file. Overlayfs cannot be
+// idmapped itself (Linux refuses MOUNT_ATTR_IDMAP on it), which is why the
+// mapping sits under it and not over it.
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/machine/host"
+)
+
+// Kind is how a machine's tree is kept.
+type Kind string
+
+const (
+	// Copy is a tree of its own, copied from the base (reflinked where
+	// the file system can).
+	Copy Kind = "copy"
+	// Btrfs is a subvolume snapshot of the base.
+	Btrfs Kind = "btrfs"
+	// Overlay is the base, read-only, under an upper directory of the
+	// machine's own.
+	Overlay Kind = "overlay"
+)
+
+// ParseKind checks a --storage value: auto (""), copy, btrfs or overlay.
+func ParseKind(s string) (Kind, error) {
+	switch k := Kind(s); k {
+	case "", "auto":
+		return "", nil
+	case Copy, Btrfs, Overlay:
+		return k, nil
+	}
+	return "", fmt.Errorf("unknown storage %q (auto, overlay, btrfs or copy)", s)
+}
+
+// Record is what nsbox remembers of a machine's storage, as JSON in its
+// state directory. A machine without one is a copy (made before storage
+// kinds were recorded, or imported).
+type Record struct {
+	Kind Kind `json:"kind"`
+	// Base is the key of the cached base the machine was made from, and
+	// Lower the tree an overlay machine is mounted over.
+	Base  string `json:"base,omitempty"`
+	Lower string `json:"lower,omitempty"`
+	// UIDBase is the host uid of an overlay machine's root.
+	UIDBase int `json:"uid_base,omitempty"`
+	// Tree is the machine's tree (its root directory's store): a record
+	// whose tree is gone is a create that was killed.
+	Tree string `json:"tree,omitempty"`
+}
+
+// RangeSize is the ids a machine's user namespace maps, as nspawn's pick.
+const RangeSize = 0x10000
+
+// The range nspawn's --private-users=pick chooses from, in blocks of
+// RangeSize: UIDBase must lie in it for nspawn to take the tree's owner as
+// the machine's range.
+const (
+	pickMin = 0x00080000
+	pickMax = 0x6FFF0000
+)
+
+// PickUIDBase chooses a range for a new overlay machine that none of
+// taken (the ranges of the other overlay machines) has.
+func PickUIDBase(taken map[int]bool) (int, error) {
+	blocks := (pickMax - pickMin) / RangeSize
+	for range 64 {
+		var b [4]byte
+		if _, err := io.ReadFull(rand.Reader, b[:]); err != nil {
+			return 0, err
+		}
+		base := pickMin + int(binary.LittleEndian.Uint32(b[:])%uint32(blocks))*RangeSize
+		if !taken[base] {
+			return base, nil
+		}
+	}
+	return 0, errors.New("no free user id range for the machine")
+}
+
+// Layout is where an overlay machine's parts live: the merged tree at
+// Target (the machine's tree, a mount point while mounted) and the upper,
+// work and lower-mount directories beside one another in Dir.
+type Layout struct {
+	Target string
+	Dir    string
+}
+
+func (l Layout) Upper() string { return filepath.Join(l.Dir, "upper") }
+func (l Layout) Work() string  { return filepath.Join(l.Dir, "work") }
+
+// lowerMount is where the idmapped base is mounted for the moment the
+// overlay is made.
+func (l Layout) lowerMount() string { return filepath.Join(l.Dir, "lower") }
+
+// optionSafe reports whether path can be given in overlayfs's mount
+// options, where commas separate options and colons lower layers.
+func optionSafe(path string) bool {
+	return !strings.ContainsAny(path, ",:\\\n")
+}
+
+// Prepare makes the upper and work directories of a new overlay machine:
+// the upper's top directory becomes the machine's root directory, owned by
+// the machine's root (uidBase) with the base root's mode.
+func (l Layout) Prepare(lower string, uidBase int) error {
+	for _, p := range []string{lower, l.Dir, l.Target} {
+		if !optionSafe(p) {
+			return fmt.Errorf("%s: an overlay cannot name a path with a comma, colon or backslash", p)
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(lower, &st); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(l.Dir, 0o700); err != nil {
+		return err
+	}
+	for _, d := range []string{l.Upper(), l.Work(), l.lowerMount()} {
+		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+	}
+	if err := os.Chown(l.Upper(), uidBase+int(st.Uid), uidBase+int(st.Gid)); err != nil {
+		return err
+	}
+	return os.Chmod(l.Upper(), os.FileMode(st.Mode&0o7777))
+}
+
+// Mounted reports whether target is an overlay mount point.
+func Mounted(target string) bool {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(target, &fs); err != nil {
+		return false
+	}
+	return fs.Type == unix.OVERLAYFS_SUPER_MAGIC && isMountPoint(target)
+}
+
+func isMountPoint(path string) bool {
+	for _, mp := range host.MountsUnder(path) {
+		if mp == filepath.Clean(path) {
+			return true
+		}
+	}
+	return false
+}
+
+// Mount mounts the machine's tree at Target: lower (the base) mapped so
+// that its root is uidBase, under the upper. Already mounted, it does
+// nothing. The caller serialises mounts of one machine.
+func (l Layout) Mount(ctx context.Context, r host.Runner, lower string, uidBase int) error {
+	if Mounted(l.Target) {
+		return nil
+	}
+	if !optionSafe(lower) || !optionSafe(l.Dir) || !optionSafe(l.Target) {
+		return fmt.Errorf("%s: an overlay cannot name a path with a comma, colon or backslash", l.Target)
+	}
+	userns, err := UserNS(ctx, r, uidBase)
+	if err != nil {
+		return err
+	}
+	defer userns.Close()
+	tree, err := unix.OpenTree(unix.AT_FDCWD, lower, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("open the base %s: %w", lower, err)
+	}
+	defer unix.Close(tree)
+	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY, Userns_fd: uint64(userns.Fd()), Propagation: unix.MS_PRIVATE}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		return fmt.Errorf("map the base %s to the machine's users: %w", lower, err)
+	}
+	lm := l.lowerMount()
+	if err := os.MkdirAll(lm, 0o700); err != nil {
+		return err
+	}
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, lm, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("mount the base at %s: %w", lm, err)
+	}
+	// The overlay holds the layer itself: the helper mount goes at once.
+	defer unix.Unmount(lm, unix.MNT_DETACH)
+	// metacopy off: an upper that holds only metadata trusts the lower
+	// for data, which the kernel advises against for layers it does not
+	// trust.
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,metacopy=off", lm, l.Upper(), l.Work())
+	if err := unix.Mount("overlay", l.Target, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mount the overlay at %s: %w", l.Target, err)
+	}
+	return nil
+}
+
+// Unmount unmounts the machine's tree; not mounted, it does nothing.
+func (l Layout) Unmount() error {
+	for Mounted(l.Target) {
+		if err := unix.Unmount(l.Target, 0); err != nil {
+			if errors.Is(err, unix.EBUSY) {
+				// A process still inside keeps its view; the tree is
+				// gone from the host's.
+				err = unix.Unmount(l.Target, unix.MNT_DETACH)
+			}
+			if err != nil {
+				return fmt.Errorf("unmount %s: %w", l.Target, err)
+			}
+		}
+	}
+	return nil
+}
+
+// UserNS returns a user namespace whose root is host id base (for
+// RangeSize ids), held by a short-lived process of the host's own cat; the
+// namespace lives on in the returned file.
+func UserNS(ctx context.Context, r host.Runner, base int) (*os.File, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer pr.Close()
+	var ns *os.File
+	var nsErr error
+	c := &host.Cmd{Path: "cat", Stdin: pr, UserNS: &host.IDMap{HostID: base, Size: RangeSize},
+		Started: func(p *os.Process) {
+			ns, nsErr = os.Open(fmt.Sprintf("/proc/%d/ns/user", p.Pid))
+			pw.Close()
+		}}
+	err = r.Run(ctx, c)
+	pw.Close()
+	if err == nil {
+		err = nsErr
+	}
+	if err != nil {
+		if ns != nil {
+			ns.Close()
+		}
+		return nil, fmt.Errorf("make a user namespace for uid %d: %w", base, err)
+	}
+	return ns, nil
+}
+
+// Shift moves the owners of every file in tree whose ids lie in
+// [from, from+RangeSize) to the same place in [to, to+RangeSize): what
+// host root wrote into an overlay machine (from 0) becomes its root's, and
+// a cloned upper becomes its new range's. Whiteouts (0:0 character
+// devices) mean "deleted" whoever owns them, and are left.
+func Shift(tree string, from, to int) error {
+	move := func(id uint32) (int, bool) {
+		if int(id) >= from && int(id) < from+RangeSize {
+			return int(id) - from + to, true
+		}
+		return int(id), false
+	}
+	return filepath.Walk(tree, func(path string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no owner to read", path)
+		}
+		if fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0 {
+			return nil
+		}
+		uid, u := move(st.Uid)
+		gid, g := move(st.Gid)
+		if !u && !g {
+			return nil
+		}
+		// Lchown clears setuid and setgid bits: they are put back.
+		if err := os.Lchown(path, uid, gid); err != nil {
+			return err
+		}
+		if fi.Mode()&os.ModeSymlink == 0 && st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+			return unix.Chmod(path, st.Mode&0o7777)
+		}
+		return nil
+	})
+}
