@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 func cacheCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "cache",
-		Usage: "list, refresh or remove the cached bases machines are copied from",
+		Usage: "list, refresh, prune or remove the cached bases machines are made from",
 		Subcommands: []*cli.Command{
 			{
 				Name:  "list",
@@ -28,9 +29,17 @@ func cacheCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					list, err := m.Bases().List()
+					bc := m.Bases()
+					current, err := bc.List()
 					if err != nil {
 						return fmt.Errorf("cache list: %w", err)
+					}
+					// Each base, then the earlier versions of it that
+					// machines are over.
+					var list []machine.BaseInfo
+					for _, b := range current {
+						list = append(list, b)
+						list = append(list, bc.Versions(b.Key)...)
 					}
 					if c.String("output") == "json" {
 						// docs/json.md: empty lists are [], never null.
@@ -46,17 +55,22 @@ func cacheCommand() *cli.Command {
 					}
 					tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 					if !c.Bool("no-legend") {
-						fmt.Fprintln(tw, "BASE\tRELEASE\tSIZE\tAGE\tBOOTSTRAPPER")
+						fmt.Fprintln(tw, "BASE\tRELEASE\tVERSION\tSIZE\tAGE\tBOOTSTRAPPER\tMACHINES")
 					}
 					for _, b := range list {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Key, b.Distro+" "+b.Release, humanBytes(b.Size), humanAge(b.Age()), b.Bootstrapper)
+						version := b.Version
+						if !b.Current {
+							version += " (earlier)"
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", machine.Printable(b.Key), machine.Printable(b.Distro+" "+b.Release), version,
+							humanBytes(b.Size), humanAge(b.Age()), b.Bootstrapper, dash(machine.Printable(strings.Join(b.Machines, ","))))
 					}
 					return tw.Flush()
 				},
 			},
 			{
 				Name:      "refresh",
-				Usage:     "bootstrap a base anew, so new machines get current packages",
+				Usage:     "bootstrap a base anew, so new machines get current packages (overlay machines keep the version they were made from)",
 				ArgsUsage: "BASE|RELEASE",
 				Action: func(c *cli.Context) error {
 					return eachBase(c, func(bc *machine.BaseCache, b machine.BaseInfo) error {
@@ -74,8 +88,31 @@ func cacheCommand() *cli.Command {
 				},
 			},
 			{
+				Name:  "prune",
+				Usage: "delete the earlier versions of bases that no machine is over",
+				Flags: []cli.Flag{&cli.BoolFlag{Name: "dry-run", Usage: "only say what would be deleted"}},
+				Action: func(c *cli.Context) error {
+					m, err := manager(c)
+					if err != nil {
+						return err
+					}
+					gone, err := m.Bases().Prune(c.Context, c.Bool("dry-run"))
+					verb := "removed"
+					if c.Bool("dry-run") {
+						verb = "would remove"
+					}
+					for _, v := range gone {
+						fmt.Printf("%s %s version %s (%s)\n", verb, v.Key, v.Version, humanBytes(v.Size))
+					}
+					if err != nil {
+						return fmt.Errorf("cache prune: %w", err)
+					}
+					return nil
+				},
+			},
+			{
 				Name:      "remove",
-				Usage:     "delete a cached base (machines made from it are not touched)",
+				Usage:     "delete a cached base (refused while overlay machines are over it; copies made from it are not touched)",
 				ArgsUsage: "BASE|RELEASE",
 				Action: func(c *cli.Context) error {
 					return eachBase(c, func(bc *machine.BaseCache, b machine.BaseInfo) error {

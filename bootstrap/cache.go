@@ -28,6 +28,10 @@ type BaseCache struct {
 	Runner host.Runner
 	// LookPath finds programs (mmdebstrap); exec.LookPath in production.
 	LookPath func(string) (string, error)
+	// Users names the machines whose lower layer is version of base key
+	// (overlay machines): such a version is kept when the base is
+	// refreshed, and refused to cache remove and prune. Nil: none.
+	Users func(key, version string) []string
 }
 
 // BaseInfo describes one cached base; it is stored as base.json beside the
@@ -44,7 +48,16 @@ type BaseInfo struct {
 	Created      time.Time `json:"created"`
 	Size         int64     `json:"size_bytes"`
 	Root         string    `json:"root"`
+	// Version names this bootstrap of the base (its time); Current is
+	// false for an earlier version kept for the machines over it, which
+	// Machines names.
+	Version  string   `json:"version"`
+	Current  bool     `json:"current"`
+	Machines []string `json:"machines"`
 }
+
+// versionOf names a bootstrap by its time, as base.json keeps it.
+func versionOf(created time.Time) string { return created.UTC().Format("20060102T150405Z") }
 
 // Age is how long ago the base was bootstrapped.
 func (b BaseInfo) Age() time.Duration { return time.Since(b.Created) }
@@ -122,7 +135,57 @@ func (c *BaseCache) read(key string) (BaseInfo, error) {
 	if fi, err := os.Stat(info.Root); err != nil || !fi.IsDir() {
 		return info, fmt.Errorf("base %s has no root", key)
 	}
+	c.describe(&info, true)
 	return info, nil
+}
+
+// describe fills what base.json does not keep.
+func (c *BaseCache) describe(info *BaseInfo, current bool) {
+	if info.Version == "" {
+		info.Version = versionOf(info.Created)
+	}
+	info.Current = current
+	info.Machines = []string{}
+	if c.Users != nil {
+		if u := c.Users(info.Key, info.Version); u != nil {
+			info.Machines = u
+		}
+	}
+}
+
+// versionsDir holds the earlier versions of base key that machines use.
+func (c *BaseCache) versionsDir(key string) string { return filepath.Join(c.dir(key), "versions") }
+
+// Versions describes the earlier versions of base key kept for machines.
+func (c *BaseCache) Versions(key string) []BaseInfo {
+	ents, _ := os.ReadDir(c.versionsDir(key))
+	var out []BaseInfo
+	for _, e := range ents {
+		dir := filepath.Join(c.versionsDir(key), e.Name())
+		var info BaseInfo
+		b, err := os.ReadFile(filepath.Join(dir, "base.json"))
+		if err != nil || json.Unmarshal(b, &info) != nil {
+			continue
+		}
+		info.Root = filepath.Join(dir, "root")
+		info.Version = e.Name()
+		c.describe(&info, false)
+		out = append(out, info)
+	}
+	return out
+}
+
+// VersionRoot is the tree of version of base key: the current base's, or
+// that of an earlier version kept for machines.
+func (c *BaseCache) VersionRoot(key, version string) (string, error) {
+	if info, err := c.read(key); err == nil && info.Version == version {
+		return info.Root, nil
+	}
+	root := filepath.Join(c.versionsDir(key), version, "root")
+	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
+		return "", fmt.Errorf("version %s of base %s is gone", version, key)
+	}
+	return root, nil
 }
 
 // build bootstraps the base into a temporary directory and renames it into
@@ -156,24 +219,59 @@ func (c *BaseCache) build(ctx context.Context, key string, o Options, progress f
 		Key: key, Distro: o.Release.Distro.Name, Release: o.Release.Name, Arch: o.arch(), Variant: o.variant(),
 		Mirror: o.Mirror, Packages: o.Packages(), Bootstrapper: o.Bootstrapper, Created: time.Now().UTC(),
 	}
+	info.Version = versionOf(info.Created)
 	info.Size, _ = host.DiskUsage(root)
 	b, _ := json.MarshalIndent(info, "", "  ")
 	if err := os.WriteFile(filepath.Join(tmp, "base.json"), append(b, '\n'), 0o644); err != nil {
 		return BaseInfo{}, err
 	}
-	dst := c.dir(key)
-	if _, err := os.Lstat(dst); err == nil {
-		// An incomplete base (no base.json): replace it.
-		if err := host.RemoveTree(dst); err != nil {
-			return BaseInfo{}, err
-		}
-	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err := c.install(key, tmp); err != nil {
 		return BaseInfo{}, err
 	}
 	ok = true
-	info.Root = filepath.Join(dst, "root")
+	info.Root = filepath.Join(c.dir(key), "root")
+	c.describe(&info, true)
 	return info, nil
+}
+
+// install makes the bootstrapped tmp base key. The base it replaces goes,
+// except a version machines are over, which moves to the versions kept,
+// as do the versions it kept: machines mounted over them keep working
+// (the kernel holds a lower layer by its inode, not its path). The caller
+// holds the base's lock.
+func (c *BaseCache) install(key, tmp string) error {
+	dst := c.dir(key)
+	if _, err := os.Lstat(dst); err != nil {
+		return os.Rename(tmp, dst)
+	}
+	old := filepath.Join(c.Dir, ".#old-"+key)
+	_ = host.RemoveTree(old)
+	if err := os.Rename(dst, old); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		_ = os.Rename(old, dst)
+		return err
+	}
+	if err := os.Rename(filepath.Join(old, "versions"), c.versionsDir(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		logrus.Warnf("base %s: keep its earlier versions: %v", key, err)
+	}
+	var prev BaseInfo
+	if b, err := os.ReadFile(filepath.Join(old, "base.json")); err == nil && json.Unmarshal(b, &prev) == nil {
+		prev.Key = key
+		c.describe(&prev, false)
+		if len(prev.Machines) > 0 {
+			keep := filepath.Join(c.versionsDir(key), prev.Version)
+			if err := os.MkdirAll(c.versionsDir(key), 0o700); err != nil {
+				return err
+			}
+			if err := os.Rename(old, keep); err != nil {
+				return fmt.Errorf("keep version %s of base %s for %s: %w", prev.Version, key, strings.Join(prev.Machines, ", "), err)
+			}
+			return nil
+		}
+	}
+	return host.RemoveTree(old)
 }
 
 // sweep removes temporary trees of key left by a killed nsbox. The caller
@@ -251,18 +349,9 @@ func (c *BaseCache) Refresh(ctx context.Context, info BaseInfo, progress func(St
 	}
 	o := Options{Release: rel, Mirror: info.Mirror, Variant: info.Variant, Arch: info.Arch, Include: include, Bootstrapper: info.Bootstrapper,
 		CacheDir: filepath.Join(filepath.Dir(c.Dir), "debs", rel.Distro.Name+"-"+rel.Name)}
-	old := filepath.Join(c.Dir, ".#old-"+info.Key)
-	_ = host.RemoveTree(old)
-	if err := os.Rename(c.dir(info.Key), old); err != nil {
-		return info, err
-	}
-	fresh, err := c.build(ctx, info.Key, o, progress)
-	if err != nil {
-		// Put the old base back.
-		_ = os.Rename(old, c.dir(info.Key))
-		return info, err
-	}
-	return fresh, host.RemoveTree(old)
+	// The new version is bootstrapped beside the old one, which serves
+	// creates and machines until the swap (install).
+	return c.build(ctx, info.Key, o, progress)
 }
 
 // Remove deletes a cached base, waiting for creates that copy it.
@@ -272,7 +361,59 @@ func (c *BaseCache) Remove(ctx context.Context, key string) error {
 		return err
 	}
 	defer l.Unlock()
+	if users := c.users(key); len(users) > 0 {
+		return fmt.Errorf("%w: base %s is the lower layer of %s (remove them first)", ErrBaseInUse, key, strings.Join(users, ", "))
+	}
 	return host.RemoveTree(c.dir(key))
+}
+
+// ErrBaseInUse is returned for a base that overlay machines are over.
+var ErrBaseInUse = errors.New("base in use")
+
+// users are the machines over any version of base key.
+func (c *BaseCache) users(key string) []string {
+	var out []string
+	if info, err := c.read(key); err == nil {
+		out = append(out, info.Machines...)
+	}
+	for _, v := range c.Versions(key) {
+		out = append(out, v.Machines...)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Prune removes the earlier versions of every base that no machine is
+// over, and returns them; with dryRun it only says which.
+func (c *BaseCache) Prune(ctx context.Context, dryRun bool) ([]BaseInfo, error) {
+	bases, err := c.List()
+	if err != nil {
+		return nil, err
+	}
+	var gone []BaseInfo
+	for _, b := range bases {
+		l, err := c.lock(ctx, b.Key)
+		if err != nil {
+			return gone, err
+		}
+		for _, v := range c.Versions(b.Key) {
+			if len(v.Machines) > 0 {
+				continue
+			}
+			if !dryRun {
+				if err := host.RemoveTree(filepath.Dir(v.Root)); err != nil {
+					l.Unlock()
+					return gone, err
+				}
+			}
+			gone = append(gone, v)
+		}
+		if !dryRun {
+			_ = os.Remove(c.versionsDir(b.Key)) // when it was the last
+		}
+		l.Unlock()
+	}
+	return gone, nil
 }
 
 // CopyTree copies the tree src to dst, which must not exist. A btrfs

@@ -158,7 +158,11 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	rec := m.storageOf(name)
 	overlay := rec.Kind == storage.Overlay
 	if overlay {
-		if err := validateRoot(rec.Lower); err != nil {
+		lower, err := m.lowerOf(rec)
+		if err == nil {
+			err = validateRoot(lower)
+		}
+		if err != nil {
 			return fmt.Errorf("the base of %s: %w", name, err)
 		}
 	} else if err := validateRoot(root); err != nil {

@@ -179,7 +179,9 @@ func (m *Manager) fill(infos []Info, o ListOptions) {
 					// An overlay machine's own bytes are its upper's.
 					if rec.Kind == storage.Overlay {
 						i.Usage, _ = host.DiskUsage(m.layout(i.Name).Upper())
-						i.BaseUsage, _ = host.DiskUsage(rec.Lower)
+						if lower, err := m.lowerOf(rec); err == nil {
+							i.BaseUsage, _ = host.DiskUsage(lower)
+						}
 					} else {
 						i.Usage, _ = host.DiskUsage(m.Dir(i.Name))
 					}

@@ -264,7 +264,8 @@ const StaleBaseAge = 30 * 24 * time.Hour
 
 // Bases is the base cache under CacheDir.
 func (m *Manager) Bases() *bootstrap.BaseCache {
-	return &bootstrap.BaseCache{Dir: filepath.Join(m.CacheDir, "bases"), Runner: m.Runner, LookPath: exec.LookPath}
+	return &bootstrap.BaseCache{Dir: filepath.Join(m.CacheDir, "bases"), Runner: m.Runner, LookPath: exec.LookPath,
+		Users: m.baseUsers}
 }
 
 // ResolveRelease decides the release of a new machine: the given one, or

@@ -76,17 +76,26 @@ func (m *Manager) overlayRecords() map[string]storage.Record {
 	return out
 }
 
-// BaseUsers are the overlay machines made over cached base key: the base
-// is their lower layer, and must stay as it is while they exist.
-func (m *Manager) BaseUsers(key string) []string {
+// baseUsers are the overlay machines made over version of cached base
+// key: it is their lower layer, and stays as it is while they exist.
+func (m *Manager) baseUsers(key, version string) []string {
 	var names []string
 	for name, rec := range m.overlayRecords() {
-		if rec.Base == key {
+		if rec.Base == key && rec.Version == version {
 			names = append(names, name)
 		}
 	}
 	sort.Strings(names)
 	return names
+}
+
+// lowerOf is the tree overlay machine rec is over: the version of its base
+// it was made from, wherever the cache keeps it now.
+func (m *Manager) lowerOf(rec storage.Record) (string, error) {
+	if rec.Version == "" {
+		return rec.Lower, nil
+	}
+	return m.Bases().VersionRoot(rec.Base, rec.Version)
 }
 
 // createOverlay makes machine name an overlay over the cached base for
@@ -119,7 +128,7 @@ func (m *Manager) createOverlay(ctx context.Context, name string, bo bootstrap.O
 		if err != nil {
 			return err
 		}
-		rec = storage.Record{Kind: storage.Overlay, Base: info.Key, Lower: root, UIDBase: uid, Tree: m.Tree(name)}
+		rec = storage.Record{Kind: storage.Overlay, Base: info.Key, Version: info.Version, Lower: root, UIDBase: uid, Tree: m.Tree(name)}
 		// Left by a create that was killed: no machine of this name
 		// exists (newTree checked, and holds its lock).
 		if err := host.RemoveTree(lay.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -181,15 +190,23 @@ func (m *Manager) MountStorage(ctx context.Context, name string) error {
 	if rec.Kind != storage.Overlay {
 		return nil
 	}
-	if _, err := os.Stat(rec.Lower); err != nil {
-		return fmt.Errorf("the base of %s is gone (%s): the machine cannot be mounted", name, rec.Lower)
-	}
 	l, err := m.mountLock(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
-	return m.layout(name).Mount(ctx, m.Runner, rec.Lower, rec.UIDBase)
+	// A refresh of the base may move this version between the lookup
+	// and the mount: looked up again once.
+	for try := 0; ; try++ {
+		lower, err := m.lowerOf(rec)
+		if err != nil {
+			return fmt.Errorf("%s cannot be mounted: %w", name, err)
+		}
+		err = m.layout(name).Mount(ctx, m.Runner, lower, rec.UIDBase)
+		if err == nil || try > 0 || !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
 }
 
 // UnmountStorage unmounts overlay machine name's tree (nsbox __storage
@@ -284,5 +301,9 @@ func (m *Manager) readOSReleaseOf(root string, rec storage.Record) (OSRelease, b
 	if osr, ok := readOSRelease(filepath.Join(filepath.Dir(rec.Tree), ".overlay", filepath.Base(rec.Tree), "upper")); ok {
 		return osr, true
 	}
-	return readOSRelease(rec.Lower)
+	lower, err := m.lowerOf(rec)
+	if err != nil {
+		return OSRelease{}, false
+	}
+	return readOSRelease(lower)
 }

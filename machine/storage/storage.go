@@ -61,8 +61,9 @@ type Record struct {
 	Kind Kind `json:"kind"`
 	// Base is the key of the cached base the machine was made from, and
 	// Lower the tree an overlay machine is mounted over.
-	Base  string `json:"base,omitempty"`
-	Lower string `json:"lower,omitempty"`
+	Base    string `json:"base,omitempty"`
+	Version string `json:"base_version,omitempty"`
+	Lower   string `json:"lower,omitempty"`
 	// UIDBase is the host uid of an overlay machine's root.
 	UIDBase int `json:"uid_base,omitempty"`
 	// Tree is the machine's tree (its root directory's store): a record
