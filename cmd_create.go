@@ -41,7 +41,10 @@ func createCommand() *cli.Command {
 			}
 			kind, err := machine.ParseStorage(c.String("storage"))
 			if err != nil {
-				return err
+				return usageError{err.Error()}
+			}
+			if kind == machine.StorageOverlay && c.Bool("no-cache") {
+				return usagef("--storage overlay is made over a cached base: leave out --no-cache")
 			}
 			m, err := manager(c)
 			if err != nil {

@@ -27,6 +27,9 @@ type info struct {
 	Backend    string   `json:"backend"`
 	Usage      int64    `json:"usage_bytes"`
 	ReadOnly   bool     `json:"read_only"`
+	Storage    string   `json:"storage"`
+	Base       string   `json:"base"`
+	BaseUsage  int64    `json:"base_usage_bytes"`
 	Autostart  string   `json:"autostart"`
 	Limits     *struct {
 		Memory uint64 `json:"memory_bytes"`
@@ -673,6 +676,7 @@ func scenarios(t *testing.T, e *env) {
 		e.mustNsb(t, "remove", "e2e-imp")
 	})
 
+	t.Run("overlay storage", func(t *testing.T) { overlayScenario(t, e) })
 	t.Run("isolation", func(t *testing.T) { isolation(t, e) })
 	t.Run("boot options, machine IDs, ports", func(t *testing.T) { correctBoot(t, e) })
 	t.Run("shell and console", func(t *testing.T) { correctShell(t, e) })

@@ -7,6 +7,7 @@ import (
 
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/image"
+	"github.com/nsbox/nsbox/machine/storage"
 )
 
 // Export writes stopped machine name as a tarball of its root to file.
@@ -57,13 +58,22 @@ func (m *Manager) ExportTo(ctx context.Context, name, file string, replace bool)
 	if !replace && out.Exists() {
 		return fmt.Errorf("%s already exists (remove it, or pass --force to replace it)", file)
 	}
-	args := append([]string{"--create", "--file=-", "--directory=" + m.Dir(name)}, image.TarArgs...)
-	if comp != "" {
-		args = append(args, comp)
+	tar := func(root string) error {
+		args := append([]string{"--create", "--file=-", "--directory=" + root}, image.TarArgs...)
+		if comp != "" {
+			args = append(args, comp)
+		}
+		// The runner's error names tar, its status and its stderr; the
+		// caller names the command and the machine.
+		return m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: out.File})
 	}
-	// The runner's error names tar, its status and its stderr; the caller
-	// names the command and the machine.
-	if err := m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: out.File}); err != nil {
+	if m.storageOf(name).Kind == storage.Overlay {
+		// The merged tree, with the owners the machine sees.
+		err = m.withView(ctx, name, tar)
+	} else {
+		err = tar(m.Dir(name))
+	}
+	if err != nil {
 		return err
 	}
 	return out.Publish()

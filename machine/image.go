@@ -11,6 +11,7 @@ import (
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -107,9 +108,13 @@ func (m *Manager) Clone(ctx context.Context, src, dst string) error {
 		return err
 	}
 	defer lock.Unlock()
-	err = m.newTree(ctx, dst, func(tmp string) error {
-		return bootstrap.CopyTree(ctx, m.Runner, m.Dir(src), tmp)
-	})
+	if m.storageOf(src).Kind == storage.Overlay {
+		err = m.cloneOverlay(ctx, src, dst)
+	} else {
+		err = m.newTree(ctx, dst, func(tmp string) error {
+			return bootstrap.CopyTree(ctx, m.Runner, m.Dir(src), tmp)
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -150,11 +155,24 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 	}
 	defer nl.Unlock()
 	oldTree := m.Dir(old)
+	overlay := m.storageOf(old).Kind == storage.Overlay
+	if overlay {
+		// Its tree is only a mount point while nothing has it mounted.
+		if err := m.layout(old).Unmount(); err != nil {
+			return err
+		}
+	}
 	if err := renameNoReplace(oldTree, m.Tree(new)); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("%w: %s", ErrExists, m.Path(new))
 		}
 		return err
+	}
+	if overlay {
+		if err := m.renameStorage(old, new); err != nil {
+			_ = os.Rename(m.Tree(new), oldTree)
+			return err
+		}
 	}
 	if b, err := os.ReadFile(m.settingsPath(old)); err == nil {
 		if err := host.WriteFileAtomic(m.settingsPath(new), b, 0o644); err == nil {
@@ -177,16 +195,19 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 	if cur, err := os.Readlink(filepath.Join(m.ImagesDir, old)); err == nil && cur == oldTree {
 		_ = os.Remove(filepath.Join(m.ImagesDir, old))
 	}
+	m.startHooks(old, true)
 	m.unpublish(old)
 	m.release(old)
 	m.published(new)
-	if r, err := os.OpenRoot(m.Dir(new)); err == nil {
-		if b, err := readSmall(r, "etc/hostname"); err == nil && strings.TrimSpace(string(b)) == old {
-			_ = bootstrap.Personalise(m.Dir(new), new)
+	return m.writeTree(ctx, new, func() error {
+		if r, err := os.OpenRoot(m.Dir(new)); err == nil {
+			if b, err := readSmall(r, "etc/hostname"); err == nil && strings.TrimSpace(string(b)) == old {
+				_ = bootstrap.Personalise(m.Dir(new), new)
+			}
+			r.Close()
 		}
-		r.Close()
-	}
-	return nil
+		return nil
+	})
 }
 
 // fsImmutable is FS_IMMUTABLE_FL: the flag machinectl read-only sets on
@@ -205,14 +226,15 @@ func (m *Manager) SetReadOnly(ctx context.Context, name string, ro bool) error {
 		return err
 	}
 	defer lock.Unlock()
-	f, err := os.Open(m.Dir(name))
+	top := m.readOnlyDir(name)
+	f, err := os.Open(top)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
 	if err != nil {
-		return fmt.Errorf("read the attributes of %s: %w", m.Dir(name), err)
+		return fmt.Errorf("read the attributes of %s: %w", top, err)
 	}
 	if ro {
 		flags |= fsImmutable
@@ -220,14 +242,25 @@ func (m *Manager) SetReadOnly(ctx context.Context, name string, ro bool) error {
 		flags &^= fsImmutable
 	}
 	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags)); err != nil {
-		return fmt.Errorf("set the immutable attribute of %s: %w", m.Dir(name), err)
+		return fmt.Errorf("set the immutable attribute of %s: %w", top, err)
 	}
 	return nil
 }
 
+// readOnlyDir is the directory whose immutable flag marks machine name
+// read-only: its tree's top, or an overlay machine's upper (its tree is a
+// mount point, and what is mounted there shows the upper's flags only
+// while mounted).
+func (m *Manager) readOnlyDir(name string) string {
+	if m.storageOf(name).Kind == storage.Overlay {
+		return m.layout(name).Upper()
+	}
+	return m.Dir(name)
+}
+
 // ReadOnly reports whether a machine's tree is marked read-only.
 func (m *Manager) ReadOnly(name string) bool {
-	f, err := os.Open(m.Dir(name))
+	f, err := os.Open(m.readOnlyDir(name))
 	if err != nil {
 		return false
 	}

@@ -29,8 +29,11 @@ func (m *Manager) Logs(ctx context.Context, name string, o backend.LogOptions, w
 	if o.Host {
 		return m.Backend.HostLogs(ctx, name, o, w)
 	}
-	if _, err := os.Stat(m.Dir(name) + "/var/log/journal"); err != nil {
-		return fmt.Errorf("%s has no journal yet (boot it once: nsbox boot %s)", name, name)
-	}
-	return backend.Journal(ctx, m.Runner, []string{"--root=" + m.Dir(name)}, o, w)
+	// A stopped overlay machine's tree is mounted while it is read.
+	return m.withTree(ctx, name, func() error {
+		if _, err := os.Stat(m.Dir(name) + "/var/log/journal"); err != nil {
+			return fmt.Errorf("%s has no journal yet (boot it once: nsbox boot %s)", name, name)
+		}
+		return backend.Journal(ctx, m.Runner, []string{"--root=" + m.Dir(name)}, o, w)
+	})
 }

@@ -358,6 +358,9 @@ func (m *Manager) cloneBase(ctx context.Context, bo bootstrap.Options, o CreateO
 // linkImage makes the machine visible to machinectl and
 // systemd-nspawn@.service, which look in ImagesDir only.
 func (m *Manager) linkImage(name string) {
+	if m.storageOf(name).Kind == storage.Overlay {
+		m.startHooks(name, false)
+	}
 	if m.ImagesDir == "" || filepath.Clean(m.ImagesDir) == filepath.Clean(m.RootDir) {
 		return
 	}
@@ -378,8 +381,30 @@ func (m *Manager) linkImage(name string) {
 	}
 }
 
+// startHooks gives the host's own way to start machine name (machinectl
+// start) what an overlay machine needs around its start, or takes it away
+// (gone).
+func (m *Manager) startHooks(name string, gone bool) {
+	sh, ok := m.Backend.(backend.StartHooks)
+	if !ok || m.Euid != 0 {
+		return
+	}
+	var pre, post []string
+	if !gone {
+		var err error
+		if pre, post, err = m.storageHooks(name); err != nil {
+			logrus.Warnf("%s: %v", name, err)
+			return
+		}
+	}
+	if err := sh.SetStartHooks(context.Background(), name, pre, post); err != nil {
+		logrus.Warnf("machinectl start %s: %v", name, err)
+	}
+}
+
 // unlinkImage removes the ImagesDir link, only if it is nsbox's.
 func (m *Manager) unlinkImage(name string) {
+	m.startHooks(name, true)
 	link := filepath.Join(m.ImagesDir, name)
 	if cur, err := os.Readlink(link); err == nil && (cur == m.Tree(name) || cur == m.Path(name)) {
 		_ = os.Remove(link)

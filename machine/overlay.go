@@ -20,11 +20,14 @@ import (
 // StorageKind is how a machine's tree is kept (create --storage).
 type StorageKind = storage.Kind
 
+// StorageOverlay is the kind of a machine over its base.
+const StorageOverlay = storage.Overlay
+
 // ParseStorage checks a --storage value.
 func ParseStorage(s string) (StorageKind, error) {
 	k, err := storage.ParseKind(s)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalidOption, err)
+		return "", fmt.Errorf("--storage: %v", err)
 	}
 	return k, nil
 }
@@ -99,27 +102,57 @@ func (m *Manager) lowerOf(rec storage.Record) (string, error) {
 }
 
 // createOverlay makes machine name an overlay over the cached base for
-// bo: no file of the base is copied. The upper starts with the machine's
-// hostname (written through the overlay, then given to the machine's
-// root).
+// bo: no file of the base is copied.
 func (m *Manager) createOverlay(ctx context.Context, name string, bo bootstrap.Options, o CreateOptions) error {
 	if o.NoCache {
 		return fmt.Errorf("%w: --storage overlay needs a cached base (leave out --no-cache)", ErrInvalidOption)
 	}
-	var rec storage.Record
 	var unlock func()
 	defer func() {
 		if unlock != nil {
 			unlock()
 		}
 	}()
-	lay := m.layout(name)
-	fill := func(tmp string) error {
+	return m.newOverlay(ctx, name, func() (storage.Record, error) {
 		root, info, un, err := m.Bases().Get(ctx, bo, o.Progress)
 		if err != nil {
-			return err
+			return storage.Record{}, err
 		}
 		unlock = un
+		return storage.Record{Base: info.Key, Version: info.Version, Lower: root}, nil
+	}, nil)
+}
+
+// cloneOverlay makes dst an overlay over the base version of stopped
+// overlay machine src, with a copy of src's upper: what src changed, and
+// nothing of the base, is copied.
+func (m *Manager) cloneOverlay(ctx context.Context, src, dst string) error {
+	from := m.storageOf(src)
+	return m.newOverlay(ctx, dst, func() (storage.Record, error) {
+		lower, err := m.lowerOf(from)
+		return storage.Record{Base: from.Base, Version: from.Version, Lower: lower}, err
+	}, func(upper string, uid int) error {
+		if err := bootstrap.CopyTree(ctx, m.Runner, m.layout(src).Upper(), upper); err != nil {
+			return err
+		}
+		// The copy is the new machine's root's, in its own range.
+		return storage.Shift(upper, from.UIDBase, uid)
+	})
+}
+
+// newOverlay makes machine name an overlay over the base base returns
+// (Base, Version, Lower), with an empty upper or the one fillUpper makes
+// (given the path, which does not exist yet, and the new machine's
+// range). Its hostname is written through the overlay and given to the
+// machine's root.
+func (m *Manager) newOverlay(ctx context.Context, name string, base func() (storage.Record, error), fillUpper func(upper string, uid int) error) error {
+	var rec storage.Record
+	lay := m.layout(name)
+	fill := func(tmp string) error {
+		var err error
+		if rec, err = base(); err != nil {
+			return err
+		}
 		taken := map[int]bool{}
 		for _, r := range m.overlayRecords() {
 			taken[r.UIDBase] = true
@@ -128,7 +161,7 @@ func (m *Manager) createOverlay(ctx context.Context, name string, bo bootstrap.O
 		if err != nil {
 			return err
 		}
-		rec = storage.Record{Kind: storage.Overlay, Base: info.Key, Version: info.Version, Lower: root, UIDBase: uid, Tree: m.Tree(name)}
+		rec.Kind, rec.UIDBase, rec.Tree = storage.Overlay, uid, m.Tree(name)
 		// Left by a create that was killed: no machine of this name
 		// exists (newTree checked, and holds its lock).
 		if err := host.RemoveTree(lay.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -140,8 +173,16 @@ func (m *Manager) createOverlay(ctx context.Context, name string, bo bootstrap.O
 		if err := os.MkdirAll(m.overlayDir(), 0o700); err != nil {
 			return err
 		}
-		if err := lay.Prepare(root, uid); err != nil {
+		if err := lay.Prepare(rec.Lower, uid); err != nil {
 			return err
+		}
+		if fillUpper != nil {
+			if err := os.Remove(lay.Upper()); err != nil {
+				return err
+			}
+			if err := fillUpper(lay.Upper(), uid); err != nil {
+				return err
+			}
 		}
 		// Recorded before the machine exists: a machine is never there
 		// without it.
@@ -195,6 +236,9 @@ func (m *Manager) MountStorage(ctx context.Context, name string) error {
 		return err
 	}
 	defer l.Unlock()
+	if storage.Mounted(m.Tree(name)) {
+		return nil
+	}
 	// A refresh of the base may move this version between the lookup
 	// and the mount: looked up again once.
 	for try := 0; ; try++ {
@@ -210,8 +254,14 @@ func (m *Manager) MountStorage(ctx context.Context, name string) error {
 }
 
 // UnmountStorage unmounts overlay machine name's tree (nsbox __storage
-// unmount NAME, after a stop), unless the machine runs.
+// unmount NAME, after a stop).
 func (m *Manager) UnmountStorage(ctx context.Context, name string) error {
+	return m.unmountUnless(ctx, name, func() bool { return false })
+}
+
+// unmountUnless unmounts overlay machine name's tree unless busy says,
+// under the mount lock, that something needs it.
+func (m *Manager) unmountUnless(ctx context.Context, name string, busy func() bool) error {
 	if m.storageOf(name).Kind != storage.Overlay {
 		return nil
 	}
@@ -220,7 +270,7 @@ func (m *Manager) UnmountStorage(ctx context.Context, name string) error {
 		return err
 	}
 	defer l.Unlock()
-	if _, err := m.Backend.Get(ctx, name); err == nil {
+	if busy() {
 		return nil
 	}
 	return m.layout(name).Unmount()
@@ -237,7 +287,12 @@ func (m *Manager) withTree(ctx context.Context, name string, fn func() error) er
 		return err
 	}
 	defer func() {
-		if err := m.UnmountStorage(context.WithoutCancel(ctx), name); err != nil {
+		// Unless the machine started meanwhile.
+		running := func() bool {
+			_, err := m.Backend.Get(ctx, name)
+			return err == nil
+		}
+		if err := m.unmountUnless(context.WithoutCancel(ctx), name, running); err != nil {
 			logrus.Warnf("%v", err)
 		}
 	}()
@@ -276,7 +331,7 @@ func (m *Manager) storageHooks(name string) (pre, post []string, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	base := []string{self, "--root-dir", m.RootDir, StorageCommand}
+	base := []string{self, "--root-dir", m.RootDir, "--cache-dir", m.CacheDir, StorageCommand}
 	return append(append([]string{}, base...), "mount", name), append(append([]string{}, base...), "unmount", name), nil
 }
 
@@ -306,4 +361,62 @@ func (m *Manager) readOSReleaseOf(root string, rec storage.Record) (OSRelease, b
 		return OSRelease{}, false
 	}
 	return readOSRelease(lower)
+}
+
+// withView runs fn on a read-only view of stopped overlay machine name's
+// tree as the machine sees it (owners unshifted), mounted for fn alone.
+func (m *Manager) withView(ctx context.Context, name string, fn func(root string) error) error {
+	rec := m.storageOf(name)
+	lower, err := m.lowerOf(rec)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	lay := m.layout(name)
+	view := filepath.Join(lay.Dir, "view")
+	// One left by a killed nsbox goes first.
+	_ = storage.Layout{Target: view}.Unmount()
+	if err := lay.MountView(ctx, m.Runner, lower, rec.UIDBase, view); err != nil {
+		return err
+	}
+	defer func() {
+		if err := (storage.Layout{Target: view}).Unmount(); err != nil {
+			logrus.Warn(err)
+		}
+		_ = os.Remove(view)
+		_ = os.Remove(filepath.Join(lay.Dir, "upper-view"))
+	}()
+	return fn(view)
+}
+
+// writeTree runs fn, which writes into stopped machine name's tree as
+// host root, while the tree is there (withTree); what fn wrote into an
+// overlay machine's upper then becomes the machine root's.
+func (m *Manager) writeTree(ctx context.Context, name string, fn func() error) error {
+	rec := m.storageOf(name)
+	return m.withTree(ctx, name, func() error {
+		if err := fn(); err != nil {
+			return err
+		}
+		if rec.Kind == storage.Overlay {
+			return storage.Shift(m.layout(name).Upper(), 0, rec.UIDBase)
+		}
+		return nil
+	})
+}
+
+// renameStorage moves what overlay machine old has besides its tree to
+// new: its upper and work directories and its record.
+func (m *Manager) renameStorage(old, new string) error {
+	rec := m.storageOf(old)
+	if err := renameNoReplace(m.layout(old).Dir, m.layout(new).Dir); err != nil {
+		return err
+	}
+	rec.Tree = m.Tree(new)
+	if err := m.writeStorage(new, rec); err != nil {
+		_ = os.Rename(m.layout(new).Dir, m.layout(old).Dir)
+		return err
+	}
+	_ = os.Remove(m.storagePath(old))
+	_ = os.Remove(filepath.Join(m.overlayDir(), "."+old+".lck"))
+	return nil
 }

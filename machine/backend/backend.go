@@ -110,6 +110,14 @@ type Autostart interface {
 	Forget(ctx context.Context, name string)
 }
 
+// StartHooks is a backend whose host starts machines without nsbox too
+// (machinectl start, systemd-nspawn@NAME.service): pre runs before such a
+// start and post after its stop (an overlay machine's mount and unmount);
+// nil pre and post take them away.
+type StartHooks interface {
+	SetStartHooks(ctx context.Context, name string, pre, post []string) error
+}
+
 // Watcher is a backend that can tell when machines change, so events come
 // at once instead of at the next poll.
 type Watcher interface {

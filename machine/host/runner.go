@@ -49,13 +49,14 @@ type Cmd struct {
 	// that signal it themselves or wait for what it records.
 	Started func(*os.Process)
 	// UserNS, when set, starts the program in a user namespace of its
-	// own whose root is host uid and gid UserNS.HostID, for Size ids.
+	// own with this one mapping of uids and gids.
 	UserNS *IDMap
 }
 
-// IDMap maps ids 0..Size-1 of a user namespace to HostID.. on the host.
+// IDMap maps ids InsideID..InsideID+Size-1 of a user namespace to
+// HostID.. on the host.
 type IDMap struct {
-	HostID, Size int
+	InsideID, HostID, Size int
 }
 
 // String is the command line as a user would type it.
@@ -125,7 +126,7 @@ func (ExecRunner) Run(ctx context.Context, c *Cmd) error {
 		if cmd.SysProcAttr == nil {
 			cmd.SysProcAttr = &syscall.SysProcAttr{}
 		}
-		m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: c.UserNS.HostID, Size: c.UserNS.Size}}
+		m := []syscall.SysProcIDMap{{ContainerID: c.UserNS.InsideID, HostID: c.UserNS.HostID, Size: c.UserNS.Size}}
 		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
 		cmd.SysProcAttr.UidMappings, cmd.SysProcAttr.GidMappings = m, m
 	}

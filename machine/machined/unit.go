@@ -284,3 +284,51 @@ func (m *Backend) UnitFileState(ctx context.Context, name string) string {
 }
 
 var _ backend.Autostart = (*Backend)(nil)
+
+// dropInPath is nsbox's drop-in for the machine's systemd-nspawn@.service,
+// the unit machinectl start runs.
+func (m *Backend) dropInPath(name string) string {
+	dir := m.UnitDir
+	if dir == "" {
+		dir = "/etc/systemd/system"
+	}
+	return filepath.Join(dir, "systemd-nspawn@"+name+".service.d", "nsbox-storage.conf")
+}
+
+// SetStartHooks implements backend.StartHooks with a drop-in for
+// systemd-nspawn@NAME.service: machinectl start of an overlay machine
+// mounts its tree first and unmounts it after the stop, as nsbox boot and
+// its own units do. The file is written only when its text changes.
+func (m *Backend) SetStartHooks(ctx context.Context, name string, pre, post []string) error {
+	path := m.dropInPath(name)
+	if len(pre) == 0 && len(post) == 0 {
+		if err := os.Remove(path); err != nil {
+			return nil
+		}
+		_ = os.Remove(filepath.Dir(path))
+		return m.Systemd.Reload(ctx)
+	}
+	spec := backend.StartSpec{Name: name, Root: "/", Argv: []string{"true"}, PreStart: pre, StopPost: post}
+	if err := checkStartSpec(spec); err != nil {
+		return err
+	}
+	opts := []*unit.UnitOption{
+		unit.NewUnitOption("Service", "ExecStartPre", execLine(pre)),
+		unit.NewUnitOption("Service", "ExecStopPost", "-"+execLine(post)),
+	}
+	body, err := io.ReadAll(unit.Serialize(opts))
+	if err != nil {
+		return err
+	}
+	text := "# Written by nsbox: " + name + " is an overlay machine, mounted around its start.\n" + string(body)
+	if cur, err := os.ReadFile(path); err == nil && string(cur) == text {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if err := host.WriteFileAtomic(path, []byte(text), 0o644); err != nil {
+		return err
+	}
+	return m.Systemd.Reload(ctx)
+}

@@ -175,7 +175,7 @@ func (l Layout) Mount(ctx context.Context, r host.Runner, lower string, uidBase 
 	if !optionSafe(lower) || !optionSafe(l.Dir) || !optionSafe(l.Target) {
 		return fmt.Errorf("%s: an overlay cannot name a path with a comma, colon or backslash", l.Target)
 	}
-	userns, err := UserNS(ctx, r, uidBase)
+	userns, err := UserNS(ctx, r, 0, uidBase)
 	if err != nil {
 		return err
 	}
@@ -208,6 +208,46 @@ func (l Layout) Mount(ctx context.Context, r host.Runner, lower string, uidBase 
 	return nil
 }
 
+// MountView mounts at target, read-only, the machine's tree with owners
+// as the machine sees them (its root as 0): the upper, mapped down from
+// uidBase, over the lower as it is stored. Host tools that read there
+// (tar for export) see what the machine has. The machine must not run.
+func (l Layout) MountView(ctx context.Context, r host.Runner, lower string, uidBase int, target string) error {
+	if !optionSafe(lower) || !optionSafe(l.Dir) || !optionSafe(target) {
+		return fmt.Errorf("%s: an overlay cannot name a path with a comma, colon or backslash", l.Target)
+	}
+	userns, err := UserNS(ctx, r, uidBase, 0)
+	if err != nil {
+		return err
+	}
+	defer userns.Close()
+	tree, err := unix.OpenTree(unix.AT_FDCWD, l.Upper(), unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", l.Upper(), err)
+	}
+	defer unix.Close(tree)
+	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY, Userns_fd: uint64(userns.Fd()), Propagation: unix.MS_PRIVATE}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		return fmt.Errorf("map %s to the machine's view: %w", l.Upper(), err)
+	}
+	um := filepath.Join(l.Dir, "upper-view")
+	if err := os.MkdirAll(um, 0o700); err != nil {
+		return err
+	}
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, um, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("mount %s at %s: %w", l.Upper(), um, err)
+	}
+	defer unix.Unmount(um, unix.MNT_DETACH)
+	if err := os.MkdirAll(target, 0o700); err != nil {
+		return err
+	}
+	opts := fmt.Sprintf("lowerdir=%s:%s", um, lower)
+	if err := unix.Mount("overlay", target, "overlay", unix.MS_RDONLY, opts); err != nil {
+		return fmt.Errorf("mount a view of %s at %s: %w", l.Target, target, err)
+	}
+	return nil
+}
+
 // Unmount unmounts the machine's tree; not mounted, it does nothing.
 func (l Layout) Unmount() error {
 	for Mounted(l.Target) {
@@ -225,10 +265,12 @@ func (l Layout) Unmount() error {
 	return nil
 }
 
-// UserNS returns a user namespace whose root is host id base (for
-// RangeSize ids), held by a short-lived process of the host's own cat; the
-// namespace lives on in the returned file.
-func UserNS(ctx context.Context, r host.Runner, base int) (*os.File, error) {
+// UserNS returns a user namespace whose ids inside.. are host ids
+// outside.. (for RangeSize ids), held by a short-lived process of the
+// host's own cat; the namespace lives on in the returned file. As the
+// user namespace of an idmapped mount, it shows a file stored with id
+// inside+N as owned by outside+N.
+func UserNS(ctx context.Context, r host.Runner, inside, outside int) (*os.File, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -236,7 +278,7 @@ func UserNS(ctx context.Context, r host.Runner, base int) (*os.File, error) {
 	defer pr.Close()
 	var ns *os.File
 	var nsErr error
-	c := &host.Cmd{Path: "cat", Stdin: pr, UserNS: &host.IDMap{HostID: base, Size: RangeSize},
+	c := &host.Cmd{Path: "cat", Stdin: pr, UserNS: &host.IDMap{InsideID: inside, HostID: outside, Size: RangeSize},
 		Started: func(p *os.Process) {
 			ns, nsErr = os.Open(fmt.Sprintf("/proc/%d/ns/user", p.Pid))
 			pw.Close()
@@ -250,7 +292,7 @@ func UserNS(ctx context.Context, r host.Runner, base int) (*os.File, error) {
 		if ns != nil {
 			ns.Close()
 		}
-		return nil, fmt.Errorf("make a user namespace for uid %d: %w", base, err)
+		return nil, fmt.Errorf("make a user namespace mapping uid %d to %d: %w", inside, outside, err)
 	}
 	return ns, nil
 }
