@@ -37,7 +37,6 @@ func overlayScenario(t *testing.T, e *env) {
 	if m := mounted(); m != "" {
 		t.Errorf("a stopped overlay machine is mounted: %s", m)
 	}
-	wantFail(t, e.nsb(t, "boot", name, "--private-users=false"), 1, "user namespace")
 
 	t.Run("boot", func(t *testing.T) {
 		e.mustNsb(t, "boot", name)
@@ -65,6 +64,23 @@ func overlayScenario(t *testing.T, e *env) {
 		}
 		if m := mounted(); m != "" {
 			t.Errorf("left mounted after shell and logs of a stopped machine: %s", m)
+		}
+	})
+
+	t.Run("without a user namespace and back", func(t *testing.T) {
+		// The upper follows the mode: stored under the machine's own
+		// ids without a user namespace, under its range with one.
+		upperF := e.rootDir + "/.nsbox/.overlay/" + name + "/upper/root/f"
+		for _, mode := range []string{"--private-users=false", "--private-users=true"} {
+			e.mustNsb(t, "boot", name, mode)
+			if r := e.mustNsb(t, "shell", name, "--", "sh", "-c", "cat /root/f; stat -c %U /root/f /etc/hostname"); r.stdout != "kept\nroot\nroot\n" {
+				t.Errorf("boot %s: %s", mode, r)
+			}
+			e.mustNsb(t, "stop", name)
+			uid := strings.TrimSpace(e.mustSh(t, "stat -c %u "+upperF))
+			if (mode == "--private-users=false") != (uid == "0") {
+				t.Errorf("after a boot %s the upper's /root/f belongs to host uid %s", mode, uid)
+			}
 		}
 	})
 

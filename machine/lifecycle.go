@@ -231,8 +231,8 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		}
 	}()
 	if overlay {
-		if !opts.PrivateUsers {
-			return errOverlayPrivateUsers(name)
+		if rec, err = m.alignUpper(ctx, name, opts.PrivateUsers); err != nil {
+			return err
 		}
 		// Mounted now for what is written into the tree before the
 		// start; the unit's own mount then finds it there, and its
@@ -258,7 +258,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if !m.ReadOnly(name) {
 		m.ensurePersistentJournal(name)
 	}
-	if overlay {
+	if overlay && !rec.Unshifted {
 		// What was just written there by host root is the machine root's.
 		if err := storage.Shift(m.layout(name).Upper(), 0, rec.UIDBase); err != nil {
 			return err
@@ -700,10 +700,11 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 		// With systemd, nspawn asks for a scope of its own.
 		args = append(args, "--keep-unit")
 	}
-	overlay := m.storageOf(name).Kind == storage.Overlay
-	if overlay && !opts.PrivateUsers {
-		return 0, errOverlayPrivateUsers(name)
+	rec, err := m.alignUpper(ctx, name, opts.PrivateUsers)
+	if err != nil {
+		return 0, err
 	}
+	overlay := rec.Kind == storage.Overlay
 	if opts.PrivateUsers {
 		args = append(args, "--private-users=pick", "--private-users-ownership=auto")
 	}

@@ -136,7 +136,7 @@ func (m *Manager) cloneOverlay(ctx context.Context, src, dst string) error {
 			return err
 		}
 		// The copy is the new machine's root's, in its own range.
-		return storage.Shift(upper, from.UIDBase, uid)
+		return storage.Shift(upper, from.UpperBase(), uid)
 	})
 }
 
@@ -246,7 +246,7 @@ func (m *Manager) MountStorage(ctx context.Context, name string) error {
 		if err != nil {
 			return fmt.Errorf("%s cannot be mounted: %w", name, err)
 		}
-		err = m.layout(name).Mount(ctx, m.Runner, lower, rec.UIDBase)
+		err = m.layout(name).Mount(ctx, m.Runner, lower, rec.UpperBase())
 		if err == nil || try > 0 || !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
@@ -339,11 +339,33 @@ func (m *Manager) storageHooks(name string) (pre, post []string, err error) {
 // overlay machine's tree: nsbox __storage mount|unmount NAME.
 const StorageCommand = "__storage"
 
-// errOverlayPrivateUsers refuses to run an overlay machine without a user
-// namespace: its upper holds its files under the machine's own host ids,
-// which only its user namespace maps back to root.
-func errOverlayPrivateUsers(name string) error {
-	return fmt.Errorf("%w: %s is an overlay machine, which runs with a user namespace only (leave out --private-users=false)", ErrInvalidOption, name)
+// alignUpper stores stopped overlay machine name's upper as the next run
+// needs it: under its range for a run with a user namespace, under the
+// ids the machine sees for one without (--private-users=false), where
+// host root is the machine's root. The upper is re-owned when the mode
+// changed since the last run (it holds only what the machine changed).
+func (m *Manager) alignUpper(ctx context.Context, name string, privateUsers bool) (storage.Record, error) {
+	rec := m.storageOf(name)
+	if rec.Kind != storage.Overlay || rec.Unshifted == !privateUsers {
+		return rec, nil
+	}
+	l, err := m.mountLock(ctx, name)
+	if err != nil {
+		return rec, err
+	}
+	defer l.Unlock()
+	if storage.Mounted(m.Tree(name)) {
+		return rec, fmt.Errorf("%w: %s is mounted by another command; try again", ErrBusy, name)
+	}
+	from, to := rec.UpperBase(), rec.UIDBase
+	if !privateUsers {
+		to = 0
+	}
+	if err := storage.Shift(m.layout(name).Upper(), from, to); err != nil {
+		return rec, err
+	}
+	rec.Unshifted = !privateUsers
+	return rec, m.writeStorage(name, rec)
 }
 
 // readOSReleaseOf reads the os-release of a machine whose tree is root:
@@ -375,7 +397,7 @@ func (m *Manager) withView(ctx context.Context, name string, fn func(root string
 	view := filepath.Join(lay.Dir, "view")
 	// One left by a killed nsbox goes first.
 	_ = storage.Layout{Target: view}.Unmount()
-	if err := lay.MountView(ctx, m.Runner, lower, rec.UIDBase, view); err != nil {
+	if err := lay.MountView(ctx, m.Runner, lower, rec.UpperBase(), view); err != nil {
 		return err
 	}
 	defer func() {
@@ -397,7 +419,7 @@ func (m *Manager) writeTree(ctx context.Context, name string, fn func() error) e
 		if err := fn(); err != nil {
 			return err
 		}
-		if rec.Kind == storage.Overlay {
+		if rec.Kind == storage.Overlay && !rec.Unshifted {
 			return storage.Shift(m.layout(name).Upper(), 0, rec.UIDBase)
 		}
 		return nil

@@ -69,6 +69,19 @@ type Record struct {
 	// Tree is the machine's tree (its root directory's store): a record
 	// whose tree is gone is a create that was killed.
 	Tree string `json:"tree,omitempty"`
+	// Unshifted says the upper holds the machine's files under the ids
+	// the machine sees (it last ran without a user namespace); otherwise
+	// under UIDBase plus those ids.
+	Unshifted bool `json:"unshifted,omitempty"`
+}
+
+// UpperBase is the host id of the machine's root in its upper as stored:
+// UIDBase, or 0 when Unshifted.
+func (r Record) UpperBase() int {
+	if r.Unshifted {
+		return 0
+	}
+	return r.UIDBase
 }
 
 // RangeSize is the ids a machine's user namespace maps, as nspawn's pick.
@@ -166,14 +179,18 @@ func isMountPoint(path string) bool {
 }
 
 // Mount mounts the machine's tree at Target: lower (the base) mapped so
-// that its root is uidBase, under the upper. Already mounted, it does
-// nothing. The caller serialises mounts of one machine.
+// that its root is uidBase (as it is stored with uidBase 0), under the
+// upper. Already mounted, it does nothing. The caller serialises mounts
+// of one machine.
 func (l Layout) Mount(ctx context.Context, r host.Runner, lower string, uidBase int) error {
 	if Mounted(l.Target) {
 		return nil
 	}
 	if !optionSafe(lower) || !optionSafe(l.Dir) || !optionSafe(l.Target) {
 		return fmt.Errorf("%s: an overlay cannot name a path with a comma, colon or backslash", l.Target)
+	}
+	if uidBase == 0 {
+		return l.mountOver(lower)
 	}
 	userns, err := UserNS(ctx, r, 0, uidBase)
 	if err != nil {
@@ -198,10 +215,15 @@ func (l Layout) Mount(ctx context.Context, r host.Runner, lower string, uidBase 
 	}
 	// The overlay holds the layer itself: the helper mount goes at once.
 	defer unix.Unmount(lm, unix.MNT_DETACH)
+	return l.mountOver(lm)
+}
+
+// mountOver mounts the overlay of the upper over lower at Target.
+func (l Layout) mountOver(lower string) error {
 	// metacopy off: an upper that holds only metadata trusts the lower
 	// for data, which the kernel advises against for layers it does not
 	// trust.
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,metacopy=off", lm, l.Upper(), l.Work())
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,metacopy=off", lower, l.Upper(), l.Work())
 	if err := unix.Mount("overlay", l.Target, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mount the overlay at %s: %w", l.Target, err)
 	}
@@ -215,6 +237,12 @@ func (l Layout) Mount(ctx context.Context, r host.Runner, lower string, uidBase 
 func (l Layout) MountView(ctx context.Context, r host.Runner, lower string, uidBase int, target string) error {
 	if !optionSafe(lower) || !optionSafe(l.Dir) || !optionSafe(target) {
 		return fmt.Errorf("%s: an overlay cannot name a path with a comma, colon or backslash", l.Target)
+	}
+	if err := os.MkdirAll(target, 0o700); err != nil {
+		return err
+	}
+	if uidBase == 0 {
+		return mountReadOnly(target, l.Upper(), lower)
 	}
 	userns, err := UserNS(ctx, r, uidBase, 0)
 	if err != nil {
@@ -238,12 +266,15 @@ func (l Layout) MountView(ctx context.Context, r host.Runner, lower string, uidB
 		return fmt.Errorf("mount %s at %s: %w", l.Upper(), um, err)
 	}
 	defer unix.Unmount(um, unix.MNT_DETACH)
-	if err := os.MkdirAll(target, 0o700); err != nil {
-		return err
-	}
-	opts := fmt.Sprintf("lowerdir=%s:%s", um, lower)
+	return mountReadOnly(target, um, lower)
+}
+
+// mountReadOnly mounts at target the read-only overlay of upper over
+// lower.
+func mountReadOnly(target, upper, lower string) error {
+	opts := fmt.Sprintf("lowerdir=%s:%s", upper, lower)
 	if err := unix.Mount("overlay", target, "overlay", unix.MS_RDONLY, opts); err != nil {
-		return fmt.Errorf("mount a view of %s at %s: %w", l.Target, target, err)
+		return fmt.Errorf("mount a view at %s: %w", target, err)
 	}
 	return nil
 }
