@@ -89,6 +89,12 @@ func completeMachines(c *cli.Context) {
 	if c.NArg() > 0 && c.Command.Name != "boot" {
 		return
 	}
+	// A command that takes a machine or a subcommand (snapshot) offers both.
+	for _, s := range c.Command.Subcommands {
+		if !s.Hidden && s.Name != "help" {
+			fmt.Println(s.Name)
+		}
+	}
 	root := c.String("root-dir")
 	if root == "" {
 		root = "/srv"

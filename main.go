@@ -79,7 +79,7 @@ func commands() []*cli.Command {
 	cmds := []*cli.Command{
 		createCommand(), bootCommand(), shellCommand(), listCommand(), statusCommand(),
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
-		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(),
+		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(),
 		bindCommand(), completionCommand(), manCommand(),
 		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),

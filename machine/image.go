@@ -146,6 +146,11 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 	if err := m.taken(new); err != nil {
 		return err
 	}
+	snaps, err := m.moveSnapshots(ctx, old, new)
+	if err != nil {
+		return err
+	}
+	defer snaps.Unlock()
 	nl, err := m.lockImage(m.Tree(new), true)
 	if errors.Is(err, ErrBusy) {
 		return fmt.Errorf("%w: %s is being created or used by another process", ErrBusy, new)
@@ -174,6 +179,7 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 			return err
 		}
 	}
+	snaps.Move()
 	if b, err := os.ReadFile(m.settingsPath(old)); err == nil {
 		if err := host.WriteFileAtomic(m.settingsPath(new), b, 0o644); err == nil {
 			_ = os.Remove(m.settingsPath(old))

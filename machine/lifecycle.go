@@ -626,6 +626,10 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 		return err
 	}
 	defer lock.Unlock()
+	// Its snapshots go first: a new machine of the name must not find them.
+	if err := m.removeSnapshots(ctx, name); err != nil {
+		return err
+	}
 	// An overlay machine's upper goes first (its base stays), then the
 	// tree. If the tree cannot go (a mount inside), the machine keeps its
 	// settings and stays whole enough to boot.

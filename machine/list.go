@@ -41,6 +41,8 @@ type Info struct {
 	Storage   string `json:"storage,omitempty"`
 	Base      string `json:"base,omitempty"`
 	BaseUsage int64  `json:"base_usage_bytes,omitempty"`
+	// Snapshots are the names of the machine's snapshots ([] when none).
+	Snapshots []string `json:"snapshots"`
 	// Status only.
 	Autostart string          `json:"autostart,omitempty"` // "enabled", "disabled"
 	Limits    *backend.Limits `json:"limits,omitempty"`
@@ -114,6 +116,9 @@ func mergeList(p Paths, disk []string, running []backend.Running, backend string
 		if i.Interfaces == nil {
 			i.Interfaces = []string{}
 		}
+		if i.Snapshots == nil {
+			i.Snapshots = []string{}
+		}
 		res[k] = *i
 	}
 	return res
@@ -174,6 +179,7 @@ func (m *Manager) fill(infos []Info, o ListOptions) {
 					i.Storage = string(storage.Btrfs)
 				}
 				i.Base = rec.Base
+				i.Snapshots = m.SnapshotNames(i.Name)
 				if o.Usage {
 					// The tree itself: Root is the link users know it by.
 					// An overlay machine's own bytes are its upper's.

@@ -156,7 +156,9 @@ func UnknownCommand(app *cli.App, args []string) (string, bool) {
 		}
 		sub := cmd.Command(args[j])
 		if sub == nil {
-			if args[j] == "help" || args[j] == "h" {
+			// A command with an action of its own takes the word as its
+			// argument ("snapshot web" beside "snapshot list web").
+			if args[j] == "help" || args[j] == "h" || cmd.Action != nil {
 				return "", false
 			}
 			return path + " " + args[j], true

@@ -30,6 +30,8 @@ func testApp() *cli.App {
 				{Name: "list", Flags: []cli.Flag{&cli.StringFlag{Name: "output", Aliases: []string{"o"}}}},
 				{Name: "remove"},
 			}},
+			{Name: "snapshot", Flags: []cli.Flag{&cli.BoolFlag{Name: "live"}}, Action: func(*cli.Context) error { return nil },
+				Subcommands: []*cli.Command{{Name: "list", Flags: []cli.Flag{&cli.StringFlag{Name: "output", Aliases: []string{"o"}}}}}},
 		},
 	}
 }
@@ -45,6 +47,8 @@ func TestHoist(t *testing.T) {
 		{[]string{"nsbox", "-v"}, []string{"nsbox", "-v"}},
 		{[]string{"nsbox", "cache", "list", "--output", "json"}, []string{"nsbox", "cache", "list", "--output", "json"}},
 		{[]string{"nsbox", "cache", "remove", "bookworm", "-q"}, []string{"nsbox", "-q", "cache", "remove", "bookworm"}},
+		{[]string{"nsbox", "snapshot", "web", "s1", "--live"}, []string{"nsbox", "snapshot", "--live", "web", "s1"}},
+		{[]string{"nsbox", "snapshot", "list", "web", "-o", "json"}, []string{"nsbox", "snapshot", "list", "-o", "json", "web"}},
 		{[]string{"nsbox", "create", "web", "-q", "--release", "trixie", "--root-dir", "/x"}, []string{"nsbox", "-q", "--root-dir", "/x", "create", "--release", "trixie", "web"}},
 		{[]string{"nsbox", "-v", "list", "--output", "json", "--debug"}, []string{"nsbox", "-v", "--debug", "list", "--output", "json"}},
 		// Values that look like flags but are none are values.
@@ -108,6 +112,10 @@ func TestUnknownCommand(t *testing.T) {
 		{[]string{"-q", "cache", "list"}, ""},
 		{[]string{"--root-dir", "/x"}, ""},
 		{[]string{"list", "bogus"}, ""},
+		// A command that acts itself takes a word that is no subcommand.
+		{[]string{"snapshot", "web"}, ""},
+		{[]string{"snapshot", "--live", "web", "s1"}, ""},
+		{[]string{"snapshot", "list", "web"}, ""},
 	} {
 		name, unknown := UnknownCommand(app, append([]string{"nsbox"}, tc.args...))
 		if unknown != (tc.want != "") || name != tc.want {
