@@ -21,7 +21,9 @@ func bootCommand() *cli.Command {
 			"Every name is checked before any machine boots. A --port whose host port a\n" +
 			"host process listens on, or another running machine forwards, is refused\n" +
 			"before the boot, naming who holds it.\n\n" +
-			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c",
+			"With --ephemeral the machine's tree is the lower layer of an overlay whose\n" +
+			"upper is thrown away when the machine stops: the tree stays as it was.\n\n" +
+			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c\n   nsbox boot --ephemeral web",
 		// KeepSpace: a value is taken as given, so that a control character
 		// at its end is refused, not trimmed away unseen.
 		Flags: append([]cli.Flag{
@@ -34,6 +36,7 @@ func bootCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-ports", Usage: "forget the remembered port forwards (--port given with it replaces them)"},
 			&cli.BoolFlag{Name: "private-users", Value: true, Usage: "map the machine's users to an unused host range (--private-users=false to share the host's)"},
 			&cli.BoolFlag{Name: "console", Usage: "run in the foreground on this terminal"},
+			&cli.BoolFlag{Name: "ephemeral", Usage: "boot over a throwaway upper: what the machine writes is gone when it stops"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up when the machine is not running by then"},
 		}, limitFlags...),
 		Action: func(c *cli.Context) error {
@@ -45,7 +48,7 @@ func bootCommand() *cli.Command {
 					return usagef("%v", err)
 				}
 			}
-			req := machine.BootRequest{Network: c.String("network"), Timeout: c.Duration("timeout"), Console: c.Bool("console"), Limits: limitArgs(c), ForceBinds: c.Bool("force-binds")}
+			req := machine.BootRequest{Network: c.String("network"), Timeout: c.Duration("timeout"), Console: c.Bool("console"), Limits: limitArgs(c), ForceBinds: c.Bool("force-binds"), Ephemeral: c.Bool("ephemeral")}
 			if err := checkLimitArgs(req.Limits); err != nil {
 				return err
 			}

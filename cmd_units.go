@@ -104,7 +104,8 @@ func networkUpCommand() *cli.Command {
 }
 
 // storageCommand is what an overlay machine's unit runs before its start
-// and after its stop: nsbox __storage mount|unmount NAME.
+// and after its stop: nsbox __storage mount|unmount NAME, and for an
+// ephemeral boot mount-ephemeral|unmount-ephemeral NAME.
 func storageCommand() *cli.Command {
 	mount := simple("mount", "", nil, func(c *cli.Context, m *machine.Manager, n string) error {
 		return m.MountStorage(c.Context, n)
@@ -112,5 +113,11 @@ func storageCommand() *cli.Command {
 	unmount := simple("unmount", "", nil, func(c *cli.Context, m *machine.Manager, n string) error {
 		return m.UnmountStorage(c.Context, n)
 	})
-	return &cli.Command{Name: machine.StorageCommand, Hidden: true, Subcommands: []*cli.Command{mount, unmount}}
+	mountEphemeral := simple("mount-ephemeral", "", nil, func(c *cli.Context, m *machine.Manager, n string) error {
+		return m.MountEphemeral(c.Context, n)
+	})
+	unmountEphemeral := simple("unmount-ephemeral", "", nil, func(c *cli.Context, m *machine.Manager, n string) error {
+		return m.UnmountEphemeral(c.Context, n)
+	})
+	return &cli.Command{Name: machine.StorageCommand, Hidden: true, Subcommands: []*cli.Command{mount, unmount, mountEphemeral, unmountEphemeral}}
 }

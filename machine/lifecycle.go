@@ -43,6 +43,9 @@ type BootRequest struct {
 	Limits LimitFlags
 	// ForceBinds allows binding / or the root directory itself.
 	ForceBinds bool
+	// Ephemeral boots the machine over a throwaway upper: what it
+	// writes is gone when it stops (see ephemeral.go).
+	Ephemeral bool
 }
 
 // checkBinds refuses binds whose source is missing, and binds of the
@@ -152,6 +155,10 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	} else if !errors.Is(err, ErrNotRunning) {
 		return err
 	}
+	// What an ephemeral boot of a host that died left.
+	if err := m.sweepEphemeralOf(ctx, name); err != nil {
+		return err
+	}
 	root := m.Dir(name)
 	// An overlay machine's tree is mounted further down: its base is
 	// what must be bootable.
@@ -230,7 +237,31 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 			restore()
 		}
 	}()
-	if overlay {
+	if req.Ephemeral {
+		if !opts.PrivateUsers {
+			return fmt.Errorf("%w: an ephemeral boot runs with a user namespace only (leave out --private-users=false)", ErrInvalidOption)
+		}
+		if overlay {
+			// The throwaway upper goes over the machine's own, stored
+			// under its range.
+			if rec, err = m.alignUpper(ctx, name, true); err != nil {
+				return err
+			}
+		}
+		// Mounted now, so that what is written into the tree before the
+		// start goes to the throwaway upper; the hook after the stop
+		// takes it away.
+		if err := m.MountEphemeral(ctx, name); err != nil {
+			return err
+		}
+		defer func() {
+			if !ok || req.Console {
+				if err := m.UnmountEphemeral(context.WithoutCancel(ctx), name); err != nil {
+					logrus.Warn(err)
+				}
+			}
+		}()
+	} else if overlay {
 		if rec, err = m.alignUpper(ctx, name, opts.PrivateUsers); err != nil {
 			return err
 		}
@@ -258,7 +289,11 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if !m.ReadOnly(name) {
 		m.ensurePersistentJournal(name)
 	}
-	if overlay && !rec.Unshifted {
+	if er, ok := m.ephemeral(name); ok && req.Ephemeral {
+		if err := storage.Shift(m.ephemeralStack(name, er).Upper, 0, er.UIDBase); err != nil {
+			return err
+		}
+	} else if overlay && !rec.Unshifted {
 		// What was just written there by host root is the machine root's.
 		if err := storage.Shift(m.layout(name).Upper(), 0, rec.UIDBase); err != nil {
 			return err
@@ -568,7 +603,7 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) 
 		}
 	}
 	m.Backend.Cleanup(ctx, name)
-	return nil
+	return m.endEphemeral(ctx, name)
 }
 
 // Reboot asks name's systemd to reboot; the backend starts it again.
@@ -589,7 +624,7 @@ func (m *Manager) Terminate(ctx context.Context, name string) error {
 	}
 	m.waitGone(ctx, name, 15*time.Second)
 	m.Backend.Cleanup(ctx, name)
-	return nil
+	return m.endEphemeral(ctx, name)
 }
 
 // Kill sends sig to name's leader, or with all to all its processes.
@@ -628,6 +663,9 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	defer lock.Unlock()
 	// Its snapshots go first: a new machine of the name must not find them.
 	if err := m.removeSnapshots(ctx, name); err != nil {
+		return err
+	}
+	if err := m.sweepEphemeralOf(ctx, name); err != nil {
 		return err
 	}
 	// An overlay machine's upper goes first (its base stays), then the

@@ -321,7 +321,8 @@ func (m *Manager) removeStorage(name string) error {
 // storageHooks are the commands a backend runs around an overlay
 // machine's systemd-nspawn: mount before, unmount after.
 func (m *Manager) storageHooks(name string) (pre, post []string, err error) {
-	if m.storageOf(name).Kind != storage.Overlay {
+	_, ephemeral := m.ephemeral(name)
+	if m.storageOf(name).Kind != storage.Overlay && !ephemeral {
 		return nil, nil, nil
 	}
 	if m.Self == nil {
@@ -332,6 +333,9 @@ func (m *Manager) storageHooks(name string) (pre, post []string, err error) {
 		return nil, nil, err
 	}
 	base := []string{self, "--root-dir", m.RootDir, "--cache-dir", m.CacheDir, StorageCommand}
+	if ephemeral {
+		return append(append([]string{}, base...), "mount-ephemeral", name), append(append([]string{}, base...), "unmount-ephemeral", name), nil
+	}
 	return append(append([]string{}, base...), "mount", name), append(append([]string{}, base...), "unmount", name), nil
 }
 

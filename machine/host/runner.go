@@ -49,8 +49,16 @@ type Cmd struct {
 	// that signal it themselves or wait for what it records.
 	Started func(*os.Process)
 	// UserNS, when set, starts the program in a user namespace of its
-	// own with this one mapping of uids and gids.
+	// own whose ids InsideID.. are host ids HostID.., for Size ids.
 	UserNS *IDMap
+	// MountNS starts the program in a mount namespace of its own (Go
+	// cannot unshare one once it runs threads; a child can be cloned
+	// into one). The mounts it makes go with the namespace's last
+	// process.
+	MountNS bool
+	// Pdeathsig is the signal the program gets when the thread that
+	// started it ends (PR_SET_PDEATHSIG): zero sends none.
+	Pdeathsig syscall.Signal
 }
 
 // IDMap maps ids InsideID..InsideID+Size-1 of a user namespace to
@@ -129,6 +137,15 @@ func (ExecRunner) Run(ctx context.Context, c *Cmd) error {
 		m := []syscall.SysProcIDMap{{ContainerID: c.UserNS.InsideID, HostID: c.UserNS.HostID, Size: c.UserNS.Size}}
 		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
 		cmd.SysProcAttr.UidMappings, cmd.SysProcAttr.GidMappings = m, m
+	}
+	if c.MountNS || c.Pdeathsig != 0 {
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		if c.MountNS {
+			cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNS
+		}
+		cmd.SysProcAttr.Pdeathsig = c.Pdeathsig
 	}
 	if err := cmd.Start(); err != nil {
 		if errors.Is(err, exec.ErrNotFound) {

@@ -192,30 +192,8 @@ func (l Layout) Mount(ctx context.Context, r host.Runner, lower string, uidBase 
 	if uidBase == 0 {
 		return l.mountOver(lower)
 	}
-	userns, err := UserNS(ctx, r, 0, uidBase)
-	if err != nil {
-		return err
-	}
-	defer userns.Close()
-	tree, err := unix.OpenTree(unix.AT_FDCWD, lower, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("open the base %s: %w", lower, err)
-	}
-	defer unix.Close(tree)
-	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY, Userns_fd: uint64(userns.Fd()), Propagation: unix.MS_PRIVATE}
-	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-		return fmt.Errorf("map the base %s to the machine's users: %w", lower, err)
-	}
-	lm := l.lowerMount()
-	if err := os.MkdirAll(lm, 0o700); err != nil {
-		return err
-	}
-	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, lm, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("mount the base at %s: %w", lm, err)
-	}
-	// The overlay holds the layer itself: the helper mount goes at once.
-	defer unix.Unmount(lm, unix.MNT_DETACH)
-	return l.mountOver(lm)
+	s := Stack{Target: l.Target, Upper: l.Upper(), Work: l.Work(), Lowers: []Lower{{Path: lower}}, UIDBase: uidBase}
+	return mountStack(ctx, r, s, []string{l.lowerMount()})
 }
 
 // mountOver mounts the overlay of the upper over lower at Target.
@@ -244,7 +222,7 @@ func (l Layout) MountView(ctx context.Context, r host.Runner, lower string, uidB
 	if uidBase == 0 {
 		return mountReadOnly(target, l.Upper(), lower)
 	}
-	userns, err := UserNS(ctx, r, uidBase, 0)
+	userns, err := UserNSMap(ctx, r, uidBase, 0)
 	if err != nil {
 		return err
 	}
@@ -296,12 +274,18 @@ func (l Layout) Unmount() error {
 	return nil
 }
 
-// UserNS returns a user namespace whose ids inside.. are host ids
-// outside.. (for RangeSize ids), held by a short-lived process of the
-// host's own cat; the namespace lives on in the returned file. As the
-// user namespace of an idmapped mount, it shows a file stored with id
-// inside+N as owned by outside+N.
-func UserNS(ctx context.Context, r host.Runner, inside, outside int) (*os.File, error) {
+// UserNS returns a user namespace whose root is host id base (for
+// RangeSize ids): UserNSMap(ctx, r, 0, base).
+func UserNS(ctx context.Context, r host.Runner, base int) (*os.File, error) {
+	return UserNSMap(ctx, r, 0, base)
+}
+
+// UserNSMap returns a user namespace whose ids inside.. are host ids
+// base.. (for RangeSize ids), held by a short-lived process of the host's
+// own cat; the namespace lives on in the returned file. As an idmapped
+// mount's namespace it shows a file owned by inside+N on disk as owned by
+// base+N.
+func UserNSMap(ctx context.Context, r host.Runner, inside, base int) (*os.File, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -309,7 +293,7 @@ func UserNS(ctx context.Context, r host.Runner, inside, outside int) (*os.File, 
 	defer pr.Close()
 	var ns *os.File
 	var nsErr error
-	c := &host.Cmd{Path: "cat", Stdin: pr, UserNS: &host.IDMap{InsideID: inside, HostID: outside, Size: RangeSize},
+	c := &host.Cmd{Path: "cat", Stdin: pr, UserNS: &host.IDMap{InsideID: inside, HostID: base, Size: RangeSize},
 		Started: func(p *os.Process) {
 			ns, nsErr = os.Open(fmt.Sprintf("/proc/%d/ns/user", p.Pid))
 			pw.Close()
@@ -323,7 +307,7 @@ func UserNS(ctx context.Context, r host.Runner, inside, outside int) (*os.File, 
 		if ns != nil {
 			ns.Close()
 		}
-		return nil, fmt.Errorf("make a user namespace mapping uid %d to %d: %w", inside, outside, err)
+		return nil, fmt.Errorf("make a user namespace mapping uid %d to %d: %w", inside, base, err)
 	}
 	return ns, nil
 }
