@@ -67,8 +67,9 @@ func runScenario(t *testing.T, e *env) {
 			t.Errorf("stdin not passed: %s", r)
 		}
 		// The machine's root is root inside and nobody outside.
-		if r := e.mustNsb(t, run("--", "sh", "-c", "id -u; cat /proc/self/uid_map")...); !strings.HasPrefix(r.stdout, "0\n") || strings.Contains(r.stdout, " 0 ") {
-			t.Errorf("user namespace: %s", r)
+		r = e.mustNsb(t, run("--", "sh", "-c", "id -u; cat /proc/self/uid_map")...)
+		if f := strings.Fields(r.stdout); len(f) != 4 || f[0] != "0" || f[1] != "0" || f[2] == "0" || f[3] != "65536" {
+			t.Errorf("user namespace (want root inside, a range of 65536 outside, host root not mapped): %s", r)
 		}
 		out, code := e.pty(t, nil, run("--", "sh", "-c", "tty; exit 3")...)
 		if code != 3 || !strings.Contains(out, "/dev/pts/") {
