@@ -275,7 +275,7 @@ func TestSnapshotOfAnOverlayUpper(t *testing.T) {
 	os.WriteFile(filepath.Join(upper, "etc", "keep"), []byte("one"), 0o644)
 	os.Lchown(filepath.Join(upper, "etc", "keep"), uidBase+5, uidBase+5)
 	// A whiteout (the base's /etc/issue deleted) and an opaque directory.
-	if err := unix.Mknod(filepath.Join(upper, "etc", "issue"), unix.S_IFCHR|0o000, 0); err != nil {
+	if err := unix.Mknod(filepath.Join(upper, "etc", "issue"), unix.S_IFCHR, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := unix.Setxattr(filepath.Join(upper, "opt"), "trusted.overlay.opaque", []byte("y"), 0); err != nil {
