@@ -30,7 +30,7 @@ func createCommand() *cli.Command {
 			&cli.StringFlag{Name: "include", Usage: "extra packages, comma-separated"},
 			&cli.StringFlag{Name: "arch", Usage: "architecture (default: the host's)"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "bootstrap straight into the machine, not from a cached base"},
-			&cli.StringFlag{Name: "storage", Value: "auto", Usage: "copy (of the base; a snapshot on btrfs) or overlay (over the base, nothing copied); auto is copy"},
+			&cli.StringFlag{Name: "storage", Value: "auto", Usage: "overlay (over the base: nothing copied), copy (of the base) or btrfs (a snapshot of it); auto: btrfs where the root and cache directories are on btrfs, overlay elsewhere, copy where overlayfs cannot serve"},
 			&cli.StringFlag{Name: "bootstrapper", Usage: "debootstrap or mmdebstrap (default: mmdebstrap when installed)"},
 			&cli.DurationFlag{Name: "refresh-older-than", Usage: "refresh a cached base older than this before use (e.g. 720h)"},
 		},

@@ -58,7 +58,9 @@ func correctBoot(t *testing.T, e *env) {
 		}
 	}()
 	e.mustNsb(t, "create", a, "--release", "bookworm")
-	e.mustNsb(t, "create", b, "--release", "bookworm")
+	// b is a copy: it is made to look like a machine of an earlier nsbox
+	// from the host; a and its clone are overlays (the default).
+	e.mustNsb(t, "create", b, "--release", "bookworm", "--storage", "copy")
 
 	t.Run("machine IDs", func(t *testing.T) {
 		e.mustNsb(t, "boot", a)

@@ -14,7 +14,7 @@ import (
 func correctCLI(t *testing.T, e *env) {
 	const name = "e2e-q-cli"
 	tree := e.rootDir + "/" + name
-	e.mustNsb(t, "create", name, "--release", "bookworm")
+	e.mustNsb(t, "create", name, "--release", "bookworm", "--storage", "copy")
 	defer e.nsb(t, "remove", "--force", name)
 	e.mustSh(t, "rm -rf /var/tmp/e2e-q && mkdir -m 700 /var/tmp/e2e-q && mkdir /var/tmp/e2e-q/dir && echo in-dir > /var/tmp/e2e-q/dir/f && echo a-file > /var/tmp/e2e-q/file")
 	defer e.sh(t, "rm -rf /var/tmp/e2e-q")

@@ -33,7 +33,8 @@ func (e *env) onTerminal(t *testing.T, script string) string {
 func isolation(t *testing.T, e *env) {
 	const name = "e2e-iso"
 	tree := e.rootDir + "/" + name
-	e.mustNsb(t, "create", name, "--release", "bookworm")
+	// A copy: its root's attacks are planted into its tree from the host.
+	e.mustNsb(t, "create", name, "--release", "bookworm", "--storage", "copy")
 	defer e.nsb(t, "remove", "--force", name)
 
 	t.Run("a machine cannot reach the caller's terminal", func(t *testing.T) {

@@ -159,7 +159,10 @@ func scenarios(t *testing.T, e *env) {
 	machined := e.name == "machined"
 
 	t.Run("create", func(t *testing.T) {
-		e.mustNsb(t, "create", name, "--release", "bookworm")
+		// A copy: the scenarios look into its tree from the host, and
+		// plant what a machine's root would (overlayScenario does the
+		// same for an overlay machine).
+		e.mustNsb(t, "create", name, "--release", "bookworm", "--storage", "copy")
 		e.mustSh(t, "test -d "+root+" && test -f "+root+"/etc/os-release")
 		if got := strings.TrimSpace(e.mustSh(t, "cat "+root+"/etc/hostname")); got != name {
 			t.Errorf("hostname %q, want %q", got, name)
@@ -571,7 +574,7 @@ func scenarios(t *testing.T, e *env) {
 		// A second create of the release copies the suite's cached base,
 		// which stays as it was.
 		bases := e.mustNsb(t, "cache", "list", "--output", "json").stdout
-		if r := e.mustNsb(t, "create", other, "--release", "bookworm"); !strings.Contains(r.stderr, "copying base "+suiteBaseKey+"\n") {
+		if r := e.mustNsb(t, "create", other, "--release", "bookworm", "--storage", "copy"); !strings.Contains(r.stderr, "copying base "+suiteBaseKey+"\n") {
 			t.Errorf("the second create did not copy the cached base %s:\n%s", suiteBaseKey, r)
 		}
 		if after := e.mustNsb(t, "cache", "list", "--output", "json").stdout; after != bases {

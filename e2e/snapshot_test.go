@@ -96,4 +96,11 @@ func snapshotScenario(t *testing.T, e *env) {
 			}
 		})
 	}
+	// A machine whose last snapshot went with snapshot remove leaves no
+	// snapshot directory when it goes.
+	e.mustNsb(t, "create", "e2e-snap-last", "--release", "bookworm")
+	e.mustNsb(t, "snapshot", "e2e-snap-last", "s")
+	e.mustNsb(t, "snapshot", "remove", "e2e-snap-last", "s")
+	e.mustNsb(t, "remove", "e2e-snap-last")
+	e.mustSh(t, "test ! -e "+store)
 }

@@ -202,7 +202,7 @@ func seedUser(where string, prefix []string, nsbox, base string) (*userHost, err
 // the seed mark.
 func (u *userHost) sweep() error {
 	for _, n := range []string{seedDB, seedWeb} {
-		if _, err := u.sh("test -e " + shellQuote(u.root+"/.nsbox/"+n+"/"+seedMark)); err == nil {
+		if u.seeded(n) {
 			fmt.Fprintf(os.Stderr, "e2e: %s: removing %s, seeded by an earlier run\n", u.where, n)
 			if out, err := u.nsb("remove", "--force", n); err != nil {
 				return fmt.Errorf("remove %s: %v %s", n, err, out)
@@ -222,6 +222,27 @@ func (u *userHost) sweep() error {
 		}
 	}
 	return nil
+}
+
+// seeded reports whether machine n carries the seed mark: in its tree,
+// or, for an overlay machine whose tree is not mounted, in its base.
+func (u *userHost) seeded(n string) bool {
+	if _, err := u.sh("test -e " + shellQuote(u.root+"/.nsbox/"+n+"/"+seedMark)); err == nil {
+		return true
+	}
+	out, err := u.nsb("status", n, "--output", "json")
+	var st struct {
+		Base string `json:"base"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Base == "" {
+		return false
+	}
+	bases, err := u.bases()
+	if err != nil || bases[st.Base] == "" {
+		return false
+	}
+	_, err = u.sh("test -e " + shellQuote(bases[st.Base]+"/"+seedMark))
+	return err == nil
 }
 
 // remove removes what the suite seeded, and only that.
@@ -351,13 +372,16 @@ func (u *userHost) snapshot() (map[string]string, error) {
 		state[k] = fmt.Sprintf("%s, leader %d, unit %q, root %s, %s %s", i.State, i.Leader, i.Unit, i.Root, i.OS, i.Version)
 		if i.State == "stopped" {
 			say("tree", k+": tree", i.Root)
+			// An overlay machine's own files, when it is one.
+			say("tree", k+": upper", u.root+"/.nsbox/.overlay/"+i.Name+"/upper")
 		}
 		for _, l := range i.Interfaces {
 			say("link", k+": "+l, l)
 		}
 		for _, f := range []string{i.Root, "/etc/systemd/nspawn/" + i.Name + ".nspawn", "/var/lib/machines/" + i.Name,
 			"/var/lib/nsbox/names/" + i.Name, "/var/lib/nsbox/network/" + i.Name, "/var/lib/nsbox/limits/" + i.Name + ".json",
-			"/etc/systemd/system/nsbox@" + i.Name + ".service", "/run/nsbox/machines/" + i.Name + ".json"} {
+			"/etc/systemd/system/nsbox@" + i.Name + ".service", "/run/nsbox/machines/" + i.Name + ".json",
+			"/var/lib/nsbox/storage/" + i.Name + ".json"} {
 			say("file", k+": "+f, f)
 		}
 	}
@@ -392,6 +416,7 @@ type baseInfo struct {
 	Created  time.Time `json:"created"`
 	Size     int64     `json:"size_bytes"`
 	Root     string    `json:"root"`
+	Current  bool      `json:"current"`
 }
 
 func (u *userHost) baseInfos() ([]baseInfo, error) {
@@ -399,9 +424,17 @@ func (u *userHost) baseInfos() ([]baseInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: nsbox cache list: %v", u.where, err)
 	}
-	var bases []baseInfo
-	if err := json.Unmarshal([]byte(out), &bases); err != nil {
+	var all []baseInfo
+	if err := json.Unmarshal([]byte(out), &all); err != nil {
 		return nil, fmt.Errorf("%s: nsbox cache list: %v\n%s", u.where, err, out)
+	}
+	// Earlier versions kept for overlay machines are listed after
+	// their base; the base is what a user has.
+	var bases []baseInfo
+	for _, b := range all {
+		if b.Current {
+			bases = append(bases, b)
+		}
 	}
 	return bases, nil
 }

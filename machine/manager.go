@@ -305,6 +305,17 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 		return err
 	}
 	switch o.Storage {
+	case "":
+		// auto: a snapshot where the base and the machine share btrfs,
+		// an overlay elsewhere, a copy where overlayfs cannot serve.
+		if o.NoCache || (bootstrap.OnBtrfs(m.RootDir) && bootstrap.OnBtrfs(m.CacheDir)) {
+			break
+		}
+		err := m.createOverlay(ctx, name, bo, o)
+		if !errors.Is(err, storage.ErrUnsupported) {
+			return err
+		}
+		logrus.Warnf("%v: made %s a copy of its base instead (--storage copy does so without trying)", err, name)
 	case storage.Overlay:
 		return m.createOverlay(ctx, name, bo, o)
 	case storage.Btrfs:

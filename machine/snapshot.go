@@ -450,6 +450,7 @@ func (m *Manager) RemoveSnapshot(ctx context.Context, name, snap string) error {
 // is removed.
 func (m *Manager) removeSnapshots(ctx context.Context, name string) error {
 	if _, err := os.Lstat(m.snapshotDir(name)); errors.Is(err, os.ErrNotExist) {
+		_ = os.Remove(m.snapshotsDir()) // when its last snapshot went before
 		return nil
 	}
 	sl, err := m.lockSnapshots(ctx, name)

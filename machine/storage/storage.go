@@ -29,6 +29,22 @@ import (
 	"github.com/nsbox/nsbox/machine/host"
 )
 
+// ErrUnsupported marks what keeps this host from making overlay machines:
+// no overlayfs, no idmapped mounts on the base's file system, no user
+// namespaces.
+var ErrUnsupported = errors.New("overlayfs cannot serve here")
+
+// unsupported wraps err, a failure of a mount or user namespace that
+// says the host cannot do overlay machines, in ErrUnsupported.
+func unsupported(err error) error {
+	for _, e := range []error{unix.EINVAL, unix.ENODEV, unix.EPERM, unix.ENOSYS, unix.EOPNOTSUPP, unix.ENOSPC, unix.EACCES} {
+		if errors.Is(err, e) {
+			return fmt.Errorf("%w (%v)", ErrUnsupported, err)
+		}
+	}
+	return err
+}
+
 // Kind is how a machine's tree is kept.
 type Kind string
 
@@ -190,10 +206,10 @@ func (l Layout) Mount(ctx context.Context, r host.Runner, lower string, uidBase 
 		return fmt.Errorf("%s: an overlay cannot name a path with a comma, colon or backslash", l.Target)
 	}
 	if uidBase == 0 {
-		return l.mountOver(lower)
+		return unsupported(l.mountOver(lower))
 	}
 	s := Stack{Target: l.Target, Upper: l.Upper(), Work: l.Work(), Lowers: []Lower{{Path: lower}}, UIDBase: uidBase}
-	return mountStack(ctx, r, s, []string{l.lowerMount()})
+	return unsupported(mountStack(ctx, r, s, []string{l.lowerMount()}))
 }
 
 // mountOver mounts the overlay of the upper over lower at Target.
