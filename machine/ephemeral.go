@@ -116,17 +116,16 @@ func (m *Manager) MountEphemeral(ctx context.Context, name string) error {
 }
 
 // UnmountEphemeral unmounts machine name's throwaway tree and removes its
-// upper (nsbox __storage unmount-ephemeral NAME, after the stop), unless
-// the machine runs.
+// upper (nsbox __storage unmount-ephemeral NAME, after nspawn ended: the
+// direct supervisor runs it before its state goes, machined's unit while
+// it is still stopping, so a check of whether the machine runs would
+// still say it does).
 func (m *Manager) UnmountEphemeral(ctx context.Context, name string) error {
 	l, err := m.mountLock(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
-	if _, err := m.Backend.Get(ctx, name); err == nil {
-		return nil
-	}
 	return m.dropEphemeral(name)
 }
 
@@ -168,9 +167,8 @@ func (m *Manager) sweepEphemeralOf(ctx context.Context, name string) error {
 }
 
 // endEphemeral takes away the throwaway tree of machine name once it has
-// stopped, so that stop returns with it gone: the hook after the stop
-// may still be on its way (the direct supervisor runs it last), and then
-// finds nothing to do.
+// stopped, so that stop returns with it gone whatever became of the hook
+// after the stop (which then finds nothing to do).
 func (m *Manager) endEphemeral(ctx context.Context, name string) error {
 	if _, ok := m.ephemeral(name); !ok {
 		return nil

@@ -290,12 +290,12 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		m.ensurePersistentJournal(name)
 	}
 	if er, ok := m.ephemeral(name); ok && req.Ephemeral {
-		if err := storage.Shift(m.ephemeralStack(name, er).Upper, 0, er.UIDBase); err != nil {
+		if err := storage.ShiftPaths(m.ephemeralStack(name, er).Upper, bootWritten, er.UIDBase); err != nil {
 			return err
 		}
 	} else if overlay && !rec.Unshifted {
 		// What was just written there by host root is the machine root's.
-		if err := storage.Shift(m.layout(name).Upper(), 0, rec.UIDBase); err != nil {
+		if err := storage.ShiftPaths(m.layout(name).Upper(), bootWritten, rec.UIDBase); err != nil {
 			return err
 		}
 	}

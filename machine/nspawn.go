@@ -31,7 +31,12 @@ func NspawnArgs(c NspawnConfig) []string {
 		settingsMode(c.BootOptions),
 		"--notify-ready=yes",
 		"--console=read-only",
-		"--link-journal=try-guest",
+		// Not linked into the host's /var/log/journal: nspawn makes that
+		// link by following the machine's /var/log/journal on the host,
+		// and a machine's root who planted a link there would have it
+		// make directories anywhere on the host. nsbox logs reads the
+		// machine's journal from its tree.
+		"--link-journal=no",
 	}
 	if !c.Registered {
 		args = append(args, "--register=no")

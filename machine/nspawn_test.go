@@ -13,7 +13,7 @@ import (
 
 func TestNspawnArgs(t *testing.T) {
 	base := []string{"--quiet", "--boot", "--directory=/srv/web", "--machine=web", "--keep-unit",
-		"--settings=no", "--notify-ready=yes", "--console=read-only", "--link-journal=try-guest"}
+		"--settings=no", "--notify-ready=yes", "--console=read-only", "--link-journal=no"}
 	for _, tc := range []struct {
 		what string
 		cfg  NspawnConfig

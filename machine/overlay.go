@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/host"
@@ -148,7 +149,11 @@ func (m *Manager) cloneOverlay(ctx context.Context, src, dst string) error {
 func (m *Manager) newOverlay(ctx context.Context, name string, base func() (storage.Record, error), fillUpper func(upper string, uid int) error) error {
 	var rec storage.Record
 	lay := m.layout(name)
+	// Set once this create holds the name (newTree's lock) and has
+	// begun the upper: only then is lay.Dir its own to take away.
+	made := false
 	fill := func(tmp string) error {
+		made = true
 		var err error
 		if rec, err = base(); err != nil {
 			return err
@@ -199,18 +204,16 @@ func (m *Manager) newOverlay(ctx context.Context, name string, base func() (stor
 		}
 		if err == nil {
 			// What host root wrote belongs to the machine's root.
-			err = storage.Shift(lay.Upper(), 0, rec.UIDBase)
+			err = storage.ShiftPaths(lay.Upper(), personalised, rec.UIDBase)
 		}
 		return err
 	}
 	err := m.newTreeWith(ctx, name, fill, personalise)
-	if err != nil {
-		if rec.Kind != "" {
-			_ = os.Remove(m.storagePath(name))
-		}
-		if _, serr := os.Lstat(m.Tree(name)); serr != nil {
-			_ = host.RemoveTree(lay.Dir)
-		}
+	if err != nil && made {
+		// A create that lost the name to another never gets here: what
+		// is there is the winner's.
+		_ = os.Remove(m.storagePath(name))
+		_ = host.RemoveTree(lay.Dir)
 	}
 	return err
 }
@@ -305,6 +308,13 @@ func (m *Manager) removeStorage(name string) error {
 	if m.storageOf(name).Kind == storage.Overlay {
 		if err := m.layout(name).Unmount(); err != nil {
 			return err
+		}
+		// What an export or a mount killed half way left mounted.
+		for _, p := range []string{"view", "upper-view", "lower"} {
+			if err := (storage.Layout{Target: filepath.Join(m.layout(name).Dir, p)}).Unmount(); err != nil {
+				return err
+			}
+			_ = unmountAny(filepath.Join(m.layout(name).Dir, p))
 		}
 		if err := host.RemoveTree(m.layout(name).Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
@@ -414,9 +424,20 @@ func (m *Manager) withView(ctx context.Context, name string, fn func(root string
 	return fn(view)
 }
 
-// writeTree runs fn, which writes into stopped machine name's tree as
-// host root, while the tree is there (withTree); what fn wrote into an
-// overlay machine's upper then becomes the machine root's.
+// personalised are the files bootstrap.Personalise writes.
+var personalised = []string{"etc/hostname", "etc/machine-id", bootstrap.DBusMachineID}
+
+// bootWritten are the files a boot writes into a tree before the start:
+// its machine id (unshareMachineID), network (prepareNetwork) and journal
+// directory (ensurePersistentJournal).
+var bootWritten = append([]string{machineNetworkFile,
+	"etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+	"etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+	"var/log/journal"}, personalised...)
+
+// writeTree runs fn, which writes the files of Personalise into stopped
+// machine name's tree as host root, while the tree is there (withTree);
+// they become the machine root's in an overlay machine's upper.
 func (m *Manager) writeTree(ctx context.Context, name string, fn func() error) error {
 	rec := m.storageOf(name)
 	return m.withTree(ctx, name, func() error {
@@ -424,7 +445,7 @@ func (m *Manager) writeTree(ctx context.Context, name string, fn func() error) e
 			return err
 		}
 		if rec.Kind == storage.Overlay && !rec.Unshifted {
-			return storage.Shift(m.layout(name).Upper(), 0, rec.UIDBase)
+			return storage.ShiftPaths(m.layout(name).Upper(), personalised, rec.UIDBase)
 		}
 		return nil
 	})
@@ -444,5 +465,16 @@ func (m *Manager) renameStorage(old, new string) error {
 	}
 	_ = os.Remove(m.storagePath(old))
 	_ = os.Remove(filepath.Join(m.overlayDir(), "."+old+".lck"))
+	return nil
+}
+
+// unmountAny detaches whatever is mounted at path (an idmapped helper
+// mount a killed nsbox left: not an overlay, so Layout.Unmount leaves it).
+func unmountAny(path string) error {
+	for _, mp := range host.MountsUnder(path) {
+		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
+			return err
+		}
+	}
 	return nil
 }

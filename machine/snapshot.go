@@ -227,7 +227,7 @@ func (m *Manager) Snapshot(ctx context.Context, name, snap string, live bool) (s
 	}
 	take := func() error {
 		if running {
-			frozen, err := host.FreezeCgroupOf(ctx, r.Leader, 30*time.Second)
+			frozen, err := host.FreezeMachine(ctx, r.Leader, 30*time.Second)
 			if err != nil {
 				return fmt.Errorf("freeze %s: %w", name, err)
 			}

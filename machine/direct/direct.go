@@ -152,18 +152,11 @@ func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 // when the machine is gone. SIGTERM is passed on to nspawn, which then
 // shuts the container down.
 func Supervise(statePath, logPath string, argv []string) int {
-	// StopPost (an overlay machine's unmount) runs last, once the state
-	// says the machine is gone; nspawn does not inherit it.
+	// StopPost (an overlay machine's unmount) is nspawn's to never see.
+	var post []string
 	if v, ok := os.LookupEnv(StopPostEnv); ok {
 		os.Unsetenv(StopPostEnv)
-		var post []string
-		if err := json.Unmarshal([]byte(v), &post); err == nil && len(post) > 0 {
-			defer func() {
-				if err := (host.ExecRunner{}).Run(context.Background(), &host.Cmd{Path: post[0], Args: post[1:]}); err != nil {
-					fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
-				}
-			}()
-		}
+		_ = json.Unmarshal([]byte(v), &post)
 	}
 	self, err := backend.ProcOf(os.Getpid())
 	if err != nil {
@@ -185,6 +178,17 @@ func Supervise(statePath, logPath string, argv []string) int {
 			_ = os.Remove(statePath)
 		}
 	}()
+	// StopPost runs after nspawn, out of the machine's cgroups, and
+	// before the state goes: a stop returns once the state is gone, so
+	// what comes after a stop finds the tree unmounted, and a next boot
+	// never has its tree unmounted by this one's hook.
+	if len(post) > 0 {
+		defer func() {
+			if err := (host.ExecRunner{}).Run(context.Background(), &host.Cmd{Path: post[0], Args: post[1:]}); err != nil {
+				fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
+			}
+		}()
+	}
 	if err := joinCgroup(name); err != nil {
 		fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
 		return 1

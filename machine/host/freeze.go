@@ -15,8 +15,11 @@ import (
 // Frozen is a cgroup frozen by FreezeCgroupOf: every process in it and
 // below it is stopped until Thaw.
 type Frozen struct {
-	// Dir is the cgroup's directory.
-	Dir string
+	// Dir is the cgroup's directory, and Cgroup its path in its
+	// hierarchy (the v1 freezer's when V1).
+	Dir    string
+	Cgroup string
+	V1     bool
 	// file and thawed are what Thaw writes: cgroup.freeze and "0" on
 	// cgroup v2, freezer.state and "THAWED" on the v1 freezer; file is
 	// empty when the cgroup was frozen already and is left so.
@@ -32,6 +35,50 @@ func (f *Frozen) Thaw() error {
 		return fmt.Errorf("thaw %s: %w (thaw it by hand: echo %s > %s)", f.Dir, err, f.thawed, f.file)
 	}
 	return nil
+}
+
+// FreezeMachine freezes the whole machine whose PID 1 is leader: the
+// cgroup of its systemd-nspawn (the leader's parent, which the machine
+// cannot change), or the one above it when nspawn sits in its
+// "supervisor" child, as it does under --keep-unit. That holds the
+// machine's payload wherever its root moved its processes within it, and
+// the commands nsbox started in it (the direct backend's exec cgroup). The
+// leader must be in what is frozen.
+func FreezeMachine(ctx context.Context, leader int, timeout time.Duration) (*Frozen, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", leader))
+	if err != nil {
+		return nil, err
+	}
+	ppid := 0
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "PPid:"); ok {
+			ppid, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	if ppid <= 1 {
+		return nil, fmt.Errorf("the machine's PID 1 (%d) has no systemd-nspawn above it", leader)
+	}
+	f, err := FreezeCgroupOf(ctx, ppid, timeout)
+	if err != nil {
+		return nil, err
+	}
+	// The leader's cgroup, as this host sees it, is inside what froze.
+	theirs, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", leader))
+	if err == nil {
+		v2, v1 := procCgroups(string(theirs))
+		p := v2
+		if f.V1 {
+			p = v1
+		}
+		if p == "" || !strings.HasPrefix(p+"/", f.Cgroup+"/") {
+			err = fmt.Errorf("the machine's PID 1 is in cgroup %q, outside %s", p, f.Cgroup)
+		}
+	}
+	if err != nil {
+		f.Thaw()
+		return nil, err
+	}
+	return f, nil
 }
 
 // FreezeCgroupOf freezes the cgroup of process pid, a machine's leader,
@@ -62,7 +109,11 @@ func FreezeCgroupOf(ctx context.Context, pid int, timeout time.Duration) (*Froze
 		dir, err := freezeTarget(v2, tv2, ov2)
 		if err == nil {
 			if _, serr := os.Stat(filepath.Join(dir, "cgroup.freeze")); serr == nil {
-				return freezeV2(ctx, dir, timeout)
+				f, err := freezeV2(ctx, dir, timeout)
+				if f != nil {
+					f.Cgroup = strings.TrimPrefix(dir, strings.TrimSuffix(v2, "/"))
+				}
+				return f, err
 			}
 			err = fmt.Errorf("%s has no cgroup.freeze (Linux 5.2 or later has it)", dir)
 		}
@@ -71,7 +122,11 @@ func FreezeCgroupOf(ctx context.Context, pid int, timeout time.Duration) (*Froze
 	if freezer != "" && tv1 != "" {
 		dir, err := freezeTarget(freezer, tv1, ov1)
 		if err == nil {
-			return freezeV1(ctx, dir, timeout)
+			f, err := freezeV1(ctx, dir, timeout)
+			if f != nil {
+				f.Cgroup, f.V1 = strings.TrimPrefix(dir, strings.TrimSuffix(freezer, "/")), true
+			}
+			return f, err
 		}
 		why = append(why, err.Error())
 	}
@@ -142,7 +197,7 @@ func freezeTarget(root, p, self string) (string, error) {
 	if !path.IsAbs(p) || path.Clean(p) != p {
 		return "", fmt.Errorf("cgroup %q is no plain path", p)
 	}
-	if path.Base(p) == "init.scope" {
+	if b := path.Base(p); b == "init.scope" || b == "supervisor" {
 		p = path.Dir(p)
 	}
 	if p == "/" {

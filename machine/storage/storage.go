@@ -328,6 +328,51 @@ func UserNSMap(ctx context.Context, r host.Runner, inside, base int) (*os.File, 
 	return ns, nil
 }
 
+// ShiftPaths gives what host root wrote at paths (relative to upper), and
+// the directories above them, to the machine's root: entries whose ids lie
+// in [0, RangeSize) move to [to, to+RangeSize). Only these paths are
+// touched, never what else the upper holds (a file the machine got there
+// some other way stays host root's, out of its reach), and every step is
+// resolved inside upper (os.Root: a link the machine planted never leads
+// out) without following the last one (Lchown).
+func ShiftPaths(upper string, paths []string, to int) error {
+	r, err := os.OpenRoot(upper)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	seen := map[string]bool{}
+	for _, p := range paths {
+		for q := filepath.Clean(p); q != "." && q != "/" && !seen[q]; q = filepath.Dir(q) {
+			seen[q] = true
+			fi, err := r.Lstat(q)
+			if err != nil {
+				// Not there, or behind a link out of the upper: nsbox
+				// wrote nothing there (its writes are confined alike).
+				continue
+			}
+			st, ok := fi.Sys().(*syscall.Stat_t)
+			if !ok || (fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0) {
+				continue
+			}
+			if st.Uid >= RangeSize && st.Gid >= RangeSize {
+				continue
+			}
+			uid, gid := int(st.Uid), int(st.Gid)
+			if uid < RangeSize {
+				uid += to
+			}
+			if gid < RangeSize {
+				gid += to
+			}
+			if err := r.Lchown(q, uid, gid); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Shift moves the owners of every file in tree whose ids lie in
 // [from, from+RangeSize) to the same place in [to, to+RangeSize): what
 // host root wrote into an overlay machine (from 0) becomes its root's, and

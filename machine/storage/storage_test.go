@@ -81,3 +81,46 @@ func TestPickUIDBase(t *testing.T) {
 		taken[b] = true
 	}
 }
+
+// TestShiftPaths gives the machine only the paths named (and the
+// directories above them) that host root owns; a file host root owns
+// elsewhere in the upper stays its, and a link the machine planted leads
+// nowhere out of the upper.
+func TestShiftPaths(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	const base = 0x200000
+	upper := t.TempDir()
+	outside := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(upper, "etc/systemd/network"), 0o755))
+	must(os.WriteFile(filepath.Join(upper, "etc/hostname"), []byte("m\n"), 0o644))
+	must(os.WriteFile(filepath.Join(upper, "etc/systemd/network/x.network"), nil, 0o644))
+	must(os.WriteFile(filepath.Join(upper, "etc/planted"), nil, 0o600)) // host root's, not named
+	must(os.Lchown(filepath.Join(upper, "etc/systemd"), base, base))    // the machine's already
+	must(os.WriteFile(filepath.Join(outside, "secret"), nil, 0o600))
+	must(os.MkdirAll(filepath.Join(upper, "var/log"), 0o755))
+	must(os.Symlink(outside, filepath.Join(upper, "var/log/journal")))
+	must(os.Symlink(filepath.Join(outside, "secret"), filepath.Join(upper, "var/lib")))
+	must(ShiftPaths(upper, []string{"etc/hostname", "etc/systemd/network/x.network", "var/log/journal", "var/lib/dbus/machine-id", "var/nope"}, base))
+	for path, want := range map[string]uint32{
+		"etc": base, "etc/hostname": base, "etc/systemd": base, "etc/systemd/network": base,
+		"etc/systemd/network/x.network": base, "etc/planted": 0, "var": base, "var/log": base,
+		"var/log/journal": base, "var/lib": base,
+	} {
+		if u, _, _ := owner(t, filepath.Join(upper, path)); u != want {
+			t.Errorf("%s: uid %d, want %d", path, u, want)
+		}
+	}
+	for _, p := range []string{outside, filepath.Join(outside, "secret")} {
+		if u, _, _ := owner(t, p); u != 0 {
+			t.Errorf("%s, outside the upper, now belongs to %d", p, u)
+		}
+	}
+}
