@@ -264,8 +264,13 @@ const StaleBaseAge = 30 * 24 * time.Hour
 
 // Bases is the base cache under CacheDir.
 func (m *Manager) Bases() *bootstrap.BaseCache {
-	return &bootstrap.BaseCache{Dir: filepath.Join(m.CacheDir, "bases"), Runner: m.Runner, LookPath: exec.LookPath,
-		Users: m.baseUsers}
+	return m.basesIn(filepath.Join(m.CacheDir, "bases"))
+}
+
+// basesIn is the base cache in dir.
+func (m *Manager) basesIn(dir string) *bootstrap.BaseCache {
+	return &bootstrap.BaseCache{Dir: dir, Runner: m.Runner, LookPath: exec.LookPath,
+		Users: func(key, version string) []string { return m.baseUsers(dir, key, version) }}
 }
 
 // ResolveRelease decides the release of a new machine: the given one, or

@@ -82,10 +82,10 @@ func (m *Manager) overlayRecords() map[string]storage.Record {
 
 // baseUsers are the overlay machines made over version of cached base
 // key: it is their lower layer, and stays as it is while they exist.
-func (m *Manager) baseUsers(key, version string) []string {
+func (m *Manager) baseUsers(bases, key, version string) []string {
 	var names []string
 	for name, rec := range m.overlayRecords() {
-		if rec.Base == key && rec.Version == version {
+		if rec.Base == key && rec.Version == version && (rec.Bases == "" || filepath.Clean(rec.Bases) == filepath.Clean(bases)) {
 			names = append(names, name)
 		}
 	}
@@ -99,7 +99,11 @@ func (m *Manager) lowerOf(rec storage.Record) (string, error) {
 	if rec.Version == "" {
 		return rec.Lower, nil
 	}
-	return m.Bases().VersionRoot(rec.Base, rec.Version)
+	bc := m.Bases()
+	if rec.Bases != "" {
+		bc = m.basesIn(rec.Bases)
+	}
+	return bc.VersionRoot(rec.Base, rec.Version)
 }
 
 // createOverlay makes machine name an overlay over the cached base for
@@ -120,7 +124,7 @@ func (m *Manager) createOverlay(ctx context.Context, name string, bo bootstrap.O
 			return storage.Record{}, err
 		}
 		unlock = un
-		return storage.Record{Base: info.Key, Version: info.Version, Lower: root}, nil
+		return storage.Record{Base: info.Key, Version: info.Version, Lower: root, Bases: m.Bases().Dir}, nil
 	}, nil)
 }
 
@@ -131,7 +135,7 @@ func (m *Manager) cloneOverlay(ctx context.Context, src, dst string) error {
 	from := m.storageOf(src)
 	return m.newOverlay(ctx, dst, func() (storage.Record, error) {
 		lower, err := m.lowerOf(from)
-		return storage.Record{Base: from.Base, Version: from.Version, Lower: lower}, err
+		return storage.Record{Base: from.Base, Version: from.Version, Bases: from.Bases, Lower: lower}, err
 	}, func(upper string, uid int) error {
 		if err := bootstrap.CopyTree(ctx, m.Runner, m.layout(src).Upper(), upper); err != nil {
 			return err

@@ -79,6 +79,10 @@ type Record struct {
 	// Lower the tree an overlay machine is mounted over.
 	Base    string `json:"base,omitempty"`
 	Version string `json:"base_version,omitempty"`
+	// Bases is the base cache the base is in (CacheDir/bases when the
+	// machine was made): later commands find it whatever their
+	// --cache-dir.
+	Bases string `json:"bases,omitempty"`
 	Lower   string `json:"lower,omitempty"`
 	// UIDBase is the host uid of an overlay machine's root.
 	UIDBase int `json:"uid_base,omitempty"`
