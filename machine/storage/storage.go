@@ -83,7 +83,7 @@ type Record struct {
 	// machine was made): later commands find it whatever their
 	// --cache-dir.
 	Bases string `json:"bases,omitempty"`
-	Lower   string `json:"lower,omitempty"`
+	Lower string `json:"lower,omitempty"`
 	// UIDBase is the host uid of an overlay machine's root.
 	UIDBase int `json:"uid_base,omitempty"`
 	// Tree is the machine's tree (its root directory's store): a record
