@@ -41,6 +41,10 @@ func TestCgroupMounts(t *testing.T) {
 func TestFreezeTarget(t *testing.T) {
 	for _, tc := range []struct{ p, self, want string }{
 		{"/nsbox/web/payload/init.scope", "/", "/cg/nsbox/web/payload"},
+		// nspawn's own cgroup under --keep-unit: the whole machine, its
+		// payload (wherever its root moved PID 1) and nsbox's exec cgroup.
+		{"/nsbox/web/supervisor", "/", "/cg/nsbox/web"},
+		{"/machine.slice/nsbox-web.service/supervisor", "/", "/cg/machine.slice/nsbox-web.service"},
 		{"/nsbox/web", "/user.slice", "/cg/nsbox/web"},
 		{"/init.scope", "/", ""},           // the host's own systemd
 		{"/", "/", ""},                     // the root cgroup
