@@ -117,7 +117,7 @@ func storageCommand() *cli.Command {
 		return m.MountEphemeral(c.Context, n)
 	})
 	unmountEphemeral := simple("unmount-ephemeral", "", nil, func(c *cli.Context, m *machine.Manager, n string) error {
-		return m.UnmountEphemeral(c.Context, n)
+		return m.UnmountEphemeralAfterStop(c.Context, n)
 	})
 	return &cli.Command{Name: machine.StorageCommand, Hidden: true, Subcommands: []*cli.Command{mount, unmount, mountEphemeral, unmountEphemeral}}
 }

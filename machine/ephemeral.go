@@ -129,6 +129,21 @@ func (m *Manager) UnmountEphemeral(ctx context.Context, name string) error {
 	return m.dropEphemeral(name)
 }
 
+// UnmountEphemeralAfterStop is UnmountEphemeral for the hook after a
+// stop, which may come after another boot of the machine began: that
+// boot's tree is left (bootingOrUp).
+func (m *Manager) UnmountEphemeralAfterStop(ctx context.Context, name string) error {
+	l, err := m.mountLock(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	if m.bootingOrUp(ctx, name) {
+		return nil
+	}
+	return m.dropEphemeral(name)
+}
+
 // dropEphemeral unmounts and removes what an ephemeral boot of name made;
 // the caller holds its mount lock.
 func (m *Manager) dropEphemeral(name string) error {

@@ -273,7 +273,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		}
 		defer func() {
 			if !ok || req.Console {
-				if err := m.UnmountStorage(context.WithoutCancel(ctx), name); err != nil {
+				if err := m.unmountNow(context.WithoutCancel(ctx), name); err != nil {
 					logrus.Warn(err)
 				}
 			}

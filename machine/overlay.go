@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -260,9 +261,32 @@ func (m *Manager) MountStorage(ctx context.Context, name string) error {
 	}
 }
 
-// UnmountStorage unmounts overlay machine name's tree (nsbox __storage
-// unmount NAME, after a stop).
+// UnmountStorage unmounts overlay machine name's tree after its nspawn
+// ended (nsbox __storage unmount NAME, the hook after a stop). A hook
+// that comes late, after another boot of the machine began (a boot cut
+// short can end after its caller gave up on it), leaves that boot's tree:
+// under the mount lock, which a boot's mount also takes, a boot in
+// progress holds the boot lock, and a machine up again has a live leader.
 func (m *Manager) UnmountStorage(ctx context.Context, name string) error {
+	return m.unmountUnless(ctx, name, func() bool { return m.bootingOrUp(ctx, name) })
+}
+
+// bootingOrUp reports whether a boot of machine name is in progress (its
+// boot lock is held) or the machine is up (a live leader): what a hook
+// after an earlier stop must leave alone. The caller holds the mount lock.
+func (m *Manager) bootingOrUp(ctx context.Context, name string) bool {
+	l, err := m.bootLock(name)
+	if err != nil {
+		return true
+	}
+	l.Unlock()
+	r, err := m.Backend.Get(ctx, name)
+	return err == nil && r.Leader > 0 && syscall.Kill(r.Leader, 0) == nil
+}
+
+// unmountNow unmounts overlay machine name's tree: what a boot that
+// failed (and holds the boot lock) mounted.
+func (m *Manager) unmountNow(ctx context.Context, name string) error {
 	return m.unmountUnless(ctx, name, func() bool { return false })
 }
 
