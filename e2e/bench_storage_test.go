@@ -4,8 +4,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"testing"
 	"time"
 )
@@ -14,18 +12,10 @@ import (
 // snapshots side by side with what they replace, in one run on this
 // host's disk (ext4 here): NSBOX_BENCH=1 (just bench).
 func TestBenchmarkStorage(t *testing.T) {
-	if os.Getenv("NSBOX_BENCH") != "1" {
-		t.Skip("set NSBOX_BENCH=1 (just bench)")
-	}
-	runs := 5
-	if n, err := strconv.Atoi(os.Getenv("NSBOX_BENCH_RUNS")); err == nil && n > 0 {
-		runs = n
-	}
-	e := hostEnv(t, "direct")
+	runs, e := benchSetup(t)
 	var rows [][3]string
 	ratio := func(what string, a, b time.Duration, target string) {
-		rows = append(rows, [3]string{what, fmt.Sprintf("%s vs %s", a.Round(time.Millisecond), b.Round(time.Millisecond)),
-			fmt.Sprintf("%.3f%s", float64(a)/float64(b), target)})
+		rows = append(rows, ratioRow(what, a, b, "%.3f", target))
 	}
 	base := e.cacheDir + "/bases/" + suiteBaseKey + "/root"
 	e.mustNsb(t, "create", "bench-copy", "--release", "bookworm", "--storage", "copy")

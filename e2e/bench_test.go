@@ -19,18 +19,10 @@ import (
 // today, in one run on one machine, and prints ratios. It runs only with
 // NSBOX_BENCH=1 (just bench): it takes minutes and needs the network.
 func TestBenchmark(t *testing.T) {
-	if os.Getenv("NSBOX_BENCH") != "1" {
-		t.Skip("set NSBOX_BENCH=1 (just bench)")
-	}
-	runs := 5
-	if n, err := strconv.Atoi(os.Getenv("NSBOX_BENCH_RUNS")); err == nil && n > 0 {
-		runs = n
-	}
-	e := hostEnv(t, "direct")
+	runs, e := benchSetup(t)
 	var rows [][3]string
 	ratio := func(what string, a, b time.Duration, target string) {
-		rows = append(rows, [3]string{what, fmt.Sprintf("%s vs %s", a.Round(time.Millisecond), b.Round(time.Millisecond)),
-			fmt.Sprintf("%.2f%s", float64(a)/float64(b), target)})
+		rows = append(rows, ratioRow(what, a, b, "%.2f", target))
 	}
 
 	// The base is the suite's own (suiteBase): this create copies it.
@@ -127,6 +119,27 @@ func TestBenchmark(t *testing.T) {
 	e.mustNsb(t, "remove", "bench-seed")
 
 	printRows(t, e, fmt.Sprintf("medians of %d runs (%d for cold creates)", runs, cold), rows)
+}
+
+// benchSetup skips a benchmark unless NSBOX_BENCH=1 (just bench), and
+// gives its number of runs (NSBOX_BENCH_RUNS, default 5) and the direct
+// backend on this host.
+func benchSetup(t *testing.T) (int, *env) {
+	if os.Getenv("NSBOX_BENCH") != "1" {
+		t.Skip("set NSBOX_BENCH=1 (just bench)")
+	}
+	runs := 5
+	if n, err := strconv.Atoi(os.Getenv("NSBOX_BENCH_RUNS")); err == nil && n > 0 {
+		runs = n
+	}
+	return runs, hostEnv(t, "direct")
+}
+
+// ratioRow is a row of a against b: both medians, and a/b printed with
+// format, then the target.
+func ratioRow(what string, a, b time.Duration, format, target string) [3]string {
+	return [3]string{what, fmt.Sprintf("%s vs %s", a.Round(time.Millisecond), b.Round(time.Millisecond)),
+		fmt.Sprintf(format, float64(a)/float64(b)) + target}
 }
 
 // printRows prints a benchmark's table, headed by the machine it ran on.
