@@ -539,6 +539,14 @@ func scenarios(t *testing.T, e *env) {
 			i := status(t, e, name)
 			return i.State == "running" && i.Leader != 0 && i.Leader != before, fmt.Sprintf("%+v", i)
 		})
+		// Up, not only registered: a machine still starting puts its
+		// poweroff off until its start jobs end, which on a loaded host
+		// took longer than stop waits (a CI run saw it time out).
+		waitFor(t, 120*time.Second, "the restarted machine's systemd up", func() (bool, string) {
+			r := e.nsb(t, "shell", name, "--", "systemctl", "is-system-running")
+			st := strings.TrimSpace(r.stdout)
+			return st == "running" || st == "degraded", r.String()
+		})
 		e.mustNsb(t, "disable", name)
 		e.mustSh(t, "test ! -e /etc/systemd/system/machines.target.wants/"+unit)
 		if i := status(t, e, name); i.Autostart != "disabled" || i.State != "running" {
