@@ -219,6 +219,7 @@ func (m *Manager) newOverlay(ctx context.Context, name string, base func() (stor
 		// is there is the winner's.
 		_ = os.Remove(m.storagePath(name))
 		_ = host.RemoveTree(lay.Dir)
+		_ = os.Remove(m.overlayDir()) // when it was the only one
 	}
 	return err
 }
