@@ -237,7 +237,14 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 			restore()
 		}
 	}()
-	if req.Ephemeral {
+	// The tree is mounted now for what is written into it before the
+	// start: an ephemeral boot's throwaway upper, or an overlay
+	// machine's own (the unit's mount then finds it there). The hook after
+	// the stop takes it away; here only what a failed boot mounted.
+	var unmount func(context.Context, string) error
+	var mountErr error
+	switch {
+	case req.Ephemeral:
 		if !opts.PrivateUsers {
 			return fmt.Errorf("%w: an ephemeral boot runs with a user namespace only (leave out --private-users=false)", ErrInvalidOption)
 		}
@@ -248,32 +255,20 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 				return err
 			}
 		}
-		// Mounted now, so that what is written into the tree before the
-		// start goes to the throwaway upper; the hook after the stop
-		// takes it away.
-		if err := m.MountEphemeral(ctx, name); err != nil {
-			return err
-		}
-		defer func() {
-			if !ok || req.Console {
-				if err := m.UnmountEphemeral(context.WithoutCancel(ctx), name); err != nil {
-					logrus.Warn(err)
-				}
-			}
-		}()
-	} else if overlay {
+		mountErr, unmount = m.MountEphemeral(ctx, name), m.UnmountEphemeral
+	case overlay:
 		if rec, err = m.alignUpper(ctx, name, opts.PrivateUsers); err != nil {
 			return err
 		}
-		// Mounted now for what is written into the tree before the
-		// start; the unit's own mount then finds it there, and its
-		// unmount after the stop takes it away.
-		if err := m.MountStorage(ctx, name); err != nil {
-			return err
-		}
+		mountErr, unmount = m.MountStorage(ctx, name), m.unmountNow
+	}
+	if mountErr != nil {
+		return mountErr
+	}
+	if unmount != nil {
 		defer func() {
 			if !ok || req.Console {
-				if err := m.unmountNow(context.WithoutCancel(ctx), name); err != nil {
+				if err := unmount(context.WithoutCancel(ctx), name); err != nil {
 					logrus.Warn(err)
 				}
 			}

@@ -168,7 +168,7 @@ func (m *Manager) fill(infos []Info, o ListOptions) {
 				rec = m.storageOf(i.Name)
 			}
 			if i.Root != "" {
-				if osr, ok := m.readOSReleaseOf(i.Root, rec); ok {
+				if osr, ok := m.readOSReleaseOf(i.Name, i.Root, rec); ok {
 					i.OS, i.Version = osr.ID, osr.Version
 				}
 			}

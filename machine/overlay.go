@@ -12,7 +12,6 @@ import (
 	"syscall"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/host"
@@ -340,10 +339,7 @@ func (m *Manager) removeStorage(name string) error {
 		}
 		// What an export or a mount killed half way left mounted.
 		for _, p := range []string{"view", "upper-view", "lower"} {
-			if err := (storage.Layout{Target: filepath.Join(m.layout(name).Dir, p)}).Unmount(); err != nil {
-				return err
-			}
-			_ = unmountAny(filepath.Join(m.layout(name).Dir, p))
+			host.UnmountUnder(filepath.Join(m.layout(name).Dir, p))
 		}
 		if err := host.RemoveTree(m.layout(name).Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
@@ -414,11 +410,11 @@ func (m *Manager) alignUpper(ctx context.Context, name string, privateUsers bool
 // readOSReleaseOf reads the os-release of a machine whose tree is root:
 // of a stopped overlay machine (nothing mounted), the one in its upper
 // when it changed it, else its base's.
-func (m *Manager) readOSReleaseOf(root string, rec storage.Record) (OSRelease, bool) {
+func (m *Manager) readOSReleaseOf(name, root string, rec storage.Record) (OSRelease, bool) {
 	if rec.Kind != storage.Overlay || storage.Mounted(rec.Tree) {
 		return readOSRelease(root)
 	}
-	if osr, ok := readOSRelease(filepath.Join(filepath.Dir(rec.Tree), ".overlay", filepath.Base(rec.Tree), "upper")); ok {
+	if osr, ok := readOSRelease(m.layout(name).Upper()); ok {
 		return osr, true
 	}
 	lower, err := m.lowerOf(rec)
@@ -494,16 +490,5 @@ func (m *Manager) renameStorage(old, new string) error {
 	}
 	_ = os.Remove(m.storagePath(old))
 	_ = os.Remove(filepath.Join(m.overlayDir(), "."+old+".lck"))
-	return nil
-}
-
-// unmountAny detaches whatever is mounted at path (an idmapped helper
-// mount a killed nsbox left: not an overlay, so Layout.Unmount leaves it).
-func unmountAny(path string) error {
-	for _, mp := range host.MountsUnder(path) {
-		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
-			return err
-		}
-	}
 	return nil
 }

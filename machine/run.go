@@ -154,8 +154,6 @@ func bootNspawnArgs(name string, o RunOptions, registered bool) []string {
 		switch {
 		case strings.HasPrefix(a, "--directory="):
 		case a == "--keep-unit" && registered:
-		case a == "--link-journal=try-guest":
-			args = append(args, "--link-journal=no")
 		default:
 			args = append(args, a)
 		}

@@ -162,22 +162,10 @@ func (l Layout) Prepare(lower string, uidBase int) error {
 			return fmt.Errorf("%s: an overlay cannot name a path with a comma, colon or backslash", p)
 		}
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(lower, &st); err != nil {
+	if err := PrepareUpper(l.Upper(), l.Work(), lower, uidBase, 0); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(l.Dir, 0o700); err != nil {
-		return err
-	}
-	for _, d := range []string{l.Upper(), l.Work(), l.lowerMount()} {
-		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-			return err
-		}
-	}
-	if err := os.Chown(l.Upper(), uidBase+int(st.Uid), uidBase+int(st.Gid)); err != nil {
-		return err
-	}
-	return os.Chmod(l.Upper(), os.FileMode(st.Mode&0o7777))
+	return os.MkdirAll(l.lowerMount(), 0o700)
 }
 
 // Mounted reports whether target is an overlay mount point.
@@ -292,12 +280,6 @@ func (l Layout) Unmount() error {
 		}
 	}
 	return nil
-}
-
-// UserNS returns a user namespace whose root is host id base (for
-// RangeSize ids): UserNSMap(ctx, r, 0, base).
-func UserNS(ctx context.Context, r host.Runner, base int) (*os.File, error) {
-	return UserNSMap(ctx, r, 0, base)
 }
 
 // UserNSMap returns a user namespace whose ids inside.. are host ids
