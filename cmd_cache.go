@@ -62,8 +62,12 @@ func cacheCommand() *cli.Command {
 						if !b.Current {
 							version += " (earlier)"
 						}
+						users := machine.Printable(strings.Join(b.Machines, ","))
+						if b.Runs {
+							users = strings.TrimPrefix(users+",(a run)", ",")
+						}
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", machine.Printable(b.Key), machine.Printable(b.Distro+" "+b.Release), version,
-							humanBytes(b.Size), humanAge(b.Age()), b.Bootstrapper, dash(machine.Printable(strings.Join(b.Machines, ","))))
+							humanBytes(b.Size), humanAge(b.Age()), b.Bootstrapper, dash(users))
 					}
 					return tw.Flush()
 				},

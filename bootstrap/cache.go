@@ -50,10 +50,31 @@ type BaseInfo struct {
 	Root         string    `json:"root"`
 	// Version names this bootstrap of the base (its time); Current is
 	// false for an earlier version kept for the machines over it, which
-	// Machines names.
+	// Machines names. Runs is true while throwaway runs are over it.
 	Version  string   `json:"version"`
 	Current  bool     `json:"current"`
 	Machines []string `json:"machines"`
+	Runs     bool     `json:"runs"`
+}
+
+// InUse reports whether machines or runs are over the version.
+func (b BaseInfo) InUse() bool { return len(b.Machines) > 0 || b.Runs }
+
+// runsLock is the file that throwaway runs over the version whose tree
+// is root hold shared while they run. It lies in the version's directory
+// and moves with it when a refresh makes the version an earlier one.
+func runsLock(root string) string { return filepath.Join(filepath.Dir(root), "runs.lck") }
+
+// HoldForRun marks the version whose tree is root (as Get returned it) as
+// in use by a throwaway run until release is called: a refresh keeps it,
+// and prune and remove leave it. The caller holds the base's lock, as Get
+// returned it, so that no refresh moves the version meanwhile.
+func HoldForRun(root string) (release func(), err error) {
+	f, err := host.HoldShared(runsLock(root))
+	if err != nil {
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
 
 // versionOf names a bootstrap by its time, as base.json keeps it.
@@ -145,6 +166,7 @@ func (c *BaseCache) describe(info *BaseInfo, current bool) {
 		info.Version = versionOf(info.Created)
 	}
 	info.Current = current
+	info.Runs = info.Root != "" && host.Held(runsLock(info.Root))
 	info.Machines = []string{}
 	if c.Users != nil {
 		if u := c.Users(info.Key, info.Version); u != nil {
@@ -259,14 +281,15 @@ func (c *BaseCache) install(key, tmp string) error {
 	var prev BaseInfo
 	if b, err := os.ReadFile(filepath.Join(old, "base.json")); err == nil && json.Unmarshal(b, &prev) == nil {
 		prev.Key = key
+		prev.Root = filepath.Join(old, "root")
 		c.describe(&prev, false)
-		if len(prev.Machines) > 0 {
+		if prev.InUse() {
 			keep := filepath.Join(c.versionsDir(key), prev.Version)
 			if err := os.MkdirAll(c.versionsDir(key), 0o700); err != nil {
 				return err
 			}
 			if err := os.Rename(old, keep); err != nil {
-				return fmt.Errorf("keep version %s of base %s for %s: %w", prev.Version, key, strings.Join(prev.Machines, ", "), err)
+				return fmt.Errorf("keep version %s of base %s for %s: %w", prev.Version, key, usersOf(prev), err)
 			}
 			return nil
 		}
@@ -364,11 +387,36 @@ func (c *BaseCache) Remove(ctx context.Context, key string) error {
 	if users := c.users(key); len(users) > 0 {
 		return fmt.Errorf("%w: base %s is the lower layer of %s (remove them first)", ErrBaseInUse, key, strings.Join(users, ", "))
 	}
+	if c.runs(key) {
+		return fmt.Errorf("%w: base %s is the lower layer of a throwaway run (nsbox run); try again once it has ended", ErrBaseInUse, key)
+	}
 	return host.RemoveTree(c.dir(key))
 }
 
 // ErrBaseInUse is returned for a base that overlay machines are over.
 var ErrBaseInUse = errors.New("base in use")
+
+// usersOf says who is over version b, for a message.
+func usersOf(b BaseInfo) string {
+	users := strings.Join(b.Machines, ", ")
+	if b.Runs {
+		users = strings.TrimPrefix(users+", a throwaway run", ", ")
+	}
+	return users
+}
+
+// runs reports whether throwaway runs are over any version of base key.
+func (c *BaseCache) runs(key string) bool {
+	if info, err := c.read(key); err == nil && info.Runs {
+		return true
+	}
+	for _, v := range c.Versions(key) {
+		if v.Runs {
+			return true
+		}
+	}
+	return false
+}
 
 // users are the machines over any version of base key.
 func (c *BaseCache) users(key string) []string {
@@ -397,7 +445,7 @@ func (c *BaseCache) Prune(ctx context.Context, dryRun bool) ([]BaseInfo, error) 
 			return gone, err
 		}
 		for _, v := range c.Versions(b.Key) {
-			if len(v.Machines) > 0 {
+			if v.InUse() {
 				continue
 			}
 			if !dryRun {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -98,5 +99,59 @@ func TestRefreshKeepsVersionsInUse(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 0 {
 		t.Errorf("left in the cache: %v", left)
+	}
+}
+
+// TestRefreshKeepsVersionsARunIsOver: a throwaway run holds the version
+// it is over; a refresh keeps that version (the lock goes with its
+// directory), remove is refused and prune leaves it until the run ends.
+func TestRefreshKeepsVersionsARunIsOver(t *testing.T) {
+	dir := t.TempDir()
+	const key = "debian-bookworm-amd64-minbase-00000000"
+	t1 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	t2 := t1.Add(24 * time.Hour)
+	c := &BaseCache{Dir: dir}
+	fakeBase(t, filepath.Join(dir, key), key, t1, "one")
+	info, err := c.read(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Runs || info.InUse() {
+		t.Errorf("a base no run is over: %+v", info)
+	}
+	release, err := HoldForRun(info.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := c.read(key); !info.Runs {
+		t.Errorf("a base a run is over: %+v", info)
+	}
+	tmp := filepath.Join(dir, ".#"+key+".new")
+	fakeBase(t, tmp, key, t2, "two")
+	if err := c.install(key, tmp); err != nil {
+		t.Fatal(err)
+	}
+	vs := c.Versions(key)
+	if len(vs) != 1 || vs[0].Version != versionOf(t1) || !vs[0].Runs || len(vs[0].Machines) != 0 {
+		t.Fatalf("versions after a refresh under a run: %+v", vs)
+	}
+	if b, _ := os.ReadFile(filepath.Join(vs[0].Root, "marker")); string(b) != "one" {
+		t.Errorf("the run's version holds %q", b)
+	}
+	if cur, _ := c.read(key); cur.Runs {
+		t.Errorf("the new version is not the run's: %+v", cur)
+	}
+	if err := c.Remove(context.Background(), key); !errors.Is(err, ErrBaseInUse) || !strings.Contains(err.Error(), "throwaway run") {
+		t.Errorf("remove of a base a run is over: %v", err)
+	}
+	if gone, err := c.Prune(context.Background(), false); err != nil || len(gone) != 0 {
+		t.Errorf("prune removed %+v (%v) under a run", gone, err)
+	}
+	release()
+	if gone, err := c.Prune(context.Background(), false); err != nil || len(gone) != 1 {
+		t.Errorf("prune after the run: %+v, %v", gone, err)
+	}
+	if err := c.Remove(context.Background(), key); err != nil {
+		t.Errorf("remove after the run: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -112,11 +113,92 @@ func baseCache(t *testing.T, e *env) {
 		t.Errorf("snapshot machine: %s", r)
 	}
 	must("stop", "e2e-cc")
+	btrfsStorage(t, e, &bt)
 
+	// An overlay machine and a throwaway run over the base while it is
+	// refreshed: both keep the version they are over, which cache list
+	// shows and remove and prune leave, until they are gone.
+	must("create", "e2e-co", "--release", "bookworm", "--storage", "overlay")
+	defer nsb("remove", "--force", "e2e-co")
+	must("boot", "e2e-co", "--network", "none")
+	// The run reads a line before it looks at its tree again.
+	full := bt.argv("run", "--release", "bookworm", "--", "sh", "-c", "read go; ls /usr/bin | wc -l")
+	runCmd := exec.Command(full[0], full[1:]...)
+	var runStdout, runStderr strings.Builder
+	runCmd.Stdout, runCmd.Stderr = &runStdout, &runStderr
+	goOn, err := runCmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { goOn.Close(); _ = runCmd.Wait() }()
+	// The run is up once cache list says so.
+	type version struct {
+		Key      string   `json:"key"`
+		Version  string   `json:"version"`
+		Current  bool     `json:"current"`
+		Machines []string `json:"machines"`
+		Runs     bool     `json:"runs"`
+	}
+	versions := func() []version {
+		var vs []version
+		if err := json.Unmarshal([]byte(must("cache", "list", "-o", "json").stdout), &vs); err != nil {
+			t.Fatal(err)
+		}
+		return vs
+	}
+	waitFor(t, 60*time.Second, "the run over the base", func() (bool, string) {
+		vs := versions()
+		return len(vs) == 1 && vs[0].Runs, fmt.Sprint(vs)
+	})
 	before := bases()[key].Created
+	old := versions()[0].Version
 	must("cache", "refresh", key)
 	if after := bases()[key].Created; !after.After(before) {
 		t.Errorf("refresh did not renew the base: %v then %v", before, after)
+	}
+	vs := versions()
+	var cur, earlier version
+	for _, v := range vs {
+		if v.Current {
+			cur = v
+		} else {
+			earlier = v
+		}
+	}
+	if len(vs) != 2 || earlier.Version != old || strings.Join(earlier.Machines, ",") != "e2e-co" || !earlier.Runs || !cur.Current || cur.Runs || len(cur.Machines) != 0 {
+		t.Errorf("after a refresh under an overlay machine and a run, want the earlier version kept for both: %+v", vs)
+	}
+	if r := nsb("shell", "e2e-co", "--", "sh", "-c", "cat /etc/debian_version >/dev/null && ls /usr/bin | wc -l"); r.code != 0 || len(r.stdout) < 3 {
+		t.Errorf("the overlay machine after the refresh: %s", r)
+	}
+	wantFail(t, nsb("cache", "remove", key), 1, "e2e-co")
+	if r := must("cache", "prune", "--dry-run"); strings.Contains(r.stdout, old) {
+		t.Errorf("prune would remove the version in use:\n%s", r)
+	}
+	must("stop", "e2e-co")
+	must("remove", "e2e-co")
+	// The run alone keeps it now.
+	wantFail(t, nsb("cache", "remove", key), 1, "throwaway run")
+	if r := must("cache", "prune"); strings.Contains(r.stdout, old) {
+		t.Errorf("prune removed the version a run is over:\n%s", r)
+	}
+	// Let the run end: its tree was whole to the end.
+	fmt.Fprintln(goOn, "go")
+	goOn.Close()
+	if err := runCmd.Wait(); err != nil {
+		t.Errorf("the run over the refreshed base: %v\n%s", err, runStderr.String())
+	}
+	if n, _ := strconv.Atoi(strings.TrimSpace(runStdout.String())); n < 100 {
+		t.Errorf("the run over the refreshed base saw %q in /usr/bin", runStdout.String())
+	}
+	if r := must("cache", "prune"); !strings.Contains(r.stdout, old) {
+		t.Errorf("prune did not remove the version nothing is over:\n%s", r)
+	}
+	if vs := versions(); len(vs) != 1 || !vs[0].Current {
+		t.Errorf("after prune: %+v", vs)
 	}
 	must("cache", "remove", key)
 	if _, ok := bases()[key]; ok {
@@ -127,6 +209,51 @@ func baseCache(t *testing.T, e *env) {
 	}
 	must("remove", "e2e-cc")
 	e.mustSh(t, "test ! -e "+bt.rootDir+"/e2e-cc")
+}
+
+// btrfsStorage checks, on the btrfs file system of the base cache test,
+// the commands of the storage round on btrfs machines: snapshots are
+// subvolume snapshots, restore is atomic and keeps the snapshot, an
+// ephemeral boot and a run over the machine leave its tree as it was.
+func btrfsStorage(t *testing.T, e *env, bt *env) {
+	const name = "e2e-cc"
+	if i := status(t, bt, name); i.Storage != "btrfs" {
+		t.Errorf("a machine made on btrfs: storage %q, want btrfs", i.Storage)
+	}
+	bt.mustNsb(t, "shell", name, "--", "sh", "-c", "echo one > /root/mark")
+	bt.mustNsb(t, "snapshot", name, "s1")
+	snap := e.mustSh(t, "ls -d "+bt.rootDir+"/.nsbox/.snapshots/"+name+"/s1*")
+	if out := e.mustSh(t, "btrfs subvolume show "+strings.TrimSpace(snap)); strings.Contains(out, "Parent UUID: \t\t-") {
+		t.Errorf("snapshot s1 is not a btrfs snapshot:\n%s", out)
+	}
+	bt.mustNsb(t, "shell", name, "--", "sh", "-c", "echo two > /root/mark; rm /etc/issue")
+	bt.mustNsb(t, "boot", name, "--network", "none")
+	wantFail(t, bt.nsb(t, "snapshot", "restore", name, "s1"), 1, "machine is running")
+	bt.mustNsb(t, "snapshot", name, "live", "--live")
+	bt.mustNsb(t, "stop", name)
+	bt.mustNsb(t, "snapshot", "restore", name, "s1")
+	if r := bt.mustNsb(t, "shell", name, "--", "sh", "-c", "cat /root/mark; test -e /etc/issue && echo back"); r.stdout != "one\nback\n" {
+		t.Errorf("after restoring s1: %s", r)
+	}
+	bt.mustNsb(t, "snapshot", "restore", name, "live")
+	if r := bt.mustNsb(t, "shell", name, "--", "cat", "/root/mark"); r.stdout != "two\n" {
+		t.Errorf("after restoring the live snapshot: %s", r)
+	}
+	// A run over the machine and an ephemeral boot see it and change
+	// nothing of it.
+	sum := "cd " + bt.rootDir + "/" + name + " && find . -xdev -printf '%p %U %s %T@\\n' 2>/dev/null | sort | md5sum"
+	tree := e.mustSh(t, sum)
+	if r := bt.mustNsb(t, "run", "--from", name, "--", "sh", "-c", "cat /root/mark; echo x > /root/mark"); r.stdout != "two\n" {
+		t.Errorf("run --from a btrfs machine: %s", r)
+	}
+	bt.mustNsb(t, "boot", "--ephemeral", name, "--network", "none")
+	bt.mustNsb(t, "shell", name, "--", "sh", "-c", "echo eph > /root/mark")
+	bt.mustNsb(t, "stop", name)
+	if got := e.mustSh(t, sum); got != tree {
+		t.Error("a run and an ephemeral boot changed the btrfs machine's tree")
+	}
+	bt.mustNsb(t, "snapshot", "remove", name, "s1")
+	bt.mustNsb(t, "snapshot", "remove", name, "live")
 }
 
 // interrupts checks that SIGINT and SIGTERM during a real bootstrap stop

@@ -79,11 +79,7 @@ func (m *Manager) MountEphemeral(ctx context.Context, name string) error {
 	if sr := m.storageOf(name); sr.Kind == storage.Overlay {
 		rec.UIDBase = sr.UIDBase
 	} else {
-		taken := map[int]bool{}
-		for _, r := range m.overlayRecords() {
-			taken[r.UIDBase] = true
-		}
-		if rec.UIDBase, err = storage.PickUIDBase(taken); err != nil {
+		if rec.UIDBase, err = m.pickUIDBase(); err != nil {
 			return err
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -64,6 +65,64 @@ func (m *Manager) overlayDir() string { return filepath.Join(m.Store(), ".overla
 // layout is where overlay machine name's parts are.
 func (m *Manager) layout(name string) storage.Layout {
 	return storage.Layout{Target: m.Tree(name), Dir: filepath.Join(m.overlayDir(), name)}
+}
+
+// uidLock is the lock a throwaway run holds on its user id range for as
+// long as it runs.
+func (m *Manager) uidLock(base int) string {
+	return filepath.Join(m.RunDir, "uids", strconv.Itoa(base)+".lck")
+}
+
+// pickUIDBase chooses a user id range that no overlay machine has and no
+// throwaway run holds, for a new overlay machine or an ephemeral boot.
+func (m *Manager) pickUIDBase() (int, error) {
+	taken := map[int]bool{}
+	for _, r := range m.overlayRecords() {
+		taken[r.UIDBase] = true
+	}
+	for range 16 {
+		base, err := storage.PickUIDBase(taken)
+		if err != nil {
+			return 0, err
+		}
+		if !host.Held(m.uidLock(base)) {
+			return base, nil
+		}
+		taken[base] = true
+	}
+	return 0, errors.New("no free user id range")
+}
+
+// reserveUIDBase chooses a range as pickUIDBase does and holds it for a
+// throwaway run until release is called: two runs at once never share
+// their ids, nor does a machine made meanwhile.
+func (m *Manager) reserveUIDBase() (base int, release func(), err error) {
+	if err := os.MkdirAll(filepath.Join(m.RunDir, "uids"), 0o700); err != nil {
+		return 0, nil, err
+	}
+	// The locks of runs whose nsbox was killed go (a lock taken here
+	// removes its file when nobody else holds it).
+	stale, _ := filepath.Glob(filepath.Join(m.RunDir, "uids", "*.lck"))
+	for _, f := range stale {
+		if l, err := host.LockFile(context.Background(), f, true, false); err == nil {
+			l.Unlock()
+		}
+	}
+	for range 16 {
+		base, err := m.pickUIDBase()
+		if err != nil {
+			return 0, nil, err
+		}
+		l, err := host.LockFile(context.Background(), m.uidLock(base), true, false)
+		if errors.Is(err, host.ErrLocked) {
+			continue
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+		return base, l.Unlock, nil
+	}
+	return 0, nil, errors.New("no free user id range")
 }
 
 // overlayRecords are the overlay machines nsbox knows, by name.
@@ -162,11 +221,7 @@ func (m *Manager) newOverlay(ctx context.Context, name string, base func() (stor
 		if rec, err = base(); err != nil {
 			return err
 		}
-		taken := map[int]bool{}
-		for _, r := range m.overlayRecords() {
-			taken[r.UIDBase] = true
-		}
-		uid, err := storage.PickUIDBase(taken)
+		uid, err := m.pickUIDBase()
 		if err != nil {
 			return err
 		}

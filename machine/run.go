@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -176,10 +177,11 @@ func bindArgs(binds []Bind) []string {
 // Run runs o.Argv in a throwaway machine and returns its exit status
 // (128+N when signal N killed it). The machine's tree is an overlay over
 // the base or the stopped machine o.From with an upper on a tmpfs, both
-// mounted by a helper in a mount namespace of its own: whatever ends the
-// run, even a SIGKILL of nsbox, the kernel takes the mounts and the
-// upper away with the namespace's last process, and the helper and nspawn
-// get SIGTERM when their parent dies.
+// mounted in a mount namespace of the run's own: a thread of nsbox's for
+// a command (runHere), a helper process for a boot. Whatever ends the
+// run, even a SIGKILL of nsbox, the kernel takes the mounts and the upper
+// away with the namespace's last process, and nspawn (or the helper) gets
+// SIGTERM when the thread that started it dies.
 func (m *Manager) Run(ctx context.Context, o RunOptions) (int, error) {
 	if err := CheckRun(o); err != nil {
 		return 0, err
@@ -195,21 +197,11 @@ func (m *Manager) Run(ctx context.Context, o RunOptions) (int, error) {
 		return 0, err
 	}
 	defer done()
-	taken := map[int]bool{}
-	for _, r := range m.overlayRecords() {
-		taken[r.UIDBase] = true
-	}
-	uid, err := storage.PickUIDBase(taken)
+	uid, release, err := m.reserveUIDBase()
 	if err != nil {
 		return 0, err
 	}
-	if m.Self == nil {
-		return 0, errors.New("no nsbox binary to run the helper")
-	}
-	self, err := m.Self()
-	if err != nil {
-		return 0, err
-	}
+	defer release()
 	dir := filepath.Join(m.RunDir, "run")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return 0, err
@@ -218,7 +210,14 @@ func (m *Manager) Run(ctx context.Context, o RunOptions) (int, error) {
 	spec := runSpec{Name: runName(), Dir: dir, Lowers: lowers, UIDBase: uid, TTY: tty, Boot: o.Boot}
 	if !o.Boot {
 		spec.Nspawn = runNspawnArgs(spec.Name, o, m.Backend.Registered(), tty)
-		return m.runHelper(ctx, self, spec)
+		return runHere(ctx, spec)
+	}
+	if m.Self == nil {
+		return 0, errors.New("no nsbox binary to run the helper")
+	}
+	self, err := m.Self()
+	if err != nil {
+		return 0, err
 	}
 	spec.Nspawn = bootNspawnArgs(spec.Name, o, m.Backend.Registered())
 	if db, ok := m.Backend.(*direct.Backend); ok {
@@ -248,9 +247,16 @@ func (m *Manager) runLowers(ctx context.Context, o RunOptions) ([]storage.Lower,
 		}
 		// The base's lock keeps out a refresh only while it is held; a
 		// run holds it no longer than a create does, so that runs go
-		// side by side.
+		// side by side. Its hold on the version keeps a refresh, prune
+		// or remove from deleting the tree under it. (A refresh in the
+		// moment between here and the mount gives the run the new
+		// version, while the hold keeps the old one until a prune.)
+		release, err := bootstrap.HoldForRun(root)
 		unlock()
-		return []storage.Lower{{Path: root}}, func() {}, nil
+		if err != nil {
+			return nil, nil, err
+		}
+		return []storage.Lower{{Path: root}}, release, nil
 	}
 	name := o.From
 	if err := m.checkRootAndName(name, true); err != nil {
@@ -310,37 +316,6 @@ func helperCmd(self string, spec runSpec, result *os.File) *host.Cmd {
 		// Interrupted, the helper stops nspawn (a booted machine shuts
 		// down) before it ends.
 		KillGrace: 30 * time.Second}
-}
-
-// runHelper runs the helper of a run without --boot on the caller's
-// streams and returns the command's exit status.
-func (m *Manager) runHelper(ctx context.Context, self string, spec runSpec) (int, error) {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return 0, err
-	}
-	defer pr.Close()
-	c := helperCmd(self, spec, pw)
-	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-	// On a terminal the helper and nspawn read it in the caller's process
-	// group; otherwise they have no terminal at all (a session of their
-	// own), and the helper shields the caller's streams.
-	c.Foreground = spec.TTY
-	res := make(chan runResult, 1)
-	go func() { res <- readResult(pr) }()
-	err = m.Runner.Run(ctx, c)
-	pw.Close()
-	r := <-res
-	if ctx.Err() != nil {
-		return 0, ctx.Err()
-	}
-	if r.Error != "" {
-		return 0, errors.New(r.Error)
-	}
-	if r.Status < 0 {
-		return 0, fmt.Errorf("the run's helper ended without a result: %v", err)
-	}
-	return r.Status, nil
 }
 
 // readResult reads the helper's result; Status is -1 when there is none.
@@ -467,43 +442,42 @@ func consoleTail(pid int, spec runSpec, n int) []string {
 	return backend.LastLines(string(b), n)
 }
 
-// RunHelper is the body of nsbox __run SPEC, in a mount namespace of its
-// own. SIGTERM from nsbox (interrupted, or dead: PR_SET_PDEATHSIG, which
-// comes once for each of nsbox's threads as they go) or the terminal's
-// SIGINT ends nspawn in order, and the helper waits for it. It makes the namespace's mounts private, mounts a tmpfs on
-// spec.Dir with the run's upper in it, mounts the tree, and runs nspawn
-// (under the direct backend's supervisor for a boot). Its result goes to
-// fd 3; it returns its own exit status. Nothing here unmounts: the
-// namespace goes with its last process, and its mounts with it.
-func RunHelper(specJSON string) int {
-	out := os.NewFile(3, "result")
-	say := func(r runResult) int {
-		if out != nil {
-			_ = json.NewEncoder(out).Encode(r)
-			out.Close()
-		}
-		if r.Error != "" {
-			fmt.Fprintf(os.Stderr, "nsbox: %s\n", r.Error)
-			return 1
-		}
-		return r.Status
+// runHere runs spec's command under nspawn, started from a thread of
+// nsbox's own that has a mount namespace of its own: a helper process
+// would cost a second start of nsbox (about 25 ms here, a third of what
+// nsbox adds to nspawn's own time). The thread stays locked and ends with
+// its goroutine, never to run other Go code in the run's namespace; the
+// Go runtime starts new threads from a clean one, and the children
+// forked here (the user namespace's holder, nspawn) inherit the
+// namespace.
+func runHere(ctx context.Context, spec runSpec) (int, error) {
+	type result struct {
+		status int
+		err    error
 	}
-	var spec runSpec
-	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
-		return say(runResult{Error: fmt.Sprintf("run helper: %v", err)})
-	}
-	// Not nsbox's own handling, where a second signal exits at once.
-	signal.Reset(syscall.SIGINT, syscall.SIGTERM)
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer cancel()
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			done <- result{err: fmt.Errorf("a mount namespace for the run: %w", err)}
+			return
+		}
+		status, err := runInNamespace(ctx, spec)
+		done <- result{status, err}
+	}()
+	r := <-done
+	return r.status, r.err
+}
+
+// runInNamespace mounts the run's tree and runs nspawn on it, in the
+// calling thread's own mount namespace. Nothing here unmounts: the
+// namespace goes with its last thread or process, its mounts with it.
+func runInNamespace(ctx context.Context, spec runSpec) (int, error) {
 	if err := mountRunTree(ctx, spec); err != nil {
-		return say(runResult{Error: err.Error()})
+		return 0, err
 	}
 	r := host.ExecRunner{}
 	argv := append([]string{"systemd-nspawn", "--directory=" + spec.tree()}, spec.Nspawn...)
-	if spec.Boot {
-		return say(runBootedHelper(ctx, r, spec, argv))
-	}
 	c := &host.Cmd{Path: argv[0], Args: argv[1:], Pdeathsig: syscall.SIGTERM}
 	// nspawn on a host whose /run is no tmpfs ends with a line about its
 	// propagation directory that means nothing here, and an interrupted
@@ -522,13 +496,46 @@ func RunHelper(specJSON string) int {
 		status, err = backend.RunExec(ctx, r, c, backend.ExecSpec{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: stderr})
 	}
 	if ctx.Err() != nil {
-		// nsbox says it was interrupted.
-		return say(runResult{Status: status})
+		return 0, ctx.Err()
 	}
-	if err != nil {
+	return status, err
+}
+
+// RunHelper is the body of nsbox __run SPEC, the helper of a booted run,
+// in a mount namespace of its own. SIGTERM from nsbox (interrupted, or
+// dead: PR_SET_PDEATHSIG) or the terminal's SIGINT ends the machine in
+// order, and the helper waits for it. It makes the namespace's mounts
+// private, mounts a tmpfs on spec.Dir with the run's upper in it, mounts
+// the tree, and boots it (under the direct backend's supervisor where
+// there is no machined). Its result goes to fd 3; it returns its own exit
+// status. Nothing here unmounts: the namespace goes with its last
+// process, and its mounts with it.
+func RunHelper(specJSON string) int {
+	out := os.NewFile(3, "result")
+	say := func(r runResult) int {
+		if out != nil {
+			_ = json.NewEncoder(out).Encode(r)
+			out.Close()
+		}
+		if r.Error != "" {
+			fmt.Fprintf(os.Stderr, "nsbox: %s\n", r.Error)
+			return 1
+		}
+		return r.Status
+	}
+	var spec runSpec
+	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil || !spec.Boot {
+		return say(runResult{Error: fmt.Sprintf("run helper: not a booted run's spec (%v)", err)})
+	}
+	// Not nsbox's own handling, where a second signal exits at once.
+	signal.Reset(syscall.SIGINT, syscall.SIGTERM)
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer cancel()
+	if err := mountRunTree(ctx, spec); err != nil {
 		return say(runResult{Error: err.Error()})
 	}
-	return say(runResult{Status: status})
+	argv := append([]string{"systemd-nspawn", "--directory=" + spec.tree()}, spec.Nspawn...)
+	return say(runBootedHelper(ctx, host.ExecRunner{}, spec, argv))
 }
 
 // mountRunTree makes the run's tree in the helper's namespace: mounts

@@ -283,31 +283,30 @@ func (l Layout) Unmount() error {
 }
 
 // UserNSMap returns a user namespace whose ids inside.. are host ids
-// base.. (for RangeSize ids), held by a short-lived process of the host's
-// own cat; the namespace lives on in the returned file. As an idmapped
-// mount's namespace it shows a file owned by inside+N on disk as owned by
-// base+N.
+// base.. (for RangeSize ids), made by a process of the host's own cat that
+// is killed as soon as the namespace is open: it lives on in the returned
+// file. As an idmapped mount's namespace it shows a file owned by
+// inside+N on disk as owned by base+N.
 func UserNSMap(ctx context.Context, r host.Runner, inside, base int) (*os.File, error) {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	defer pr.Close()
 	var ns *os.File
 	var nsErr error
-	c := &host.Cmd{Path: "cat", Stdin: pr, UserNS: &host.IDMap{InsideID: inside, HostID: base, Size: RangeSize},
+	// cat's own start (its loader, its libc) is of no use here: the
+	// namespace is there, mapped, once the kernel has started it.
+	c := &host.Cmd{Path: "cat", UserNS: &host.IDMap{InsideID: inside, HostID: base, Size: RangeSize},
 		Started: func(p *os.Process) {
 			ns, nsErr = os.Open(fmt.Sprintf("/proc/%d/ns/user", p.Pid))
-			pw.Close()
+			_ = p.Kill()
 		}}
-	err = r.Run(ctx, c)
-	pw.Close()
-	if err == nil {
-		err = nsErr
-	}
-	if err != nil {
+	err := r.Run(ctx, c)
+	if nsErr != nil || ns == nil {
+		if err == nil || ns == nil && nsErr == nil {
+			err = nsErr
+		}
 		if ns != nil {
 			ns.Close()
+		}
+		if err == nil {
+			err = errors.New("the namespace's process did not start")
 		}
 		return nil, fmt.Errorf("make a user namespace mapping uid %d to %d: %w", inside, base, err)
 	}
