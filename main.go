@@ -81,13 +81,13 @@ func commands() []*cli.Command {
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(),
-		bindCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
+		bindCommand(), cpCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
 		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
 	}
 	quietUsage(cmds)
 	for _, c := range cmds {
 		switch c.Name {
-		case "create", "completion", "man", "doctor", "list", "cache", "events":
+		case "create", "completion", "man", "doctor", "list", "cache", "events", "cp":
 		default:
 			c.BashComplete = completeMachines
 		}

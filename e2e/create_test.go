@@ -222,8 +222,7 @@ func btrfsStorage(t *testing.T, e *env, bt *env) {
 	}
 	bt.mustNsb(t, "shell", name, "--", "sh", "-c", "echo one > /root/mark")
 	bt.mustNsb(t, "snapshot", name, "s1")
-	snap := e.mustSh(t, "ls -d "+bt.rootDir+"/.nsbox/.snapshots/"+name+"/s1*")
-	if out := e.mustSh(t, "btrfs subvolume show "+strings.TrimSpace(snap)); strings.Contains(out, "Parent UUID: \t\t-") {
+	if out := e.mustSh(t, "btrfs subvolume show "+bt.rootDir+"/.nsbox/.snapshots/"+name+"/s1/tree"); strings.Contains(out, "Parent UUID: \t\t-") {
 		t.Errorf("snapshot s1 is not a btrfs snapshot:\n%s", out)
 	}
 	bt.mustNsb(t, "shell", name, "--", "sh", "-c", "echo two > /root/mark; rm /etc/issue")
