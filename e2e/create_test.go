@@ -136,11 +136,12 @@ func baseCache(t *testing.T, e *env) {
 	defer func() { goOn.Close(); _ = runCmd.Wait() }()
 	// The run is up once cache list says so.
 	type version struct {
-		Key      string   `json:"key"`
-		Version  string   `json:"version"`
-		Current  bool     `json:"current"`
-		Machines []string `json:"machines"`
-		Runs     bool     `json:"runs"`
+		Key      string    `json:"key"`
+		Created  time.Time `json:"created"`
+		Version  string    `json:"version"`
+		Current  bool      `json:"current"`
+		Machines []string  `json:"machines"`
+		Runs     bool      `json:"runs"`
 	}
 	versions := func() []version {
 		var vs []version
@@ -153,11 +154,20 @@ func baseCache(t *testing.T, e *env) {
 		vs := versions()
 		return len(vs) == 1 && vs[0].Runs, fmt.Sprint(vs)
 	})
-	before := bases()[key].Created
-	old := versions()[0].Version
+	current := func() version {
+		for _, v := range versions() {
+			if v.Current {
+				return v
+			}
+		}
+		t.Fatal("no current version")
+		return version{}
+	}
+	was := current()
+	old := was.Version
 	must("cache", "refresh", key)
-	if after := bases()[key].Created; !after.After(before) {
-		t.Errorf("refresh did not renew the base: %v then %v", before, after)
+	if now := current(); !now.Created.After(was.Created) || now.Version == old {
+		t.Errorf("refresh did not renew the base: %+v then %+v", was, now)
 	}
 	vs := versions()
 	var cur, earlier version
