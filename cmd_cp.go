@@ -28,7 +28,9 @@ func cpCommand() *cli.Command {
 			"machine: its links never lead to the host's files. Owners keep the ids the\n" +
 			"machine sees (host root's files become the machine's root's); --owner gives\n" +
 			"every copied entry to one user of the destination machine. Setuid and setgid\n" +
-			"bits, file capabilities and device nodes do not leave a machine for the host.\n\n" +
+			"bits, file capabilities and device nodes do not leave a machine for the host,\n" +
+			"and kernel file systems a machine mounted (proc, sysfs, cgroup, ...) are\n" +
+			"neither read nor written.\n\n" +
 			"   nsbox cp ./site web:/var/www\n" +
 			"   nsbox cp web:/var/log/nginx ./logs\n" +
 			"   nsbox cp web:/etc/nginx db:/root/nginx-of-web\n" +
@@ -66,6 +68,9 @@ func cpCommand() *cli.Command {
 			}
 			if res.Stripped > 0 {
 				logrus.Warnf("cp: %d setuid, setgid or file capability bits of what came from %s were dropped on the way to the host", res.Stripped, src.Machine)
+			}
+			if res.LinksLost > 0 {
+				logrus.Warnf("cp: %d files were copied apart from their hard links (too many open files to keep them by)", res.LinksLost)
 			}
 			if res.Unsupported > 0 {
 				logrus.Warnf("cp: %d extended attributes were not kept: the destination's file system does not take them", res.Unsupported)

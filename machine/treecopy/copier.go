@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"sort"
 
@@ -43,9 +44,10 @@ func (c *copier) toHost() bool { return c.o.FromMachine && !c.to.InRoot }
 
 // mapID maps an owner from the source's ids to the destination's: the
 // id the source's side sees moves to the same id in the destination's
-// range, and one outside the source's range becomes nobody.
+// range, and one outside the source's range (a machine's ids are 0 to
+// 65535, even one without a user namespace) becomes nobody.
 func (c *copier) mapID(id uint32) int {
-	if c.from.Shift == 0 && c.to.Shift == 0 {
+	if !c.from.InRoot && !c.to.InRoot {
 		return int(id)
 	}
 	inside := int(id) - c.from.Shift
@@ -64,10 +66,11 @@ func (c *copier) owner(st *unix.Stat_t) (int, int) {
 }
 
 // mode is the permission bits the copy gets: setuid and setgid dropped
-// on the way from a machine to the host.
+// on the way from a machine to the host (a setgid directory too: what
+// others made in it would be the group's the machine chose).
 func (c *copier) mode(st *unix.Stat_t) uint32 {
 	m := st.Mode & 0o7777
-	if c.toHost() && st.Mode&unix.S_IFMT != unix.S_IFDIR && m&(unix.S_ISUID|unix.S_ISGID) != 0 {
+	if c.toHost() && m&(unix.S_ISUID|unix.S_ISGID) != 0 {
 		m &^= unix.S_ISUID | unix.S_ISGID
 		c.stats.Stripped++
 	}
@@ -132,24 +135,51 @@ func (c *copier) make(sp int, sname string, st *unix.Stat_t, dp int, name, disp 
 		}
 		fallthrough
 	default:
-		if err := unix.Mknodat(dp, name, st.Mode&unix.S_IFMT|0o600, int(st.Rdev)); err != nil {
-			return &Error{Op: "cannot create", Path: disp, Err: err}
+		uid, gid := c.owner(st)
+		if err := makeNode(dp, name, st.Mode&unix.S_IFMT, int(st.Rdev), uid, gid, c.mode(st), st, disp); err != nil {
+			return err
 		}
 		c.stats.Others++
-		uid, gid := c.owner(st)
-		if err := unix.Fchownat(dp, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return &Error{Op: "cannot set the owner of", Path: disp, Err: err}
-		}
-		if err := unix.Fchmodat(dp, name, c.mode(st), 0); err != nil {
-			return &Error{Op: "cannot set the mode of", Path: disp, Err: err}
-		}
-		return setTimesAt(dp, name, st, disp)
+		return nil
 	}
+}
+
+// makeNode makes a FIFO, socket or device node name in dp and gives it
+// its owner, mode and times through a descriptor of its own, checked to
+// be a node of that type: never by name, which whoever can write in dp
+// could meanwhile point somewhere else with a link (a chmod by name
+// follows it, on the host).
+func makeNode(dp int, name string, typ uint32, rdev, uid, gid int, mode uint32, st *unix.Stat_t, disp string) error {
+	if err := unix.Mknodat(dp, name, typ|0o600, rdev); err != nil {
+		return &Error{Op: "cannot create", Path: disp, Err: err}
+	}
+	fd, err := unix.Openat(dp, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &Error{Op: "cannot open", Path: disp, Err: err}
+	}
+	defer unix.Close(fd)
+	var now unix.Stat_t
+	if err := unix.Fstat(fd, &now); err != nil || now.Mode&unix.S_IFMT != typ {
+		return &Error{Op: "cannot create", Path: disp, Err: errors.New("it was replaced while it was made")}
+	}
+	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
+		return &Error{Op: "cannot set the owner of", Path: disp, Err: err}
+	}
+	// An O_PATH descriptor takes no fchmod; its /proc/self/fd link
+	// names the very inode (what glibc's fchmodat does for
+	// AT_SYMLINK_NOFOLLOW), and it is no symbolic link (checked above).
+	if err := unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), mode); err != nil {
+		return &Error{Op: "cannot set the mode of", Path: disp, Err: err}
+	}
+	if err := unix.UtimesNanoAt(fd, "", []unix.Timespec{st.Atim, st.Mtim}, unix.AT_EMPTY_PATH); err != nil {
+		return &Error{Op: "cannot set the times of", Path: disp, Err: err}
+	}
+	return nil
 }
 
 // openDir opens directory sname in sp for reading, never through a link,
 // and checks that it is still the one stat'ed.
-func openDir(sp int, sname string, st *unix.Stat_t, disp string) (*os.File, error) {
+func openDir(side Side, sp int, sname string, st *unix.Stat_t, disp string) (*os.File, error) {
 	fd, err := unix.Openat(sp, sname, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &Error{Op: "cannot open", Path: disp, Err: err}
@@ -159,12 +189,16 @@ func openDir(sp int, sname string, st *unix.Stat_t, disp string) (*os.File, erro
 		unix.Close(fd)
 		return nil, &Error{Op: "cannot copy", Path: disp, Err: errors.New("it changed while it was copied")}
 	}
+	if err := side.checkFS(fd, disp); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
 	return os.NewFile(uintptr(fd), disp), nil
 }
 
 // dir copies directory sname into a new directory name.
 func (c *copier) dir(sp int, sname string, st *unix.Stat_t, dp int, name, disp string) error {
-	src, err := openDir(sp, sname, st, disp)
+	src, err := openDir(c.from, sp, sname, st, disp)
 	if err != nil {
 		return err
 	}
@@ -186,7 +220,7 @@ func (c *copier) dir(sp int, sname string, st *unix.Stat_t, dp int, name, disp s
 
 // merge copies directory sname into the existing directory dname.
 func (c *copier) merge(sp int, sname string, st *unix.Stat_t, dp int, dname, disp string) error {
-	src, err := openDir(sp, sname, st, disp)
+	src, err := openDir(c.from, sp, sname, st, disp)
 	if err != nil {
 		return err
 	}
@@ -196,6 +230,9 @@ func (c *copier) merge(sp int, sname string, st *unix.Stat_t, dp int, dname, dis
 		return &Error{Op: "cannot open", Path: disp, Err: err}
 	}
 	defer unix.Close(fd)
+	if err := c.to.checkFS(fd, disp); err != nil {
+		return err
+	}
 	c.stats.Dirs++
 	if err := c.children(src, fd, true, disp); err != nil {
 		return err
@@ -250,6 +287,9 @@ func (c *copier) file(sp int, sname string, st *unix.Stat_t, dp int, name, disp 
 	if err := unix.Fstat(in, &now); err != nil || now.Mode&unix.S_IFMT != unix.S_IFREG {
 		return &Error{Op: "cannot copy", Path: disp, Err: errors.New("it changed while it was copied")}
 	}
+	if err := c.from.checkFS(in, disp); err != nil {
+		return err
+	}
 	out, err := unix.Openat(dp, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return &Error{Op: "cannot create regular file", Path: disp, Err: err}
@@ -263,8 +303,11 @@ func (c *copier) file(sp int, sname string, st *unix.Stat_t, dp int, name, disp 
 		return err
 	}
 	if st.Nlink > 1 {
-		if fd, err := unix.Openat(dp, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+		// The copy's own descriptor: its name may change meanwhile.
+		if fd, err := unix.FcntlInt(uintptr(out), unix.F_DUPFD_CLOEXEC, 0); err == nil {
 			c.links[key] = fd
+		} else {
+			c.stats.LinksLost++
 		}
 	}
 	return nil
@@ -305,8 +348,12 @@ func (c *copier) data(in, out int, size int64, disp string) error {
 // share blocks), through a buffer where it cannot.
 func (c *copier) span(in, out int, start, end int64, disp string) error {
 	for start < end {
+		// In chunks, so that an interrupt is heard within one.
+		if err := c.ctx.Err(); err != nil {
+			return err
+		}
 		roff, woff := start, start
-		n, err := unix.CopyFileRange(in, &roff, out, &woff, int(min(end-start, 1<<30)), 0)
+		n, err := unix.CopyFileRange(in, &roff, out, &woff, int(min(end-start, 64<<20)), 0)
 		if err != nil {
 			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
 				return c.spanBuffered(in, out, start, end, disp)

@@ -70,7 +70,7 @@ func (t *tarWriter) entry(sp int, sname string, st *unix.Stat_t, name, disp stri
 	h := t.header(st, name)
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
-		d, err := openDir(sp, sname, st, disp)
+		d, err := openDir(t.from, sp, sname, st, disp)
 		if err != nil {
 			return err
 		}
@@ -117,6 +117,9 @@ func (t *tarWriter) entry(sp int, sname string, st *unix.Stat_t, name, disp stri
 		var now unix.Stat_t
 		if err := unix.Fstat(fd, &now); err != nil || now.Mode&unix.S_IFMT != unix.S_IFREG {
 			return &Error{Op: "cannot copy", Path: disp, Err: errors.New("it changed while it was copied")}
+		}
+		if err := t.from.checkFS(fd, disp); err != nil {
+			return err
 		}
 		h.Typeflag, h.Size = tar.TypeReg, now.Size
 		if err := t.paxXattrs(fd, h, disp); err != nil {
@@ -180,7 +183,7 @@ func (t *tarWriter) write(h *tar.Header, data io.Reader, disp string) error {
 	if data == nil {
 		return nil
 	}
-	n, err := io.Copy(t.tw, data)
+	n, err := io.Copy(t.tw, ctxReader{t.ctx, data})
 	t.progress(n)
 	if err != nil {
 		return &Error{Op: "cannot copy", Path: disp, Err: err}
@@ -202,6 +205,9 @@ func ExtractTar(ctx context.Context, r io.Reader, to Side, dst string, o Options
 		return c.stats, &Error{Op: "cannot extract into", Path: to.display(dst), Err: err}
 	}
 	defer unix.Close(top)
+	if err := to.checkFS(top, to.display(dst)); err != nil {
+		return c.stats, err
+	}
 	x := &extractor{copier: c, top: top, disp: to.display(dst)}
 	defer x.closeDirs()
 	tr := tar.NewReader(r)
@@ -215,6 +221,9 @@ func ExtractTar(ctx context.Context, r io.Reader, to Side, dst string, o Options
 		}
 		if err != nil {
 			return c.stats, fmt.Errorf("read the tar stream: %w", err)
+		}
+		if h.Typeflag == tar.TypeXGlobalHeader {
+			continue // git archive's comment, say
 		}
 		if err := x.member(h, tr); err != nil {
 			return c.stats, err
@@ -289,6 +298,10 @@ func (x *extractor) dir(p string, create bool) (int, error) {
 	if err != nil {
 		return -1, &Error{Op: "cannot open", Path: x.disp + "/" + p, Err: err}
 	}
+	if err := x.to.checkFS(fd, x.disp+"/"+p); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
 	x.open[p] = fd
 	return fd, nil
 }
@@ -357,7 +370,7 @@ func headerStat(h *tar.Header) *unix.Stat_t {
 
 func (x *extractor) make(h *tar.Header, st *unix.Stat_t, data io.Reader, parent int, name, disp string) error {
 	switch h.Typeflag {
-	case tar.TypeReg:
+	case tar.TypeReg, tar.TypeGNUSparse:
 		fd, err := unix.Openat(parent, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			return &Error{Op: "cannot create regular file", Path: disp, Err: err}
@@ -403,18 +416,12 @@ func (x *extractor) make(h *tar.Header, st *unix.Stat_t, data io.Reader, parent 
 		case tar.TypeBlock:
 			mode = unix.S_IFBLK
 		}
-		if err := unix.Mknodat(parent, name, mode|0o600, int(unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor)))); err != nil {
-			return &Error{Op: "cannot create", Path: disp, Err: err}
+		uid, gid := x.owner(st)
+		if err := makeNode(parent, name, mode, int(unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))), uid, gid, st.Mode, st, disp); err != nil {
+			return err
 		}
 		x.stats.Others++
-		uid, gid := x.owner(st)
-		if err := unix.Fchownat(parent, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return &Error{Op: "cannot set the owner of", Path: disp, Err: err}
-		}
-		if err := unix.Fchmodat(parent, name, st.Mode, 0); err != nil {
-			return &Error{Op: "cannot set the mode of", Path: disp, Err: err}
-		}
-		return setTimesAt(parent, name, st, disp)
+		return nil
 	default:
 		return fmt.Errorf("%q: a tar member of type %q is not supported", h.Name, string(h.Typeflag))
 	}
@@ -494,4 +501,18 @@ func (x *extractor) finish() error {
 		}
 	}
 	return nil
+}
+
+// ctxReader ends a read once ctx has ended: a file of a terabyte of
+// holes, written out as zeros, stops at an interrupt.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
 }

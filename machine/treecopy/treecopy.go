@@ -66,6 +66,9 @@ type Stats struct {
 	Stripped int
 	// Unsupported counts extended attributes the destination refused.
 	Unsupported int
+	// LinksLost counts files copied apart from a hard link of theirs
+	// (nsbox ran out of descriptors to keep them by).
+	LinksLost int
 }
 
 // Error is a copy's failure at one path, worded as cp words its errors.
@@ -87,6 +90,9 @@ func (e *Error) Unwrap() error { return e.Err }
 // describe words an errno as cp does, without Go's "operation" prefix.
 func describe(err error) string {
 	var errno unix.Errno
+	if errors.As(err, &errno) && errno == unix.EOVERFLOW {
+		return "the machine mounted this file system itself, for ids that do not include host root's (copy into its tree instead)"
+	}
 	if errors.As(err, &errno) {
 		s := errno.Error()
 		return strings.ToUpper(s[:1]) + s[1:]
@@ -100,7 +106,36 @@ var (
 	ErrFileOntoDir = errors.New("cannot overwrite directory with non-directory")
 	ErrIntoItself  = errors.New("cannot copy a directory into itself")
 	ErrDevice      = errors.New("a device node is not copied out of a machine")
+	ErrKernelFS    = errors.New("a kernel file system is not copied from or into a machine")
 )
+
+// kernelFS are the file systems whose files are the kernel's, not a
+// machine's: a machine's root can mount or bind them anywhere in its
+// tree, and nsbox, as host root, must not read or write them for it.
+var kernelFS = map[int64]string{
+	unix.PROC_SUPER_MAGIC: "proc", unix.SYSFS_MAGIC: "sysfs", unix.CGROUP_SUPER_MAGIC: "cgroup",
+	unix.CGROUP2_SUPER_MAGIC: "cgroup2", unix.DEBUGFS_MAGIC: "debugfs", unix.TRACEFS_MAGIC: "tracefs",
+	unix.SECURITYFS_MAGIC: "securityfs", unix.BPF_FS_MAGIC: "bpf", unix.PSTOREFS_MAGIC: "pstore",
+	unix.EFIVARFS_MAGIC: "efivarfs", unix.DEVPTS_SUPER_MAGIC: "devpts",
+	0x19800202: "mqueue", unix.BINFMTFS_MAGIC: "binfmt_misc", unix.SELINUX_MAGIC: "selinuxfs",
+	unix.SMACK_MAGIC: "smackfs", unix.NSFS_MAGIC: "nsfs", 0x62656570: "configfs",
+}
+
+// checkFS refuses fd, on a machine's side, when it is on a kernel file
+// system.
+func (s Side) checkFS(fd int, disp string) error {
+	if !s.InRoot {
+		return nil
+	}
+	var sf unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sf); err != nil {
+		return &Error{Op: "cannot stat", Path: disp, Err: err}
+	}
+	if n, ok := kernelFS[int64(sf.Type)]; ok {
+		return &Error{Op: "cannot copy", Path: disp, Err: fmt.Errorf("%w (%s)", ErrKernelFS, n)}
+	}
+	return nil
+}
 
 // display names p on side s for messages.
 func (s Side) display(p string) string { return s.Name + p }
@@ -119,10 +154,11 @@ func (s Side) open(p string, flags int) (int, error) {
 	if s.InRoot && (p == "" || p == "/") {
 		p = "."
 	}
-	for {
+	for tries := 0; ; tries++ {
 		fd, err := unix.Openat2(s.FD, p, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: s.resolveFlags()})
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			// RESOLVE_IN_ROOT retries when a rename raced the walk.
+		if (errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR)) && tries < 1000 {
+			// RESOLVE_IN_ROOT fails when a rename raced the walk; a
+			// machine renaming in a loop gets a failure in the end.
 			continue
 		}
 		return fd, err
@@ -178,12 +214,19 @@ func Copy(ctx context.Context, from Side, src string, to Side, dst string, o Opt
 		return c.stats, err
 	}
 	defer unix.Close(dp)
+	if err := to.checkFS(dp, to.display(dst)); err != nil {
+		return c.stats, err
+	}
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		if err := c.notIntoItself(sp, sname, dp); err != nil {
 			return c.stats, &Error{Op: "cannot copy", Path: from.display(src) + " into " + to.display(dst), Err: err}
 		}
 	}
-	err = c.entry(sp, sname, &st, dp, dname, true, to.display(dst))
+	disp := to.display(dst)
+	if dname != "." && path.Base(dst) != dname {
+		disp = to.display(path.Join(dst, dname))
+	}
+	err = c.entry(sp, sname, &st, dp, dname, true, disp)
 	return c.stats, err
 }
 

@@ -384,7 +384,7 @@ func newTestTar(buf *bytes.Buffer, name string) *tar.Writer {
 }
 
 func TestMapACLAndCapability(t *testing.T) {
-	c := &copier{from: Host, to: Side{Shift: shift}}
+	c := &copier{from: Host, to: Side{Shift: shift, InRoot: true}}
 	acl := make([]byte, 4+3*8)
 	le.PutUint32(acl, aclVersion)
 	le.PutUint16(acl[4:], 0x01) // owner
@@ -403,8 +403,69 @@ func TestMapACLAndCapability(t *testing.T) {
 	if len(v3) != capV3Size || le.Uint32(v3)&capRevMsk != capRev3 || le.Uint32(v3)&1 != 1 || le.Uint32(v3[capV2Size:]) != shift {
 		t.Errorf("a host capability in the machine: %x", v3)
 	}
-	back := (&copier{from: Side{Shift: shift}, to: Side{Shift: 2 * shift}}).mapCapability(v3)
+	back := (&copier{from: Side{Shift: shift, InRoot: true}, to: Side{Shift: 2 * shift, InRoot: true}}).mapCapability(v3)
 	if le.Uint32(back[capV2Size:]) != 2*shift {
 		t.Errorf("a capability between machines: %x", back)
+	}
+}
+
+// TestKernelFileSystemsAreRefused: a machine's root can bind kernel file
+// systems into its tree; nsbox, as host root, reads and writes neither.
+func TestKernelFileSystemsAreRefused(t *testing.T) {
+	root, m := machineRoot(t)
+	for _, d := range []string{"/root/k", "/root/cg"} {
+		if err := os.Mkdir(root+d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for src, dst := range map[string]string{"/sys/kernel": root + "/root/k", "/sys/fs/cgroup/pids": root + "/root/cg"} {
+		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+			t.Skipf("bind %s: %v", src, err)
+		}
+		t.Cleanup(func() { _ = unix.Unmount(dst, unix.MNT_DETACH) })
+	}
+	out := t.TempDir()
+	if _, err := Copy(context.Background(), m, "/root/k", Host, out+"/k", Options{FromMachine: true}); !errors.Is(err, ErrKernelFS) {
+		t.Errorf("a copy out of sysfs: %v", err)
+	}
+	if _, err := Copy(context.Background(), m, "/root", Host, out+"/r", Options{FromMachine: true}); !errors.Is(err, ErrKernelFS) {
+		t.Errorf("a copy of a tree with sysfs in it: %v", err)
+	}
+	write(t, out+"/x", "x", 0o644)
+	if _, err := Copy(context.Background(), Host, out+"/x", m, "/root/cg/", Options{}); !errors.Is(err, ErrKernelFS) {
+		t.Errorf("a copy into cgroupfs: %v", err)
+	}
+	if err := os.MkdirAll(out+"/cg/e2e-treecopy", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Copy(context.Background(), Host, out+"/cg", m, "/root", Options{}); !errors.Is(err, ErrKernelFS) {
+		t.Errorf("a merge into cgroupfs: %v", err)
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/pids/e2e-treecopy"); err == nil {
+		_ = os.Remove("/sys/fs/cgroup/pids/e2e-treecopy")
+		t.Error("a cgroup made in the host's cgroupfs")
+	}
+}
+
+// TestNodesAreSetByDescriptor: a FIFO is made with its owner and mode
+// (setuid too, into a machine) through its own descriptor.
+func TestNodesAreSetByDescriptor(t *testing.T) {
+	root, m := machineRoot(t)
+	src := t.TempDir()
+	if err := unix.Mkfifo(src+"/p", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(src+"/p", 0o4640); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Copy(context.Background(), Host, src+"/p", m, "/root/p", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(root+"/root/p", &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Mode&0o7777 != 0o4640 || st.Uid != shift {
+		t.Errorf("the FIFO: mode %o, owner %d", st.Mode, st.Uid)
 	}
 }
