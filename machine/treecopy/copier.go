@@ -171,10 +171,7 @@ func makeNode(dp int, name string, typ uint32, rdev, uid, gid int, mode uint32, 
 	if err := unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), mode); err != nil {
 		return &Error{Op: "cannot set the mode of", Path: disp, Err: err}
 	}
-	if err := unix.UtimesNanoAt(fd, "", []unix.Timespec{st.Atim, st.Mtim}, unix.AT_EMPTY_PATH); err != nil {
-		return &Error{Op: "cannot set the times of", Path: disp, Err: err}
-	}
-	return nil
+	return setTimes(fd, st.Atim, st.Mtim, disp)
 }
 
 // openDir opens directory sname in sp for reading, never through a link,
@@ -420,22 +417,35 @@ func (c *copier) symlink(sp int, sname string, st *unix.Stat_t, dp int, name, di
 	return setTimesAt(dp, name, st, disp)
 }
 
-// attrs gives out (a copy of in, with stat st) its owner, extended
-// attributes, mode and times, in that order: a chown clears setuid bits
-// and file capabilities.
+// attrs gives out (a copy of in, with stat st) in's owner, extended
+// attributes, mode and times.
 func (c *copier) attrs(in, out int, st *unix.Stat_t, disp string) error {
+	if err := c.own(out, st, func() error { return c.xattrs(in, out, disp) }, disp); err != nil {
+		return err
+	}
+	return setTimes(out, st.Atim, st.Mtim, disp)
+}
+
+// own gives out the owner and mode of st, and its extended attributes
+// (setXattrs) in between: a chown clears setuid bits and file
+// capabilities.
+func (c *copier) own(out int, st *unix.Stat_t, setXattrs func() error, disp string) error {
 	uid, gid := c.owner(st)
 	if err := unix.Fchown(out, uid, gid); err != nil {
 		return &Error{Op: "cannot set the owner of", Path: disp, Err: err}
 	}
-	if err := c.xattrs(in, out, disp); err != nil {
+	if err := setXattrs(); err != nil {
 		return err
 	}
 	if err := unix.Fchmod(out, c.mode(st)); err != nil {
 		return &Error{Op: "cannot set the mode of", Path: disp, Err: err}
 	}
-	ts := []unix.Timespec{st.Atim, st.Mtim}
-	if err := unix.UtimesNanoAt(out, "", ts, unix.AT_EMPTY_PATH); err != nil {
+	return nil
+}
+
+// setTimes sets the times of fd (any descriptor, O_PATH too).
+func setTimes(fd int, atime, mtime unix.Timespec, disp string) error {
+	if err := unix.UtimesNanoAt(fd, "", []unix.Timespec{atime, mtime}, unix.AT_EMPTY_PATH); err != nil {
 		return &Error{Op: "cannot set the times of", Path: disp, Err: err}
 	}
 	return nil

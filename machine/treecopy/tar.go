@@ -27,20 +27,12 @@ const paxXattr = "SCHILY.xattr."
 func WriteTar(ctx context.Context, from Side, src string, w io.Writer) (Stats, error) {
 	c := &copier{ctx: ctx, from: from, to: Host, o: Options{FromMachine: true}}
 	t := &tarWriter{copier: c, tw: tar.NewWriter(w), seen: map[devIno]string{}}
-	sp, sname, err := from.parentOf(src)
+	sp, sname, st, err := from.source(src)
 	if err != nil {
-		return c.stats, &Error{Path: from.display(src), Err: err}
+		return c.stats, err
 	}
 	defer unix.Close(sp)
-	var st unix.Stat_t
-	if err := unix.Fstatat(sp, sname, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return c.stats, &Error{Op: "cannot stat", Path: from.display(src), Err: err}
-	}
-	name := path.Base(path.Clean("/" + src))
-	if name == "/" {
-		name = "."
-	}
-	if err := t.entry(sp, sname, &st, name, from.display(src)); err != nil {
+	if err := t.entry(sp, sname, &st, baseName(src), from.display(src)); err != nil {
 		return c.stats, err
 	}
 	if err := t.tw.Close(); err != nil {
@@ -76,9 +68,7 @@ func (t *tarWriter) entry(sp int, sname string, st *unix.Stat_t, name, disp stri
 		}
 		defer d.Close()
 		h.Typeflag, h.Name = tar.TypeDir, strings.TrimSuffix(name, "/")+"/"
-		if err := t.paxXattrs(int(d.Fd()), h, disp); err != nil {
-			return err
-		}
+		t.paxXattrs(int(d.Fd()), h)
 		if err := t.write(h, nil, disp); err != nil {
 			return err
 		}
@@ -122,9 +112,7 @@ func (t *tarWriter) entry(sp int, sname string, st *unix.Stat_t, name, disp stri
 			return err
 		}
 		h.Typeflag, h.Size = tar.TypeReg, now.Size
-		if err := t.paxXattrs(fd, h, disp); err != nil {
-			return err
-		}
+		t.paxXattrs(fd, h)
 		if st.Nlink > 1 {
 			t.seen[key] = name
 		}
@@ -151,29 +139,22 @@ func (t *tarWriter) entry(sp int, sname string, st *unix.Stat_t, name, disp stri
 	}
 }
 
-func (t *tarWriter) paxXattrs(fd int, h *tar.Header, disp string) error {
-	names, err := listXattrs(fd)
-	if err != nil {
-		return nil
-	}
+// paxXattrs records fd's extended attributes in h, mapped; what cannot
+// be read is left out.
+func (t *tarWriter) paxXattrs(fd int, h *tar.Header) {
+	names, _ := listXattrs(fd)
 	for _, n := range names {
 		v, err := getXattr(fd, n)
 		if err != nil {
 			continue
 		}
-		switch n {
-		case aclAccess, aclDefault:
-			v = t.mapACL(v)
-		case capability:
-			t.stats.Stripped++
-			continue
+		if v, ok := t.mapXattr(n, v); ok {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords[paxXattr+n] = string(v)
 		}
-		if h.PAXRecords == nil {
-			h.PAXRecords = map[string]string{}
-		}
-		h.PAXRecords[paxXattr+n] = string(v)
 	}
-	return nil
 }
 
 func (t *tarWriter) write(h *tar.Header, data io.Reader, disp string) error {
@@ -243,8 +224,8 @@ type extractor struct {
 }
 
 type dirTimes struct {
-	path string
-	ts   []unix.Timespec
+	path         string
+	atime, mtime unix.Timespec
 }
 
 func (x *extractor) closeDirs() {
@@ -429,60 +410,28 @@ func (x *extractor) make(h *tar.Header, st *unix.Stat_t, data io.Reader, parent 
 
 // setFile gives a new file its owner, attributes, mode and times.
 func (x *extractor) setFile(fd int, st *unix.Stat_t, h *tar.Header, disp string) error {
-	uid, gid := x.owner(st)
-	if err := unix.Fchown(fd, uid, gid); err != nil {
-		return &Error{Op: "cannot set the owner of", Path: disp, Err: err}
-	}
-	if err := x.paxXattrs(fd, h, disp); err != nil {
+	if err := x.own(fd, st, func() error { return x.paxXattrs(fd, h, disp) }, disp); err != nil {
 		return err
 	}
-	if err := unix.Fchmod(fd, st.Mode); err != nil {
-		return &Error{Op: "cannot set the mode of", Path: disp, Err: err}
-	}
-	if err := unix.UtimesNanoAt(fd, "", []unix.Timespec{st.Atim, st.Mtim}, unix.AT_EMPTY_PATH); err != nil {
-		return &Error{Op: "cannot set the times of", Path: disp, Err: err}
-	}
-	return nil
+	return setTimes(fd, st.Atim, st.Mtim, disp)
 }
 
 // setDir gives a directory its owner, attributes and mode now and its
 // times once the stream has ended.
 func (x *extractor) setDir(fd int, st *unix.Stat_t, h *tar.Header, p, disp string) error {
-	uid, gid := x.owner(st)
-	if err := unix.Fchown(fd, uid, gid); err != nil {
-		return &Error{Op: "cannot set the owner of", Path: disp, Err: err}
-	}
-	if err := x.paxXattrs(fd, h, disp); err != nil {
+	if err := x.own(fd, st, func() error { return x.paxXattrs(fd, h, disp) }, disp); err != nil {
 		return err
 	}
-	if err := unix.Fchmod(fd, st.Mode); err != nil {
-		return &Error{Op: "cannot set the mode of", Path: disp, Err: err}
-	}
-	x.dirs = append(x.dirs, dirTimes{p, []unix.Timespec{st.Atim, st.Mtim}})
+	x.dirs = append(x.dirs, dirTimes{p, st.Atim, st.Mtim})
 	return nil
 }
 
 func (x *extractor) paxXattrs(fd int, h *tar.Header, disp string) error {
 	for k, v := range h.PAXRecords {
-		name, ok := strings.CutPrefix(k, paxXattr)
-		if !ok {
-			continue
-		}
-		b := []byte(v)
-		switch name {
-		case aclAccess, aclDefault:
-			b = x.mapACL(b)
-		case capability:
-			if b = x.mapCapability(b); b == nil {
-				continue
+		if name, ok := strings.CutPrefix(k, paxXattr); ok {
+			if err := x.setXattr(fd, name, []byte(v), disp); err != nil {
+				return err
 			}
-		}
-		if err := unix.Fsetxattr(fd, name, b, 0); err != nil {
-			if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL) {
-				x.stats.Unsupported++
-				continue
-			}
-			return &Error{Op: "cannot set the attributes of", Path: disp, Err: err}
 		}
 	}
 	return nil
@@ -496,8 +445,8 @@ func (x *extractor) finish() error {
 		if err != nil {
 			return err
 		}
-		if err := unix.UtimesNanoAt(fd, "", d.ts, unix.AT_EMPTY_PATH); err != nil {
-			return &Error{Op: "cannot set the times of", Path: x.disp + "/" + d.path, Err: err}
+		if err := setTimes(fd, d.atime, d.mtime, x.disp+"/"+d.path); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -189,6 +189,30 @@ func (s Side) parentOf(p string) (int, string, error) {
 	return fd, base, err
 }
 
+// source opens the directory that holds src on side s and stats src in
+// it, its last step not followed: what a copy of src copies.
+func (s Side) source(src string) (int, string, unix.Stat_t, error) {
+	var st unix.Stat_t
+	sp, sname, err := s.parentOf(src)
+	if err != nil {
+		return -1, "", st, &Error{Path: s.display(src), Err: err}
+	}
+	if err := unix.Fstatat(sp, sname, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		unix.Close(sp)
+		return -1, "", st, &Error{Op: "cannot stat", Path: s.display(src), Err: err}
+	}
+	return sp, sname, st, nil
+}
+
+// baseName is the name a copy of src gets: its last component, "." for
+// a root.
+func baseName(src string) string {
+	if b := path.Base(path.Clean("/" + src)); b != "/" {
+		return b
+	}
+	return "."
+}
+
 // Copy copies src on side from to dst on side to. As cp does: a dst that
 // is a directory receives src under its own name; otherwise dst names the
 // copy, and a file there is replaced. A tree is copied whole (cp -a). A
@@ -198,15 +222,11 @@ func (s Side) parentOf(p string) (int, string, error) {
 func Copy(ctx context.Context, from Side, src string, to Side, dst string, o Options) (Stats, error) {
 	c := &copier{ctx: ctx, from: from, to: to, o: o, links: map[devIno]int{}}
 	defer c.closeLinks()
-	sp, sname, err := from.parentOf(src)
+	sp, sname, st, err := from.source(src)
 	if err != nil {
-		return c.stats, &Error{Path: from.display(src), Err: err}
+		return c.stats, err
 	}
 	defer unix.Close(sp)
-	var st unix.Stat_t
-	if err := unix.Fstatat(sp, sname, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return c.stats, &Error{Op: "cannot stat", Path: from.display(src), Err: err}
-	}
 	// The destination: an existing directory (links followed inside the
 	// side, as cp follows them) takes src under its name.
 	dp, dname, err := c.destination(dst, src, st)
@@ -218,7 +238,7 @@ func Copy(ctx context.Context, from Side, src string, to Side, dst string, o Opt
 		return c.stats, err
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		if err := c.notIntoItself(sp, sname, dp); err != nil {
+		if err := notIntoItself(&st, dp); err != nil {
 			return c.stats, &Error{Op: "cannot copy", Path: from.display(src) + " into " + to.display(dst), Err: err}
 		}
 	}
@@ -234,10 +254,7 @@ func Copy(ctx context.Context, from Side, src string, to Side, dst string, o Opt
 // directory that gets the copy and the copy's name in it.
 func (c *copier) destination(dst, src string, st unix.Stat_t) (int, string, error) {
 	to := c.to
-	srcBase := path.Base(path.Clean("/" + src))
-	if srcBase == "/" {
-		srcBase = "."
-	}
+	srcBase := baseName(src)
 	fd, err := to.open(dst, unix.O_PATH|unix.O_DIRECTORY)
 	if err == nil {
 		if srcBase == "." {
@@ -277,14 +294,10 @@ func (c *copier) destination(dst, src string, st unix.Stat_t) (int, string, erro
 	return parent, name, nil
 }
 
-// notIntoItself refuses copying a directory into itself or below it,
+// notIntoItself refuses copying directory src into itself or below it,
 // which would never end: on one side, when the destination's directory
 // has the source among its ancestors.
-func (c *copier) notIntoItself(sp int, sname string, dp int) error {
-	var src unix.Stat_t
-	if err := unix.Fstatat(sp, sname, &src, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return err
-	}
+func notIntoItself(src *unix.Stat_t, dp int) error {
 	fd, err := unix.Openat(dp, ".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err

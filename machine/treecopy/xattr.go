@@ -52,11 +52,7 @@ func getXattr(fd int, name string) ([]byte, error) {
 	}
 }
 
-// xattrs copies in's extended attributes to out, their ids mapped: ACL
-// entries as owners are, a file capability's root to the destination's
-// root. A capability does not leave a machine for the host. What the
-// destination's file system does not take is counted, not fatal, as cp
-// does.
+// xattrs copies in's extended attributes to out (see mapXattr).
 func (c *copier) xattrs(in, out int, disp string) error {
 	names, err := listXattrs(in)
 	if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP) {
@@ -73,25 +69,46 @@ func (c *copier) xattrs(in, out int, disp string) error {
 		if err != nil {
 			return &Error{Op: "cannot read the attributes of", Path: disp, Err: err}
 		}
-		switch name {
-		case aclAccess, aclDefault:
-			v = c.mapACL(v)
-		case capability:
-			if c.toHost() {
-				c.stats.Stripped++
-				continue
-			}
-			if v = c.mapCapability(v); v == nil {
-				continue
-			}
+		if err := c.setXattr(out, name, v, disp); err != nil {
+			return err
 		}
-		if err := unix.Fsetxattr(out, name, v, 0); err != nil {
-			if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL) {
-				c.stats.Unsupported++
-				continue
-			}
-			return &Error{Op: "cannot set the attributes of", Path: disp, Err: err}
+	}
+	return nil
+}
+
+// mapXattr is the value extended attribute name has on the copy, its
+// ids mapped: ACL entries as owners are, a file capability's root to the
+// destination's root. A capability does not leave a machine for the
+// host; ok is false for one that is dropped.
+func (c *copier) mapXattr(name string, v []byte) (_ []byte, ok bool) {
+	switch name {
+	case aclAccess, aclDefault:
+		return c.mapACL(v), true
+	case capability:
+		if c.toHost() {
+			c.stats.Stripped++
+			return nil, false
 		}
+		v = c.mapCapability(v)
+		return v, v != nil
+	}
+	return v, true
+}
+
+// setXattr gives out extended attribute name, mapped. What the
+// destination's file system does not take is counted, not fatal, as cp
+// does.
+func (c *copier) setXattr(out int, name string, v []byte, disp string) error {
+	v, ok := c.mapXattr(name, v)
+	if !ok {
+		return nil
+	}
+	if err := unix.Fsetxattr(out, name, v, 0); err != nil {
+		if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL) {
+			c.stats.Unsupported++
+			return nil
+		}
+		return &Error{Op: "cannot set the attributes of", Path: disp, Err: err}
 	}
 	return nil
 }
