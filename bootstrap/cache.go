@@ -405,12 +405,19 @@ func usersOf(b BaseInfo) string {
 	return users
 }
 
+// all describes every version of base key: the current one (when it is
+// complete) and the earlier ones kept.
+func (c *BaseCache) all(key string) []BaseInfo {
+	var out []BaseInfo
+	if info, err := c.read(key); err == nil {
+		out = append(out, info)
+	}
+	return append(out, c.Versions(key)...)
+}
+
 // runs reports whether throwaway runs are over any version of base key.
 func (c *BaseCache) runs(key string) bool {
-	if info, err := c.read(key); err == nil && info.Runs {
-		return true
-	}
-	for _, v := range c.Versions(key) {
+	for _, v := range c.all(key) {
 		if v.Runs {
 			return true
 		}
@@ -421,10 +428,7 @@ func (c *BaseCache) runs(key string) bool {
 // users are the machines over any version of base key.
 func (c *BaseCache) users(key string) []string {
 	var out []string
-	if info, err := c.read(key); err == nil {
-		out = append(out, info.Machines...)
-	}
-	for _, v := range c.Versions(key) {
+	for _, v := range c.all(key) {
 		out = append(out, v.Machines...)
 	}
 	sort.Strings(out)

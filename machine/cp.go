@@ -2,7 +2,6 @@ package machine
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -202,78 +201,61 @@ func copySide(fd int, name string) treecopy.Side {
 
 // resolveOwner reads USER[:GROUP] as the machine on side s sees it: ids,
 // or names from its /etc/passwd and /etc/group (read inside its root);
-// a user without a group gets the user's primary group.
+// a user without a group gets the user's primary group (its own id when
+// it is a number the machine does not list).
 func resolveOwner(s treecopy.Side, spec string) (treecopy.Owner, error) {
 	user, group, hasGroup := strings.Cut(spec, ":")
 	if user == "" || hasGroup && group == "" {
 		return treecopy.Owner{}, fmt.Errorf("%w: --owner %q: want USER[:GROUP]", ErrInvalidOption, spec)
 	}
-	var ow treecopy.Owner
+	machine := strings.TrimSuffix(s.Name, ":")
 	passwd, _ := readInSide(s, "/etc/passwd")
-	uid, gid, ok := lookupID(passwd, user, 2)
+	u, ok := lookupEntry(passwd, user)
 	if !ok {
-		return ow, fmt.Errorf("%w: --owner: no user %q in %s", ErrInvalidOption, user, strings.TrimSuffix(s.Name, ":"))
+		return treecopy.Owner{}, fmt.Errorf("%w: --owner: no user %q in %s", ErrInvalidOption, user, machine)
 	}
-	ow.UID, ow.GID = uid, gid
+	ow := treecopy.Owner{UID: u.id, GID: u.group}
+	if ow.GID < 0 {
+		ow.GID = u.id
+	}
 	if hasGroup {
 		groups, _ := readInSide(s, "/etc/group")
-		g, _, ok := lookupID(groups, group, 2)
+		g, ok := lookupEntry(groups, group)
 		if !ok {
-			return ow, fmt.Errorf("%w: --owner: no group %q in %s", ErrInvalidOption, group, strings.TrimSuffix(s.Name, ":"))
+			return ow, fmt.Errorf("%w: --owner: no group %q in %s", ErrInvalidOption, group, machine)
 		}
-		ow.GID = g
-	} else if gid < 0 {
-		ow.GID = uid
+		ow.GID = g.id
 	}
 	return ow, nil
 }
 
-// lookupID finds name (or a number) in a passwd or group file: its id
-// (field idField) and, for passwd, its primary group (-1 when unknown).
-func lookupID(file []byte, name string, idField int) (int, int, bool) {
-	if n, err := strconv.Atoi(name); err == nil {
-		if n < 0 || n >= treecopy.RangeSize {
-			return 0, 0, false
-		}
-		gid := -1
-		forEachEntry(file, func(f []string) bool {
-			if len(f) > 3 && f[idField] == name {
-				gid, _ = strconv.Atoi(f[3])
-				return false
-			}
-			return true
-		})
-		return n, gid, true
-	}
-	id, gid, found := 0, -1, false
-	forEachEntry(file, func(f []string) bool {
-		if len(f) > idField && f[0] == name {
-			var err error
-			if id, err = strconv.Atoi(f[idField]); err != nil || id < 0 || id >= treecopy.RangeSize {
-				return false
-			}
-			if len(f) > 3 {
-				if g, err := strconv.Atoi(f[3]); err == nil {
-					gid = g
-				}
-			}
-			found = true
-			return false
-		}
-		return true
-	})
-	return id, gid, found
-}
+// entry is a line of a passwd or group file: its id (the third field)
+// and, in passwd, the primary group (-1 when there is none).
+type entry struct{ id, group int }
 
-func forEachEntry(file []byte, fn func([]string) bool) {
-	for _, line := range bytes.Split(file, []byte("\n")) {
-		if len(line) == 0 || line[0] == '#' {
+// lookupEntry finds name in a passwd or group file, by its name or its
+// id; a number the file does not list is that id. Ids lie in a
+// machine's range, 0 to 65535.
+func lookupEntry(file []byte, name string) (entry, bool) {
+	for _, line := range strings.Split(string(file), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) < 3 || strings.HasPrefix(line, "#") || f[0] != name && f[2] != name {
 			continue
 		}
-		if !fn(strings.Split(string(line), ":")) {
-			return
+		e := entry{group: -1}
+		var err error
+		if e.id, err = strconv.Atoi(f[2]); err != nil {
+			continue
 		}
+		if len(f) > 3 {
+			if g, err := strconv.Atoi(f[3]); err == nil {
+				e.group = g
+			}
+		}
+		return e, e.id >= 0 && e.id < treecopy.RangeSize
 	}
+	n, err := strconv.Atoi(name)
+	return entry{id: n, group: -1}, err == nil && n >= 0 && n < treecopy.RangeSize
 }
 
 // readInSide reads a small file at p inside side s, resolved in its root.

@@ -86,6 +86,11 @@ func (s runSpec) work() string    { return filepath.Join(s.Dir, "work") }
 func (s runSpec) scratch() string { return filepath.Join(s.Dir, "lower") }
 func (s runSpec) console() string { return filepath.Join(s.Dir, "console.log") }
 
+// argv is the run's nspawn command line, on its tree.
+func (s runSpec) argv() []string {
+	return append([]string{"systemd-nspawn", "--directory=" + s.tree()}, s.Nspawn...)
+}
+
 // runName is a fresh name for a throwaway machine: nspawn's hostname for
 // it, and its name in list while it runs.
 func runName() string {
@@ -477,7 +482,7 @@ func runInNamespace(ctx context.Context, spec runSpec) (int, error) {
 		return 0, err
 	}
 	r := host.ExecRunner{}
-	argv := append([]string{"systemd-nspawn", "--directory=" + spec.tree()}, spec.Nspawn...)
+	argv := spec.argv()
 	c := &host.Cmd{Path: argv[0], Args: argv[1:], Pdeathsig: syscall.SIGTERM}
 	// nspawn on a host whose /run is no tmpfs ends with a line about its
 	// propagation directory that means nothing here, and an interrupted
@@ -534,8 +539,7 @@ func RunHelper(specJSON string) int {
 	if err := mountRunTree(ctx, spec); err != nil {
 		return say(runResult{Error: err.Error()})
 	}
-	argv := append([]string{"systemd-nspawn", "--directory=" + spec.tree()}, spec.Nspawn...)
-	return say(runBootedHelper(ctx, host.ExecRunner{}, spec, argv))
+	return say(runBootedHelper(ctx, host.ExecRunner{}, spec, spec.argv()))
 }
 
 // mountRunTree makes the run's tree in the helper's namespace: mounts

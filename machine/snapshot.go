@@ -114,6 +114,18 @@ func (m *Manager) lockSnapshots(ctx context.Context, name string) (*host.FileLoc
 	return l, err
 }
 
+// lockSnapshotOf checks machine name and snapshot snap's names and takes
+// the snapshot lock, for a command on one snapshot.
+func (m *Manager) lockSnapshotOf(ctx context.Context, name, snap string) (*host.FileLock, error) {
+	if err := m.checkRootAndName(name, true); err != nil {
+		return nil, err
+	}
+	if err := validateSnapshotName(snap); err != nil {
+		return nil, err
+	}
+	return m.lockSnapshots(ctx, name)
+}
+
 // sweepSnapshots removes what snapshot commands on name that were cut
 // short left. The caller holds the snapshot lock.
 func (m *Manager) sweepSnapshots(name string) {
@@ -342,13 +354,7 @@ func (m *Manager) Snapshots(ctx context.Context, name string) ([]SnapshotInfo, e
 // machine and exchanged with its own in one rename, so a restore cut
 // short leaves the machine as it was.
 func (m *Manager) RestoreSnapshot(ctx context.Context, name, snap string) error {
-	if err := m.checkRootAndName(name, true); err != nil {
-		return err
-	}
-	if err := validateSnapshotName(snap); err != nil {
-		return err
-	}
-	sl, err := m.lockSnapshots(ctx, name)
+	sl, err := m.lockSnapshotOf(ctx, name, snap)
 	if err != nil {
 		return err
 	}
@@ -417,13 +423,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, name, snap string) error 
 
 // RemoveSnapshot removes snapshot snap of machine name.
 func (m *Manager) RemoveSnapshot(ctx context.Context, name, snap string) error {
-	if err := m.checkRootAndName(name, true); err != nil {
-		return err
-	}
-	if err := validateSnapshotName(snap); err != nil {
-		return err
-	}
-	sl, err := m.lockSnapshots(ctx, name)
+	sl, err := m.lockSnapshotOf(ctx, name, snap)
 	if err != nil {
 		return err
 	}

@@ -87,16 +87,11 @@ func (l *FileLock) Unlock() {
 // (the lock goes with the inode), where a removal by path would hit
 // another file.
 func HoldShared(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	l, err := tryLock(path, false)
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+		return nil, err
 	}
-	lk := unix.Flock_t{Type: unix.F_RDLCK}
-	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return f, nil
+	return l.f, nil
 }
 
 // Held reports whether any process holds a lock on path.

@@ -297,20 +297,17 @@ func UserNSMap(ctx context.Context, r host.Runner, inside, base int) (*os.File, 
 			ns, nsErr = os.Open(fmt.Sprintf("/proc/%d/ns/user", p.Pid))
 			_ = p.Kill()
 		}}
+	// Its end, killed, is no failure once the namespace is open.
 	err := r.Run(ctx, c)
-	if nsErr != nil || ns == nil {
-		if err == nil || ns == nil && nsErr == nil {
-			err = nsErr
-		}
-		if ns != nil {
-			ns.Close()
-		}
-		if err == nil {
-			err = errors.New("the namespace's process did not start")
-		}
-		return nil, fmt.Errorf("make a user namespace mapping uid %d to %d: %w", inside, base, err)
+	if ns != nil {
+		return ns, nil
 	}
-	return ns, nil
+	if nsErr != nil {
+		err = nsErr
+	} else if err == nil {
+		err = errors.New("the namespace's process did not start")
+	}
+	return nil, fmt.Errorf("make a user namespace mapping uid %d to %d: %w", inside, base, err)
 }
 
 // ShiftPaths gives what host root wrote at paths (relative to upper), and
