@@ -237,9 +237,8 @@ type entry struct{ id, group int }
 // id; a number the file does not list is that id. Ids lie in a
 // machine's range, 0 to 65535.
 func lookupEntry(file []byte, name string) (entry, bool) {
-	for _, line := range strings.Split(string(file), "\n") {
-		f := strings.Split(line, ":")
-		if len(f) < 3 || strings.HasPrefix(line, "#") || f[0] != name && f[2] != name {
+	for _, f := range entryFields(string(file)) {
+		if strings.HasPrefix(f[0], "#") || f[0] != name && f[2] != name {
 			continue
 		}
 		e := entry{group: -1}
@@ -270,5 +269,5 @@ func readInSide(s treecopy.Side, p string) ([]byte, error) {
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a file", p)
 	}
-	return io.ReadAll(io.LimitReader(f, 4<<20))
+	return io.ReadAll(io.LimitReader(f, maxPasswd))
 }

@@ -62,9 +62,8 @@ func (m *Manager) ResolveUser(name, user string) (string, error) {
 // text of an /etc/passwd, and returns the entry's name. A name nsbox could
 // not pass on safely (control characters, a leading "-") is no match.
 func lookupPasswd(passwd, user string, numeric bool) (string, bool) {
-	for _, l := range strings.Split(passwd, "\n") {
-		f := strings.Split(l, ":")
-		if len(f) < 3 || f[0] == "" || strings.HasPrefix(f[0], "-") || strings.HasPrefix(f[0], "+") || backend.ValidateText("user", f[0]) != nil {
+	for _, f := range entryFields(passwd) {
+		if f[0] == "" || strings.HasPrefix(f[0], "-") || strings.HasPrefix(f[0], "+") || backend.ValidateText("user", f[0]) != nil {
 			continue
 		}
 		if numeric && f[2] == user || !numeric && f[0] == user {
@@ -72,6 +71,18 @@ func lookupPasswd(passwd, user string, numeric bool) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// entryFields are the colon-separated fields of the entries of a passwd
+// or group file: its lines with three fields or more.
+func entryFields(file string) [][]string {
+	var out [][]string
+	for _, l := range strings.Split(file, "\n") {
+		if f := strings.Split(l, ":"); len(f) >= 3 {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // filesOnly reports whether the machine's nsswitch.conf looks users up in
