@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"github.com/nsbox/nsbox/machine/argv"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -224,7 +226,31 @@ func nameArg(c *cli.Context) (string, error) {
 func quiet(c *cli.Context) bool { return c.Bool("quiet") }
 
 func main() {
+	keepInheritedFiles()
 	os.Exit(run(os.Args))
+}
+
+// keepInheritedFiles marks every file nsbox was started with, beyond
+// stdin, stdout and stderr, close-on-exec: what nsbox starts (nspawn, the
+// supervisor of a machine that outlives the command, a machine's command)
+// gets none of its caller's files. Go opens its own so; an inherited one
+// (a lock flock(1) holds, a terminal, a socket) would otherwise live on in
+// a machine's supervisor until the machine stops. nsbox's helpers read the
+// files they are given themselves, which close-on-exec leaves open.
+func keepInheritedFiles() {
+	if unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	// Before Linux 5.11: one by one.
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range fds {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
 }
 
 // run executes the command line and returns the exit status. The first

@@ -77,10 +77,16 @@ func roffFlags(b *strings.Builder, flags []cli.Flag) {
 		tag := strings.Join(names, ", ")
 		text := ""
 		if df, ok := f.(cli.DocGenerationFlag); ok {
-			if df.TakesValue() {
-				tag += "=" + "\\fIvalue\\fP"
+			// A `PLACEHOLDER` in the usage names the value, as --help
+			// shows it.
+			placeholder, usage := unquoteUsage(df.GetUsage())
+			if placeholder == "" {
+				placeholder = "value"
 			}
-			text = df.GetUsage()
+			if df.TakesValue() {
+				tag += "=" + "\\fI" + roffText(placeholder) + "\\fP"
+			}
+			text = usage
 			if d := df.GetDefaultText(); d != "" && df.TakesValue() {
 				text += " (default: " + d + ")"
 			} else if df.TakesValue() && df.GetValue() != "" {
@@ -132,4 +138,20 @@ func roffLine(s string) string {
 		return `\&` + s
 	}
 	return s
+}
+
+// unquoteUsage finds the first `NAME` in a flag's usage, as urfave/cli's
+// help does: NAME is the value's placeholder, and the usage loses the
+// quotes.
+func unquoteUsage(usage string) (placeholder, text string) {
+	start := strings.IndexByte(usage, '`')
+	if start < 0 {
+		return "", usage
+	}
+	end := strings.IndexByte(usage[start+1:], '`')
+	if end < 0 {
+		return "", usage
+	}
+	end += start + 1
+	return usage[start+1 : end], usage[:start] + usage[start+1:end] + usage[end+1:]
 }

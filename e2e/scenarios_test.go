@@ -240,6 +240,8 @@ func scenarios(t *testing.T, e *env) {
 		}
 	})
 
+	t.Run("exec options", func(t *testing.T) { execRunning(t, e, name) })
+
 	t.Run("errors", func(t *testing.T) {
 		wantFail(t, e.nsb(t, "create", name, "--release", "bookworm"), 1, "already exists")
 		wantFail(t, e.nsb(t, "boot", "e2e-nope"), 1, "no such machine")
@@ -277,6 +279,7 @@ func scenarios(t *testing.T, e *env) {
 			}
 		}
 		wantFail(t, e.nsb(t, "stop", name), 1, "not running")
+		t.Run("exec options", func(t *testing.T) { execStopped(t, e, name) })
 	})
 
 	t.Run("binds", func(t *testing.T) {
@@ -294,9 +297,10 @@ func scenarios(t *testing.T, e *env) {
 			t.Errorf("write to a --bind-ro succeeded: %s", r)
 		}
 		e.mustSh(t, "test ! -e /var/tmp/e2e-priv/ro/new.txt")
-		// Options are remembered: a plain boot gets the same binds.
+		// Options are remembered: a plain boot gets the same binds. The
+		// caller's files (a lock, say) do not live on in what it starts.
 		e.mustNsb(t, "stop", name)
-		e.mustNsb(t, "boot", name)
+		bootHoldsNoCallerFile(t, e, name)
 		if r := e.mustNsb(t, "shell", name, "--", "cat", "/mnt/data/machine.txt"); r.stdout != "from-machine\n" {
 			t.Errorf("remembered bind: %s", r)
 		}

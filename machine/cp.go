@@ -154,17 +154,7 @@ func (m *Manager) Copy(ctx context.Context, src, dst CopyEnd, o CopyOptions) (Co
 // held with its image lock (an overlay machine's mounted meanwhile).
 func (m *Manager) withCopySide(ctx context.Context, name string, fn func(treecopy.Side) error) error {
 	if r, err := m.Backend.Get(ctx, name); err == nil {
-		fd, err := unix.Open(fmt.Sprintf("/proc/%d/root", r.Leader), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("the root of %s: %w", name, err)
-		}
-		defer unix.Close(fd)
-		// The leader is still the machine's: its PID was not reused
-		// between the two looks.
-		if again, err := m.Backend.Get(ctx, name); err != nil || again.Leader != r.Leader {
-			return fmt.Errorf("%w: %s stopped meanwhile", ErrNotRunning, name)
-		}
-		return fn(copySide(fd, name))
+		return m.inRunning(ctx, name, r, func(root int) error { return fn(copySide(root, name)) })
 	} else if !errors.Is(err, ErrNotRunning) {
 		return err
 	}

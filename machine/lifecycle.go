@@ -18,6 +18,7 @@ import (
 	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // Signals systemd in a container understands (systemd(1)).
@@ -689,47 +690,72 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	return nil
 }
 
-// Shell runs argv in name as user (a login shell when argv is empty) and
-// returns its exit status. A stopped machine is entered with
+// Shell runs argv in name as o says (a login shell when argv is empty)
+// and returns its exit status. A stopped machine is entered with
 // systemd-nspawn -D instead, for customising its tree.
-func (m *Manager) Shell(ctx context.Context, name, user string, argv []string) (int, error) {
+func (m *Manager) Shell(ctx context.Context, name string, o ExecOptions, argv []string) (int, error) {
 	if err := m.checkRootAndName(name, false); err != nil {
 		return 0, err
 	}
-	_, err := m.Backend.Get(ctx, name)
+	r, err := m.Backend.Get(ctx, name)
 	if errors.Is(err, ErrNotRunning) {
 		if !m.exists(name) {
 			return 0, fmt.Errorf("%w %q (see: nsbox list)", ErrNotFound, name)
 		}
-		return m.enterStopped(ctx, name, user, argv)
+		return m.enterStopped(ctx, name, o, argv)
 	}
 	if err != nil {
 		return 0, err
 	}
-	if len(argv) == 0 {
-		// A login shell, ended by the end of its input and with its exit
-		// status passed back ("shell web --" is the same).
-		if ls, ok := m.Backend.(backend.LoginShells); ok {
-			return ls.LoginShell(ctx, name, user)
+	if o.Workdir != "" {
+		// Said here, in one line, for both backends; the direct one
+		// enters the directory it opens again, machined's by its path.
+		if err := m.inRunning(ctx, name, r, func(root int) error { return backend.CheckWorkdir(root, o.Workdir) }); err != nil {
+			return 0, err
 		}
-		return 0, m.Backend.Shell(ctx, name, user)
 	}
-	tty := backend.IsTerminal(os.Stdin) && backend.IsTerminal(os.Stdout)
+	if len(argv) == 0 {
+		if o.plain() {
+			// A login shell, ended by the end of its input and with its
+			// exit status passed back ("shell web --" is the same).
+			if ls, ok := m.Backend.(backend.LoginShells); ok {
+				return ls.LoginShell(ctx, name, o.User)
+			}
+			return 0, m.Backend.Shell(ctx, name, o.User)
+		}
+		argv = loginShellArgv(o.User, o.Workdir != "")
+	}
 	return m.Backend.Exec(ctx, name, backend.ExecSpec{
-		Argv: argv, User: user, TTY: tty,
-		Env:   []string{"TERM=" + backend.EnvOr("TERM", "vt220")},
+		Argv: argv, User: o.User, TTY: o.terminal(false), Workdir: o.Workdir,
+		Env:   withEnv([]string{"TERM=" + backend.EnvOr("TERM", "vt220")}, o.Env),
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 	})
 }
 
+// inRunning runs fn with the root directory of running machine name as
+// its processes see it (r is what the backend reported of it), checked
+// to be still that machine's after it was opened.
+func (m *Manager) inRunning(ctx context.Context, name string, r backend.Running, fn func(root int) error) error {
+	fd, err := unix.Open(fmt.Sprintf("/proc/%d/root", r.Leader), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("the root of %s: %w", name, err)
+	}
+	defer unix.Close(fd)
+	// The leader is still the machine's: its PID was not reused between
+	// the two looks.
+	if again, err := m.Backend.Get(ctx, name); err != nil || again.Leader != r.Leader {
+		return fmt.Errorf("%w: %s stopped meanwhile", ErrNotRunning, name)
+	}
+	return fn(fd)
+}
+
 // enterStopped runs argv (or a shell) in the stopped machine's tree with
 // systemd-nspawn, which takes the image lock for the duration.
-func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []string) (int, error) {
+func (m *Manager) enterStopped(ctx context.Context, name string, o ExecOptions, argv []string) (int, error) {
 	opts, err := m.Options(name)
 	if err != nil {
 		return 0, err
 	}
-	fmt.Fprintf(os.Stderr, "nsbox: %s is not running; entering its tree with systemd-nspawn (boot it with: nsbox boot %s)\n", name, name)
 	args := []string{"--quiet", "--directory=" + m.Dir(name), "--machine=" + name,
 		"--settings=no", "--register=no"}
 	if !m.Backend.Registered() {
@@ -745,26 +771,51 @@ func (m *Manager) enterStopped(ctx context.Context, name, user string, argv []st
 	if opts.PrivateUsers {
 		args = append(args, "--private-users=pick", "--private-users-ownership=auto")
 	}
-	if user != "" {
-		args = append(args, "--user="+user)
+	if o.User != "" {
+		args = append(args, "--user="+o.User)
 	}
-	tty := backend.IsTerminal(os.Stdin) && backend.IsTerminal(os.Stdout)
-	if !tty {
+	if o.Workdir != "" {
+		args = append(args, "--chdir="+o.Workdir)
+	}
+	for _, kv := range o.Env {
+		args = append(args, "--setenv="+kv)
+	}
+	tty := o.terminal(len(argv) == 0)
+	switch {
+	case !tty:
 		args = append(args, "--pipe")
+	case !backend.IsTerminal(os.Stdin) || !backend.IsTerminal(os.Stdout):
+		// -t without a terminal here: nspawn makes one and proxies it.
+		args = append(args, "--console=interactive")
 	}
 	args = append(args, "--")
 	args = append(args, argv...)
 	c := &host.Cmd{Path: "systemd-nspawn", Args: args}
+	run := func() (int, error) {
+		if o.Workdir != "" {
+			fd, err := unix.Open(m.Dir(name), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return 0, fmt.Errorf("the tree of %s: %w", name, err)
+			}
+			err = backend.CheckWorkdir(fd, o.Workdir)
+			unix.Close(fd)
+			if err != nil {
+				return 0, err
+			}
+		}
+		fmt.Fprintf(os.Stderr, "nsbox: %s is not running; entering its tree with systemd-nspawn (boot it with: nsbox boot %s)\n", name, name)
+		return m.runStopped(ctx, name, c, tty)
+	}
 	if overlay {
 		var code int
 		err := m.withTree(ctx, name, func() error {
 			var err error
-			code, err = m.runStopped(ctx, name, c, tty)
+			code, err = run()
 			return err
 		})
 		return code, err
 	}
-	return m.runStopped(ctx, name, c, tty)
+	return run()
 }
 
 // runStopped runs nspawn command c in a stopped machine, on the caller's

@@ -131,7 +131,7 @@ func TestMachinedLoginShellStatusAndPipes(t *testing.T) {
 
 	for _, argv := range [][]string{nil, {}} { // "shell web" and "shell web --"
 		r.ran = nil
-		status, err := m.Shell(context.Background(), "web", "", argv)
+		status, err := m.Shell(context.Background(), "web", ExecOptions{}, argv)
 		if err != nil || status != 3 {
 			t.Fatalf("shell %q: status %d, %v; want 3", argv, status, err)
 		}

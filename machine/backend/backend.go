@@ -45,12 +45,15 @@ type Usage struct {
 
 // ExecSpec is a command to run inside a running machine.
 type ExecSpec struct {
-	Argv   []string
-	User   string // "" means root
-	Env    []string
-	Stdin  io.Reader
-	Stdout io.Writer
-	Stderr io.Writer
+	Argv []string
+	User string // "" means root
+	Env  []string
+	// Workdir is the directory the command starts in, a path inside the
+	// machine ("" for its PID 1's).
+	Workdir string
+	Stdin   io.Reader
+	Stdout  io.Writer
+	Stderr  io.Writer
 	// TTY gives the command a pseudo terminal of its own, proxied to the
 	// caller's terminal; never the caller's terminal itself.
 	TTY bool

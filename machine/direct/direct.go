@@ -447,7 +447,15 @@ func (d *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (in
 			return 0, fmt.Errorf("%s: %w", name, err)
 		}
 		defer t.Close()
+		if e.Workdir != "" {
+			if err := t.chdir(e.Workdir); err != nil {
+				return 0, err
+			}
+		}
 		c = enterCommand(name, t, e.User, e.Env, e.Argv)
+	} else if e.Workdir != "" {
+		// nsenter opens its --wd on the host, before it enters anything.
+		return 0, fmt.Errorf("%w: this nsbox was built without cgo (CGO_ENABLED=0), so it cannot start a command in a directory of a running machine: use %s -- sh -c 'cd DIR && exec CMD', or a build with cgo", backend.ErrInvalidOption, name)
 	} else if c, err = chainCommand(name, st.Leader.PID, e); err != nil {
 		return 0, err
 	}

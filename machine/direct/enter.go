@@ -33,6 +33,19 @@ func (t *enterTarget) Close() {
 	}
 }
 
+// chdir makes dir, a path inside the machine, the command's working
+// directory instead of PID 1's: opened here, inside the machine's root as
+// its processes see it, and entered by the helper by descriptor.
+func (t *enterTarget) chdir(dir string) error {
+	fd, err := backend.OpenWorkdir(int(t.root.Fd()), dir)
+	if err != nil {
+		return err
+	}
+	t.cwd.Close()
+	t.cwd = os.NewFile(uintptr(fd), dir)
+	return nil
+}
+
 // namespaceKinds are the namespaces nsenter -a enters, as /proc/PID/ns
 // names them, with their CLONE_NEW* flags.
 var namespaceKinds = []struct {

@@ -280,6 +280,9 @@ func SystemdRunArgs(name string, e backend.ExecSpec) []string {
 		user = "root"
 	}
 	args = append(args, "--uid="+user)
+	if e.Workdir != "" {
+		args = append(args, "--working-directory="+e.Workdir)
+	}
 	for _, kv := range e.Env {
 		args = append(args, "--setenv="+kv)
 	}

@@ -17,4 +17,9 @@ func TestSystemdRunArgs(t *testing.T) {
 	if got := SystemdRunArgs("web", backend.ExecSpec{Argv: []string{"id"}, User: "www", TTY: true}); got[5] != "--pty" || got[6] != "--uid=www" {
 		t.Errorf("tty/user: %q", got)
 	}
+	// A working directory is the unit's, taken as a path inside the
+	// machine; a "$" in it reaches systemd as written.
+	if got := SystemdRunArgs("web", backend.ExecSpec{Argv: []string{"pwd"}, Workdir: "/srv/a $b"}); got[7] != "--working-directory=/srv/a $b" {
+		t.Errorf("workdir: %q", got)
+	}
 }
