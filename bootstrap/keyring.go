@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nsbox/nsbox/machine/host"
@@ -65,6 +66,13 @@ func ResolveKeyring(ctx context.Context, o Options) (string, error) {
 		return "", keyringMissing(d)
 	}
 	path := filepath.Join(o.KeyringDir, filepath.Base(d.Keyring))
+	if _, err := os.Lstat(path); err == nil {
+		// Only nsbox's user may change the copy between this check
+		// and debootstrap's use of it.
+		if err := keyringDirOK(o.KeyringDir); err != nil {
+			return "", fmt.Errorf("%s archive keyring: %w", d.Name, err)
+		}
+	}
 	if b, err := os.ReadFile(path); err == nil {
 		err := checkPinned(b, d.ArchiveKeys)
 		if err == nil {
@@ -79,8 +87,8 @@ func ResolveKeyring(ctx context.Context, o Options) (string, error) {
 	shown := src.Redacted()
 	data, err := fetchKeyring(ctx, src)
 	if err != nil {
-		return "", fmt.Errorf("%s archive keyring: %s is not installed, and fetching %s failed: %v (pass --mirror with a reachable %s mirror, or install %s)",
-			d.Name, d.Keyring, shown, err, d.Name, d.Package)
+		return "", fmt.Errorf("%s archive keyring: %s is not installed, and fetching %s failed: %v (pass --mirror with a reachable %s mirror)",
+			d.Name, d.Keyring, shown, err, d.Name)
 	}
 	kept, fps, err := filterKeyring(data, d.ArchiveKeys)
 	if err != nil {
@@ -90,14 +98,36 @@ func ResolveKeyring(ctx context.Context, o Options) (string, error) {
 		return "", fmt.Errorf("%s archive keyring: %s holds none of the keys nsbox trusts (%s): refused it",
 			d.Name, shown, strings.Join(d.ArchiveKeys, ", "))
 	}
-	if err := host.PrivateDir(o.KeyringDir); err != nil {
-		return "", err
+	if err := os.MkdirAll(o.KeyringDir, 0o755); err != nil {
+		return "", fmt.Errorf("%s archive keyring: %w", d.Name, err)
+	}
+	if err := keyringDirOK(o.KeyringDir); err != nil {
+		return "", fmt.Errorf("%s archive keyring: %w", d.Name, err)
 	}
 	if err := host.WriteFileAtomic(path, kept, 0o644); err != nil {
 		return "", fmt.Errorf("%s archive keyring: %w", d.Name, err)
 	}
 	logrus.Infof("%s is not installed: verifying %s against %s, the keys %s of %s", d.Keyring, o.Release.Name, path, strings.Join(fps, ", "), shown)
 	return path, nil
+}
+
+// keyringDirOK checks that dir is a directory (not a link) of nsbox's own
+// user that no one else may write to: what is in it is trusted.
+func keyringDirOK(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory", dir)
+	case !ok || int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s is not this user's (move it away)", dir)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%s is writable by others (chmod go-w %s)", dir, dir)
+	}
+	return nil
 }
 
 // keyringMissing is the error for a distro keyring nsbox cannot stand in for.

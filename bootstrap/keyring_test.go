@@ -359,3 +359,23 @@ func TestBootstrapArgsUseTheFetchedKeyring(t *testing.T) {
 		t.Error("a failed keyring fetch left files behind")
 	}
 }
+
+func TestResolveKeyringRefusesADirOthersWrite(t *testing.T) {
+	srv, hits := keyringServer(t, mustRead(t, "testdata/test-archive-key.gpg"))
+	dir := filepath.Join(t.TempDir(), "keyrings")
+	o := Options{Release: jammyWithout(t, testArchiveKey), Mirror: srv.URL + "/ubuntu", KeyringDir: dir}
+	if _, err := ResolveKeyring(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	// anyone could swap the checked copy before debootstrap reads it
+	os.Chmod(dir, 0o777)
+	if _, err := ResolveKeyring(context.Background(), o); err == nil || !strings.Contains(err.Error(), "writable by others") || hits.Load() != 1 {
+		t.Errorf("a keyring dir others may write: %v", err)
+	}
+	os.Chmod(dir, 0o755)
+	os.Remove(filepath.Join(dir, "ubuntu-archive-keyring.gpg"))
+	os.Chmod(dir, 0o757)
+	if _, err := ResolveKeyring(context.Background(), o); err == nil || entries(t, dir) != nil {
+		t.Errorf("writing into a keyring dir others may write: %v, left %v", err, entries(t, dir))
+	}
+}
