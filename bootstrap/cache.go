@@ -231,6 +231,9 @@ func (c *BaseCache) build(ctx context.Context, key string, o Options, progress f
 	}
 	// Recorded, so a refresh uses the same bootstrapper.
 	o.Bootstrapper = chooseBootstrapper(o, c.LookPath)
+	if o.KeyringDir == "" {
+		o.KeyringDir = KeyringsDir(filepath.Dir(c.Dir))
+	}
 	if err := Bootstrap(ctx, c.Runner, o, root, progress, c.LookPath); err != nil {
 		return BaseInfo{}, err
 	}

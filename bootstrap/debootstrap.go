@@ -27,6 +27,21 @@ type Options struct {
 	// Bootstrapper is "debootstrap", "mmdebstrap", or "" for the fastest
 	// one installed.
 	Bootstrapper string
+	// KeyringDir is where nsbox keeps the archive keyrings it fetches
+	// for a distro whose keyring the host lacks (KeyringsDir); "" fetches
+	// none.
+	KeyringDir string
+	// Keyring is the keyring the bootstrapper verifies the archive
+	// against, as ResolveKeyring found it; "" is the distro's.
+	Keyring string
+}
+
+// keyring is the archive keyring for the bootstrapper's --keyring.
+func (o Options) keyring() string {
+	if o.Keyring == "" {
+		return o.Release.Distro.Keyring
+	}
+	return o.Keyring
 }
 
 // Packages is the full package list installed into the new root.
@@ -70,7 +85,7 @@ func DebootstrapArgs(o Options, target, script string) []string {
 		"--variant=" + o.variant(),
 		"--include=" + strings.Join(o.Packages(), ","),
 		"--components=" + strings.Join(o.Release.Distro.Components, ","),
-		"--keyring=" + o.Release.Distro.Keyring,
+		"--keyring=" + o.keyring(),
 	}
 	if o.Arch != "" {
 		args = append(args, "--arch="+o.Arch)
@@ -105,14 +120,15 @@ func suiteScript(r Release, exists func(string) bool) string {
 }
 
 // Check verifies that debootstrap and the distro's keyring are installed,
-// naming the Debian package to install otherwise.
+// naming the Debian package to install otherwise. A keyring nsbox can
+// fetch itself (ResolveKeyring) may be missing.
 func Check(o Options, lookPath func(string) (string, error)) error {
 	if _, err := lookPath("debootstrap"); err != nil {
 		return fmt.Errorf("debootstrap %w (install it: apt-get install debootstrap)", host.ErrToolMissing)
 	}
-	if _, err := os.Stat(o.Release.Distro.Keyring); err != nil {
-		return fmt.Errorf("%s keyring %s %w (install it: apt-get install %s)",
-			o.Release.Distro.Name, o.Release.Distro.Keyring, host.ErrToolMissing, o.Release.Distro.Package)
+	d := o.Release.Distro
+	if _, err := os.Stat(d.Keyring); err != nil && (d.KeyringPath == "" || o.KeyringDir == "") {
+		return keyringMissing(d)
 	}
 	return nil
 }

@@ -85,6 +85,15 @@ func TestCheckNamesThePackage(t *testing.T) {
 	if !errors.Is(err, host.ErrToolMissing) || !strings.Contains(err.Error(), "apt-get install ubuntu-keyring") {
 		t.Errorf("missing keyring: %v", err)
 	}
+	// nsbox fetches Ubuntu's keyring itself where it has a place for it
+	if err := Check(Options{Release: jammy, KeyringDir: t.TempDir()}, func(string) (string, error) { return "/usr/sbin/debootstrap", nil }); err != nil {
+		t.Errorf("missing ubuntu keyring with a keyring dir: %v", err)
+	}
+	deb, _ := LookupRelease("bookworm", "")
+	deb.Distro.Keyring = jammy.Distro.Keyring
+	if err := Check(Options{Release: deb, KeyringDir: t.TempDir()}, func(string) (string, error) { return "/usr/sbin/debootstrap", nil }); !errors.Is(err, host.ErrToolMissing) {
+		t.Errorf("missing debian keyring: %v", err)
+	}
 	err = Check(Options{Release: jammy}, func(string) (string, error) { return "", os.ErrNotExist })
 	if !strings.Contains(err.Error(), "apt-get install debootstrap") {
 		t.Errorf("missing debootstrap: %v", err)

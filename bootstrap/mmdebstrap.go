@@ -16,7 +16,7 @@ func MmdebstrapArgs(o Options, target string) []string {
 		"--variant=" + o.variant(),
 		"--include=" + strings.Join(o.Packages(), ","),
 		"--components=" + strings.Join(o.Release.Distro.Components, ","),
-		"--keyring=" + o.Release.Distro.Keyring,
+		"--keyring=" + o.keyring(),
 	}
 	if o.Arch != "" {
 		args = append(args, "--architectures="+o.Arch)
@@ -40,8 +40,14 @@ func Mmdebstrap(ctx context.Context, r host.Runner, o Options, target string, pr
 }
 
 // Bootstrap runs the bootstrapper o names ("" picks mmdebstrap when it is
-// installed, as it is faster, and debootstrap otherwise).
+// installed, as it is faster, and debootstrap otherwise), verifying the
+// archive against the keyring ResolveKeyring finds.
 func Bootstrap(ctx context.Context, r host.Runner, o Options, target string, progress func(Stage), lookPath func(string) (string, error)) error {
+	keyring, err := ResolveKeyring(ctx, o)
+	if err != nil {
+		return err
+	}
+	o.Keyring = keyring
 	switch tool := chooseBootstrapper(o, lookPath); tool {
 	case "debootstrap":
 		return Debootstrap(ctx, r, o, target, progress)

@@ -14,6 +14,16 @@ type Distro struct {
 	Package string // Debian package that ships Keyring
 	// Components needed for the packages nsbox installs.
 	Components []string
+	// KeyringPath is where the distro's archive serves its keyring,
+	// under the mirror; "" when nsbox fetches none and needs Package.
+	KeyringPath string
+	// ArchiveKeys are the fingerprints of the keys nsbox keeps from a
+	// keyring it fetched (see ResolveKeyring).
+	ArchiveKeys []string
+	// Mirrors are debootstrap's own default mirrors by architecture
+	// ("*": every other one), where nsbox fetches the keyring when no
+	// mirror is given.
+	Mirrors map[string]string
 }
 
 // Distros are the families nsbox can bootstrap.
@@ -29,6 +39,16 @@ var Distros = map[string]Distro{
 		Keyring:    "/usr/share/keyrings/ubuntu-archive-keyring.gpg",
 		Package:    "ubuntu-keyring",
 		Components: []string{"main", "universe"},
+		// Ubuntu's apt-key names this URL for the archive keyring
+		// (APT::Key::ArchiveKeyringURI).
+		KeyringPath: "project/ubuntu-archive-keyring.gpg",
+		ArchiveKeys: UbuntuArchiveKeys,
+		// as debootstrap's gutsy script, which every Ubuntu suite uses
+		Mirrors: map[string]string{
+			"amd64": "http://archive.ubuntu.com/ubuntu",
+			"i386":  "http://archive.ubuntu.com/ubuntu",
+			"*":     "http://ports.ubuntu.com/ubuntu-ports",
+		},
 	},
 }
 

@@ -63,7 +63,12 @@ func (d Doctor) Checks(ctx context.Context) []Check {
 	for _, name := range []string{"debian", "ubuntu"} {
 		k := bootstrap.Distros[name]
 		_, err := os.Stat(k.Keyring)
-		add(Check{Name: name + " keyring", Needed: name == "debian", OK: err == nil, Detail: k.Keyring, Fix: "apt-get install " + k.Package})
+		ch := Check{Name: name + " keyring", Needed: name == "debian", OK: err == nil, Detail: k.Keyring, Fix: "apt-get install " + k.Package}
+		if err != nil && k.KeyringPath != "" {
+			// create fetches it from the mirror and keeps the pinned keys
+			ch.OK, ch.Detail = true, k.Keyring+" not installed: nsbox fetches "+k.KeyringPath+" from the mirror and keeps only the archive keys it pins"
+		}
+		add(ch)
 	}
 	_, ok = d.toolVersion(ctx, "nsenter", "--version")
 	// The enter helper replaces nsenter in a build with cgo; one without

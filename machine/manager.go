@@ -304,7 +304,7 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 	bo := bootstrap.Options{
 		Release: rel, Mirror: o.Mirror, Variant: o.Variant, Include: o.Include, Arch: o.Arch,
 		CacheDir:     filepath.Join(m.CacheDir, "debs", rel.Distro.Name+"-"+rel.Name),
-		Bootstrapper: o.Bootstrapper,
+		Bootstrapper: o.Bootstrapper, KeyringDir: bootstrap.KeyringsDir(m.CacheDir),
 	}
 	if err := bootstrap.Check(bo, exec.LookPath); err != nil {
 		return err
