@@ -82,7 +82,7 @@ func commands() []*cli.Command {
 		createCommand(), bootCommand(), shellCommand(), listCommand(), statusCommand(),
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
-		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(),
+		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
 		bindCommand(), cpCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
 		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
 	}

@@ -104,19 +104,19 @@ func TestDecodeUnitUsage(t *testing.T) {
 	}{
 		{
 			"accounted",
-			variants("MemoryCurrent", uint64(64<<20), "TasksCurrent", uint64(17), "CPUUsageNSec", uint64(3e9)),
-			UnitUsage{MemoryCurrent: 64 << 20, TasksCurrent: 17, CPUUsageNSec: 3e9},
+			variants("MemoryCurrent", uint64(64<<20), "TasksCurrent", uint64(17), "CPUUsageNSec", uint64(3e9), "IOReadBytes", uint64(4096), "IOWriteBytes", uint64(8192)),
+			UnitUsage{MemoryCurrent: 64 << 20, TasksCurrent: 17, CPUUsageNSec: 3e9, IOReadBytes: 4096, IOWriteBytes: 8192},
 		},
 		{
 			"systemd's unset passes through",
 			variants("MemoryCurrent", uint64(math.MaxUint64), "TasksCurrent", uint64(0), "CPUUsageNSec", uint64(math.MaxUint64)),
-			UnitUsage{MemoryCurrent: unknown, TasksCurrent: 0, CPUUsageNSec: unknown},
+			UnitUsage{MemoryCurrent: unknown, TasksCurrent: 0, CPUUsageNSec: unknown, IOReadBytes: unknown, IOWriteBytes: unknown},
 		},
-		{"none", nil, UnitUsage{unknown, unknown, unknown}},
+		{"none", nil, UnitUsage{unknown, unknown, unknown, unknown, unknown}},
 		{
 			"missing and wrongly typed are unknown",
 			variants("MemoryCurrent", uint32(5), "CPUUsageNSec", int64(7)),
-			UnitUsage{unknown, unknown, unknown},
+			UnitUsage{unknown, unknown, unknown, unknown, unknown},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -43,7 +43,9 @@ type ServiceSpec struct {
 	Type      string // "notify", "simple", ...
 	Slice     string // Slice=, "machine.slice"
 	Delegate  bool   // Delegate=yes: the service manages its cgroup subtree
-	KillMode  string // "mixed", "control-group", ...
+	// IOAccounting=yes: systemd counts the service's block I/O.
+	IOAccounting bool
+	KillMode     string // "mixed", "control-group", ...
 	// RestartForceExitStatus restarts the service when its main process
 	// exits with one of these (nspawn's 133 means "the container rebooted").
 	RestartForceExitStatus []int32
@@ -130,6 +132,9 @@ func transientProperties(spec ServiceSpec) []property {
 	}
 	if spec.Delegate {
 		props = append(props, prop("Delegate", true))
+	}
+	if spec.IOAccounting {
+		props = append(props, prop("IOAccounting", true))
 	}
 	if spec.KillMode != "" {
 		props = append(props, prop("KillMode", spec.KillMode))
@@ -318,10 +323,12 @@ type UnitUsage struct {
 	MemoryCurrent uint64 // bytes
 	TasksCurrent  uint64
 	CPUUsageNSec  uint64 // nanoseconds of CPU time, all CPUs
+	IOReadBytes   uint64 // bytes read from block devices (IOAccounting=)
+	IOWriteBytes  uint64 // bytes written to them
 }
 
 // unitUsageProperties are the service properties GetUnitUsage reads.
-var unitUsageProperties = []string{"MemoryCurrent", "TasksCurrent", "CPUUsageNSec"}
+var unitUsageProperties = []string{"MemoryCurrent", "TasksCurrent", "CPUUsageNSec", "IOReadBytes", "IOWriteBytes"}
 
 // GetUnitUsage reads a service's current resource use, in one round trip.
 // It fails only if systemd answers none of the figures.
@@ -362,6 +369,8 @@ func decodeUnitUsage(props map[string]dbus.Variant) UnitUsage {
 		MemoryCurrent: figure("MemoryCurrent"),
 		TasksCurrent:  figure("TasksCurrent"),
 		CPUUsageNSec:  figure("CPUUsageNSec"),
+		IOReadBytes:   figure("IOReadBytes"),
+		IOWriteBytes:  figure("IOWriteBytes"),
 	}
 }
 

@@ -621,6 +621,7 @@ func scenarios(t *testing.T, e *env) {
 			t.Errorf("after stop of both: %+v %+v", a, b)
 		}
 		e.mustNsb(t, "boot", name, other)
+		t.Run("top", func(t *testing.T) { topScenario(t, e, other, name) })
 		e.mustNsb(t, "remove", "--force", other)
 		if _, ok := list(t, e)[other]; ok {
 			t.Errorf("%s still listed after remove --force", other)

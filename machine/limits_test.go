@@ -56,7 +56,7 @@ func TestUnitText(t *testing.T) {
 	for _, want := range []string{
 		"ExecStart=systemd-nspawn --directory=/srv/web \"--bind=/a b:/c\"\n",
 		"ExecStartPost=-/usr/bin/nsbox __network-up web\n",
-		"Type=notify\nSlice=machine.slice\nDelegate=yes\nKillMode=mixed\nRestart=on-failure\n",
+		"Type=notify\nSlice=machine.slice\nDelegate=yes\nIOAccounting=yes\nKillMode=mixed\nRestart=on-failure\n",
 		"MemoryMax=1073741824\n", "WantedBy=machines.target\n", "RequiresMountsFor=/srv/web\n",
 	} {
 		if !strings.Contains(text, want) {

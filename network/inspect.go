@@ -122,3 +122,29 @@ func unicast(addrs []netlink.Addr) []string {
 	})
 	return out
 }
+
+// Counters are the bytes a host link received and sent.
+type Counters struct {
+	Name    string
+	RxBytes uint64
+	TxBytes uint64
+}
+
+// LinkCounters reports every host link's byte counters by index, in one
+// netlink dump (what top reads every second).
+func LinkCounters() (map[int]Counters, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]Counters, len(links))
+	for _, l := range links {
+		a := l.Attrs()
+		c := Counters{Name: a.Name}
+		if s := a.Statistics; s != nil {
+			c.RxBytes, c.TxBytes = s.RxBytes, s.TxBytes
+		}
+		out[a.Index] = c
+	}
+	return out, nil
+}

@@ -41,6 +41,12 @@ type Usage struct {
 	Memory  uint64        `json:"memory_bytes"`
 	Tasks   uint64        `json:"tasks"`
 	CPUTime time.Duration `json:"cpu_time_ns"`
+	// IORead and IOWrite are the bytes its processes read from and
+	// wrote to block devices (not the page cache) since it started; nil
+	// where the host does not count them (cgroup v1's blkio counts only
+	// throttled I/O on current kernels).
+	IORead  *uint64 `json:"io_read_bytes,omitempty"`
+	IOWrite *uint64 `json:"io_write_bytes,omitempty"`
 }
 
 // ExecSpec is a command to run inside a running machine.

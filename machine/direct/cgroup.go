@@ -193,7 +193,46 @@ func cgroupUsage(name string) (backend.Usage, error) {
 	u.Tasks, _ = readCgroupValue(name, "pids.current")
 	ns, _ := readCgroupValue(name, "cpu.stat", "cpuacct.usage")
 	u.CPUTime = timeDuration(ns)
+	if r, w, ok := cgroupIO(name); ok {
+		u.IORead, u.IOWrite = &r, &w
+	}
 	return u, nil
+}
+
+// cgroupIO reads the bytes the machine's processes read from and wrote
+// to block devices, from io.stat of the unified hierarchy (its own cgroup
+// and those below). A hybrid or legacy host has no count to give: v1's
+// blkio.throttle files count only I/O a limit throttled on current
+// kernels, and its bfq files only under the bfq scheduler.
+func cgroupIO(name string) (read, written uint64, ok bool) {
+	for _, h := range cgroupHierarchies() {
+		if b, err := os.ReadFile(filepath.Join(h, cgroupPath(name), "io.stat")); err == nil {
+			read, written = parseIOStat(string(b))
+			return read, written, true
+		}
+	}
+	return 0, 0, false
+}
+
+// parseIOStat sums the rbytes and wbytes of every device in an io.stat
+// ("8:0 rbytes=4096 wbytes=0 rios=1 ...").
+func parseIOStat(s string) (read, written uint64) {
+	for _, l := range strings.Split(s, "\n") {
+		for _, f := range strings.Fields(l) {
+			k, v, _ := strings.Cut(f, "=")
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				continue
+			}
+			switch k {
+			case "rbytes":
+				read += n
+			case "wbytes":
+				written += n
+			}
+		}
+	}
+	return read, written
 }
 
 // execCgroup prepares the leaf cgroup "exec" of a machine, where commands

@@ -132,3 +132,10 @@ func fakeProc(t *testing.T, pid, stat string) {
 	os.MkdirAll(dir, 0o755)
 	os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644)
 }
+
+func TestCgroupIOParsers(t *testing.T) {
+	r, w := parseIOStat("8:0 rbytes=4096 wbytes=512 rios=1 wios=1 dbytes=0 dios=0\n253:1 rbytes=100 wbytes=28 rios=1 wios=1\n")
+	if r != 4196 || w != 540 {
+		t.Errorf("io.stat: %d read, %d written; want 4196, 540", r, w)
+	}
+}

@@ -100,6 +100,7 @@ func ServiceSpec(spec backend.StartSpec) dbusapi.ServiceSpec {
 		Type:                   "notify",
 		Slice:                  "machine.slice",
 		Delegate:               true,
+		IOAccounting:           true,
 		KillMode:               "mixed",
 		RestartForceExitStatus: []int32{133},
 		SuccessExitStatus:      []int32{133},
@@ -297,13 +298,17 @@ func SystemdRunArgs(name string, e backend.ExecSpec) []string {
 // command as a service of the container's own systemd.
 func (m *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (int, error) {
 	c := &host.Cmd{Path: "systemd-run", Args: SystemdRunArgs(name, e)}
-	if e.TTY {
+	if e.TTY && backend.IsTerminal(os.Stdin) && backend.IsTerminal(os.Stdout) {
 		// systemd-run allocates the pseudo terminal in the container and
 		// proxies it to ours itself; it must stay in our foreground group.
 		c.Foreground = true
 		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 		return backend.StatusOf(m.Runner.Run(ctx, c))
 	}
+	// Without a terminal here (shell -t), systemd-run proxies the
+	// container's pseudo terminal to one of nsbox's, which nsbox copies to
+	// and from its stdin and stdout: systemd-run 252 --pty gives nothing
+	// on plain pipes.
 	return backend.RunExec(ctx, m.Runner, c, e)
 }
 
@@ -370,15 +375,15 @@ func (m *Backend) Usage(ctx context.Context, name string) (backend.Usage, error)
 	if u.MemoryCurrent == unknown && u.TasksCurrent == unknown && u.CPUUsageNSec == unknown {
 		return backend.Usage{}, fmt.Errorf("no resource accounting for %s", r.Unit)
 	}
-	out := backend.Usage{Memory: u.MemoryCurrent, Tasks: u.TasksCurrent, CPUTime: time.Duration(u.CPUUsageNSec)}
-	if u.MemoryCurrent == unknown {
-		out.Memory = 0
+	known := func(v uint64) uint64 {
+		if v == unknown {
+			return 0
+		}
+		return v
 	}
-	if u.TasksCurrent == ^uint64(0) {
-		out.Tasks = 0
-	}
-	if u.CPUUsageNSec == ^uint64(0) {
-		out.CPUTime = 0
+	out := backend.Usage{Memory: known(u.MemoryCurrent), Tasks: known(u.TasksCurrent), CPUTime: time.Duration(known(u.CPUUsageNSec))}
+	if u.IOReadBytes != unknown && u.IOWriteBytes != unknown {
+		out.IORead, out.IOWrite = &u.IOReadBytes, &u.IOWriteBytes
 	}
 	return out, nil
 }

@@ -155,6 +155,7 @@ func unitOptions(spec backend.StartSpec) []*unit.UnitOption {
 		opt("Service", "Type", s.Type),
 		opt("Service", "Slice", s.Slice),
 		opt("Service", "Delegate", "yes"),
+		opt("Service", "IOAccounting", "yes"),
 		opt("Service", "KillMode", s.KillMode),
 		opt("Service", "Restart", "on-failure"),
 		opt("Service", "RestartForceExitStatus", "133"),

@@ -184,7 +184,7 @@ func TestUnitFileQuotes(t *testing.T) {
 		k, _, _ := strings.Cut(l, "=")
 		switch k {
 		case "Description", "Documentation", "PartOf", "Before", "After", "RequiresMountsFor", "ExecStart", "ExecStartPost",
-			"Type", "Slice", "Delegate", "KillMode", "Restart", "RestartForceExitStatus", "SuccessExitStatus", "WatchdogSec",
+			"Type", "Slice", "Delegate", "IOAccounting", "KillMode", "Restart", "RestartForceExitStatus", "SuccessExitStatus", "WatchdogSec",
 			"TimeoutStartSec", "DevicePolicy", "DeviceAllow", "WantedBy":
 		default:
 			t.Errorf("unexpected line %q", l)
@@ -225,6 +225,7 @@ ExecStartPost=-/usr/bin/nsbox --root-dir /srv __network-up web
 Type=notify
 Slice=machine.slice
 Delegate=yes
+IOAccounting=yes
 KillMode=mixed
 Restart=on-failure
 RestartForceExitStatus=133
