@@ -254,14 +254,17 @@ func (m *Manager) inUse(ctx context.Context, name string) bool {
 	if host.Held(filepath.Join(m.RunDir, "boot", name+".lck")) {
 		return true
 	}
-	if _, err := m.Backend.Get(ctx, name); err == nil || !errors.Is(err, ErrNotRunning) {
-		return true
-	}
 	d := m.direct()
 	if _, err := os.Lstat(d.StatePath(name)); err == nil && !d.StaleState(name) {
 		return true
 	}
-	return false
+	if m.Backend.Name() == "direct" {
+		// That was its answer: its Get would say the same, and remove a
+		// stale state file as it read it, which a dry run must not.
+		return false
+	}
+	_, err := m.Backend.Get(ctx, name)
+	return err == nil || !errors.Is(err, ErrNotRunning)
 }
 
 // direct is the direct backend's view of RunDir, for its state files
