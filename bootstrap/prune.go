@@ -4,14 +4,14 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
-	"syscall"
 
 	"github.com/nsbox/nsbox/machine/host"
+	"golang.org/x/sys/unix"
 )
 
 // Found is told each leftover a prune finds: its kind ("staging", "base"
@@ -169,24 +169,32 @@ func (c *BaseCache) packageLeftovers(ctx context.Context, bases []BaseInfo, foun
 		if err != nil {
 			continue // a bootstrap fills it
 		}
-		files, _ := os.ReadDir(dir)
-		for _, f := range files {
-			if !f.Type().IsRegular() || !debFile.MatchString(f.Name()) || installed[f.Name()] {
+		// Files are removed relative to the directory as opened, without
+		// following a link: a directory swapped for one meanwhile leads
+		// nowhere else.
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			l.Unlock()
+			continue
+		}
+		d := os.NewFile(uintptr(fd), dir)
+		names, _ := d.Readdirnames(-1)
+		sort.Strings(names)
+		for _, name := range names {
+			var st unix.Stat_t
+			if !debFile.MatchString(name) || installed[name] ||
+				unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 				continue
 			}
-			path := filepath.Join(dir, f.Name())
-			var size int64
-			if fi, err := f.Info(); err == nil {
-				size = blocks(fi)
-			}
-			found("packages", path, size, func() error {
-				if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return err
+			found("packages", filepath.Join(dir, name), st.Blocks*512, func() error {
+				if err := unix.Unlinkat(fd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+					return &os.PathError{Op: "remove", Path: filepath.Join(dir, name), Err: err}
 				}
 				return nil
 			})
 		}
-		_ = os.Remove(dir) // when nothing is left in it
+		d.Close()
+		_ = unix.Rmdir(dir) // when nothing is left in it
 		l.Unlock()
 	}
 }
@@ -228,12 +236,4 @@ func installedDebs(root string, set map[string]bool) error {
 	}
 	add()
 	return sc.Err()
-}
-
-// blocks is what a file takes on disk.
-func blocks(fi fs.FileInfo) int64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Blocks * 512
-	}
-	return fi.Size()
 }

@@ -182,6 +182,10 @@ func newPruneFixture(t *testing.T) *pruneFixture {
 	rm(f.file(t, filepath.Join(debs, "debian-bookworm", "dash_0.5.12-2_i386.deb"), "deb"))
 	keep(f.file(t, filepath.Join(debs, "debian-bookworm", "notes.txt"), "mine"))
 	rm(f.file(t, filepath.Join(debs, "debian-trixie", "dash_0.5.12-3_amd64.deb"), "deb"))
+	// A link named as a release's cache leads nowhere prune goes.
+	elsewhere := t.TempDir()
+	keep(f.file(t, filepath.Join(elsewhere, "dash_0.5.12-3_amd64.deb"), "deb"))
+	keep(f.link(t, filepath.Join(debs, "debian-buster"), elsewhere))
 	// A bootstrap of sid fills its cache now.
 	keep(f.file(t, filepath.Join(debs, "debian-sid", "dash_0.5.12-9_amd64.deb"), "deb"))
 	f.hold(t, filepath.Join(debs, ".#debian-sid.lck"))
