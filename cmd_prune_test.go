@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -40,5 +42,19 @@ func TestPruneUsage(t *testing.T) {
 		if _, code := capture(t, append([]string{"--root-dir", root}, args...)...); code != exitUsage {
 			t.Errorf("%q: exit %d", args, code)
 		}
+	}
+}
+
+// TestPruneCompletion: completion offers prune, and no machine names
+// after it (it takes none).
+func TestPruneCompletion(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "web", "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "web", "etc", "os-release"), []byte("ID=debian\n"), 0o644)
+	if c := newApp().Command("prune"); c == nil || c.Hidden {
+		t.Error("prune is not a command completion offers")
+	}
+	if out, _ := capture(t, "--root-dir", root, "prune", "--generate-bash-completion"); strings.TrimSpace(out) != "" {
+		t.Errorf("after prune: %q", out)
 	}
 }
