@@ -84,12 +84,12 @@ func commands() []*cli.Command {
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
 		bindCommand(), cpCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
-		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
+		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
 	}
 	quietUsage(cmds)
 	for _, c := range cmds {
 		switch c.Name {
-		case "create", "completion", "man", "doctor", "list", "cache", "events", "cp":
+		case "create", "completion", "man", "doctor", "list", "cache", "events", "cp", "prune":
 		default:
 			c.BashComplete = completeMachines
 		}

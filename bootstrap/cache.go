@@ -113,7 +113,7 @@ func (c *BaseCache) lock(ctx context.Context, key string) (*host.FileLock, error
 	if err := host.PrivateDir(c.Dir); err != nil {
 		return nil, err
 	}
-	return host.LockFile(ctx, filepath.Join(c.Dir, ".#"+key+".lck"), true, true)
+	return host.LockFile(ctx, c.lockPath(key), true, true)
 }
 
 // Get returns the root of the base for o, bootstrapping it first when it
@@ -183,6 +183,9 @@ func (c *BaseCache) Versions(key string) []BaseInfo {
 	ents, _ := os.ReadDir(c.versionsDir(key))
 	var out []BaseInfo
 	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
 		dir := filepath.Join(c.versionsDir(key), e.Name())
 		var info BaseInfo
 		b, err := os.ReadFile(filepath.Join(dir, "base.json"))
@@ -374,7 +377,7 @@ func (c *BaseCache) Refresh(ctx context.Context, info BaseInfo, progress func(St
 		}
 	}
 	o := Options{Release: rel, Mirror: info.Mirror, Variant: info.Variant, Arch: info.Arch, Include: include, Bootstrapper: info.Bootstrapper,
-		CacheDir: filepath.Join(filepath.Dir(c.Dir), "debs", rel.Distro.Name+"-"+rel.Name)}
+		CacheDir: DebsDir(c.Dir, rel.Distro.Name, rel.Name)}
 	// The new version is bootstrapped beside the old one, which serves
 	// creates and machines until the swap (install).
 	return c.build(ctx, info.Key, o, progress)
@@ -456,15 +459,12 @@ func (c *BaseCache) Prune(ctx context.Context, dryRun bool) ([]BaseInfo, error) 
 				continue
 			}
 			if !dryRun {
-				if err := host.RemoveTree(filepath.Dir(v.Root)); err != nil {
+				if err := c.dropVersion(b.Key, v.Version); err != nil {
 					l.Unlock()
 					return gone, err
 				}
 			}
 			gone = append(gone, v)
-		}
-		if !dryRun {
-			_ = os.Remove(c.versionsDir(b.Key)) // when it was the last
 		}
 		l.Unlock()
 	}

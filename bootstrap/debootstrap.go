@@ -147,6 +147,12 @@ func Debootstrap(ctx context.Context, r host.Runner, o Options, target string, p
 		if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
 			return err
 		}
+		// Held while debootstrap fills the cache: prune leaves it then.
+		l, err := host.LockFile(ctx, debsLock(o.CacheDir), false, true)
+		if err != nil {
+			return err
+		}
+		defer l.Unlock()
 	}
 	p := newProgressParser(progress)
 	err := r.Run(ctx, &host.Cmd{

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nsbox/nsbox/machine/host"
 )
@@ -156,5 +157,48 @@ func TestProgress(t *testing.T) {
 	}
 	if got[4].Line != "W: something" {
 		t.Errorf("raw lines are passed for --verbose: %+v", got[4])
+	}
+}
+
+// heldRunner reports whether a lock is held while the program runs.
+type heldRunner struct {
+	lock string
+	held bool
+}
+
+func (h *heldRunner) Run(ctx context.Context, c *host.Cmd) error {
+	h.held = host.Held(h.lock)
+	return nil
+}
+
+// TestDebootstrapHoldsThePackageCache: debootstrap fills the package
+// cache under its lock, which prune needs to empty it; it is shared, so
+// bootstraps of one release run side by side, and nothing of it is left
+// after.
+func TestDebootstrapHoldsThePackageCache(t *testing.T) {
+	ctx := context.Background()
+	cache := filepath.Join(t.TempDir(), "debs", "debian-bookworm")
+	deb, _ := LookupRelease("bookworm", "")
+	o := Options{Release: deb, Mirror: "http://127.0.0.1:9/debian", CacheDir: cache}
+	h := &heldRunner{lock: debsLock(cache)}
+	if err := Debootstrap(ctx, h, o, t.TempDir(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if !h.held {
+		t.Error("the package cache's lock was not held while debootstrap ran")
+	}
+	if host.Held(debsLock(cache)) {
+		t.Error("the lock is held after debootstrap")
+	}
+	// Another bootstrap holds it: this one does not wait.
+	other, err := host.LockFile(ctx, debsLock(cache), false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Unlock()
+	quick, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := Debootstrap(quick, h, o, t.TempDir(), nil); err != nil {
+		t.Errorf("beside another bootstrap: %v", err)
 	}
 }

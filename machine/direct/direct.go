@@ -339,6 +339,17 @@ func (d *Backend) live(name string) (state, error) {
 	return st, nil
 }
 
+// StaleState reports whether name's state file is what a machine that is
+// gone left: its supervisor and container both dead (what a read of it
+// removes). It reads the file only.
+func (d *Backend) StaleState(name string) bool {
+	st, err := d.readState(name)
+	return err == nil && !st.Supervisor.Alive() && !st.Leader.Alive()
+}
+
+// StatePath is where the state file of machine name is.
+func (d *Backend) StatePath(name string) string { return d.statePath(name) }
+
 // Get implements Backend.
 func (d *Backend) Get(ctx context.Context, name string) (backend.Running, error) {
 	st, err := d.live(name)

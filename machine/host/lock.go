@@ -81,6 +81,16 @@ func (l *FileLock) Unlock() {
 	l.f = nil
 }
 
+// Release releases the lock and leaves its file: for a lock file that
+// was there before it was taken, and stays as it was found.
+func (l *FileLock) Release() {
+	if l == nil || l.f == nil {
+		return
+	}
+	l.f.Close()
+	l.f = nil
+}
+
 // HoldShared takes a shared lock on path, created if missing, that lasts
 // until the returned file is closed. Unlike FileLock's, the file is never
 // removed: it may live in a directory that is renamed while it is held
