@@ -81,7 +81,7 @@ func commands() []*cli.Command {
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(),
-		bindCommand(), cpCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
+		bindCommand(), cpCommand(), catCommand(), editCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
 		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
 	}
 	quietUsage(cmds)
@@ -284,6 +284,14 @@ func reportTo(w io.Writer, err error) int {
 	var code exitCode
 	if errors.As(err, &code) {
 		return int(code)
+	}
+	// The problems of an edited settings file, one a line, before the
+	// summary.
+	var se *machine.SettingsError
+	if errors.As(err, &se) && !se.Shown {
+		for _, l := range se.Lines() {
+			fmt.Fprintln(w, machine.Printable(l))
+		}
 	}
 	msg := machine.Printable(strings.TrimSpace(err.Error()))
 	fmt.Fprintf(w, "nsbox: %s\n", msg)
