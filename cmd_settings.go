@@ -89,7 +89,11 @@ func editCommand() *cli.Command {
 				return err
 			}
 			for _, note := range res.Notes {
-				logrus.Warnf("%s.nspawn:%d: %s", n, note.Line, note.Why)
+				if note.Line > 0 {
+					logrus.Warnf("%s.nspawn:%d: %s", n, note.Line, note.Why)
+				} else {
+					logrus.Warnf("%s.nspawn: %s", n, note.Why)
+				}
 			}
 			if quiet(c) {
 				return nil

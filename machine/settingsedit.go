@@ -63,7 +63,13 @@ func readSettingsFile(path string) (text []byte, exists bool, err error) {
 	if err != nil {
 		return nil, false, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	f := os.NewFile(uintptr(fd), path)
+	return readRegular(os.NewFile(uintptr(fd), path))
+}
+
+// readRegular reads f, which must be a regular file of at most
+// maxSettingsSize bytes, and closes it.
+func readRegular(f *os.File) (text []byte, exists bool, err error) {
+	path := f.Name()
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
@@ -240,6 +246,14 @@ func (m *Manager) EditSettings(ctx context.Context, name string, req EditRequest
 	if err := os.WriteFile(copyPath, start, 0o600); err != nil {
 		return res, err
 	}
+	// The copy is read back through the directory made here, whatever
+	// happens to its path meanwhile ($TMPDIR may be a directory others
+	// can write).
+	private, err := os.OpenRoot(dir)
+	if err != nil {
+		return res, err
+	}
+	defer private.Close()
 	stdin, stdout, stderr := req.Stdin, req.Stdout, req.Stderr
 	if stdin == nil {
 		stdin = os.Stdin
@@ -264,7 +278,11 @@ func (m *Manager) EditSettings(ctx context.Context, name string, req EditRequest
 			}
 			return res, fmt.Errorf("the editor (%s) failed: %v; %s is left as it was", strings.Join(req.Editor, " "), err, path)
 		}
-		if edited, _, err = readSettingsFile(copyPath); err != nil {
+		f, err := private.OpenFile(name+".nspawn", os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+		if err == nil {
+			edited, _, err = readRegular(f)
+		}
+		if err != nil {
 			return res, fmt.Errorf("the edited copy: %w; %s is left as it was", err, path)
 		}
 		if bytes.Equal(edited, start) {
@@ -272,7 +290,7 @@ func (m *Manager) EditSettings(ctx context.Context, name string, req EditRequest
 		}
 		problems, notes := CheckSettings(string(edited))
 		if len(problems) == 0 {
-			res.Notes = notes
+			res.Notes = append(notes, m.bindNotes(string(edited))...)
 			break
 		}
 		serr := &SettingsError{File: name + ".nspawn", Path: path, Problems: problems}
@@ -303,6 +321,25 @@ func (m *Manager) EditSettings(ctx context.Context, name string, req EditRequest
 		res.Running = true
 	}
 	return res, nil
+}
+
+// bindNotes says what a boot would refuse in the binds of a settings
+// file that passed CheckSettings: what checkBinds refuses without
+// --force-binds (a missing source, /, a writable directory host users
+// reach).
+func (m *Manager) bindNotes(text string) []SettingsProblem {
+	o, err := ParseSettingsFile(text)
+	if err != nil {
+		return nil
+	}
+	var notes []SettingsProblem
+	for _, b := range o.Binds {
+		if err := m.checkBinds([]Bind{b}, o.PrivateUsers, false); err != nil {
+			why := strings.TrimPrefix(err.Error(), ErrInvalidOption.Error()+": ")
+			notes = append(notes, SettingsProblem{0, "the next boot refuses this bind without --force-binds: " + why})
+		}
+	}
+	return notes
 }
 
 // syncDir makes a rename in dir durable.

@@ -232,7 +232,7 @@ func TestEditSettings(t *testing.T) {
 	// A good edit: comments kept, installed whole, 0644, nothing left.
 	os.WriteFile(path, []byte(before), 0o644)
 	res, err = edit(`sed -i 's/^Port=8080:80$/Port=tcp:9090:90/' "$1" && printf '[Files]\nBindReadOnly=/etc/ssl\n' >> "$1"`)
-	if err != nil || !res.Changed || res.Created || res.Running {
+	if err != nil || !res.Changed || res.Created || res.Running || len(res.Notes) != 0 {
 		t.Fatalf("good edit: %+v, %v", res, err)
 	}
 	want := strings.Replace(before, "Port=8080:80", "Port=tcp:9090:90", 1) + "[Files]\nBindReadOnly=/etc/ssl\n"
@@ -247,6 +247,12 @@ func TestEditSettings(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
 		t.Errorf("left in the temporary directory: %v", ents)
+	}
+
+	// A bind the next boot would refuse is installed, with a note.
+	res, err = edit(`printf 'Bind=/nonexistent-nsbox-test:/x\n' >> "$1"`)
+	if err != nil || len(res.Notes) != 1 || !strings.Contains(res.Notes[0].Why, "refuses this bind without --force-binds: bind source /nonexistent-nsbox-test does not exist") {
+		t.Errorf("a bind boot refuses: %+v, %v", res, err)
 	}
 
 	// A running machine: the file applies at its next boot.
