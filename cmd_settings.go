@@ -95,6 +95,9 @@ func editCommand() *cli.Command {
 					logrus.Warnf("%s.nspawn: %s", n, note.Why)
 				}
 			}
+			if res.Enabled {
+				logrus.Warnf("%s boots with the host from the unit its enable wrote, with the options of then: run nsbox enable %s again to give it these", n, n)
+			}
 			if quiet(c) {
 				return nil
 			}

@@ -184,6 +184,9 @@ type EditResult struct {
 	Changed bool // a new file was installed
 	Created bool // there was none before
 	Running bool // the machine runs: the file applies at its next boot
+	// Enabled: the machine boots with the host from the unit enable
+	// wrote, with the options of then; enable again gives it these.
+	Enabled bool
 	// Notes are what the installed file will not do (see CheckSettings).
 	Notes []SettingsProblem
 }
@@ -320,6 +323,7 @@ func (m *Manager) EditSettings(ctx context.Context, name string, req EditRequest
 	if _, err := m.Backend.Get(ctx, name); err == nil {
 		res.Running = true
 	}
+	res.Enabled = m.AutostartState(ctx, name) == "enabled"
 	return res, nil
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nsbox/nsbox/dbusapi"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/machined"
 )
 
 func TestCheckSettings(t *testing.T) {
@@ -257,10 +258,18 @@ func TestEditSettings(t *testing.T) {
 
 	// A running machine: the file applies at its next boot.
 	f.machines["web"] = dbusapi.Machine{Name: "web", Class: "container", RootDirectory: m.Dir("web"), Leader: os.Getpid()}
-	if res, err := edit(`echo '# more' >> "$1"`); err != nil || !res.Running {
+	if res, err := edit(`echo '# more' >> "$1"`); err != nil || !res.Running || res.Enabled {
 		t.Errorf("running: %+v, %v", res, err)
 	}
 	delete(f.machines, "web")
+	// An enabled machine's unit has the options of its enable.
+	b := m.Backend.(*machined.Backend)
+	os.MkdirAll(filepath.Dir(b.WantsLink("web")), 0o755)
+	os.WriteFile(filepath.Join(b.UnitDir, machined.AutostartUnitName("web")), nil, 0o644)
+	os.Symlink("../"+machined.AutostartUnitName("web"), b.WantsLink("web"))
+	if res, err := edit(`echo '# more' >> "$1"`); err != nil || res.Running || !res.Enabled {
+		t.Errorf("enabled: %+v, %v", res, err)
+	}
 
 	// A machine without a file starts from nsbox's defaults.
 	mkMachine(t, m, "db")
