@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/nsbox/nsbox/machine"
 	"github.com/urfave/cli/v2"
 )
 
@@ -104,7 +105,18 @@ func completeMachines(c *cli.Context) {
 		return
 	}
 	for _, e := range ents {
-		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		// A machine is ROOT/NAME, a link into the store (root's and
+		// closed: the link says enough), or a tree of an earlier nsbox.
+		if e.Type()&os.ModeSymlink != 0 {
+			if t, err := os.Readlink(filepath.Join(root, e.Name())); err == nil && t == machine.StoreName+"/"+e.Name() {
+				fmt.Println(e.Name())
+			}
+			continue
+		}
+		if !e.IsDir() {
 			continue
 		}
 		if _, err := os.Stat(filepath.Join(root, e.Name(), "etc", "os-release")); err == nil {

@@ -83,7 +83,7 @@ func commands() []*cli.Command {
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
-		bindCommand(), cpCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
+		bindCommand(), cpCommand(), catCommand(), editCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
 		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
 	}
 	quietUsage(cmds)
@@ -310,6 +310,14 @@ func reportTo(w io.Writer, err error) int {
 	var code exitCode
 	if errors.As(err, &code) {
 		return int(code)
+	}
+	// The problems of an edited settings file, one a line, before the
+	// summary.
+	var se *machine.SettingsError
+	if errors.As(err, &se) && !se.Shown {
+		for _, l := range se.Lines() {
+			fmt.Fprintln(w, machine.Printable(l))
+		}
 	}
 	msg := machine.Printable(strings.TrimSpace(err.Error()))
 	fmt.Fprintf(w, "nsbox: %s\n", msg)

@@ -38,9 +38,15 @@ func TestCompletionOffersMachinesAndCommands(t *testing.T) {
 	}
 	os.MkdirAll(filepath.Join(root, "notamachine"), 0o755)
 	os.MkdirAll(filepath.Join(root, ".#web.123"), 0o755)
-	out, _ := capture(t, "--root-dir", root, "boot", "--generate-bash-completion")
-	if got := strings.Fields(out); strings.Join(got, " ") != "db web" {
-		t.Errorf("machine names offered: %q", out)
+	// A machine in the store: ROOT/NAME links to .nsbox/NAME, which
+	// completion need not be able to read.
+	os.Symlink(".nsbox/app", filepath.Join(root, "app"))
+	os.Symlink("/etc", filepath.Join(root, "etc-link"))
+	for _, cmd := range []string{"boot", "cat", "edit"} {
+		out, _ := capture(t, "--root-dir", root, cmd, "--generate-bash-completion")
+		if got := strings.Fields(out); strings.Join(got, " ") != "app db web" {
+			t.Errorf("%s: machine names offered: %q", cmd, out)
+		}
 	}
 	for _, shell := range []string{"bash", "zsh", "fish"} {
 		if out, code := capture(t, "completion", shell); code != 0 || !strings.Contains(out, "--generate-bash-completion") {

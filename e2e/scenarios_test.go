@@ -327,6 +327,8 @@ func scenarios(t *testing.T, e *env) {
 		wantFail(t, e.nsb(t, "bind", "e2e-nope", "/var/tmp", "/mnt/x"), 1, "no such machine")
 	})
 
+	t.Run("cat and edit", func(t *testing.T) { settingsScenario(t, e, name) })
+
 	t.Run("network", func(t *testing.T) {
 		e.mustNsb(t, "stop", name)
 		e.mustNsb(t, "boot", name, "--port", "tcp:18080:8080")

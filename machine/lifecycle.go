@@ -404,15 +404,20 @@ func (m *Manager) end(ctx context.Context, name string) {
 
 // bootLock takes name's boot lock under RunDir without waiting.
 func (m *Manager) bootLock(name string) (*host.FileLock, error) {
-	dir := filepath.Join(m.RunDir, "boot")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	l, err := host.LockFile(context.Background(), filepath.Join(dir, name+".lck"), true, false)
+	l, err := host.LockFile(context.Background(), m.bootLockPath(name), true, false)
 	if errors.Is(err, host.ErrLocked) {
 		return nil, fmt.Errorf("%w: %s is being booted by another nsbox", ErrBusy, name)
 	}
 	return l, err
+}
+
+// bootLockPath is the lock file a boot of name holds (bootLock), made
+// ready to be locked: edit takes it too, to install a settings file
+// between boots.
+func (m *Manager) bootLockPath(name string) string {
+	dir := filepath.Join(m.RunDir, "boot")
+	_ = os.MkdirAll(dir, 0o755) // an error shows when the lock is taken
+	return filepath.Join(dir, name+".lck")
 }
 
 // startedBy reports whether running machine r is the one spec started:

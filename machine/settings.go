@@ -376,7 +376,7 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 			logical += " "
 		}
 		if len(logical) >= unit.SYSTEMD_LINE_MAX {
-			return fmt.Errorf("line %d: longer than go-systemd's unit parser reads (%d bytes; shorten it)", n, unit.SYSTEMD_LINE_MAX-1)
+			return lineErrorf(n, "longer than go-systemd's unit parser reads (%d bytes; shorten it)", unit.SYSTEMD_LINE_MAX-1)
 		}
 		given.WriteString(logical + "\n")
 		return nil
@@ -384,7 +384,7 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 	for n, line := range physical {
 		line = strings.TrimSuffix(line, "\r")
 		if why := backend.BadText(strings.ReplaceAll(line, "\t", " ")); why != "" {
-			return nil, fmt.Errorf("line %d: %s (remove it)", n+1, why)
+			return nil, lineErrorf(n+1, "%s (remove it)", why)
 		}
 		trimmed := strings.Trim(line, blanks)
 		if trimmed != "" && (trimmed[0] == '#' || trimmed[0] == ';') {
@@ -406,7 +406,7 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 		case logical[0] == '[':
 			name, ok := strings.CutSuffix(logical[1:], "]")
 			if !ok || strings.Contains(name, "]") {
-				return nil, fmt.Errorf("line %d: %q is not a section header", n+1, logical)
+				return nil, lineErrorf(n+1, "%q is not a section header", logical)
 			}
 			if err := give(n+1, logical); err != nil {
 				return nil, err
@@ -416,10 +416,10 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 		default:
 			k, _, ok := strings.Cut(logical, "=")
 			if !ok {
-				return nil, fmt.Errorf("line %d: %q is not KEY=VALUE", n+1, logical)
+				return nil, lineErrorf(n+1, "%q is not KEY=VALUE", logical)
 			}
 			if strings.Trim(k, blanks) == "" {
-				return nil, fmt.Errorf("line %d: %q has no key", n+1, logical)
+				return nil, lineErrorf(n+1, "%q has no key", logical)
 			}
 			if section == "" {
 				break // systemd ignores it: kept as it is
@@ -432,7 +432,7 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 		d.lines = append(d.lines, l)
 	}
 	if len(run) > 0 {
-		return nil, fmt.Errorf("line %d: the file ends inside a continued line", len(physical))
+		return nil, lineErrorf(len(physical), "the file ends inside a continued line")
 	}
 	opts, err := unit.DeserializeOptions(strings.NewReader(given.String()))
 	if err != nil {
@@ -445,11 +445,27 @@ func parseSettingsDoc(text string) (*settingsDoc, error) {
 		l, o := &d.lines[a.at], opts[i]
 		k, v, _ := strings.Cut(a.logical, "=")
 		if o.Section != l.section || o.Name != strings.Trim(k, blanks) || o.Value != strings.Trim(v, blanks) {
-			return nil, fmt.Errorf("line %d: %q is read differently by go-systemd's unit parser and by systemd (a space that is not a blank or tab around the key or value?)", l.line, a.logical)
+			return nil, lineErrorf(l.line, "%q is read differently by go-systemd's unit parser and by systemd (a space that is not a blank or tab around the key or value?)", a.logical)
 		}
 		l.opt = o
 	}
 	return d, nil
+}
+
+// LineError is a problem with one line of a settings file.
+type LineError struct {
+	Line int // from 1
+	Err  error
+}
+
+func (e *LineError) Error() string { return fmt.Sprintf("line %d: %v", e.Line, e.Err) }
+
+// Unwrap gives the problem itself, for errors.Is(err, ErrInvalidOption).
+func (e *LineError) Unwrap() error { return e.Err }
+
+// lineErrorf is a LineError for line n.
+func lineErrorf(n int, format string, a ...any) error {
+	return &LineError{Line: n, Err: fmt.Errorf(format, a...)}
 }
 
 // continued reports whether a line ends in a backslash that escapes the
@@ -608,11 +624,14 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 		if l.opt == nil {
 			continue
 		}
-		at := func(err error) error { return fmt.Errorf("line %d: %w", l.line, err) }
+		at := func(err error) error { return &LineError{Line: l.line, Err: err} }
 		v := l.opt.Value
 		switch l.opt.Section + "." + l.opt.Name {
 		case "Exec.PrivateUsers":
-			o.PrivateUsers = v != "no" && v != "false" && v != "0"
+			// "pick", "identity" and ranges are on, as any boolean that
+			// is not off.
+			on, isBool := parseBool(v)
+			o.PrivateUsers = on || !isBool
 		case "Files.Bind", "Files.BindReadOnly":
 			b, err := ParseBind(v, l.opt.Name == "BindReadOnly")
 			if err != nil {
@@ -620,9 +639,9 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 			}
 			o.Binds = append(o.Binds, b)
 		case "Network.Private":
-			private = v == "yes" || v == "true" || v == "1"
+			private, _ = parseBool(v)
 		case "Network.VirtualEthernet":
-			veth = v == "yes" || v == "true" || v == "1"
+			veth, _ = parseBool(v)
 			if !veth && !private {
 				o.Network = "host"
 			}
@@ -648,6 +667,19 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 	}
 	o.file = doc
 	return o, nil
+}
+
+// parseBool reads a boolean as systemd's parse_boolean does: 1, yes, y,
+// true, t, on and 0, no, n, false, f, off, in any case. ok is false for
+// anything else.
+func parseBool(v string) (value, ok bool) {
+	switch strings.ToLower(v) {
+	case "1", "yes", "y", "true", "t", "on":
+		return true, true
+	case "0", "no", "n", "false", "f", "off":
+		return false, true
+	}
+	return false, false
 }
 
 // readSettings loads the remembered options of a machine, or the defaults
