@@ -298,17 +298,3 @@ func splitWords(v string) ([]string, bool) {
 	}
 	return words, true
 }
-
-// envName reports whether s is an environment variable name as a shell
-// takes one.
-func envName(s string) bool {
-	if s == "" || s[0] >= '0' && s[0] <= '9' {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
