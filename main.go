@@ -81,7 +81,7 @@ func commands() []*cli.Command {
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(),
-		bindCommand(), cpCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
+		bindCommand(), cpCommand(), diffCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
 		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
 	}
 	quietUsage(cmds)

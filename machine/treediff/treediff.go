@@ -114,8 +114,17 @@ type Summary struct {
 }
 
 // ErrPath marks a Path the trees do not have, or reach only through a
-// link.
+// link (a PathError).
 var ErrPath = errors.New("path")
+
+// PathError is a Path the trees do not have, or reach only through a
+// link; Msg says which.
+type PathError struct{ Msg string }
+
+func (e *PathError) Error() string        { return e.Msg }
+func (e *PathError) Is(target error) bool { return target == ErrPath }
+
+func pathErrorf(format string, a ...any) error { return &PathError{fmt.Sprintf(format, a...)} }
 
 // CleanPath checks a path of a machine that a user gave and cleans it, as
 // the machine would resolve it lexically: relative to its root, ".."
@@ -147,7 +156,7 @@ func Diff(ctx context.Context, old, new Tree, o Options) ([]Entry, Summary, erro
 	}
 	p, err := CleanPath(p)
 	if err != nil {
-		return nil, Summary{}, fmt.Errorf("%w: %v", ErrPath, err)
+		return nil, Summary{}, pathErrorf("%v", err)
 	}
 	d := &differ{ctx: ctx, old: old, new: new, overlay: o.Overlay, links: map[[2]uint64]bool{}}
 	if p != "/" {
@@ -167,7 +176,7 @@ func Diff(ctx context.Context, old, new Tree, o Options) ([]Entry, Summary, erro
 		return nil, Summary{}, err
 	}
 	if len(d.prefix) > 0 && !d.found {
-		return nil, Summary{}, fmt.Errorf("%w: no %s in the machine or its base", ErrPath, p)
+		return nil, Summary{}, pathErrorf("no %s in the machine or its base", p)
 	}
 	sort.Slice(d.out, func(i, j int) bool { return d.out[i].Path < d.out[j].Path })
 	if d.out == nil {
@@ -388,17 +397,16 @@ func (d *differ) throughDir(o, n *side, p string, unchanged bool) error {
 		}
 		if s.st.Mode&unix.S_IFMT == unix.S_IFLNK {
 			target, _ := readlink(s.dir, s.name)
-			return fmt.Errorf("%w: %s is a symbolic link to %s %s (give the path it leads to)", ErrPath, p, target, where)
+			return pathErrorf("%s is a symbolic link to %s %s (give the path it leads to)", p, target, where)
 		}
-		return fmt.Errorf("%w: %s is not a directory %s", ErrPath, p, where)
+		return pathErrorf("%s is not a directory %s", p, where)
 	}
-	if !unchanged {
-		if err := check(n, "in the machine"); err != nil {
-			return err
-		}
-		if n.ok {
-			return nil
-		}
+	if n.ok {
+		return check(n, "in the machine")
+	}
+	if unchanged {
+		// An overlay's lower entry the upper left as it is.
+		return check(o, "in the machine")
 	}
 	return check(o, "in the base")
 }

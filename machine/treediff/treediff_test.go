@@ -245,7 +245,7 @@ func TestDiffOfAnOverlayUpper(t *testing.T) {
 	}
 	for p, msg := range map[string]string{
 		"/var/www/nothing": "no /var/www/nothing in the machine or its base",
-		"/lib/x":           "/lib is a symbolic link to ../usr/bin in the base",
+		"/lib/x":           "/lib is a symbolic link to ../usr/bin in the machine",
 		"/etc/same/x":      "/etc/same is not a directory in the base",
 	} {
 		if _, _, err := Diff(context.Background(), tree(t, lower, 0), tree(t, upper, 0), Options{Overlay: true, Path: p}); !errors.Is(err, ErrPath) || !strings.Contains(err.Error(), msg) {
