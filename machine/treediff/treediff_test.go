@@ -321,3 +321,55 @@ func TestCleanPath(t *testing.T) {
 		}
 	}
 }
+
+// A machine swaps a file it changed for a FIFO or a device node between
+// the stat and the read: neither is opened (a FIFO would hang the read, a
+// device would be the host's), the diff fails with one error.
+func TestSwappedFileIsNotOpened(t *testing.T) {
+	needRoot(t)
+	tmp := t.TempDir()
+	write := func(p, s string) {
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(tmp, "f"), "abc")
+	dir, err := unix.Open(tmp, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dir)
+	for _, swap := range []func(p string) error{
+		func(p string) error { return unix.Mkfifo(p, 0o644) },
+		func(p string) error { return unix.Mknod(p, unix.S_IFCHR|0o644, int(unix.Mkdev(1, 3))) },
+		func(p string) error { return os.Symlink("/etc/passwd", p) },
+	} {
+		p := filepath.Join(tmp, "f")
+		os.Remove(p)
+		write(p, "abc")
+		var st unix.Stat_t
+		if err := unix.Fstatat(dir, "f", &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(p)
+		if err := swap(p); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			f, err := openFile(dir, "f", &st)
+			if f != nil {
+				f.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("a swapped entry was opened")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("openFile hung on a FIFO")
+		}
+	}
+}
