@@ -16,15 +16,15 @@ func diffCommand() *cli.Command {
 		Name:      "diff",
 		Usage:     "show what a machine changed against the base it was made from",
 		ArgsUsage: "NAME [PATH]",
-		Description: "One line an entry, sorted by path: A added, D deleted, M modified (with what:\n" +
-			"content, mode, owner, group, target of a link, device numbers), T type changed\n" +
-			"(a file that became a link). An overlay machine's upper directory is read\n" +
-			"against its base (whiteouts are deletions); a copy or btrfs machine's tree is\n" +
-			"walked beside its base's, and a file's bytes are read only where its size is\n" +
-			"the same and its time is not. Owners are as the machine sees them. What nsbox\n" +
-			"wrote (the hostname at create, the network files at the first boot) counts as\n" +
-			"a change. PATH limits the report to what is under it; it resolves in the\n" +
-			"machine and must not pass through a link. A running machine is read as it\n" +
+		Description: "One line an entry, sorted by path: A added, D deleted, T type changed (a\n" +
+			"file that became a link), M modified, with what: content, mode, owner, group,\n" +
+			"target of a link, device numbers, xattrs. An overlay machine's upper directory\n" +
+			"is read against its base (whiteouts are deletions); a copy or btrfs machine's\n" +
+			"tree is walked beside its base's, and a file's bytes are read only where its\n" +
+			"size is the same and its time is not. Owners are as the machine sees them.\n" +
+			"What nsbox wrote (the hostname at create, the network files at the first boot)\n" +
+			"counts as a change. PATH limits the report to what is under it; it resolves in\n" +
+			"the machine and must not pass through a link. A running machine is read as it\n" +
 			"is, without stopping it. A machine that was not made from a cached base\n" +
 			"(imported, --no-cache) has nothing to compare with, and says so.\n\n" +
 			"   nsbox diff web\n" +

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
 	"sort"
@@ -82,7 +83,8 @@ type Entry struct {
 	Path   string `json:"path"`
 	Change Change `json:"change"`
 	// What lists what differs in a modified entry, each of content,
-	// mode, owner, group, target (a link's), device (a node's numbers);
+	// mode, owner, group, target (a link's), device (a node's numbers),
+	// xattrs (extended attributes: file capabilities, ACLs, labels);
 	// type for a type change.
 	What      []string `json:"what"`
 	Type      string   `json:"type,omitempty"`
@@ -544,6 +546,21 @@ func (d *differ) compare(o, n *side, p string) ([]string, error) {
 	if id(o.st.Gid, d.old.Shift) != id(n.st.Gid, d.new.Shift) {
 		what = append(what, "group")
 	}
+	// A link's attributes are rare and its own; those of the others
+	// (file capabilities, ACLs, labels) are compared.
+	if o.st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		a, err := xattrs(o.dir, o.name, d.old.Shift)
+		if err != nil {
+			return nil, fmt.Errorf("read the attributes of %s in the base: %w", p, err)
+		}
+		b, err := xattrs(n.dir, n.name, d.new.Shift)
+		if err != nil {
+			return nil, fmt.Errorf("read the attributes of %s: %w", p, err)
+		}
+		if !maps.Equal(a, b) {
+			what = append(what, "xattrs")
+		}
+	}
 	return what, nil
 }
 
@@ -756,4 +773,74 @@ func (e Entry) Note() string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// xattrs reads the extended attributes of name in dir, its last step not
+// followed (the l- calls through the directory's descriptor), but for an
+// overlay's own (trusted.overlay.*), with the ids in capabilities and
+// ACLs as a tree whose id 0 is host id shift sees them.
+func xattrs(dir int, name string, shift int) (map[string]string, error) {
+	p := fmt.Sprintf("/proc/self/fd/%d/%s", dir, name)
+	sz, err := unix.Llistxattr(p, nil)
+	if err != nil || sz == 0 {
+		if errors.Is(err, unix.ENOTSUP) {
+			err = nil
+		}
+		return nil, err
+	}
+	buf := make([]byte, sz+256)
+	sz, err = unix.Llistxattr(p, buf)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, n := range strings.Split(strings.TrimRight(string(buf[:sz]), "\x00"), "\x00") {
+		if n == "" || strings.HasPrefix(n, "trusted.overlay.") {
+			continue
+		}
+		v := make([]byte, 64<<10)
+		vn, err := unix.Lgetxattr(p, n, v)
+		if err != nil {
+			return nil, err
+		}
+		out[n] = string(normalXattr(n, v[:vn], shift))
+	}
+	return out, nil
+}
+
+// normalXattr is value v of attribute name with the host ids in it as
+// the tree sees them: a capability's root (version 3 keeps the host id
+// of the namespace's root; version 2, none), an ACL's users and groups.
+func normalXattr(name string, v []byte, shift int) []byte {
+	le := func(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
+	put := func(b []byte, x uint32) { b[0], b[1], b[2], b[3] = byte(x), byte(x>>8), byte(x>>16), byte(x>>24) }
+	switch name {
+	case "security.capability":
+		if len(v) < 20 {
+			return v
+		}
+		// As version 3: flags, the sets, the root as the tree sees it.
+		out := make([]byte, 24)
+		copy(out, v[:20])
+		put(out, le(v)&^0xFF000000|0x03000000)
+		root := 0
+		if len(v) >= 24 && le(v)>>24 == 3 {
+			root = id(le(v[20:]), shift)
+		}
+		put(out[20:], uint32(root))
+		return out
+	case "system.posix_acl_access", "system.posix_acl_default":
+		if len(v) < 4 || (len(v)-4)%8 != 0 {
+			return v
+		}
+		out := append([]byte{}, v...)
+		for i := 4; i+8 <= len(out); i += 8 {
+			// ACL_USER and ACL_GROUP entries name an id.
+			if tag := uint16(out[i]) | uint16(out[i+1])<<8; tag == 0x02 || tag == 0x08 {
+				put(out[i+4:], uint32(id(le(out[i+4:]), shift)))
+			}
+		}
+		return out
+	}
+	return v
 }

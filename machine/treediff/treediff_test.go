@@ -112,6 +112,32 @@ func TestDiffOfACopy(t *testing.T) {
 		chown -R %[4]d:%[4]d new escape etc/typed etc/dir2file etc/link
 		echo hi > etc/added && chown %[4]d:%[4]d etc/added`, m, shift+33, shift+34, shift))
 
+	// Attributes: a user's changed; a capability and an ACL the same as
+	// the machine sees them (its range in them on disk).
+	xattr := func(p, name string, v []byte) {
+		if err := unix.Lsetxattr(p, name, v, 0); err != nil {
+			t.Fatalf("set %s on %s: %v", name, p, err)
+		}
+	}
+	le := func(xs ...uint32) []byte {
+		var out []byte
+		for _, x := range xs {
+			out = append(out, byte(x), byte(x>>8), byte(x>>16), byte(x>>24))
+		}
+		return out
+	}
+	acl := func(uid uint32) []byte {
+		// version 2; USER_OBJ rw, USER uid r, GROUP_OBJ r, MASK r, OTHER r
+		return append(le(2), append(append(append(append(
+			le(0x01|6<<16, 0xFFFFFFFF), le(0x02|4<<16, uid)...), le(0x04|4<<16, 0xFFFFFFFF)...), le(0x10|4<<16, 0xFFFFFFFF)...), le(0x20|4<<16, 0xFFFFFFFF)...)...)
+	}
+	xattr(b+"/etc/same", "user.note", []byte("1"))
+	xattr(m+"/etc/same", "user.note", []byte("2"))
+	xattr(b+"/usr/bin/tool", "security.capability", le(0x02000001, 1<<13, 0, 0, 0))
+	xattr(m+"/usr/bin/tool", "security.capability", le(0x03000001, 1<<13, 0, 0, 0, shift))
+	xattr(b+"/var/www/index", "system.posix_acl_access", acl(1000))
+	xattr(m+"/var/www/index", "system.posix_acl_access", acl(shift+1000))
+
 	got, sum, err := Diff(context.Background(), tree(t, b, 0), tree(t, m, shift), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +151,7 @@ func TestDiffOfACopy(t *testing.T) {
 		"M /etc/link (target)",
 		"M /etc/mode (mode 0644 -> 4755)",
 		"M /etc/owner (group 33 -> 34)",
+		"M /etc/same (xattrs)",
 		"T /etc/typed (file -> symlink)",
 		"D /gone",
 		"D /gone/deep",
@@ -136,7 +163,7 @@ func TestDiffOfACopy(t *testing.T) {
 		"A /new/sub/a",
 		"A /new/sub/b",
 	)
-	want := Summary{Added: 7, Modified: 4, Deleted: 5, TypeChanged: 2, AddedBytes: 6 + 3 + 2, ModifiedBytes: 5 + 2 + 2, DeletedBytes: 2 + 3 + 2 + 2}
+	want := Summary{Added: 7, Modified: 5, Deleted: 5, TypeChanged: 2, AddedBytes: 6 + 3 + 2, ModifiedBytes: 5 + 2 + 2 + 5, DeletedBytes: 2 + 3 + 2 + 2}
 	if sum != want {
 		t.Errorf("summary %+v, want %+v", sum, want)
 	}
