@@ -173,8 +173,24 @@ func Diff(ctx context.Context, old, new Tree, o Options) ([]Entry, Summary, erro
 		unix.Close(oldRoot)
 		return nil, Summary{}, err
 	}
-	mode := both
-	if err := d.walk(oldRoot, newRoot, "", 0, mode, false); err != nil {
+	if p == "/" {
+		// The root directory's own mode and owners.
+		o, n := side{dir: oldRoot, name: "."}, side{dir: newRoot, name: "."}
+		o.ok = unix.Fstat(oldRoot, &o.st) == nil
+		n.ok = unix.Fstat(newRoot, &n.st) == nil
+		if o.ok && n.ok {
+			what, err := d.compare(&o, &n, "/")
+			if err != nil {
+				unix.Close(oldRoot)
+				unix.Close(newRoot)
+				return nil, Summary{}, err
+			}
+			if len(what) > 0 {
+				d.changed(&o, &n, "/", Modified, what)
+			}
+		}
+	}
+	if err := d.walk(oldRoot, newRoot, "", 0, both, false); err != nil {
 		return nil, Summary{}, err
 	}
 	if len(d.prefix) > 0 && !d.found {
@@ -427,6 +443,11 @@ func (d *differ) descend(o, n *side, p string, depth int, mode walkMode) error {
 	}
 	if n != nil && n.isDir() {
 		fd, err := openDir(n.dir, n.name)
+		if gone(err) {
+			// A running machine removed it, or put a link there,
+			// meanwhile: what it held is not there to compare.
+			fd, err = -1, nil
+		}
 		if err != nil {
 			if oldDir >= 0 {
 				unix.Close(oldDir)
@@ -434,7 +455,7 @@ func (d *differ) descend(o, n *side, p string, depth int, mode walkMode) error {
 			return fmt.Errorf("open %s: %w", p, err)
 		}
 		newDir = fd
-		opaque = d.overlay && isOpaque(fd)
+		opaque = fd >= 0 && d.overlay && isOpaque(fd)
 	}
 	if oldDir < 0 && newDir < 0 {
 		return nil
@@ -581,6 +602,10 @@ func (d *differ) sameContent(o, n *side, p string) (bool, error) {
 	}
 	defer a.Close()
 	b, err := openFile(n.dir, n.name, &n.st)
+	if gone(err) {
+		// A running machine replaced or removed it meanwhile.
+		return false, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", p, err)
 	}
@@ -631,13 +656,22 @@ func openFile(dir int, name string, st *unix.Stat_t) (*os.File, error) {
 		return nil, err
 	}
 	if now.Mode&unix.S_IFMT != unix.S_IFREG || now.Ino != st.Ino || now.Dev != st.Dev {
-		return nil, errors.New("it changed while it was read")
+		return nil, errChanged
 	}
 	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	return os.NewFile(uintptr(fd), name), nil
+}
+
+// errChanged is a file that is not the one stat'ed a moment before.
+var errChanged = errors.New("it changed while it was read")
+
+// gone reports whether err says an entry of a running machine's tree
+// went, or became another, between the look at it and its use.
+func gone(err error) bool {
+	return errors.Is(err, errChanged) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP)
 }
 
 // typeName names the type of an entry of mode m.

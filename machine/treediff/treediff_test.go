@@ -110,7 +110,8 @@ func TestDiffOfACopy(t *testing.T) {
 		mkdir -p new/sub && echo 12345 > new/sub/a && ln new/sub/a new/sub/b && mkfifo new/fifo
 		ln -s /etc escape
 		chown -R %[4]d:%[4]d new escape etc/typed etc/dir2file etc/link
-		echo hi > etc/added && chown %[4]d:%[4]d etc/added`, m, shift+33, shift+34, shift))
+		echo hi > etc/added && chown %[4]d:%[4]d etc/added
+		chmod 0700 .`, m, shift+33, shift+34, shift))
 
 	// Attributes: a user's changed; a capability and an ACL the same as
 	// the machine sees them (its range in them on disk).
@@ -143,6 +144,7 @@ func TestDiffOfACopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(t, got,
+		"M / (mode 0755 -> 0700)",
 		"A /escape",
 		"A /etc/added",
 		"M /etc/content (content)",
@@ -163,7 +165,7 @@ func TestDiffOfACopy(t *testing.T) {
 		"A /new/sub/a",
 		"A /new/sub/b",
 	)
-	want := Summary{Added: 7, Modified: 5, Deleted: 5, TypeChanged: 2, AddedBytes: 6 + 3 + 2, ModifiedBytes: 5 + 2 + 2 + 5, DeletedBytes: 2 + 3 + 2 + 2}
+	want := Summary{Added: 7, Modified: 6, Deleted: 5, TypeChanged: 2, AddedBytes: 6 + 3 + 2, ModifiedBytes: 5 + 2 + 2 + 5, DeletedBytes: 2 + 3 + 2 + 2}
 	if sum != want {
 		t.Errorf("summary %+v, want %+v", sum, want)
 	}
