@@ -70,8 +70,10 @@ func writeStatus(w io.Writer, i machine.Info) {
 	row("Root", dash(i.Root))
 	if i.Managed {
 		storage := i.Storage
-		if i.Base != "" {
+		if i.Base != "" && i.Storage == "overlay" {
 			storage += " over " + i.Base
+		} else if i.Base != "" {
+			storage += " of " + i.Base
 		}
 		row("Storage", storage)
 		var disk []string

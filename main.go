@@ -83,7 +83,7 @@ func commands() []*cli.Command {
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
-		bindCommand(), cpCommand(), catCommand(), editCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
+		bindCommand(), cpCommand(), diffCommand(), catCommand(), editCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
 		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
 	}
 	quietUsage(cmds)

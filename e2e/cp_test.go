@@ -66,6 +66,10 @@ func cpScenario(t *testing.T, e *env) {
 				if got := e.mustSh(t, "stat -c '%u %g %a %h' "+out+"/sub/f"); got != "1000 1001 750 2\n" {
 					t.Errorf("%s, %s: copied out: %s", storage, state, got)
 				}
+				// diff reads a running machine as it is, without stopping it.
+				if got := e.mustNsb(t, "diff", name, dir+"/src/sub").stdout; got != "A "+dir+"/src/sub\nA "+dir+"/src/sub/f\nA "+dir+"/src/sub/hard\n" {
+					t.Errorf("%s, %s: diff of what cp brought:\n%s", storage, state, got)
+				}
 			}
 
 			// The machine's own mounts: its /tmp is a tmpfs of its own.

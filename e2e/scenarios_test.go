@@ -699,6 +699,7 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("run", func(t *testing.T) { runScenario(t, e) })
 	t.Run("cp", func(t *testing.T) { cpScenario(t, e) })
 	t.Run("prune", func(t *testing.T) { pruneScenario(t, e) })
+	t.Run("diff", func(t *testing.T) { diffScenario(t, e) })
 	t.Run("isolation", func(t *testing.T) { isolation(t, e) })
 	t.Run("boot options, machine IDs, ports", func(t *testing.T) { correctBoot(t, e) })
 	t.Run("shell and console", func(t *testing.T) { correctShell(t, e) })

@@ -108,7 +108,8 @@ func (m *Manager) Clone(ctx context.Context, src, dst string) error {
 		return err
 	}
 	defer lock.Unlock()
-	if m.storageOf(src).Kind == storage.Overlay {
+	from := m.storageOf(src)
+	if from.Kind == storage.Overlay {
 		err = m.cloneOverlay(ctx, src, dst)
 	} else {
 		err = m.newTree(ctx, dst, func(tmp string) error {
@@ -117,6 +118,10 @@ func (m *Manager) Clone(ctx context.Context, src, dst string) error {
 	}
 	if err != nil {
 		return err
+	}
+	if from.Kind != storage.Overlay {
+		// A copy of a copy: the base src was made from is its base too.
+		m.recordBase(dst, from)
 	}
 	if b, err := os.ReadFile(m.settingsPath(src)); err == nil {
 		if err := host.WriteFileAtomic(m.settingsPath(dst), b, 0o644); err != nil {
@@ -178,6 +183,9 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 			_ = os.Rename(m.Tree(new), oldTree)
 			return err
 		}
+	} else if rec := m.storageOf(old); rec.Base != "" {
+		m.recordBase(new, rec)
+		_ = os.Remove(m.storagePath(old))
 	}
 	snaps.Move()
 	if b, err := os.ReadFile(m.settingsPath(old)); err == nil {

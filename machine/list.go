@@ -36,8 +36,9 @@ type Info struct {
 	Usage      int64      `json:"usage_bytes,omitempty"` // disk usage of the tree, with ListOptions.Usage
 	ReadOnly   bool       `json:"read_only"`
 	// Storage is how the tree is kept: "copy", "btrfs" or "overlay"
-	// (nsbox's machines only), and Base the cached base an overlay
-	// machine is over, whose size BaseUsage is (with ListOptions.Usage).
+	// (nsbox's machines only), and Base the cached base the machine was
+	// made from (an overlay machine is over it), whose size BaseUsage is
+	// for an overlay machine (with ListOptions.Usage).
 	Storage   string `json:"storage,omitempty"`
 	Base      string `json:"base,omitempty"`
 	BaseUsage int64  `json:"base_usage_bytes,omitempty"`

@@ -328,7 +328,8 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 			return fmt.Errorf("%w: --storage btrfs needs the root directory (%s) and the cache (%s) on btrfs", ErrInvalidOption, m.RootDir, m.CacheDir)
 		}
 	}
-	return m.newTree(ctx, name, func(tmp string) error {
+	var from bootstrap.BaseInfo
+	err = m.newTree(ctx, name, func(tmp string) error {
 		if o.NoCache {
 			// 0755 whatever the umask, as a machine's root is.
 			if err := os.Mkdir(tmp, 0o755); err != nil {
@@ -339,27 +340,33 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) erro
 			}
 			return bootstrap.Bootstrap(ctx, m.Runner, bo, tmp, o.Progress, exec.LookPath)
 		}
-		return m.cloneBase(ctx, bo, o, tmp)
+		var err error
+		from, err = m.cloneBase(ctx, bo, o, tmp)
+		return err
 	})
+	if err == nil && !o.NoCache {
+		m.recordBase(name, storage.Record{Base: from.Key, Version: from.Version, Bases: m.Bases().Dir})
+	}
+	return err
 }
 
 // cloneBase copies the cached base for bo into staging (which does not
 // exist yet), bootstrapping the base first when it is not cached yet.
-func (m *Manager) cloneBase(ctx context.Context, bo bootstrap.Options, o CreateOptions, staging string) error {
+func (m *Manager) cloneBase(ctx context.Context, bo bootstrap.Options, o CreateOptions, staging string) (bootstrap.BaseInfo, error) {
 	bases := m.Bases()
 	root, info, unlock, err := bases.Get(ctx, bo, o.Progress)
 	if err != nil {
-		return err
+		return info, err
 	}
 	if age := info.Age(); o.MaxAge > 0 && age > o.MaxAge {
 		unlock()
 		logrus.Warnf("base %s is %s old: refreshing it", info.Key, age.Round(time.Hour))
 		if _, err := bases.Refresh(ctx, info, o.Progress); err != nil {
-			return err
+			return info, err
 		}
 		root, info, unlock, err = bases.Get(ctx, bo, o.Progress)
 		if err != nil {
-			return err
+			return info, err
 		}
 	} else if age > StaleBaseAge {
 		logrus.Warnf("base %s is %d days old (refresh it: nsbox cache refresh %s)", info.Key, int(age.Hours()/24), info.Key)
@@ -368,7 +375,7 @@ func (m *Manager) cloneBase(ctx context.Context, bo bootstrap.Options, o CreateO
 	if o.Progress != nil {
 		o.Progress(bootstrap.Stage{Phase: "copying base " + info.Key})
 	}
-	return bootstrap.CopyTree(ctx, m.Runner, root, staging)
+	return info, bootstrap.CopyTree(ctx, m.Runner, root, staging)
 }
 
 // linkImage makes the machine visible to machinectl and

@@ -547,3 +547,20 @@ func (m *Manager) renameStorage(old, new string) error {
 	_ = os.Remove(filepath.Join(m.overlayDir(), "."+old+".lck"))
 	return nil
 }
+
+// recordBase remembers the base version a machine that is a copy or a
+// btrfs snapshot was made from (rec's Base, Version and Bases), which
+// diff compares it with. A record that cannot be written leaves the
+// machine whole: diff then says it has no base.
+func (m *Manager) recordBase(name string, rec storage.Record) {
+	if rec.Base == "" || rec.Version == "" {
+		return
+	}
+	rec.Kind, rec.Tree = storage.Copy, m.Tree(name)
+	if bootstrap.IsSubvolume(rec.Tree) {
+		rec.Kind = storage.Btrfs
+	}
+	if err := m.writeStorage(name, rec); err != nil {
+		logrus.Warnf("%s: remember its base (for diff): %v", name, err)
+	}
+}
