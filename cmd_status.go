@@ -99,6 +99,9 @@ func writeStatus(w io.Writer, i machine.Info) {
 	if !i.Managed {
 		row("Managed", "no (not an nsbox machine)")
 	}
+	if len(i.Sockets) > 0 {
+		row("Sockets", strings.Join(i.Sockets, " ")+" (boot on a connection)")
+	}
 	if i.Autostart != "" {
 		row("Autostart", i.Autostart)
 	}

@@ -3,7 +3,10 @@ package main
 import (
 	"fmt"
 	"math"
+	"net"
 	"strconv"
+
+	"github.com/coreos/go-systemd/v22/activation"
 
 	"github.com/nsbox/nsbox/machine"
 	"github.com/urfave/cli/v2"
@@ -51,17 +54,70 @@ func checkLimitArgs(f machine.LimitFlags) error {
 }
 
 func enableCommand() *cli.Command {
-	return simple("enable", "boot a machine with the host (installs and enables nsbox@NAME.service; needs systemd)", nil,
+	cmd := simple("enable", "boot a machine with the host (installs and enables nsbox@NAME.service; needs systemd)",
+		[]cli.Flag{&cli.StringSliceFlag{Name: "socket", Usage: "instead, boot it on the first connection to a host port: `[tcp:]HOST[:MACHINE]`, passed to the machine's port (repeatable)"}},
 		func(c *cli.Context, m *machine.Manager, n string) error {
+			if socks := c.StringSlice("socket"); len(socks) > 0 {
+				for _, s := range socks {
+					if _, err := machine.ParseSocket(s); err != nil {
+						return usagef("%v", err)
+					}
+				}
+				return m.EnableSockets(c.Context, n, socks)
+			}
 			return m.Enable(c.Context, n)
 		})
+	cmd.Description = "Without --socket, the machine boots with the host. With --socket, a socket\n" +
+		"unit (nsbox-tcp-PORT.socket) listens on the host port on every address; the\n" +
+		"first connection boots the machine with its remembered options, and every\n" +
+		"connection is passed to the machine's port until it stops. The next connection\n" +
+		"after a stop boots it again. disable removes both.\n\n" +
+		"   nsbox enable web\n   nsbox enable web --socket tcp:8080:80 --socket 8443:443"
+	return cmd
 }
 
 func disableCommand() *cli.Command {
-	return simple("disable", "stop booting a machine with the host", nil,
+	return simple("disable", "stop booting a machine with the host, and remove its sockets", nil,
 		func(c *cli.Context, m *machine.Manager, n string) error {
 			return m.Disable(c.Context, n)
 		})
+}
+
+// socketProxyCommand is what a machine's socket unit activates:
+// nsbox __socket-proxy NAME PORT, with the listening sockets passed as
+// systemd passes them (LISTEN_FDS).
+func socketProxyCommand() *cli.Command {
+	return &cli.Command{
+		Name: machine.SocketProxyCommand, Hidden: true, ArgsUsage: "NAME PORT",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return usagef("%s takes a machine and its port", machine.SocketProxyCommand)
+			}
+			name := c.Args().Get(0)
+			port, err := strconv.Atoi(c.Args().Get(1))
+			if err != nil || port < 1 || port > 65535 {
+				return usagef("%s: port %q", machine.SocketProxyCommand, c.Args().Get(1))
+			}
+			m, err := manager(c)
+			if err != nil {
+				return err
+			}
+			listeners, err := activation.Listeners()
+			if err != nil {
+				return fmt.Errorf("%s %s: %w", machine.SocketProxyCommand, name, err)
+			}
+			var ls []net.Listener
+			for _, l := range listeners {
+				if l != nil {
+					ls = append(ls, l)
+				}
+			}
+			if err := m.SocketProxy(c.Context, name, port, ls); err != nil {
+				return fmt.Errorf("%s %s: %w", machine.SocketProxyCommand, name, err)
+			}
+			return nil
+		},
+	}
 }
 
 func unitCommand() *cli.Command {

@@ -84,7 +84,7 @@ func commands() []*cli.Command {
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
 		bindCommand(), cpCommand(), diffCommand(), catCommand(), editCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
-		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
+		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(), socketProxyCommand(),
 	}
 	quietUsage(cmds)
 	for _, c := range cmds {
@@ -236,7 +236,8 @@ func main() {
 // gets none of its caller's files. Go opens its own so; an inherited one
 // (a lock flock(1) holds, a terminal, a socket) would otherwise live on in
 // a machine's supervisor until the machine stops. nsbox's helpers read the
-// files they are given themselves, which close-on-exec leaves open.
+// files they are given themselves (and a socket's service the sockets
+// systemd passes it), which close-on-exec leaves open.
 func keepInheritedFiles() {
 	if unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
 		return

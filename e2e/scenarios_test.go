@@ -31,6 +31,7 @@ type info struct {
 	Base       string   `json:"base"`
 	BaseUsage  int64    `json:"base_usage_bytes"`
 	Autostart  string   `json:"autostart"`
+	Sockets    []string `json:"sockets"`
 	Limits     *struct {
 		Memory uint64 `json:"memory_bytes"`
 		Tasks  uint64 `json:"tasks"`
@@ -567,6 +568,8 @@ func scenarios(t *testing.T, e *env) {
 			t.Errorf("boot after disable runs from %q", i.Unit)
 		}
 	})
+
+	t.Run("socket activation", func(t *testing.T) { socketScenario(t, e, name) })
 
 	t.Run("reboot", func(t *testing.T) {
 		before := status(t, e, name).Leader

@@ -90,6 +90,10 @@ func (m *Manager) Disable(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	// Its sockets go too: each would boot it on a connection.
+	if err := m.removeSockets(ctx, name); err != nil {
+		return err
+	}
 	return a.Uninstall(ctx, name)
 }
 

@@ -140,6 +140,10 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 	if err := m.checkName(new, false); err != nil {
 		return err
 	}
+	if socks := m.Sockets(old); len(socks) > 0 {
+		// Their units run nsbox for the machine by its name.
+		return fmt.Errorf("%w: %s has sockets (%s) that boot it by its name: remove them first (nsbox disable %s), and enable them again for %s", ErrInvalidOption, old, strings.Join(socks, ", "), old, new)
+	}
 	lock, err := m.lockStopped(ctx, old)
 	if err != nil {
 		return err

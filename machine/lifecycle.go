@@ -687,6 +687,9 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	if a, ok := m.Backend.(backend.Autostart); ok {
 		a.Forget(ctx, name)
 	}
+	if err := m.removeSockets(ctx, name); err != nil {
+		logrus.Warnf("remove the sockets of %s: %v", name, err)
+	}
 	m.unlinkImage(name)
 	_ = os.Remove(m.LogDir + "/" + name + ".log")
 	_ = os.Remove(m.LogDir + "/" + name + ".log.1")

@@ -45,10 +45,13 @@ type Info struct {
 	// Snapshots are the names of the machine's snapshots ([] when none).
 	Snapshots []string `json:"snapshots"`
 	// Status only.
-	Autostart string          `json:"autostart,omitempty"` // "enabled", "disabled"
-	Limits    *backend.Limits `json:"limits,omitempty"`
-	Use       *backend.Usage  `json:"use,omitempty"` // current resource use of a running machine
-	Options   *BootOptions    `json:"boot_options,omitempty"`
+	Autostart string `json:"autostart,omitempty"` // "enabled", "disabled"
+	// Sockets are the host ports that boot it on a connection
+	// ("tcp:8080:80"; enable --socket).
+	Sockets []string        `json:"sockets,omitempty"`
+	Limits  *backend.Limits `json:"limits,omitempty"`
+	Use     *backend.Usage  `json:"use,omitempty"` // current resource use of a running machine
+	Options *BootOptions    `json:"boot_options,omitempty"`
 }
 
 // onDisk lists the machines under RootDir: the trees in the store with
@@ -251,6 +254,7 @@ func (m *Manager) Status(ctx context.Context, name string, o ListOptions) (Info,
 			i.Limits = &l
 		}
 		i.Autostart = m.AutostartState(ctx, name)
+		i.Sockets = m.Sockets(name)
 	}
 	if i.State == "running" {
 		if u, err := m.Backend.Usage(ctx, name); err == nil {

@@ -2,6 +2,7 @@ package network
 
 import (
 	"net"
+	"net/netip"
 	"sort"
 
 	"github.com/vishvananda/netlink"
@@ -147,4 +148,40 @@ func LinkCounters() (map[int]Counters, error) {
 		out[a.Index] = c
 	}
 	return out, nil
+}
+
+// PeerAddress is the machine's IPv4 address in the subnet of an address
+// of the host's end of one of its veths, other than the host's own: the
+// address nsbox (or networkd) gave it, never one the machine gave itself
+// elsewhere. Invalid when there is none yet.
+func PeerAddress(s Seen) netip.Addr {
+	var prefixes []netip.Prefix
+	for _, p := range s.Peers {
+		l, err := netlink.LinkByIndex(p.Index)
+		if err != nil || l.Attrs().Name != p.Name {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+				ones, _ := a.Mask.Size()
+				prefixes = append(prefixes, netip.PrefixFrom(ip, ones))
+			}
+		}
+	}
+	for _, a := range s.Addresses {
+		ip, err := netip.ParseAddr(a)
+		if err != nil || !ip.Is4() {
+			continue
+		}
+		for _, p := range prefixes {
+			if p.Masked().Contains(ip) && ip != p.Addr() && ip != p.Masked().Addr() {
+				return ip
+			}
+		}
+	}
+	return netip.Addr{}
 }

@@ -132,3 +132,28 @@ type StartHooks interface {
 type Watcher interface {
 	Changes(ctx context.Context) <-chan struct{}
 }
+
+// SocketUnit is a host TCP port whose first connection boots a machine
+// and is passed to one of its ports (enable --socket).
+type SocketUnit struct {
+	Machine  string
+	Spec     string // as the user gave it, canonical: "tcp:8080:80"
+	HostPort int
+	// Proxy is the command the socket activates: it boots the machine
+	// and passes the connections on (nsbox __socket-proxy NAME PORT).
+	Proxy []string
+}
+
+// SocketActivation is a backend whose host can listen for a machine and
+// start it on demand: systemd's socket units.
+type SocketActivation interface {
+	// InstallSocket installs, enables and starts u's socket and its
+	// service, replacing the machine's earlier unit for the same port.
+	InstallSocket(ctx context.Context, u SocketUnit) error
+	// RemoveSockets stops and removes every socket of machine name.
+	RemoveSockets(ctx context.Context, name string) error
+	// Sockets lists the socket specs installed for machine name, and
+	// which machine holds each host port ("tcp:8080" -> machine).
+	Sockets(name string) []string
+	SocketPorts() map[int]string
+}
