@@ -25,8 +25,8 @@ type topRow struct {
 // it) and idle, both on veths.
 func topScenario(t *testing.T, e *env, busy, idle string) {
 	// The burner runs in the machine's own session, ended after.
-	e.mustSh(t, "("+e.cmdline("shell", busy, "--", "timeout", "8", "sh", "-c", "while :; do :; done")+" >/dev/null 2>&1 &) ; sleep 1")
-	defer e.sh(t, e.cmdline("shell", busy, "--", "pkill", "-f", "while :; do :; done"))
+	e.mustSh(t, "("+e.cmdline("shell", busy, "--", "timeout", "8", "sh", "-c", "'while :; do :; done'")+" >/dev/null 2>&1 &) ; sleep 1")
+	defer e.nsb(t, "shell", busy, "--", "pkill", "-f", "while :; do :; done")
 	r := e.mustNsb(t, "top", "--once", "--sort", "cpu", "-o", "json", "--interval", "2s")
 	var out struct {
 		Interval int64    `json:"interval_ms"`
