@@ -627,6 +627,7 @@ func scenarios(t *testing.T, e *env) {
 		}
 		e.mustNsb(t, "boot", name, other)
 		t.Run("top", func(t *testing.T) { topScenario(t, e, other, name) })
+		t.Run("names", func(t *testing.T) { namesScenario(t, e, name, other) })
 		e.mustNsb(t, "remove", "--force", other)
 		if _, ok := list(t, e)[other]; ok {
 			t.Errorf("%s still listed after remove --force", other)
@@ -740,6 +741,9 @@ func scenarios(t *testing.T, e *env) {
 		}
 		if out := e.query(t, "ls /run/nsbox/machines/ 2>/dev/null | grep e2e-"); out != "" {
 			t.Errorf("state files left: %s", out)
+		}
+		if out := e.query(t, "ls /run/nsbox/names/ 2>/dev/null | grep e2e-; grep -P '\\te2e-' /etc/hosts"); out != "" {
+			t.Errorf("names left: %s", out)
 		}
 	})
 }

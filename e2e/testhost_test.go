@@ -18,6 +18,9 @@ import (
 // testHostPackages make a Debian root a systemd host that can run nsbox.
 var testHostPackages = []string{
 	"systemd", "systemd-sysv", "dbus", "iproute2", "systemd-container", "debootstrap", "util-linux", "zstd", "procps",
+	// what systemd-container recommends, and apt installs with it: machine
+	// names resolve on the host through machined
+	"libnss-mymachines",
 }
 
 const testHostRelease = "bookworm"

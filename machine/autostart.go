@@ -168,5 +168,6 @@ func (m *Manager) NetworkUp(ctx context.Context, name string) error {
 		return err
 	}
 	m.masquerade(ctx)
+	m.publishName(ctx, name)
 	return nil
 }

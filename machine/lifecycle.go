@@ -386,6 +386,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if err := m.saveLimits(name, limits); err != nil {
 		logrus.Warnf("%s runs, but its limits could not be remembered: %v", name, err)
 	}
+	m.publishName(ctx, name)
 	logrus.Infof("%s is %s", name, state)
 	return nil
 }
@@ -604,6 +605,7 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) 
 		}
 	}
 	m.Backend.Cleanup(ctx, name)
+	m.withdrawName(name)
 	return m.endEphemeral(ctx, name)
 }
 
@@ -625,6 +627,7 @@ func (m *Manager) Terminate(ctx context.Context, name string) error {
 	}
 	m.waitGone(ctx, name, 15*time.Second)
 	m.Backend.Cleanup(ctx, name)
+	m.withdrawName(name)
 	return m.endEphemeral(ctx, name)
 }
 
@@ -694,6 +697,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	_ = os.Remove(m.LogDir + "/" + name + ".log")
 	_ = os.Remove(m.LogDir + "/" + name + ".log.1")
 	m.unpublish(name)
+	m.withdrawName(name)
 	m.release(name)
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/names"
 	"github.com/nsbox/nsbox/machine/nsenter"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -170,6 +171,14 @@ func Supervise(statePath, logPath string, argv []string) int {
 			root = v
 		}
 	}
+	// The machine's name goes from the hosts files when it stops, however
+	// it stops (its own poweroff, a kill): after the state, last.
+	defer func() {
+		t := names.Table{Dir: filepath.Join(filepath.Dir(filepath.Dir(statePath)), "names"), HostsFile: names.HostsFile}
+		if err := t.Withdraw(name); err != nil {
+			fmt.Fprintf(os.Stderr, "nsbox: drop the name of %s: %v\n", name, err)
+		}
+	}()
 	// The state goes with this supervisor, and only if it is this one's: a
 	// supervisor that lost a race for the machine leaves the winner's.
 	defer func() {

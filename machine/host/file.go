@@ -8,6 +8,12 @@ import (
 // WriteFileAtomic writes data to path through a temporary file in the same
 // directory and a rename, so readers never see half a file.
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return WriteFileAtomicOwned(path, data, mode, -1, -1)
+}
+
+// WriteFileAtomicOwned is WriteFileAtomic giving the file to uid and gid
+// (-1 leaves nsbox's): a file rewritten keeps the owner it had.
+func WriteFileAtomicOwned(path string, data []byte, mode os.FileMode, uid, gid int) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
@@ -17,6 +23,9 @@ func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	}
 	tmp := f.Name()
 	_, werr := f.Write(data)
+	if werr == nil && (uid >= 0 || gid >= 0) {
+		werr = f.Chown(uid, gid)
+	}
 	if werr == nil {
 		werr = f.Chmod(mode)
 	}
