@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"slices"
 	"strings"
 	"time"
 
@@ -70,6 +71,7 @@ func (d Doctor) Checks(ctx context.Context) []Check {
 		}
 		add(ch)
 	}
+	add(namesCheck("/etc/nsswitch.conf"))
 	_, ok = d.toolVersion(ctx, "nsenter", "--version")
 	// The enter helper replaces nsenter in a build with cgo; one without
 	// needs it (and setpriv) for shell on the direct backend.
@@ -217,4 +219,21 @@ func machineIDCheck(m *Manager) Check {
 	}
 	return Check{Name: "machine IDs", OK: false, Detail: Printable(strings.Join(parts, "; ")),
 		Fix: "boot each once with this nsbox (stop it first): a machine whose ID came from its base gets one of its own; for any other, empty its /etc/machine-id while it is stopped"}
+}
+
+// namesCheck says whether the host resolves machine names through
+// machined: the hosts line of nsswitch (at path) names mymachines. Where
+// it does not, nsbox on a host without systemd keeps the names in
+// /etc/hosts itself; on a systemd host they do not resolve on the host.
+func namesCheck(path string) Check {
+	ch := Check{Name: "machine names", Fix: "optional: apt-get install libnss-mymachines (adds mymachines to the hosts line of /etc/nsswitch.conf)"}
+	b, err := os.ReadFile(path)
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); err == nil && len(f) > 1 && f[0] == "hosts:" && slices.Contains(f[1:], "mymachines") {
+			ch.OK, ch.Detail = true, "nss-mymachines: machined answers for running machines' names"
+			return ch
+		}
+	}
+	ch.Detail = "no mymachines in the hosts line of " + path + ": on a systemd host, machine names do not resolve on the host (without systemd, nsbox keeps them in /etc/hosts)"
+	return ch
 }

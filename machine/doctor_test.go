@@ -67,7 +67,7 @@ func TestDoctorAsksProgramsThroughTheRunner(t *testing.T) {
 			t.Errorf("check %q without a manager", name)
 		}
 	}
-	wantOrder := []string{"root", "systemd-nspawn", "debootstrap", "mmdebstrap", "debian keyring", "ubuntu keyring", "nsenter",
+	wantOrder := []string{"root", "systemd-nspawn", "debootstrap", "mmdebstrap", "debian keyring", "ubuntu keyring", "machine names", "nsenter",
 		"backend", "cgroups", "system bus", "systemd (PID 1)", "systemd-networkd", "inotify"}
 	if !reflect.DeepEqual(names, wantOrder) {
 		t.Errorf("checks in order %q\nwant %q", names, wantOrder)
@@ -160,5 +160,21 @@ func TestCgroupCheck(t *testing.T) {
 	ch := cgroupCheck()
 	if ch.Name != "cgroups" || ch.Detail == "" || !ch.OK && ch.Fix == "" {
 		t.Errorf("%+v", ch)
+	}
+}
+
+func TestNamesCheckReadsTheHostsLine(t *testing.T) {
+	dir := t.TempDir()
+	for text, ok := range map[string]bool{
+		"passwd: files\nhosts:          files mymachines dns\n": true,
+		"hosts: files dns\n# hosts: files mymachines\n":         false,
+		"hosts: files dns mymachines [!UNAVAIL=return]\n":       true,
+		"":                                                      false,
+	} {
+		p := filepath.Join(dir, "nsswitch.conf")
+		os.WriteFile(p, []byte(text), 0o644)
+		if got := namesCheck(p); got.OK != ok || got.Needed {
+			t.Errorf("%q: %+v, want ok %v and not needed", text, got, ok)
+		}
 	}
 }
