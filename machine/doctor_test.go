@@ -169,7 +169,7 @@ func TestNamesCheckReadsTheHostsLine(t *testing.T) {
 		"passwd: files\nhosts:          files mymachines dns\n": true,
 		"hosts: files dns\n# hosts: files mymachines\n":         false,
 		"hosts: files dns mymachines [!UNAVAIL=return]\n":       true,
-		"":                                                      false,
+		"": false,
 	} {
 		p := filepath.Join(dir, "nsswitch.conf")
 		os.WriteFile(p, []byte(text), 0o644)
