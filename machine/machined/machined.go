@@ -305,10 +305,30 @@ func (m *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (in
 		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 		return backend.StatusOf(m.Runner.Run(ctx, c))
 	}
-	// Without a terminal here (shell -t), systemd-run proxies the
-	// container's pseudo terminal to one of nsbox's, which nsbox copies to
-	// and from its stdin and stdout: systemd-run 252 --pty gives nothing
-	// on plain pipes.
+	if e.TTY {
+		// Without a terminal here (shell -t): a pseudo terminal of the
+		// machine's own devpts, as the direct backend makes one, whose
+		// end systemd-run --pipe passes to the command (systemd-run 252
+		// --pty gives nothing on plain pipes, nor on a terminal of
+		// nsbox's: its service cannot open that one); nsbox copies the
+		// other end to and from its stdin and stdout.
+		r, err := m.Get(ctx, name)
+		if err != nil {
+			return 0, err
+		}
+		leader, err := backend.ProcOf(r.Leader)
+		if err != nil {
+			return 0, err
+		}
+		master, slave, err := backend.OpenMachinePTY(leader)
+		if err != nil {
+			return 0, fmt.Errorf("%s: a terminal for the command: %w", name, err)
+		}
+		pipe := e
+		pipe.TTY = false
+		c.Args = SystemdRunArgs(name, pipe)
+		return backend.RunOnTerminal(ctx, m.Runner, c, master, slave)
+	}
 	return backend.RunExec(ctx, m.Runner, c, e)
 }
 
