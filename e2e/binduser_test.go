@@ -20,7 +20,7 @@ func bindUserScenario(t *testing.T, e *env) {
 	e.sh(t, "userdel -r "+user+" 2>/dev/null")
 	e.mustSh(t, "useradd -m -s /bin/sh "+user+" && echo from-host > ~"+user+"/from-host && chown "+user+": ~"+user+"/from-host")
 	defer e.sh(t, "userdel -r "+user)
-	hostUID := strings.TrimSpace(e.mustSh(t, "id -u "+user))
+	hostIDs := strings.TrimSpace(e.mustSh(t, "echo $(id -u "+user+"):$(id -g "+user+")"))
 
 	e.mustNsb(t, "create", name, "--release", "bookworm", "--storage", "overlay")
 	defer e.nsb(t, "remove", "--force", name)
@@ -70,8 +70,8 @@ func bindUserScenario(t *testing.T, e *env) {
 		if r.code != 0 || r.stdout != "/run/host/home/"+user+"\n" {
 			t.Errorf("login shell as %s:\n%s", user, r)
 		}
-		if got := e.mustSh(t, "stat -c %u:%g ~"+user+"/from-machine"); got != hostUID+":"+hostUID+"\n" {
-			t.Errorf("a file the machine wrote in the home is %s on the host, want %s:%s", got, hostUID, hostUID)
+		if got := e.mustSh(t, "stat -c %u:%g ~"+user+"/from-machine"); got != hostIDs+"\n" {
+			t.Errorf("a file the machine wrote in the home is %s on the host, want %s", got, hostIDs)
 		}
 	}
 	check(t)
