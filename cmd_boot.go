@@ -21,9 +21,13 @@ func bootCommand() *cli.Command {
 			"Every name is checked before any machine boots. A --port whose host port a\n" +
 			"host process listens on, or another running machine forwards, is refused\n" +
 			"before the boot, naming who holds it.\n\n" +
+			"--bind-user USER makes a host user appear in the machine with their\n" +
+			"private group and their home, bound to /run/host/home/USER: files they\n" +
+			"write there are theirs on the host (nspawn's --bind-user; the machine\n" +
+			"needs a user namespace and nss-systemd, which machines nsbox makes have).\n\n" +
 			"With --ephemeral the machine's tree is the lower layer of an overlay whose\n" +
 			"upper is thrown away when the machine stops: the tree stays as it was.\n\n" +
-			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c\n   nsbox boot --ephemeral web",
+			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c\n   nsbox boot --ephemeral web\n   nsbox boot dev --bind-user alice",
 		// KeepSpace: a value is taken as given, so that a control character
 		// at its end is refused, not trimmed away unseen.
 		Flags: append([]cli.Flag{
@@ -34,6 +38,8 @@ func bootCommand() *cli.Command {
 			&cli.StringFlag{Name: "network", Usage: "veth (default), none, host, bridge:BR or zone:Z"},
 			&cli.StringSliceFlag{Name: "port", Aliases: []string{"p"}, KeepSpace: true, Usage: "forward a host port: [tcp|udp:]HOST[:MACHINE] (repeatable)"},
 			&cli.BoolFlag{Name: "no-ports", Usage: "forget the remembered port forwards (--port given with it replaces them)"},
+			&cli.StringSliceFlag{Name: "bind-user", KeepSpace: true, Usage: "make host `USER`, their private group and their home (as /run/host/home/USER) appear in the machine (repeatable)"},
+			&cli.BoolFlag{Name: "no-bind-users", Usage: "forget the remembered bound users (--bind-user given with it replaces them)"},
 			&cli.BoolFlag{Name: "private-users", Value: true, Usage: "map the machine's users to an unused host range (--private-users=false to share the host's)"},
 			&cli.BoolFlag{Name: "console", Usage: "run in the foreground on this terminal"},
 			&cli.BoolFlag{Name: "ephemeral", Usage: "boot over a throwaway upper: what the machine writes is gone when it stops"},
@@ -59,8 +65,8 @@ func bootCommand() *cli.Command {
 			if err := machine.ValidatePool(c.String("address-pool")); err != nil {
 				return usagef("--address-pool: %v", err)
 			}
-			// --no-binds and --no-ports forget the remembered ones; binds
-			// and ports given with them are the new ones.
+			// --no-binds, --no-ports and --no-bind-users forget the
+			// remembered ones; those given with them are the new ones.
 			if c.Bool("no-binds") {
 				req.Binds, req.BindsSet = nil, true
 			}
@@ -80,6 +86,15 @@ func bootCommand() *cli.Command {
 					return usagef("%v", err)
 				}
 				req.Binds, req.BindsSet = append(req.Binds, b), true
+			}
+			if c.Bool("no-bind-users") {
+				req.BindUsers, req.BindUsersSet = nil, true
+			}
+			for _, u := range c.StringSlice("bind-user") {
+				if err := machine.ValidateBindUser(u); err != nil {
+					return usagef("%v", err)
+				}
+				req.BindUsers, req.BindUsersSet = append(req.BindUsers, u), true
 			}
 			for _, p := range c.StringSlice("port") {
 				if err := machine.ValidatePort(p); err != nil {

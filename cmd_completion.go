@@ -126,3 +126,19 @@ func completeMachines(c *cli.Context) {
 		}
 	}
 }
+
+// completeFlagValue offers values for flag, whose value is being
+// completed: the host's ordinary users after --bind-user, nothing after
+// the others (the shell then completes file names).
+func completeFlagValue(flag string) {
+	if flag != "--bind-user" {
+		return
+	}
+	b, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return
+	}
+	for _, name := range machine.OrdinaryUsers(string(b)) {
+		fmt.Println(name)
+	}
+}

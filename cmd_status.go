@@ -128,5 +128,8 @@ func writeStatus(w io.Writer, i machine.Info) {
 			}
 			row(kind, b.String())
 		}
+		for _, u := range o.BindUsers {
+			row("Bind user", u)
+		}
 	}
 }

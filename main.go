@@ -280,6 +280,10 @@ func run(args []string) int {
 		os.Exit(exitInterrupted)
 	}()
 	app := newApp()
+	if flag, ok := argv.CompletingValue(app, args); ok {
+		completeFlagValue(flag)
+		return 0
+	}
 	if name, unknown := argv.UnknownCommand(app, args); unknown {
 		return report(usagef("unknown command %q (see: nsbox --help)", name))
 	}

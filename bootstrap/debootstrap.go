@@ -12,8 +12,11 @@ import (
 )
 
 // BasePackages are what every machine needs to boot under nspawn and be
-// managed: an init, a bus for machined and systemctl, and ip.
-var BasePackages = []string{"systemd", "systemd-sysv", "dbus", "iproute2"}
+// managed: an init, a bus for machined and systemctl, ip, and
+// nss-systemd, through which the machine sees the host users nspawn binds
+// into it (boot --bind-user: their records are in /run/host/userdb, not
+// in /etc/passwd; its postinst adds "systemd" to nsswitch.conf).
+var BasePackages = []string{"systemd", "systemd-sysv", "dbus", "iproute2", "libnss-systemd"}
 
 // Options describe one root filesystem to bootstrap.
 type Options struct {

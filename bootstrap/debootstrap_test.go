@@ -43,18 +43,18 @@ func TestDebootstrapArgs(t *testing.T) {
 		want   []string
 	}{
 		{"debian defaults: no mirror, debootstrap picks", Options{Release: deb}, "",
-			[]string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus,iproute2", "--components=main",
+			[]string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus,iproute2,libnss-systemd", "--components=main",
 				"--keyring=/usr/share/keyrings/debian-archive-keyring.gpg", "bookworm", "/srv/.#x"}},
 		{"ubuntu jammy with universe and its keyring", Options{Release: jammy}, "",
-			[]string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus,iproute2", "--components=main,universe",
+			[]string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus,iproute2,libnss-systemd", "--components=main,universe",
 				"--keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg", "jammy", "/srv/.#x"}},
 		{"mirror, include, variant, arch, cache", Options{Release: deb, Mirror: "http://mirror.example/debian", Variant: "buildd",
 			Include: []string{"nginx", "dbus", " curl "}, Arch: "arm64", CacheDir: "/var/cache/nsbox/debs"}, "",
-			[]string{"--variant=buildd", "--include=systemd,systemd-sysv,dbus,iproute2,nginx,curl", "--components=main",
+			[]string{"--variant=buildd", "--include=systemd,systemd-sysv,dbus,iproute2,libnss-systemd,nginx,curl", "--components=main",
 				"--keyring=/usr/share/keyrings/debian-archive-keyring.gpg", "--arch=arm64", "--cache-dir=/var/cache/nsbox/debs",
 				"bookworm", "/srv/.#x", "http://mirror.example/debian"}},
 		{"a release debootstrap has no script for", Options{Release: jammy, Mirror: "http://m/ubuntu"}, "/usr/share/debootstrap/scripts/gutsy",
-			[]string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus,iproute2", "--components=main,universe",
+			[]string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus,iproute2,libnss-systemd", "--components=main,universe",
 				"--keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg", "jammy", "/srv/.#x", "http://m/ubuntu", "/usr/share/debootstrap/scripts/gutsy"}},
 	} {
 		if got := DebootstrapArgs(tc.o, "/srv/.#x", tc.script); !reflect.DeepEqual(got, tc.want) {

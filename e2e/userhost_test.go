@@ -62,9 +62,14 @@ func suiteNamesTaken() []string {
 	return found
 }
 
+// plainPackages are the packages of a plain create's base, in nsbox's
+// order (bootstrap.BasePackages).
+const plainPackages = "systemd,systemd-sysv,dbus,iproute2,libnss-systemd"
+
 // suiteBase makes sure the suite's cache holds the bookworm base the
 // scenarios copy, bootstrapping it (once, for every later run) with a
 // create in a directory of its own, and returns its key.
+
 func suiteBase() (string, error) {
 	if err := os.MkdirAll(suiteCache, 0o700); err != nil {
 		return "", err
@@ -96,15 +101,15 @@ func suiteBase() (string, error) {
 		if err := json.Unmarshal(out, &bases); err != nil {
 			return "", fmt.Errorf("nsbox cache list: %w", err)
 		}
-		// A plain create's: no mirror, the default variant, no package
-		// beyond what every machine gets.
-		key, fewest := "", 0
+		// A plain create's: no mirror, the default variant, the packages
+		// every machine gets and no other (a base of an earlier nsbox,
+		// which gave machines fewer, is not it).
 		for _, b := range bases {
-			if b.Release == "bookworm" && b.Variant == "minbase" && b.Mirror == "" && (key == "" || len(b.Packages) < fewest) {
-				key, fewest = b.Key, len(b.Packages)
+			if b.Release == "bookworm" && b.Variant == "minbase" && b.Mirror == "" && strings.Join(b.Packages, ",") == plainPackages {
+				return b.Key, nil
 			}
 		}
-		return key, nil
+		return "", nil
 	}
 	if key, err := find(); key != "" || err != nil {
 		return key, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -47,6 +48,10 @@ type BootRequest struct {
 	// Ephemeral boots the machine over a throwaway upper: what it
 	// writes is gone when it stops (see ephemeral.go).
 	Ephemeral bool
+	// BindUsers replaces the remembered bound host users when
+	// BindUsersSet.
+	BindUsers    []string
+	BindUsersSet bool
 }
 
 // checkBinds refuses binds whose source is missing, and binds of the
@@ -195,6 +200,12 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if req.PortsSet {
 		opts.Ports = req.Ports
 	}
+	if req.BindUsersSet {
+		opts.BindUsers = uniqueUsers(req.BindUsers)
+	}
+	if err := m.checkBindUsers(ctx, opts.BindUsers, opts.PrivateUsers); err != nil {
+		return err
+	}
 	if len(opts.Ports) > 0 && opts.Network == "host" {
 		return fmt.Errorf("%w: --port needs a network of the machine's own (not --network host)", ErrInvalidOption)
 	}
@@ -274,6 +285,11 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 				}
 			}
 		}()
+	}
+	// The tree is there now, an overlay machine's too: what nspawn would
+	// refuse in it, or the machine would not see, is said in one line.
+	if err := checkBindUsersIn(name, root, opts.BindUsers); err != nil {
+		return err
 	}
 	m.linkImage(name)
 	m.unshareMachineID(name)
@@ -782,6 +798,10 @@ func (m *Manager) enterStopped(ctx context.Context, name string, o ExecOptions, 
 	overlay := rec.Kind == storage.Overlay
 	if opts.PrivateUsers {
 		args = append(args, "--private-users=pick", "--private-users-ownership=auto")
+	}
+	if opts.PrivateUsers && slices.Contains(opts.BindUsers, o.User) {
+		// A bound user exists in the machine only as nspawn binds them.
+		args = append(args, "--bind-user="+o.User)
 	}
 	if o.User != "" {
 		args = append(args, "--user="+o.User)

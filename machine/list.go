@@ -248,6 +248,9 @@ func (m *Manager) Status(ctx context.Context, name string, o ListOptions) (Info,
 			if o.Ports == nil {
 				o.Ports = []string{}
 			}
+			if o.BindUsers == nil {
+				o.BindUsers = []string{}
+			}
 			i.Options = &o
 		}
 		if l, err := m.Limits(name); err == nil && !l.IsZero() {

@@ -60,6 +60,13 @@ func NspawnArgs(c NspawnConfig) []string {
 	for _, p := range c.Ports {
 		args = append(args, "--port="+p)
 	}
+	if c.PrivateUsers {
+		// nspawn binds users into a user namespace only: Boot refuses
+		// them without one.
+		for _, u := range c.BindUsers {
+			args = append(args, "--bind-user="+u)
+		}
+	}
 	if c.ReadOnly {
 		args = append(args, "--read-only")
 	}

@@ -34,6 +34,12 @@ func TestNspawnArgs(t *testing.T) {
 			Binds: []Bind{{Source: "/data", Dest: "/mnt/data"}, {Source: "/ro", Dest: "/ro", ReadOnly: true, Options: "norbind"}}}},
 			[]string{"--private-users=pick", "--private-users-ownership=auto", "--network-veth",
 				"--bind=/data:/mnt/data:idmap", "--bind-ro=/ro:/ro:norbind"}},
+		{"bound users under userns", NspawnConfig{Name: "web", Root: "/srv/web", Registered: true, BootOptions: BootOptions{
+			Network: "veth", PrivateUsers: true, BindUsers: []string{"alice", "bob"}}},
+			[]string{"--private-users=pick", "--private-users-ownership=auto", "--network-veth", "--bind-user=alice", "--bind-user=bob"}},
+		{"no bound users without userns (Boot refuses them)", NspawnConfig{Name: "web", Root: "/srv/web", Registered: true, BootOptions: BootOptions{
+			Network: "veth", BindUsers: []string{"alice"}}},
+			[]string{"--private-users=no", "--network-veth"}},
 		{"a colon and a backslash in a bind path are escaped as nspawn reads them", NspawnConfig{Name: "web", Root: "/srv/web", Registered: true, BootOptions: BootOptions{
 			Network: "veth", Binds: []Bind{{Source: "/a:b", Dest: `/c\d e`}}}},
 			[]string{"--private-users=no", "--network-veth", `--bind=/a\:b:/c\\d e`}},

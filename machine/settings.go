@@ -151,6 +151,9 @@ type BootOptions struct {
 	PrivateUsers bool `json:"private_users"`
 	// Ports forwards host ports to the machine: [tcp|udp:]HOST[:MACHINE].
 	Ports []string `json:"ports"`
+	// BindUsers are host users nspawn makes appear in the machine, with
+	// their private group and their home (BindUser=, --bind-user).
+	BindUsers []string `json:"bind_users"`
 
 	// file is the settings file these options were read from: a rewrite
 	// changes only the keys nsbox owns and keeps every other line.
@@ -263,6 +266,11 @@ func (o BootOptions) validate() error {
 			return err
 		}
 	}
+	for _, u := range o.BindUsers {
+		if err := ValidateBindUser(u); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -279,7 +287,7 @@ const (
 // Everything else in the file is the user's: kept as written.
 var ownedKeys = map[string]bool{
 	"Exec.Boot": true, "Exec.PrivateUsers": true,
-	"Files.PrivateUsersOwnership": true, "Files.Bind": true, "Files.BindReadOnly": true,
+	"Files.PrivateUsersOwnership": true, "Files.Bind": true, "Files.BindReadOnly": true, "Files.BindUser": true,
 	"Network.Private": true, "Network.VirtualEthernet": true, "Network.Bridge": true,
 	"Network.Zone": true, "Network.Port": true,
 }
@@ -584,6 +592,9 @@ func (o BootOptions) ownedSections() []*unit.UnitSection {
 		}
 		files = append(files, &unit.UnitEntry{Name: key, Value: bd.String()})
 	}
+	for _, u := range o.BindUsers {
+		files = append(files, &unit.UnitEntry{Name: "BindUser", Value: u})
+	}
 	var network []*unit.UnitEntry
 	set := func(key, value string) { network = append(network, &unit.UnitEntry{Name: key, Value: value}) }
 	switch {
@@ -638,6 +649,18 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 				return o, at(err)
 			}
 			o.Binds = append(o.Binds, b)
+		case "Files.BindUser":
+			// nspawn reads a list of names; an empty value drops those
+			// above it.
+			if v == "" {
+				o.BindUsers = nil
+			}
+			for _, u := range strings.Fields(v) {
+				if err := ValidateBindUser(u); err != nil {
+					return o, at(err)
+				}
+				o.BindUsers = append(o.BindUsers, u)
+			}
 		case "Network.Private":
 			private, _ = parseBool(v)
 		case "Network.VirtualEthernet":

@@ -132,6 +132,9 @@ func CheckSettings(text string) (problems, notes []SettingsProblem) {
 	if len(o.Ports) > 0 && o.Network == "host" {
 		add(firstPort, "Port= needs a network of the machine's own (VirtualEthernet=yes, Bridge= or Zone=), not the host's")
 	}
+	if len(o.BindUsers) > 0 && !o.PrivateUsers {
+		add(0, "BindUser= needs the machine's user namespace (PrivateUsers=pick): nspawn binds users into one only")
+	}
 	if _, err := o.SettingsText(); err != nil {
 		add(0, "nsbox could not write it back at the next boot: %v", err)
 	}
@@ -166,6 +169,9 @@ func checkValue(full, v string) string {
 		if full == "Files.Bind" || full == "Files.BindReadOnly" {
 			return "an empty value drops the binds above it; remove their lines instead"
 		}
+		if full == "Files.BindUser" {
+			return "an empty value drops the users above it; remove their lines instead"
+		}
 		return "give a value (nsbox rewrites this key at every boot)"
 	}
 	why := func(err error) string {
@@ -191,6 +197,12 @@ func checkValue(full, v string) string {
 	case "Files.Bind", "Files.BindReadOnly":
 		_, err := ParseBind(v, full == "Files.BindReadOnly")
 		return why(err)
+	case "Files.BindUser":
+		for _, u := range strings.Fields(v) {
+			if err := ValidateBindUser(u); err != nil {
+				return why(err)
+			}
+		}
 	case "Network.Bridge":
 		return why(ValidateNetwork("bridge:" + v))
 	case "Network.Zone":

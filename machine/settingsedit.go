@@ -101,7 +101,7 @@ func (m *Manager) Settings(ctx context.Context, name string) (Settings, error) {
 	}
 	s.Exists, s.Text = exists, string(text)
 	if !exists {
-		s.BootOptions.Binds, s.BootOptions.Ports = []Bind{}, []string{}
+		s.BootOptions.Binds, s.BootOptions.Ports, s.BootOptions.BindUsers = []Bind{}, []string{}, []string{}
 		return s, nil
 	}
 	s.Problems, _ = CheckSettings(s.Text)
@@ -120,6 +120,9 @@ func (m *Manager) Settings(ctx context.Context, name string) (Settings, error) {
 	}
 	if s.BootOptions.Ports == nil {
 		s.BootOptions.Ports = []string{}
+	}
+	if s.BootOptions.BindUsers == nil {
+		s.BootOptions.BindUsers = []string{}
 	}
 	return s, nil
 }
@@ -293,7 +296,7 @@ func (m *Manager) EditSettings(ctx context.Context, name string, req EditRequest
 		}
 		problems, notes := CheckSettings(string(edited))
 		if len(problems) == 0 {
-			res.Notes = append(notes, m.bindNotes(string(edited))...)
+			res.Notes = append(append(notes, m.bindNotes(string(edited))...), m.bindUserNotes(ctx, string(edited))...)
 			break
 		}
 		serr := &SettingsError{File: name + ".nspawn", Path: path, Problems: problems}
@@ -341,6 +344,24 @@ func (m *Manager) bindNotes(text string) []SettingsProblem {
 		if err := m.checkBinds([]Bind{b}, o.PrivateUsers, false); err != nil {
 			why := strings.TrimPrefix(err.Error(), ErrInvalidOption.Error()+": ")
 			notes = append(notes, SettingsProblem{0, "the next boot refuses this bind without --force-binds: " + why})
+		}
+	}
+	return notes
+}
+
+// bindUserNotes says what a boot would refuse in the bound users of a
+// settings file that passed CheckSettings: a user the host does not have,
+// or one nspawn does not bind (checkBindUsers).
+func (m *Manager) bindUserNotes(ctx context.Context, text string) []SettingsProblem {
+	o, err := ParseSettingsFile(text)
+	if err != nil || !o.PrivateUsers {
+		return nil
+	}
+	var notes []SettingsProblem
+	for _, u := range o.BindUsers {
+		if err := m.checkBindUsers(ctx, []string{u}, true); err != nil {
+			why := strings.TrimPrefix(err.Error(), ErrInvalidOption.Error()+": ")
+			notes = append(notes, SettingsProblem{0, "the next boot refuses this user: " + why})
 		}
 	}
 	return notes

@@ -3,6 +3,7 @@ package machine
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -17,8 +18,9 @@ const maxPasswd = 4 << 20
 // machine name: a name stays a name, a numeric ID becomes the name its
 // /etc/passwd gives it (runuser and nspawn's --user take names). A user
 // the machine's /etc/passwd does not have is an error naming --uid, unless
-// the machine also looks users up elsewhere (nsswitch.conf), when the
-// value is passed on as it is. The files are the machine's: read inside
+// it is a host user bound into the machine (boot --bind-user) or the
+// machine also looks users up elsewhere (nsswitch.conf), when the value
+// is passed on as it is. The files are the machine's: read inside
 // its tree, regular files only, bounded.
 func (m *Manager) ResolveUser(name, user string) (string, error) {
 	if user == "" {
@@ -49,7 +51,12 @@ func (m *Manager) ResolveUser(name, user string) (string, error) {
 	if found, ok := lookupPasswd(string(b), user, numeric); ok {
 		return found, nil
 	}
-	if !numeric && !filesOnly(r) {
+	if o, err := m.Options(name); err == nil && !numeric && slices.Contains(o.BindUsers, user) {
+		// A host user nspawn binds in: in the machine's user database
+		// (/run/host/userdb), not in its /etc/passwd.
+		return user, nil
+	}
+	if !numeric && (!filesOnly(r) || inUserdb(r, user)) {
 		return user, nil
 	}
 	if numeric {
@@ -87,7 +94,9 @@ func entryFields(file string) [][]string {
 
 // filesOnly reports whether the machine's nsswitch.conf looks users up in
 // /etc/passwd alone (as Debian's does), so a user missing there does not
-// exist. Without the file, glibc reads /etc/passwd only too.
+// exist. Without the file, glibc reads /etc/passwd only too. nss-systemd
+// ("systemd") adds root, nobody and the records of the user database
+// directories, which inUserdb reads.
 func filesOnly(r *os.Root) bool {
 	b, err := readSmall(r, "etc/nsswitch.conf")
 	if err != nil {
@@ -100,11 +109,29 @@ func filesOnly(r *os.Root) bool {
 			continue
 		}
 		for _, src := range strings.Fields(v) {
-			if src != "files" && src != "compat" && !strings.HasPrefix(src, "[") {
+			if src != "files" && src != "compat" && src != "systemd" && !strings.HasPrefix(src, "[") {
 				return false
 			}
 		}
 		return true
 	}
 	return true
+}
+
+// userdbDirs are where nss-systemd finds user records as files
+// (systemd's userdb drop-in directories, and nspawn's for bound users).
+var userdbDirs = []string{"etc/userdb", "run/userdb", "run/host/userdb", "usr/local/lib/userdb", "usr/lib/userdb"}
+
+// inUserdb reports whether a machine's user database directories hold a
+// record of user.
+func inUserdb(r *os.Root, user string) bool {
+	if strings.ContainsAny(user, "/") || user == "." || user == ".." {
+		return false
+	}
+	for _, d := range userdbDirs {
+		if _, err := r.Stat(d + "/" + user + ".user"); err == nil {
+			return true
+		}
+	}
+	return false
 }

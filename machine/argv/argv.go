@@ -201,3 +201,37 @@ func takesValue(flags []cli.Flag, arg string) bool {
 	}
 	return false
 }
+
+// CompletingValue reports the flag whose value a completion request asks
+// for: args end in "--generate-bash-completion" right after a flag that
+// takes a value. urfave/cli would take the request for the flag's value,
+// or fail on the flag.
+func CompletingValue(app *cli.App, args []string) (string, bool) {
+	n := len(args)
+	if n < 3 || args[n-1] != "--generate-bash-completion" {
+		return "", false
+	}
+	a := args[n-2]
+	if !strings.HasPrefix(a, "-") || a == "-" || a == "--" {
+		return "", false
+	}
+	i := commandIndex(app, args[:n-2])
+	if i >= n-2 {
+		return a, takesValue(app.Flags, a)
+	}
+	cmd := app.Command(args[i])
+	if cmd == nil {
+		return "", false
+	}
+	for i+1 < n-2 && len(cmd.Subcommands) > 0 {
+		sub := cmd.Command(args[i+1])
+		if sub == nil {
+			break
+		}
+		cmd, i = sub, i+1
+	}
+	if takesValue(cmd.Flags, a) || !isFlag(cmd.Flags, a) && takesValue(app.Flags, a) {
+		return a, true
+	}
+	return "", false
+}

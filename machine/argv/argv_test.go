@@ -123,3 +123,30 @@ func TestUnknownCommand(t *testing.T) {
 		}
 	}
 }
+
+func TestCompletingValue(t *testing.T) {
+	app := testApp()
+	const req = "--generate-bash-completion"
+	for _, tc := range []struct {
+		in   []string
+		flag string
+		ok   bool
+	}{
+		{[]string{"nsbox", "boot", "--bind", req}, "--bind", true},
+		{[]string{"nsbox", "boot", "web", "--port", req}, "--port", true},
+		{[]string{"nsbox", "--root-dir", req}, "--root-dir", true},
+		{[]string{"nsbox", "boot", "--root-dir", req}, "--root-dir", true},
+		{[]string{"nsbox", "cache", "list", "-o", req}, "-o", true},
+		// A flag without a value, a machine name, nothing to complete.
+		{[]string{"nsbox", "boot", "--console", req}, "", false},
+		{[]string{"nsbox", "boot", "web", req}, "", false},
+		{[]string{"nsbox", "boot", "--bind", "/a", req}, "", false},
+		{[]string{"nsbox", "boot", "--bind"}, "", false},
+		{[]string{"nsbox", "boot", "--", req}, "", false},
+	} {
+		flag, ok := CompletingValue(app, tc.in)
+		if flag != tc.flag || ok != tc.ok {
+			t.Errorf("CompletingValue(%q) = %q, %v; want %q, %v", tc.in, flag, ok, tc.flag, tc.ok)
+		}
+	}
+}
