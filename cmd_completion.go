@@ -100,6 +100,12 @@ func completeMachines(c *cli.Context) {
 	if root == "" {
 		root = "/srv"
 	}
+	if c.Command.Name == "status" {
+		// status reports machinectl's images too.
+		for _, n := range imageNames(machine.DefaultPaths().ImagesDir) {
+			fmt.Println(n)
+		}
+	}
 	ents, err := os.ReadDir(root)
 	if err != nil {
 		return

@@ -25,8 +25,9 @@ func listCommand() *cli.Command {
 		Name:    "list",
 		Aliases: []string{"ls"},
 		Usage:   "list every machine, running or not",
-		Description: "Machines that machined knows but nsbox did not create are shown too,\n" +
-			"marked with * after the name.\n\n   nsbox list\n   nsbox list --output json",
+		Description: "Machines that machined knows but nsbox did not create, and machinectl's\n" +
+			"images in /var/lib/machines (running or not), are shown too, marked with *\n" +
+			"after the name (nsbox adopt NAME makes one nsbox's).\n\n   nsbox list\n   nsbox list --output json",
 		Flags: []cli.Flag{outputFlag, &cli.BoolFlag{Name: "no-legend", Usage: "no header line"}, usageFlag},
 		Action: func(c *cli.Context) error {
 			if err := checkOutput(c); err != nil {
@@ -126,7 +127,7 @@ func writeTable(w io.Writer, infos []machine.Info, legend, usage bool) {
 		row := []string{cell(name), cell(state), cell(i.OS), cell(i.Version)}
 		if usage {
 			u := "-"
-			if i.Managed {
+			if i.Managed || i.ImageType != "" {
 				u = humanBytes(i.Usage)
 			}
 			row = append(row, u)

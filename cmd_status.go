@@ -102,6 +102,23 @@ func writeStatus(w io.Writer, i machine.Info) {
 	if len(i.Sockets) > 0 {
 		row("Sockets", strings.Join(i.Sockets, " ")+" (boot on a connection)")
 	}
+	if i.ImageType != "" {
+		img := "machinectl's " + i.ImageType + " in " + i.ImageDir
+		if i.ImageType != machine.ImageRaw && i.State == "stopped" {
+			img += " (make it nsbox's: nsbox adopt " + i.Name + ")"
+		}
+		row("Image", img)
+		var disk []string
+		if i.Usage > 0 {
+			disk = append(disk, humanBytes(i.Usage))
+		}
+		if i.ReadOnly {
+			disk = append(disk, "read-only")
+		}
+		if len(disk) > 0 {
+			row("Disk", strings.Join(disk, ", "))
+		}
+	}
 	if i.Autostart != "" {
 		row("Autostart", i.Autostart)
 	}

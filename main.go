@@ -82,14 +82,14 @@ func commands() []*cli.Command {
 		createCommand(), bootCommand(), shellCommand(), listCommand(), statusCommand(),
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
-		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
+		adoptCommand(), enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
 		bindCommand(), cpCommand(), diffCommand(), catCommand(), editCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
 		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(), socketProxyCommand(),
 	}
 	quietUsage(cmds)
 	for _, c := range cmds {
 		switch c.Name {
-		case "create", "completion", "man", "doctor", "list", "cache", "events", "cp", "prune":
+		case "create", "completion", "man", "doctor", "list", "cache", "events", "cp", "prune", "adopt":
 		default:
 			c.BashComplete = completeMachines
 		}

@@ -27,6 +27,8 @@ type info struct {
 	Backend    string   `json:"backend"`
 	Usage      int64    `json:"usage_bytes"`
 	ReadOnly   bool     `json:"read_only"`
+	ImageDir   string   `json:"image_dir"`
+	ImageType  string   `json:"image_type"`
 	Storage    string   `json:"storage"`
 	Base       string   `json:"base"`
 	BaseUsage  int64    `json:"base_usage_bytes"`
@@ -698,6 +700,7 @@ func scenarios(t *testing.T, e *env) {
 		e.mustNsb(t, "remove", "e2e-imp")
 	})
 
+	t.Run("machinectl images", func(t *testing.T) { imagesScenario(t, e, name) })
 	t.Run("overlay storage", func(t *testing.T) { overlayScenario(t, e) })
 	t.Run("snapshots", func(t *testing.T) { snapshotScenario(t, e) })
 	t.Run("run", func(t *testing.T) { runScenario(t, e) })

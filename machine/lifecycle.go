@@ -590,6 +590,9 @@ func (m *Manager) running(ctx context.Context, name string) error {
 		if m.exists(name) {
 			return fmt.Errorf("%w: %s (start it: nsbox boot %s)", ErrNotRunning, name, name)
 		}
+		if img, ok := m.machinectlImage(name); ok {
+			return fmt.Errorf("%w: %s (machinectl's image in %s)", ErrNotRunning, name, img.Dir)
+		}
 		return fmt.Errorf("%w %q (see: nsbox list)", ErrNotFound, name)
 	} else if err != nil {
 		return err
@@ -728,7 +731,7 @@ func (m *Manager) Shell(ctx context.Context, name string, o ExecOptions, argv []
 	r, err := m.Backend.Get(ctx, name)
 	if errors.Is(err, ErrNotRunning) {
 		if !m.exists(name) {
-			return 0, fmt.Errorf("%w %q (see: nsbox list)", ErrNotFound, name)
+			return 0, m.notNsboxs(name, fmt.Errorf("%w %q (see: nsbox list)", ErrNotFound, name))
 		}
 		return m.enterStopped(ctx, name, o, argv)
 	}

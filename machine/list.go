@@ -15,6 +15,7 @@ import (
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/nsbox/nsbox/network"
+	"golang.org/x/sys/unix"
 )
 
 // Info is what list and status report of one machine. The JSON shape is
@@ -35,6 +36,11 @@ type Info struct {
 	Backend    string     `json:"backend"`
 	Usage      int64      `json:"usage_bytes,omitempty"` // disk usage of the tree, with ListOptions.Usage
 	ReadOnly   bool       `json:"read_only"`
+	// ImageDir is the directory of machinectl's images a machine that is
+	// not nsbox's is in (/var/lib/machines), and ImageType what its image
+	// is there: "directory", "subvolume" or "raw".
+	ImageDir  string `json:"image_dir,omitempty"`
+	ImageType string `json:"image_type,omitempty"`
 	// Storage is how the tree is kept: "copy", "btrfs" or "overlay"
 	// (nsbox's machines only), and Base the cached base the machine was
 	// made from (an overlay machine is over it), whose size BaseUsage is
@@ -128,6 +134,29 @@ func mergeList(p Paths, disk []string, running []backend.Running, backend string
 	return res
 }
 
+// withImages adds machinectl's images to infos: a running machine started
+// from one (its root is the image) says so, the others are listed
+// stopped. All are foreign (Managed false).
+func withImages(infos []Info, images []MachinectlImage, backend string) []Info {
+	for _, img := range images {
+		found := false
+		for k := range infos {
+			i := &infos[k]
+			if !i.Managed && i.Name == img.Name && i.Root == img.Path {
+				i.ImageDir, i.ImageType, i.ReadOnly = img.Dir, img.Type, img.ReadOnly
+				found = true
+			}
+		}
+		if !found {
+			infos = append(infos, Info{Name: img.Name, State: "stopped", Root: img.Path, Backend: backend,
+				ImageDir: img.Dir, ImageType: img.Type, ReadOnly: img.ReadOnly,
+				Addresses: []string{}, Interfaces: []string{}, Snapshots: []string{}})
+		}
+	}
+	sort.SliceStable(infos, func(a, b int) bool { return infos[a].Name < infos[b].Name })
+	return infos
+}
+
 // ListOptions choose what List and Status read beyond what the backend
 // and the tree's os-release say.
 type ListOptions struct {
@@ -144,6 +173,7 @@ func (m *Manager) List(ctx context.Context, o ListOptions) ([]Info, error) {
 		return nil, err
 	}
 	infos := mergeList(m.Paths, m.onDisk(), running, m.Backend.Name())
+	infos = withImages(infos, m.machinectlImages(), m.Backend.Name())
 	m.fill(infos, o)
 	return infos, nil
 }
@@ -175,6 +205,9 @@ func (m *Manager) fill(infos []Info, o ListOptions) {
 				if osr, ok := m.readOSReleaseOf(i.Name, i.Root, rec); ok {
 					i.OS, i.Version = osr.ID, osr.Version
 				}
+			}
+			if i.ImageType != "" && o.Usage {
+				i.Usage = imageUsage(i.Root, i.ImageType)
 			}
 			if i.Managed {
 				i.ReadOnly = m.ReadOnly(i.Name)
@@ -216,6 +249,19 @@ func (m *Manager) fill(infos []Info, o ListOptions) {
 	wg.Wait()
 }
 
+// imageUsage is the disk usage of one of machinectl's images at path.
+func imageUsage(path, typ string) int64 {
+	if typ != ImageRaw {
+		u, _ := host.DiskUsage(path)
+		return u
+	}
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
 // Status reports one machine, nsbox's or foreign.
 func (m *Manager) Status(ctx context.Context, name string, o ListOptions) (Info, error) {
 	if err := ValidateName(name); err != nil {
@@ -234,6 +280,9 @@ func (m *Manager) Status(ctx context.Context, name string, o ListOptions) (Info,
 		disk = append(disk, name)
 	}
 	infos := mergeList(m.Paths, disk, running, m.Backend.Name())
+	if img, ok := m.machinectlImage(name); ok && len(disk) == 0 {
+		infos = withImages(infos, []MachinectlImage{img}, m.Backend.Name())
+	}
 	if len(infos) == 0 {
 		return Info{}, m.checkName(name, true)
 	}

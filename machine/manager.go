@@ -27,10 +27,13 @@ type Paths struct {
 	RootDir     string // machine roots: RootDir/NAME (default /srv)
 	SettingsDir string // remembered boot options, NAME.nspawn (/etc/systemd/nspawn)
 	ImagesDir   string // where machinectl looks for images (/var/lib/machines)
-	RunDir      string // runtime state (/run/nsbox)
-	LogDir      string // console logs of the direct backend (/var/log/nsbox)
-	CacheDir    string // debootstrap's package cache (/var/cache/nsbox)
-	StateDir    string // what nsbox remembers of machines (/var/lib/nsbox)
+	// ImageSearchPath is every directory machined finds images in, in its
+	// order, ImagesDir among them; nil is ImagesDir alone.
+	ImageSearchPath []string
+	RunDir          string // runtime state (/run/nsbox)
+	LogDir          string // console logs of the direct backend (/var/log/nsbox)
+	CacheDir        string // debootstrap's package cache (/var/cache/nsbox)
+	StateDir        string // what nsbox remembers of machines (/var/lib/nsbox)
 	// LockDir holds systemd's image locks by inode
 	// (/run/systemd/nspawn/locks); empty takes only the lock beside each
 	// image, as tests do.
@@ -40,14 +43,15 @@ type Paths struct {
 // DefaultPaths are the standard locations.
 func DefaultPaths() Paths {
 	return Paths{
-		RootDir:     "/srv",
-		SettingsDir: "/etc/systemd/nspawn",
-		ImagesDir:   "/var/lib/machines",
-		RunDir:      "/run/nsbox",
-		LogDir:      "/var/log/nsbox",
-		CacheDir:    "/var/cache/nsbox",
-		StateDir:    "/var/lib/nsbox",
-		LockDir:     "/run/systemd/nspawn/locks",
+		RootDir:         "/srv",
+		SettingsDir:     "/etc/systemd/nspawn",
+		ImagesDir:       "/var/lib/machines",
+		ImageSearchPath: defaultImageSearchPath,
+		RunDir:          "/run/nsbox",
+		LogDir:          "/var/log/nsbox",
+		CacheDir:        "/var/cache/nsbox",
+		StateDir:        "/var/lib/nsbox",
+		LockDir:         "/run/systemd/nspawn/locks",
 	}
 }
 
@@ -207,7 +211,7 @@ func (m *Manager) Known(ctx context.Context, name string) error {
 	} else if !errors.Is(err, ErrNotRunning) {
 		return err
 	}
-	return fmt.Errorf("%w %q (see: nsbox list)", ErrNotFound, name)
+	return m.notNsboxs(name, fmt.Errorf("%w %q (see: nsbox list)", ErrNotFound, name))
 }
 
 // checkName validates name and, with mustExist, that it is a machine.
@@ -219,7 +223,7 @@ func (m *Manager) checkName(name string, mustExist bool) error {
 		return err
 	}
 	if mustExist && !m.exists(name) {
-		return fmt.Errorf("%w %q under %s (see: nsbox list)", ErrNotFound, name, m.RootDir)
+		return m.notNsboxs(name, fmt.Errorf("%w %q under %s (see: nsbox list)", ErrNotFound, name, m.RootDir))
 	}
 	return nil
 }

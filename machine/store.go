@@ -227,12 +227,16 @@ func (m *Manager) checkOwner(name string) error {
 }
 
 // taken says why name cannot be made here: its tree, or something at
-// RootDir/NAME, exists already.
+// RootDir/NAME, or machinectl's image of the name exists already (names
+// are unique on the host: machinectl would not find nsbox's machine).
 func (m *Manager) taken(name string) error {
 	for _, p := range []string{m.Tree(name), m.Path(name)} {
 		if _, err := os.Lstat(p); err == nil {
 			return fmt.Errorf("%w: %s (remove it first: nsbox remove %s)", ErrExists, m.Path(name), name)
 		}
+	}
+	if img, ok := m.machinectlImage(name); ok {
+		return fmt.Errorf("%w: %s is machinectl's image %s (adopt it: nsbox adopt %s, or choose another name)", ErrExists, name, img.Path, name)
 	}
 	return nil
 }
