@@ -1,7 +1,9 @@
 package network
 
 import (
+	"errors"
 	"net"
+	"net/netip"
 	"sort"
 
 	"github.com/vishvananda/netlink"
@@ -121,4 +123,104 @@ func unicast(addrs []netlink.Addr) []string {
 		return out[i] < out[j]
 	})
 	return out
+}
+
+// ErrNoLinkAddress is returned by LinkAddress when the machine has no
+// address on the link to the host.
+var ErrNoLinkAddress = errors.New("the machine has no IPv4 address on its link to the host")
+
+// LinkAddress is the IPv4 address of the machine whose leader is pid on
+// its link to the host, for a link nsbox did not address itself (a veth
+// systemd-networkd serves, a bridge, a zone). The machine's root sets its
+// addresses as it likes, so one is taken only if it lies in a subnet the
+// host has on the host end of the machine's own veth (or on the bridge
+// that end is in) and is no address of the host's: the machine can point
+// at nothing but a neighbour on its own link.
+func LinkAddress(pid int) (netip.Addr, error) {
+	hostNS, err := netns.Get()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer hostNS.Close()
+	machNS, err := netns.GetFromPid(pid)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer machNS.Close()
+	return linkAddress(hostNS, machNS)
+}
+
+func linkAddress(hostNS, machNS netns.NsHandle) (netip.Addr, error) {
+	if hostNS.Equal(machNS) {
+		return netip.Addr{}, ErrNoLinkAddress
+	}
+	hostH, machH, err := handles(hostNS, machNS)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer hostH.Close()
+	defer machH.Close()
+	links, err := hostH.LinkList()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	peers, err := peersOf(hostH, machH, hostNS, machNS, links)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	var subnets []netip.Prefix
+	addSubnets := func(index int) {
+		l, err := hostH.LinkByIndex(index)
+		if err != nil {
+			return
+		}
+		addrs, _ := hostH.AddrList(l, netlink.FAMILY_V4)
+		for _, a := range addrs {
+			if p, ok := prefixOf(a.IPNet); ok {
+				subnets = append(subnets, p.Masked())
+			}
+		}
+	}
+	for _, p := range peers {
+		addSubnets(p.Index)
+		if l, err := hostH.LinkByIndex(p.Index); err == nil && l.Attrs().MasterIndex > 0 {
+			addSubnets(l.Attrs().MasterIndex)
+		}
+	}
+	own := map[netip.Addr]bool{}
+	if addrs, err := hostH.AddrList(nil, netlink.FAMILY_V4); err == nil {
+		for _, a := range addrs {
+			if p, ok := prefixOf(a.IPNet); ok {
+				own[p.Addr()] = true
+			}
+		}
+	}
+	machAddrs, err := machH.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, a := range machAddrs {
+		p, ok := prefixOf(a.IPNet)
+		if !ok || own[p.Addr()] || !p.Addr().IsGlobalUnicast() && !p.Addr().IsPrivate() {
+			continue
+		}
+		for _, s := range subnets {
+			if s.Contains(p.Addr()) && p.Addr() != s.Addr() {
+				return p.Addr(), nil
+			}
+		}
+	}
+	return netip.Addr{}, ErrNoLinkAddress
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
 }
