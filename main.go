@@ -84,7 +84,7 @@ func commands() []*cli.Command {
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(),
 		bindCommand(), cpCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
-		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(),
+		cacheCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), portsCommand(), storageCommand(),
 	}
 	quietUsage(cmds)
 	for _, c := range cmds {
