@@ -66,8 +66,7 @@ func TestPortsCompanionSpec(t *testing.T) {
 		t.Errorf("no forwards: %+v", spec)
 	}
 
-	d := *m
-	d.Backend = &direct.Backend{}
+	d := &Manager{Paths: m.Paths, Pool: m.Pool, Self: self, Backend: &direct.Backend{}}
 	spec, err = d.startSpec("web", o, Limits{}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +75,6 @@ func TestPortsCompanionSpec(t *testing.T) {
 		t.Errorf("direct spec: companion %q, post-start %q", spec.Companion, spec.PostStart)
 	}
 }
-
 
 func TestPortsCompanionUnit(t *testing.T) {
 	ctx := context.Background()

@@ -64,7 +64,9 @@ func tcpTarget(t *testing.T) (port uint16, peers chan string) {
 	return uint16(l.Addr().(*net.TCPAddr).Port), peers
 }
 
-func loopbackTarget(context.Context) (netip.Addr, error) { return netip.MustParseAddr("127.0.0.1"), nil }
+func loopbackTarget(context.Context) (netip.Addr, error) {
+	return netip.MustParseAddr("127.0.0.1"), nil
+}
 
 // startProxy serves f on 127.0.0.1 and ::1 (when the host has it) at
 // ports of the kernel's choosing; it returns the bound addresses.
