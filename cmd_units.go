@@ -159,6 +159,17 @@ func networkUpCommand() *cli.Command {
 	return cmd
 }
 
+// portsCommand serves a running machine's forwarded ports on the host's
+// loopback addresses, beside the machine (its supervisor or a unit bound
+// to its unit runs it): nsbox __ports NAME.
+func portsCommand() *cli.Command {
+	cmd := simple(machine.PortsCommand, "", nil, func(c *cli.Context, m *machine.Manager, n string) error {
+		return m.ServePorts(c.Context, n)
+	})
+	cmd.Hidden = true
+	return cmd
+}
+
 // storageCommand is what an overlay machine's unit runs before its start
 // and after its stop: nsbox __storage mount|unmount NAME, and for an
 // ephemeral boot mount-ephemeral|unmount-ephemeral NAME.

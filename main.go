@@ -84,7 +84,7 @@ func commands() []*cli.Command {
 		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		adoptCommand(), enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
 		bindCommand(), cpCommand(), diffCommand(), catCommand(), editCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
-		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), storageCommand(), socketProxyCommand(),
+		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), portsCommand(), storageCommand(), socketProxyCommand(),
 	}
 	quietUsage(cmds)
 	for _, c := range cmds {

@@ -201,6 +201,18 @@ func correctBoot(t *testing.T, e *env) {
 		wantFail(t, e.nsb(t, "boot", b, "--port", "18093"), 1, "in use on this host by systemd-socket")
 		e.sh(t, "kill $(cat "+pidFile+") && rm -f "+pidFile)
 		<-done
+		// One listening on the host's ::1 only (where only nsbox's loopback
+		// forward would serve): refused too.
+		go func() {
+			done <- e.runIn(t, "", "sh", "-c", "echo $$ > "+pidFile+"; exec timeout 60 systemd-socket-activate -l [::1]:18094 sleep 60 >/dev/null 2>&1")
+		}()
+		waitFor(t, 20*time.Second, "a listener on [::1]:18094", func() (bool, string) {
+			out := e.query(t, "ss -ltnH 'sport = :18094'")
+			return strings.Contains(out, "[::1]:18094"), out
+		})
+		wantFail(t, e.nsb(t, "boot", b, "--port", "tcp:18094:80"), 1, "in use on this host by systemd-socket")
+		e.sh(t, "kill $(cat "+pidFile+") && rm -f "+pidFile)
+		<-done
 		if o := rememberedOptions(t, e, b); len(o.Ports) != 0 {
 			t.Errorf("refused ports remembered: %q", o.Ports)
 		}

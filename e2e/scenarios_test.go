@@ -334,7 +334,8 @@ func scenarios(t *testing.T, e *env) {
 
 	t.Run("network", func(t *testing.T) {
 		e.mustNsb(t, "stop", name)
-		e.mustNsb(t, "boot", name, "--port", "tcp:18080:8080")
+		localnetBefore := e.mustSh(t, "cat /proc/sys/net/ipv4/conf/all/route_localnet /proc/sys/net/ipv4/conf/lo/route_localnet")
+		e.mustNsb(t, "boot", name, "--port", "tcp:18080:8080", "--port", "tcp:18081:8081", "--port", "udp:15353:5353")
 		var i info
 		waitFor(t, 20*time.Second, "the machine's address", func() (bool, string) {
 			i = status(t, e, name)
@@ -368,7 +369,7 @@ func scenarios(t *testing.T, e *env) {
 		if !strings.Contains(e.mustSh(t, "cat /etc/systemd/nspawn/"+name+".nspawn"), "Port=tcp:18080:8080") {
 			t.Error("port not remembered")
 		}
-		e.mustNsb(t, "stop", name)
+		loopbackForwards(t, e, name, hostEnd, localnetBefore)
 		e.mustNsb(t, "boot", name, "--no-ports")
 	})
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/host"
+	"github.com/sirupsen/logrus"
 )
 
 // autostart returns the backend's Autostart, or an error saying why this
@@ -145,9 +146,10 @@ func (m *Manager) SetLimits(ctx context.Context, name string, f LimitFlags) (bac
 }
 
 // NetworkUp configures the host end of a running machine's veth and the
-// pool's masquerading; units of enabled machines run it once the machine
-// is up (a failure there is logged, and the machine keeps running). A
-// veth that is not the pair nspawn made for the machine is refused.
+// pool's masquerading, and starts its loopback forwards; the machine's
+// units run it once the machine is up (a failure there is logged, and the
+// machine keeps running). A veth that is not the pair nspawn made for the
+// machine is refused.
 func (m *Manager) NetworkUp(ctx context.Context, name string) error {
 	if err := m.running(ctx, name); err != nil {
 		return err
@@ -155,6 +157,9 @@ func (m *Manager) NetworkUp(ctx context.Context, name string) error {
 	opts, err := m.Options(name)
 	if err != nil {
 		return err
+	}
+	if err := m.startPortsCompanion(ctx, name, opts); err != nil {
+		logrus.Warnf("%s: the forwarded ports do not answer on 127.0.0.1 and ::1: %v", name, err)
 	}
 	if !m.ownVeth(opts) {
 		return nil

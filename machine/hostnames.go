@@ -47,9 +47,9 @@ func (m *Manager) publishName(ctx context.Context, name string) {
 	} else {
 		wait, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_ = pollUntil(wait, func() bool {
-			seen, ok := network.Inspect([]int{r.Leader})[r.Leader]
-			addr = network.PeerAddress(seen)
-			return ok && addr.IsValid()
+			a, err := network.LinkAddress(r.Leader)
+			addr = a
+			return err == nil
 		})
 		cancel()
 	}

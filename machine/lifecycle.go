@@ -212,6 +212,9 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if err := m.checkBinds(opts.Binds, opts.PrivateUsers, req.ForceBinds); err != nil {
 		return err
 	}
+	// What the last run left of the loopback forwards is not a host
+	// process holding the ports.
+	m.stopPortsCompanion(ctx, name)
 	if err := m.checkPorts(ctx, name, opts.Ports); err != nil {
 		return err
 	}
@@ -456,12 +459,23 @@ func (m *Manager) nspawnConfig(name string, opts BootOptions) NspawnConfig {
 }
 
 // startSpec is what the backend needs to run machine name. A machine
-// whose veth nsbox configures gets "nsbox __network-up NAME" once it is
-// up, so a start by systemd alone (autostart) configures it too.
+// whose veth nsbox configures, or that forwards ports, gets "nsbox
+// __network-up NAME" once it is up, so a start by systemd alone
+// (autostart) configures it too; without machined the supervisor runs
+// the loopback forwards (nsbox __ports NAME) itself.
 func (m *Manager) startSpec(name string, opts BootOptions, limits backend.Limits, timeout time.Duration) (backend.StartSpec, error) {
 	spec := backend.StartSpec{Name: name, Root: m.Dir(name), Timeout: timeout, Limits: limits,
 		Argv: append([]string{"systemd-nspawn"}, NspawnArgs(m.nspawnConfig(name, opts))...)}
-	if m.ownVeth(opts) && m.Backend.Registered() && m.Self != nil {
+	companion, err := m.portsCompanion(name, opts)
+	if err != nil {
+		return spec, err
+	}
+	switch {
+	case !m.Backend.Registered():
+		spec.Companion = companion
+	case (m.ownVeth(opts) || companion != nil) && m.Self != nil:
+		// The unit's ExecStartPost= starts the companion (in a unit of
+		// its own, bound to the machine's) and configures the veth.
 		self, err := m.Self()
 		if err != nil {
 			return spec, err
@@ -559,9 +573,23 @@ func (m *Manager) console(ctx context.Context, cfg NspawnConfig, limits backend.
 			go m.finishNetwork(netCtx, cfg.Name, &link)
 		}
 	}
+	companion, err := m.portsCompanion(cfg.Name, cfg.BootOptions)
+	if err != nil {
+		return err
+	}
 	if fc, ok := m.Backend.(foregroundConsole); ok {
 		return fc.Console(ctx, backend.StartSpec{Name: cfg.Name, Root: cfg.Root, Limits: limits,
-			Argv: append([]string{"systemd-nspawn"}, args...)})
+			Argv: append([]string{"systemd-nspawn"}, args...), Companion: companion})
+	}
+	if companion != nil {
+		// The loopback forwards last as long as this foreground run.
+		portsCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			if err := m.ServePorts(portsCtx, cfg.Name); err != nil {
+				logrus.Warnf("%s: %v", cfg.Name, err)
+			}
+		}()
 	}
 	c := &host.Cmd{Path: "systemd-nspawn", Args: args, Foreground: true,
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}

@@ -247,12 +247,8 @@ func (m *Manager) socketTarget(ctx context.Context, name string, leader int) (ne
 	wait, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	err = pollUntil(wait, func() bool {
-		seen, ok := network.Inspect([]int{leader})[leader]
-		if !ok {
-			return false
-		}
-		found = network.PeerAddress(seen)
-		return found.IsValid()
+		found, err = network.LinkAddress(leader)
+		return err == nil
 	})
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("%s has no address on its veth after a minute", name)

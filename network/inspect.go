@@ -1,6 +1,7 @@
 package network
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sort"
@@ -150,38 +151,102 @@ func LinkCounters() (map[int]Counters, error) {
 	return out, nil
 }
 
-// PeerAddress is the machine's IPv4 address in the subnet of an address
-// of the host's end of one of its veths, other than the host's own: the
-// address nsbox (or networkd) gave it, never one the machine gave itself
-// elsewhere. Invalid when there is none yet.
-func PeerAddress(s Seen) netip.Addr {
-	var prefixes []netip.Prefix
-	for _, p := range s.Peers {
-		l, err := netlink.LinkByIndex(p.Index)
-		if err != nil || l.Attrs().Name != p.Name {
-			continue
-		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+// ErrNoLinkAddress is returned by LinkAddress when the machine has no
+// address on the link to the host.
+var ErrNoLinkAddress = errors.New("the machine has no IPv4 address on its link to the host")
+
+// LinkAddress is the IPv4 address of the machine whose leader is pid on
+// its link to the host, for a link nsbox did not address itself (a veth
+// systemd-networkd serves, a bridge, a zone). The machine's root sets its
+// addresses as it likes, so one is taken only if it lies in a subnet the
+// host has on the host end of the machine's own veth (or on the bridge
+// that end is in) and is no address of the host's: the machine can point
+// at nothing but a neighbour on its own link.
+func LinkAddress(pid int) (netip.Addr, error) {
+	hostNS, err := netns.Get()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer hostNS.Close()
+	machNS, err := netns.GetFromPid(pid)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer machNS.Close()
+	return linkAddress(hostNS, machNS)
+}
+
+func linkAddress(hostNS, machNS netns.NsHandle) (netip.Addr, error) {
+	if hostNS.Equal(machNS) {
+		return netip.Addr{}, ErrNoLinkAddress
+	}
+	hostH, machH, err := handles(hostNS, machNS)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer hostH.Close()
+	defer machH.Close()
+	links, err := hostH.LinkList()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	peers, err := peersOf(hostH, machH, hostNS, machNS, links)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	var subnets []netip.Prefix
+	addSubnets := func(index int) {
+		l, err := hostH.LinkByIndex(index)
 		if err != nil {
-			continue
+			return
 		}
+		addrs, _ := hostH.AddrList(l, netlink.FAMILY_V4)
 		for _, a := range addrs {
-			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
-				ones, _ := a.Mask.Size()
-				prefixes = append(prefixes, netip.PrefixFrom(ip, ones))
+			if p, ok := prefixOf(a.IPNet); ok {
+				subnets = append(subnets, p.Masked())
 			}
 		}
 	}
-	for _, a := range s.Addresses {
-		ip, err := netip.ParseAddr(a)
-		if err != nil || !ip.Is4() {
+	for _, p := range peers {
+		addSubnets(p.Index)
+		if l, err := hostH.LinkByIndex(p.Index); err == nil && l.Attrs().MasterIndex > 0 {
+			addSubnets(l.Attrs().MasterIndex)
+		}
+	}
+	own := map[netip.Addr]bool{}
+	if addrs, err := hostH.AddrList(nil, netlink.FAMILY_V4); err == nil {
+		for _, a := range addrs {
+			if p, ok := prefixOf(a.IPNet); ok {
+				own[p.Addr()] = true
+			}
+		}
+	}
+	machAddrs, err := machH.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, a := range machAddrs {
+		p, ok := prefixOf(a.IPNet)
+		if !ok || own[p.Addr()] || !p.Addr().IsGlobalUnicast() && !p.Addr().IsPrivate() {
 			continue
 		}
-		for _, p := range prefixes {
-			if p.Masked().Contains(ip) && ip != p.Addr() && ip != p.Masked().Addr() {
-				return ip
+		for _, s := range subnets {
+			if s.Contains(p.Addr()) && p.Addr() != s.Addr() {
+				return p.Addr(), nil
 			}
 		}
 	}
-	return netip.Addr{}
+	return netip.Addr{}, ErrNoLinkAddress
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
 }

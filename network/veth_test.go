@@ -250,3 +250,55 @@ func hostPeers(hostNS, machNS netns.NsHandle) ([]Interface, error) {
 	}
 	return peersOf(host, mach, hostNS, machNS, links)
 }
+
+// TestLinkAddress: the loopback proxy connects only to a machine address
+// on the machine's own link, whatever addresses its root sets.
+func TestLinkAddress(t *testing.T) {
+	needNamespaces(t)
+	setup := func(t *testing.T) vethSetup {
+		s := newVethSetup(t, "ve-test")
+		ip(t, s.host, "addr", "add", "10.77.0.1/28", "dev", "ve-test")
+		ip(t, s.host, "addr", "add", "192.0.2.1/24", "dev", "victim0")
+		ip(t, s.host, "link", "set", "ve-test", "up")
+		ip(t, s.mach, "link", "set", "host0", "up")
+		return s
+	}
+	t.Run("the machine's address on the link", func(t *testing.T) {
+		s := setup(t)
+		ip(t, s.mach, "addr", "add", "127.0.0.2/8", "dev", "host0")
+		ip(t, s.mach, "addr", "add", "192.0.2.7/24", "dev", "host0") // another link's
+		ip(t, s.mach, "addr", "add", "10.77.0.1/28", "dev", "host0") // the host's own
+		ip(t, s.mach, "addr", "add", "10.77.0.5/28", "dev", "host0")
+		if a, err := linkAddress(s.hostNS, s.machNS); err != nil || a.String() != "10.77.0.5" {
+			t.Errorf("linkAddress: %v, %v; want 10.77.0.5", a, err)
+		}
+	})
+	t.Run("none on the link", func(t *testing.T) {
+		s := setup(t)
+		ip(t, s.mach, "addr", "add", "192.0.2.7/24", "dev", "host0")
+		ip(t, s.mach, "addr", "add", "10.77.0.1/28", "dev", "host0")
+		if a, err := linkAddress(s.hostNS, s.machNS); !errors.Is(err, ErrNoLinkAddress) {
+			t.Errorf("linkAddress: %v, %v; want ErrNoLinkAddress", a, err)
+		}
+	})
+	t.Run("on a bridge the host end is in", func(t *testing.T) {
+		s := newVethSetup(t, "vb-test")
+		ip(t, s.host, "link", "add", "br-test", "type", "bridge")
+		ip(t, s.host, "addr", "add", "10.78.0.1/24", "dev", "br-test")
+		ip(t, s.host, "link", "set", "vb-test", "master", "br-test")
+		ip(t, s.mach, "addr", "add", "10.78.0.9/24", "dev", "host0")
+		if a, err := linkAddress(s.hostNS, s.machNS); err != nil || a.String() != "10.78.0.9" {
+			t.Errorf("linkAddress: %v, %v; want 10.78.0.9", a, err)
+		}
+	})
+	t.Run("a veth the machine planted", func(t *testing.T) {
+		s := setup(t)
+		ip(t, s.mach, "link", "del", "host0")
+		s.plantVeth(t)
+		// Its peer index is victim0's: the subnet there is not the link's.
+		ip(t, s.mach, "addr", "add", "192.0.2.7/24", "dev", "host0")
+		if a, err := linkAddress(s.hostNS, s.machNS); !errors.Is(err, ErrNoLinkAddress) {
+			t.Errorf("linkAddress: %v, %v; want ErrNoLinkAddress", a, err)
+		}
+	})
+}

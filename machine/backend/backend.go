@@ -33,7 +33,13 @@ type StartSpec struct {
 	// PreStart runs before nspawn starts and StopPost after it stopped
 	// (nsbox __storage mount|unmount NAME for an overlay machine).
 	PreStart, StopPost []string
-	Limits             Limits
+	// Companion runs beside the machine for as long as it runs, in a
+	// session of its own (nsbox __ports NAME, the loopback forwards); the
+	// direct backend's supervisor starts it and ends it before the
+	// machine counts as stopped. The machined backend runs it through
+	// Companions instead, from PostStart.
+	Companion []string
+	Limits    Limits
 }
 
 // Usage is what a running machine uses now.
@@ -125,6 +131,17 @@ type Autostart interface {
 // nil pre and post take them away.
 type StartHooks interface {
 	SetStartHooks(ctx context.Context, name string, pre, post []string) error
+}
+
+// Companions is a backend that runs a command beside a running machine
+// in a unit of its own, bound to the machine's unit (the machined
+// backend): it is stopped when the machine's unit stops, however it stops.
+type Companions interface {
+	// StartCompanion starts argv beside running machine name; a companion
+	// that runs already is left as it is.
+	StartCompanion(ctx context.Context, name string, argv []string) error
+	// StopCompanion stops the machine's companion and waits for it.
+	StopCompanion(ctx context.Context, name string) error
 }
 
 // Watcher is a backend that can tell when machines change, so events come

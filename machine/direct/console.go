@@ -56,7 +56,8 @@ func (d *Backend) Console(ctx context.Context, spec backend.StartSpec) error {
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 		// Interrupted, the supervisor passes SIGTERM on to nspawn, which
 		// shuts the machine down: give it the time to.
-		KillGrace: 30 * time.Second}
+		KillGrace: 30 * time.Second,
+		Env:       hookEnv(backend.StartSpec{Companion: spec.Companion})}
 	err = d.Runner.Run(ctx, c)
 	d.Cleanup(context.WithoutCancel(ctx), spec.Name)
 	if err != nil {

@@ -119,9 +119,7 @@ func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 	started := make(chan *os.Process, 1)
 	c := &host.Cmd{Path: self, Args: args, Stdin: devnull, Stdout: logf, Stderr: logf, Dir: "/",
 		Started: func(p *os.Process) { started <- p }}
-	if len(spec.StopPost) > 0 {
-		c.Env = []string{StopPostEnv + "=" + string(mustJSON(spec.StopPost))}
-	}
+	c.Env = hookEnv(spec)
 	exited := make(chan error, 1)
 	go func() { exited <- d.Runner.Run(context.Background(), c) }()
 	var sup *os.Process
@@ -153,11 +151,16 @@ func (d *Backend) Start(ctx context.Context, spec backend.StartSpec) error {
 // when the machine is gone. SIGTERM is passed on to nspawn, which then
 // shuts the container down.
 func Supervise(statePath, logPath string, argv []string) int {
-	// StopPost (an overlay machine's unmount) is nspawn's to never see.
-	var post []string
+	// StopPost (an overlay machine's unmount) and the companion are
+	// nspawn's to never see.
+	var post, companion []string
 	if v, ok := os.LookupEnv(StopPostEnv); ok {
 		os.Unsetenv(StopPostEnv)
 		_ = json.Unmarshal([]byte(v), &post)
+	}
+	if v, ok := os.LookupEnv(CompanionEnv); ok {
+		os.Unsetenv(CompanionEnv)
+		_ = json.Unmarshal([]byte(v), &companion)
 	}
 	self, err := backend.ProcOf(os.Getpid())
 	if err != nil {
@@ -197,6 +200,13 @@ func Supervise(statePath, logPath string, argv []string) int {
 				fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
 			}
 		}()
+	}
+	// The companion (the loopback forwards) starts before the supervisor
+	// joins the machine's cgroups, so the machine's limits, which its root
+	// fills at will, are not its; it is ended before the state goes, so a
+	// stop returns once it is gone.
+	if len(companion) > 0 {
+		defer startCompanion(companion, logPath != consoleLog)()
 	}
 	if err := joinCgroup(name); err != nil {
 		fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
@@ -284,6 +294,45 @@ func Supervise(statePath, logPath string, argv []string) int {
 
 // StopPostEnv carries StartSpec.StopPost, as JSON, to the supervisor.
 const StopPostEnv = "NSBOX_STOP_POST"
+
+// CompanionEnv carries StartSpec.Companion, as JSON, to the supervisor.
+const CompanionEnv = "NSBOX_COMPANION"
+
+// hookEnv is the supervisor's environment for spec's StopPost and
+// Companion.
+func hookEnv(spec backend.StartSpec) []string {
+	var env []string
+	if len(spec.StopPost) > 0 {
+		env = append(env, StopPostEnv+"="+string(mustJSON(spec.StopPost)))
+	}
+	if len(spec.Companion) > 0 {
+		env = append(env, CompanionEnv+"="+string(mustJSON(spec.Companion)))
+	}
+	return env
+}
+
+// startCompanion runs argv in a session of its own beside the machine,
+// writing to the supervisor's log when log is set; what it returns ends it (SIGTERM, then
+// SIGKILL after five seconds) and waits for it.
+func startCompanion(argv []string, log bool) (end func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c := &host.Cmd{Path: argv[0], Args: argv[1:], Dir: "/", KillGrace: 5 * time.Second}
+		if log {
+			// On a console (boot --console) the terminal is nspawn's alone.
+			c.Stdout, c.Stderr = os.Stderr, os.Stderr
+		}
+		if err := (host.ExecRunner{}).Run(ctx, c); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(os.Stderr, "nsbox: %v\n", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
 
 // maxConsoleLog is the size at which a machine's console log is rotated.
 const maxConsoleLog = 8 << 20

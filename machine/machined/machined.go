@@ -338,10 +338,70 @@ func (m *Backend) Shell(ctx context.Context, name, user string) error {
 	return err
 }
 
+// CompanionUnitName is the unit a machine's companion runs in (its
+// loopback forwards). A machine name has no "@", so it is no other
+// machine's unit.
+func CompanionUnitName(name string) string { return "nsbox-ports@" + name + ".service" }
+
+// StartCompanion implements backend.Companions: argv runs in a transient
+// service bound to the unit the machine runs in (BindsTo=), so systemd
+// stops it when the machine's unit stops, by nsbox, machinectl, a
+// poweroff inside or a crash. It is not ordered after that unit: it is
+// started from the unit's ExecStartPost=, while the unit is still
+// starting.
+func (m *Backend) StartCompanion(ctx context.Context, name string, argv []string) error {
+	r, err := m.Get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if r.Unit != UnitName(name) && r.Unit != AutostartUnitName(name) {
+		return fmt.Errorf("%s runs in %s, not a unit of nsbox's", name, r.Unit)
+	}
+	unit := CompanionUnitName(name)
+	if st, err := m.Systemd.GetUnitState(ctx, unit); err == nil && (st.ActiveState == "active" || st.ActiveState == "activating") {
+		return nil
+	}
+	_ = m.Systemd.ResetFailedUnit(ctx, unit)
+	result, err := m.Systemd.StartTransientUnit(ctx, dbusapi.ServiceSpec{
+		Name:        unit,
+		Description: "nsbox loopback forwards of machine " + name,
+		ExecStart:   escapeExecArgs(argv),
+		Type:        "exec",
+		CollectMode: "inactive-or-failed",
+		// SIGTERM ends it with nsbox's status for it.
+		SuccessExitStatus: []int32{143},
+		Properties:        []dbusapi.UnitProperty{{Name: "BindsTo", Value: []string{r.Unit}}},
+	})
+	if err != nil {
+		return err
+	}
+	if result != "done" {
+		return fmt.Errorf("unit %s: start job %s", unit, result)
+	}
+	return nil
+}
+
+// StopCompanion implements backend.Companions.
+func (m *Backend) StopCompanion(ctx context.Context, name string) error {
+	unit := CompanionUnitName(name)
+	st, err := m.Systemd.GetUnitState(ctx, unit)
+	if err != nil || st.ActiveState == "inactive" || st.ActiveState == "" {
+		return nil
+	}
+	if st.ActiveState != "failed" {
+		if err := m.Systemd.StopUnit(ctx, unit); err != nil {
+			return err
+		}
+	}
+	return m.Systemd.ResetFailedUnit(ctx, unit)
+}
+
+var _ backend.Companions = (*Backend)(nil)
+
 // Cleanup implements Backend: a failed unit is forgotten so the next boot
-// can use the name, and a unit still up is stopped.
+// can use the name, and a unit still up is stopped, its companion too.
 func (m *Backend) Cleanup(ctx context.Context, name string) {
-	for _, unit := range []string{UnitName(name), AutostartUnitName(name)} {
+	for _, unit := range []string{UnitName(name), AutostartUnitName(name), CompanionUnitName(name)} {
 		if st, err := m.Systemd.GetUnitState(ctx, unit); err == nil && st.ActiveState != "inactive" && st.ActiveState != "failed" {
 			_ = m.Systemd.StopUnit(ctx, unit)
 		}
