@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -285,23 +284,10 @@ func passConn(ctx context.Context, c net.Conn, addr string, started time.Time) {
 	if err != nil || up == nil {
 		return
 	}
-	defer up.Close()
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		// The end of one direction, passed on; the other goes on.
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		}
-		done <- struct{}{}
+	in, ok := c.(*net.TCPConn)
+	if !ok {
+		up.Close()
+		return
 	}
-	go pipe(up, c)
-	go pipe(c, up)
-	for range 2 {
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return
-		}
-	}
+	network.Relay(ctx, in, up.(*net.TCPConn))
 }

@@ -234,7 +234,13 @@ func (p *LoopbackProxy) relayTCP(ctx context.Context, c *net.TCPConn, f Forward)
 		p.logf("forward %s: %v", f, err)
 		return
 	}
-	m := mc.(*net.TCPConn)
+	Relay(ctx, c, mc.(*net.TCPConn))
+}
+
+// Relay passes connection c to m and back until both ends are done or
+// ctx ends, each direction through a buffer of its own; it closes both.
+func Relay(ctx context.Context, c, m *net.TCPConn) {
+	defer c.Close()
 	defer m.Close()
 	stop := context.AfterFunc(ctx, func() {
 		c.Close()
