@@ -90,7 +90,9 @@ func ociScenario(t *testing.T, e *env) {
 		}
 		return "docker://" + ref.String()
 	}
-	top := layer(t, map[string]string{"etc/motd": "from an image\n", "etc/issue.net": ""}, map[string]string{"etc/.wh.issue.net": ""})
+	// The base has /etc/issue.net; the top layer whites it out (a
+	// whiteout hides only what the layers below have: OCI image spec).
+	top := layer(t, map[string]string{"etc/motd": "from an image\n"}, map[string]string{"etc/.wh.issue.net": ""})
 	ref := push("debian:test", v1.Config{Cmd: []string{"/bin/bash"}, Env: []string{"PATH=/usr/bin:/bin"}}, base, top)
 
 	const name = "e2e-oci"
