@@ -15,13 +15,19 @@ import (
 func createCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "create",
-		Usage:     "bootstrap a new machine from a Debian or Ubuntu release",
+		Usage:     "bootstrap a new machine from a Debian or Ubuntu release, or make one from a container image",
 		ArgsUsage: "NAME",
 		Description: "Bootstraps a root file system into ROOT-DIR/NAME. When NAME is a release\n" +
 			"codename (bookworm, trixie, jammy, noble, ...) that is the release. The\n" +
 			"first create of a release bootstraps a base into /var/cache/nsbox/bases;\n" +
 			"later ones copy it (see: nsbox cache).\n\n" +
-			"   nsbox create bookworm\n   nsbox create web --release trixie --include nginx",
+			"   nsbox create bookworm\n   nsbox create web --release trixie --include nginx\n\n" +
+			"With --from, the machine is made from a container image instead: from a\n" +
+			"registry (docker://[REGISTRY/]REPO[:TAG|@DIGEST], credentials from the\n" +
+			"Docker config and its credential helpers), an OCI image layout\n" +
+			"(oci:DIR[:TAG]) or a docker save archive (docker-archive:FILE). Its\n" +
+			"layers are kept by digest in CACHE/oci and shared between images.\n\n" +
+			"   nsbox create deb --from docker://debian:bookworm\n   nsbox create pi --from docker://debian:bookworm --arch arm64",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "release", Aliases: []string{"r"}, Usage: "release codename (default: NAME, if it is one)"},
 			&cli.StringFlag{Name: "distro", Usage: "debian or ubuntu (default: follows from the release)"},
@@ -33,6 +39,9 @@ func createCommand() *cli.Command {
 			&cli.StringFlag{Name: "storage", Value: "auto", Usage: "overlay (over the base: nothing copied), copy (of the base) or btrfs (a snapshot of it); auto: btrfs where the root and cache directories are on btrfs, overlay elsewhere, copy where overlayfs cannot serve"},
 			&cli.StringFlag{Name: "bootstrapper", Usage: "debootstrap or mmdebstrap (default: mmdebstrap when installed)"},
 			&cli.DurationFlag{Name: "refresh-older-than", Usage: "refresh a cached base older than this before use (e.g. 720h)"},
+			&cli.StringFlag{Name: "from", Usage: "make the machine from a container image: docker://REF, oci:DIR[:TAG] or docker-archive:FILE"},
+			&cli.StringFlag{Name: "platform", Usage: "with --from: the image's platform in an index, OS/ARCH[/VARIANT] (default: the host's; --arch says the architecture alone)"},
+			&cli.StringFlag{Name: "max-size", Usage: "with --from: the most an image's layers may write (default 64G)"},
 		},
 		Action: func(c *cli.Context) error {
 			name, err := nameArg(c)
@@ -45,6 +54,18 @@ func createCommand() *cli.Command {
 			}
 			if kind == machine.StorageOverlay && c.Bool("no-cache") {
 				return usagef("--storage overlay is made over a cached base: leave out --no-cache")
+			}
+			from := c.String("from")
+			if err := checkFromFlags(c, from); err != nil {
+				return err
+			}
+			var maxBytes int64
+			if s := c.String("max-size"); s != "" {
+				n, err := machine.ParseSize(s)
+				if err != nil || n == 0 || n > 1<<62 {
+					return usagef("--max-size %q: give a size, as 20G or 500M", s)
+				}
+				maxBytes = int64(n)
 			}
 			m, err := manager(c)
 			if err != nil {
@@ -60,6 +81,7 @@ func createCommand() *cli.Command {
 				Variant: c.String("variant"), Include: include, Arch: c.String("arch"),
 				NoCache: c.Bool("no-cache"), Bootstrapper: c.String("bootstrapper"), MaxAge: c.Duration("refresh-older-than"),
 				Progress: p.stage, Storage: kind,
+				From: from, Platform: c.String("platform"), MaxImageBytes: maxBytes,
 			})
 			p.done()
 			if err != nil {
@@ -129,4 +151,26 @@ func (p *progress) done() {
 	if p.drawn {
 		fmt.Fprint(p.f, "\r\033[K")
 	}
+}
+
+// checkFromFlags refuses what does not go with --from (the release's
+// flags), and --from's own flags without it.
+func checkFromFlags(c *cli.Context, from string) error {
+	if from == "" {
+		for _, f := range []string{"platform", "max-size"} {
+			if c.IsSet(f) {
+				return usagef("--%s goes with --from (a container image)", f)
+			}
+		}
+		return nil
+	}
+	if !machine.IsImageSource(from) {
+		return usagef("--from %q: give docker://[REGISTRY/]REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE", from)
+	}
+	for _, f := range []string{"release", "distro", "mirror", "variant", "include", "no-cache", "bootstrapper", "refresh-older-than"} {
+		if c.IsSet(f) {
+			return usagef("--%s is for a machine bootstrapped from a release; --from makes it from an image", f)
+		}
+	}
+	return nil
 }

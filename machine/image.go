@@ -128,6 +128,11 @@ func (m *Manager) Clone(ctx context.Context, src, dst string) error {
 			return err
 		}
 	}
+	if img := m.ImageOf(src); img != nil {
+		if err := m.writeImageRecord(dst, img); err != nil {
+			logrus.Warnf("%s: remember its image: %v", dst, err)
+		}
+	}
 	return nil
 }
 
@@ -197,7 +202,7 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 			_ = os.Remove(m.settingsPath(old))
 		}
 	}
-	for _, p := range [][2]string{{m.linkPath(old), m.linkPath(new)}, {m.limitsPath(old), m.limitsPath(new)}} {
+	for _, p := range [][2]string{{m.linkPath(old), m.linkPath(new)}, {m.limitsPath(old), m.limitsPath(new)}, {m.imagePath(old), m.imagePath(new)}} {
 		if err := os.Rename(p[0], p[1]); err != nil && !os.IsNotExist(err) {
 			return err
 		}

@@ -734,6 +734,7 @@ func (m *Manager) Remove(ctx context.Context, name string, force bool) error {
 	_ = os.Remove(m.settingsPath(name))
 	_ = os.Remove(m.linkPath(name))
 	_ = os.Remove(m.limitsPath(name))
+	_ = os.Remove(m.imagePath(name))
 	if a, ok := m.Backend.(backend.Autostart); ok {
 		a.Forget(ctx, name)
 	}

@@ -261,6 +261,14 @@ type CreateOptions struct {
 	Progress func(bootstrap.Stage)
 	// Storage is how the machine's tree is kept; "" is a copy.
 	Storage StorageKind
+	// From, when set, names a container image to make the machine from
+	// (docker://REF, oci:DIR[:TAG], docker-archive:FILE) instead of a
+	// release; Platform (OS/ARCH[/VARIANT]) or Arch picks it from an
+	// index, and MaxImageBytes caps what its layers write (0:
+	// DefaultImageCap).
+	From          string
+	Platform      string
+	MaxImageBytes int64
 }
 
 // StaleBaseAge is the age after which nsbox tells the user a base is old.
@@ -297,6 +305,9 @@ func ResolveRelease(name string, o CreateOptions) (bootstrap.Release, error) {
 func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) error {
 	if err := m.checkName(name, false); err != nil {
 		return err
+	}
+	if o.From != "" {
+		return m.createFromImage(ctx, name, o)
 	}
 	rel, err := ResolveRelease(name, o)
 	if err != nil {

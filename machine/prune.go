@@ -295,6 +295,7 @@ func (m *Manager) pruneRecords(ctx context.Context, p *pruner, staged map[string
 	add(filepath.Join(m.StateDir, "storage"), ".json")
 	add(filepath.Join(m.StateDir, "names"), "")
 	add(filepath.Dir(m.limitsPath("x")), ".json")
+	add(filepath.Dir(m.imagePath("x")), ".json")
 	add(filepath.Dir(m.linkPath("x")), "")
 	add(filepath.Join(m.RunDir, "machines"), ".json")
 	add(m.LogDir, ".log")
@@ -408,6 +409,7 @@ func (m *Manager) pruneRecordsOf(p *pruner, name string, staged bool) {
 		return
 	}
 	file(m.limitsPath(name))
+	file(m.imagePath(name))
 	file(m.linkPath(name))
 	file(filepath.Join(m.LogDir, name+".log"))
 	file(filepath.Join(m.LogDir, name+".log.1"))

@@ -21,6 +21,14 @@ var ErrUnsafeArchive = errors.New("unsafe archive")
 // system than an import may take.
 var ErrNoSpace = errors.New("not enough space")
 
+// ErrTooLarge is returned for an image whose layers write more than the
+// cap (ArchiveChecker.Cap).
+var ErrTooLarge = errors.New("image too large")
+
+// overSpace reports whether err is a refusal for the space an archive
+// takes, after which copyArchive stops writing.
+func overSpace(err error) bool { return errors.Is(err, ErrNoSpace) || errors.Is(err, ErrTooLarge) }
+
 // Space is what an import may take of the file system it lands on.
 type Space struct {
 	Dir     string // the file system, as the user knows it (named in errors)
@@ -41,10 +49,21 @@ type ArchiveChecker struct {
 	// Xattrs the trusted.* extended attributes dropped.
 	Devices, Xattrs int
 
+	// Cap, when above 0, caps the bytes the kept members may take
+	// whatever the space: an image's layers (ErrTooLarge).
+	Cap int64
+
 	links   map[string]bool // paths the archive made symbolic links
 	dropped map[string]bool // paths of dropped device nodes
 	full    bool            // Space was exceeded: only counting from here
 	partial bool            // counting stopped before the end
+
+	// layer: Check reads an image layer (see Layers): whiteouts were
+	// taken by the first pass and are dropped here, and tree remembers
+	// what every kept member made ('d' directory, 'l' symbolic link,
+	// 'f' anything else), for the layers after.
+	layer bool
+	tree  map[string]byte
 }
 
 // Check decides about one member, as the Go reader gave it: an error
@@ -95,6 +114,14 @@ func (c *ArchiveChecker) Check(h *tar.Header) (*tar.Header, error) {
 	name, err := memberPath(h.Name)
 	if err != nil {
 		return nil, err
+	}
+	if c.layer {
+		if err := checkWhiteoutUse(h.Name, name); err != nil {
+			return nil, err
+		}
+		if strings.HasPrefix(path.Base(name), whiteoutPrefix) {
+			return nil, nil // applied before this pass
+		}
 	}
 	switch h.Typeflag {
 	case tar.TypeReg:
@@ -164,6 +191,9 @@ func (c *ArchiveChecker) Check(h *tar.Header) (*tar.Header, error) {
 		c.full = true
 		return nil, c.spaceError()
 	}
+	if c.layer {
+		c.made(name, h.Typeflag)
+	}
 	return out, nil
 }
 
@@ -218,15 +248,24 @@ func (c *ArchiveChecker) add(h *tar.Header) {
 	}
 }
 
-// over reports whether what was counted exceeds Space.
+// over reports whether what was counted exceeds Space or Cap.
 func (c *ArchiveChecker) over() bool {
+	if c.capped() {
+		return true
+	}
 	s := c.Space
 	return s != nil && (c.Need > s.Bytes || (s.Inodes > 0 && c.Inodes > s.Inodes))
 }
 
+// capped reports whether what was counted exceeds Cap.
+func (c *ArchiveChecker) capped() bool { return c.Cap > 0 && c.Need > c.Cap }
+
 // spaceError says how much the archive needs (as far as counted) against
-// what the file system has.
+// what the file system has, or that it passed Cap.
 func (c *ArchiveChecker) spaceError() error {
+	if c.capped() {
+		return fmt.Errorf("%w: its layers write more than %s, the cap on an image (raise it with --max-size)", ErrTooLarge, formatSize(c.Cap))
+	}
 	s := c.Space
 	if c.Need > s.Bytes {
 		more := ""
@@ -357,7 +396,10 @@ func copyArchive(r io.Reader, w io.Writer, c *ArchiveChecker, cut func(error)) e
 		}
 		if c.full {
 			// Only counting, for the error; a decompression bomb is not
-			// read to its end.
+			// read to its end, nor an image past its cap.
+			if c.capped() {
+				return c.spaceError()
+			}
 			c.add(h)
 			if c.Need > 2*c.Space.Bytes+1<<30 {
 				c.partial = true
@@ -366,7 +408,7 @@ func copyArchive(r io.Reader, w io.Writer, c *ArchiveChecker, cut func(error)) e
 			continue
 		}
 		out, err := c.Check(h)
-		if errors.Is(err, ErrNoSpace) {
+		if overSpace(err) {
 			cut(err)
 			continue
 		}
@@ -397,7 +439,7 @@ func copyArchive(r io.Reader, w io.Writer, c *ArchiveChecker, cut func(error)) e
 	if c.full {
 		return c.spaceError()
 	}
-	if n == 0 {
+	if n == 0 && !c.layer {
 		return fmt.Errorf("empty archive")
 	}
 	// GNU tar may stop reading at the first of the two closing blocks and

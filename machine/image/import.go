@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -183,7 +182,7 @@ func Extract(ctx context.Context, r host.Runner, src io.Reader, dir string, c *A
 		default:
 		}
 		switch {
-		case errors.Is(err, ErrNoSpace):
+		case overSpace(err):
 			// The copy reads on, to say what the archive needs.
 		case err != nil && !tarStopped(err):
 			return err

@@ -1,0 +1,225 @@
+package machine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/nsbox/nsbox/bootstrap"
+	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/image"
+	"github.com/nsbox/nsbox/machine/oci"
+	"github.com/nsbox/nsbox/machine/storage"
+	"github.com/sirupsen/logrus"
+)
+
+// DefaultImageCap is what an image's layers may write at most, unless
+// create --max-size says otherwise.
+const DefaultImageCap = 64 << 30
+
+// IsImageSource reports whether create --from names a container image.
+func IsImageSource(s string) bool { return oci.IsSource(s) }
+
+// ImageRecord is what nsbox keeps of the image a machine was made from
+// (StateDir/image/NAME.json): its source, manifest digest, platform,
+// layers and the configuration that says how to run it.
+type ImageRecord = oci.Image
+
+// imagePath is where nsbox keeps the image record of machine name.
+func (m *Manager) imagePath(name string) string {
+	return filepath.Join(m.StateDir, "image", name+".json")
+}
+
+// ImageOf returns the record of the image machine name was made from, or
+// nil for a machine made otherwise.
+func (m *Manager) ImageOf(name string) *ImageRecord {
+	b, err := os.ReadFile(m.imagePath(name))
+	if err != nil {
+		return nil
+	}
+	var rec ImageRecord
+	if json.Unmarshal(b, &rec) != nil {
+		return nil
+	}
+	return &rec
+}
+
+// ImageCache is the cache of image layers, shared by all images.
+func (m *Manager) ImageCache() *oci.Cache {
+	return &oci.Cache{Dir: filepath.Join(m.CacheDir, "oci")}
+}
+
+// createFromImage makes machine name from the container image o.From:
+// its layers pulled into the layer cache (those not there yet), then
+// applied in order into a staging tree, each member checked as an import
+// checks it and against what the layers before made (image.Layers),
+// within the free space of the root directory and o.MaxImageBytes. The
+// tree becomes a machine of its own (a copy), personalised as every new
+// machine is; the image's configuration is recorded beside it.
+func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOptions) error {
+	src, err := oci.ParseSource(o.From)
+	if err != nil {
+		return fmt.Errorf("%w: --from %v", ErrInvalidOption, err)
+	}
+	platform, err := oci.ParsePlatform(o.Platform, o.Arch)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidOption, err)
+	}
+	if o.Storage != "" && o.Storage != storage.Copy {
+		return fmt.Errorf("%w: a machine from an image is a copy for now: leave out --storage %s", ErrInvalidOption, o.Storage)
+	}
+	if err := m.requireRoot(); err != nil {
+		return err
+	}
+	if err := m.ensureStore(); err != nil {
+		return err
+	}
+	if err := m.taken(name); err != nil {
+		return err
+	}
+	cache := m.ImageCache()
+	img, err := cache.Pull(ctx, src, oci.Options{Platform: platform, Progress: func(p oci.Progress) {
+		if o.Progress == nil {
+			return
+		}
+		st := bootstrap.Stage{Phase: fmt.Sprintf("layer %d/%d %s", p.Layer, p.Layers, shortDigest(p.Digest))}
+		switch {
+		case p.Cached:
+			st.Package = "cached"
+		case p.Finished:
+			st.Package = fmt.Sprintf("%s fetched", sizeText(p.Size))
+		default:
+			st.Package = fmt.Sprintf("%s of %s", sizeText(p.Done), sizeText(p.Size))
+		}
+		st.Line = st.Phase + ": " + st.Package
+		o.Progress(st)
+	}})
+	if err != nil {
+		return err
+	}
+	cached := 0
+	for _, l := range img.Layers {
+		if l.Cached {
+			cached++
+		}
+	}
+	logrus.Infof("%s: %d layers, %s fetched, %d were cached", o.From, len(img.Layers), sizeText(img.Downloaded), cached)
+	space, err := image.FreeSpace(m.Store(), m.RootDir)
+	if err != nil {
+		return err
+	}
+	maxBytes := o.MaxImageBytes
+	if maxBytes <= 0 {
+		maxBytes = DefaultImageCap
+	}
+	layers := &image.Layers{Runner: m.Runner, Checker: image.ArchiveChecker{Space: &space, Cap: maxBytes}}
+	err = m.newTree(ctx, name, func(tmp string) error {
+		// 0755 whatever the umask, as a machine's root is.
+		if err := os.Mkdir(tmp, 0o755); err != nil {
+			return err
+		}
+		if err := os.Chmod(tmp, 0o755); err != nil {
+			return err
+		}
+		if err := image.NoCasefold(tmp); err != nil {
+			return err
+		}
+		layers.Dir = tmp
+		for i, l := range img.Layers {
+			if o.Progress != nil {
+				ph := fmt.Sprintf("applying layer %d/%d", i+1, len(img.Layers))
+				o.Progress(bootstrap.Stage{Phase: ph, Line: ph})
+			}
+			if err := m.applyLayer(ctx, cache, layers, l); err != nil {
+				return fmt.Errorf("%s: layer %d of %d (%s): %w", o.From, i+1, len(img.Layers), l.Digest, err)
+			}
+		}
+		// The tree's root is root's, whatever a layer said (see Import).
+		if err := os.Lchown(tmp, 0, 0); err != nil {
+			return err
+		}
+		return ensureEtc(tmp)
+	})
+	if err != nil {
+		return err
+	}
+	if err := m.writeImageRecord(name, img); err != nil {
+		logrus.Warnf("%s: remember its image: %v", name, err)
+	}
+	if c := layers.Checker; c.Devices > 0 || c.Xattrs > 0 {
+		logrus.Warnf("create %s: left out %d device nodes and %d trusted.* extended attributes of %s (a machine gets its own /dev and cannot use them)", name, c.Devices, c.Xattrs, o.From)
+	}
+	if _, ok := readOSRelease(m.Tree(name)); !ok {
+		logrus.Warnf("%s has no os-release: it will not boot as a system (application images are for a later nsbox)", o.From)
+	}
+	return nil
+}
+
+// applyLayer applies one cached layer; a cached blob that is not what
+// its digest says is removed, so the next create fetches it anew.
+func (m *Manager) applyLayer(ctx context.Context, cache *oci.Cache, layers *image.Layers, l oci.Layer) error {
+	f, err := cache.Open(l.Digest)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	err = layers.Apply(ctx, f, l.Digest)
+	if errors.Is(err, image.ErrDigest) {
+		if p, perr := cache.Blob(l.Digest); perr == nil {
+			_ = os.Remove(p)
+		}
+		return fmt.Errorf("%w (the cached copy was damaged and is removed: create again to fetch it anew)", err)
+	}
+	return err
+}
+
+// ensureEtc makes /etc in a tree that has none (an image of a single
+// program), where the hostname and machine id go.
+func ensureEtc(tree string) error {
+	r, err := os.OpenRoot(tree)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if err := r.Mkdir("etc", 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
+}
+
+// writeImageRecord keeps img as the record of machine name.
+func (m *Manager) writeImageRecord(name string, img *oci.Image) error {
+	if err := os.MkdirAll(filepath.Dir(m.imagePath(name)), 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(img, "", "  ")
+	if err != nil {
+		return err
+	}
+	return host.WriteFileAtomic(m.imagePath(name), append(b, '\n'), 0o600)
+}
+
+// shortDigest is a digest's first 12 hex digits, as docker shows them.
+func shortDigest(d string) string {
+	if len(d) > 7+12 {
+		return d[7 : 7+12]
+	}
+	return d
+}
+
+// sizeText writes n bytes as a person reads them.
+func sizeText(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for v := n / unit; v >= unit; v /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+}
