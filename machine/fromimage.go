@@ -81,6 +81,17 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 		return err
 	}
 	cache := m.ImageCache()
+	// Held shared from the pull until the machine's image record names
+	// its layers: prune, which takes it exclusive without waiting, never
+	// removes a layer a create is about to apply.
+	if err := os.MkdirAll(cache.Dir, 0o700); err != nil {
+		return err
+	}
+	cacheLock, err := host.LockFile(ctx, filepath.Join(cache.Dir, ".lck"), false, true)
+	if err != nil {
+		return err
+	}
+	defer cacheLock.Unlock()
 	img, err := cache.Pull(ctx, src, oci.Options{Platform: platform, Progress: func(p oci.Progress) {
 		if o.Progress == nil {
 			return

@@ -55,6 +55,9 @@ const (
 	PruneBase = "base"
 	// PrunePackages is a cached package no current base has installed.
 	PrunePackages = "packages"
+	// PruneLayers is a cached image layer no machine's image record names
+	// (create --from), or what a pull cut short left of one.
+	PruneLayers = "layers"
 )
 
 // ErrPruneFailed says that some leftovers could not be removed; the
@@ -117,6 +120,7 @@ func (m *Manager) Prune(ctx context.Context, dryRun bool) ([]PruneItem, error) {
 	m.pruneEphemeral(ctx, p)
 	m.pruneRecords(ctx, p, staged)
 	m.pruneLocks(p)
+	m.pruneImageLayers(p)
 	m.Bases().Leftovers(ctx, p.found)
 	if p.items == nil {
 		p.items = []PruneItem{}
@@ -461,4 +465,58 @@ func sortedKeys(set map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// pruneImageLayers removes the cached image layers that no machine's image
+// record names, and the temporary files of pulls cut short, under the
+// image cache's lock taken without waiting: while a create from an image
+// holds it, nothing there is touched. A record that cannot be read keeps
+// every layer.
+func (m *Manager) pruneImageLayers(p *pruner) {
+	c := m.ImageCache()
+	dir := filepath.Join(c.Dir, "blobs", "sha256")
+	blobs := listDir(dir)
+	if len(blobs) == 0 {
+		return
+	}
+	release, ok := p.lock(filepath.Join(c.Dir, ".lck"))
+	if !ok {
+		return
+	}
+	defer release()
+	used := map[string]bool{}
+	for _, f := range listDir(filepath.Dir(m.imagePath("x"))) {
+		name, ok := strings.CutSuffix(f, ".json")
+		if !ok || strings.HasPrefix(f, ".") {
+			continue
+		}
+		img := m.ImageOf(name)
+		if img == nil {
+			return
+		}
+		for _, l := range img.Layers {
+			used[strings.TrimPrefix(l.Digest, "sha256:")] = true
+		}
+	}
+	for _, n := range blobs {
+		if !strings.HasPrefix(n, ".#") && (!isSHA256Hex(n) || used[n]) {
+			continue
+		}
+		path := filepath.Join(dir, n)
+		p.found(PruneLayers, path, usage(path), func() error { return removeFile(path) })
+	}
+}
+
+// isSHA256Hex reports whether s is a sha256 digest's hex, as the cache
+// names its blobs.
+func isSHA256Hex(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }

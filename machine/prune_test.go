@@ -311,3 +311,65 @@ func TestPrunerGoesOn(t *testing.T) {
 		t.Errorf("dry %+v", dry.items)
 	}
 }
+
+func TestPruneImageLayers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("prune needs root")
+	}
+	ctx := context.Background()
+	m, _ := newTestManager(t, &fakeMachined{machines: map[string]dbusapi.Machine{}})
+	// A machine made from an image: its record names the layer it used.
+	mkMachine(t, m, "web")
+	mkMachine(t, m, "db")
+	dir := filepath.Join(m.ImageCache().Dir, "blobs", "sha256")
+	os.MkdirAll(dir, 0o700)
+	used, unused := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	for _, n := range []string{used, unused, ".#" + unused + ".123", "README"} {
+		os.WriteFile(filepath.Join(dir, n), []byte("layer bytes"), 0o600)
+	}
+	os.MkdirAll(filepath.Dir(m.imagePath("web")), 0o700)
+	os.WriteFile(m.imagePath("web"), []byte(`{"source":"docker://x","layers":[{"digest":"sha256:`+used+`","size":11}]}`), 0o600)
+	layers := func(items []PruneItem) []string {
+		var out []string
+		for _, it := range items {
+			if it.Kind == PruneLayers {
+				out = append(out, filepath.Base(it.Path))
+			}
+		}
+		sort.Strings(out)
+		return out
+	}
+	want := []string{".#" + unused + ".123", unused}
+	// A create from an image at work (the cache's lock held shared):
+	// nothing of the cache is looked at.
+	held, err := host.LockFile(ctx, filepath.Join(m.ImageCache().Dir, ".lck"), false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if items, _ := m.Prune(ctx, false); len(layers(items)) != 0 {
+		t.Errorf("prune took layers while a create held the cache: %v", layers(items))
+	}
+	held.Unlock()
+	items, err := m.Prune(ctx, true)
+	if got := layers(items); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("dry run: %v, %v; want %v", got, err, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, unused)); err != nil {
+		t.Fatalf("a dry run removed a layer: %v", err)
+	}
+	items, err = m.Prune(ctx, false)
+	if got := layers(items); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("prune: %v, %v; want %v", got, err, want)
+	}
+	left := listDir(dir)
+	sort.Strings(left)
+	if !slices.Equal(left, []string{"README", used}) {
+		t.Errorf("left %v, want the layer a machine's image names and the file that is no layer", left)
+	}
+	// A record that cannot be read keeps every layer.
+	os.WriteFile(filepath.Join(dir, unused), []byte("x"), 0o600)
+	os.WriteFile(m.imagePath("db"), []byte("{"), 0o600)
+	if items, _ := m.Prune(ctx, false); len(layers(items)) != 0 {
+		t.Errorf("prune took layers though a record could not be read: %v", layers(items))
+	}
+}
