@@ -101,9 +101,9 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 		case p.Cached:
 			st.Package = "cached"
 		case p.Finished:
-			st.Package = fmt.Sprintf("%s fetched", sizeText(p.Size))
+			st.Package = fmt.Sprintf("%s fetched", image.FormatSize(p.Size))
 		default:
-			st.Package = fmt.Sprintf("%s of %s", sizeText(p.Done), sizeText(p.Size))
+			st.Package = fmt.Sprintf("%s of %s", image.FormatSize(p.Done), image.FormatSize(p.Size))
 		}
 		st.Line = st.Phase + ": " + st.Package
 		o.Progress(st)
@@ -117,7 +117,7 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 			cached++
 		}
 	}
-	logrus.Infof("%s: %d layers, %s fetched, %d were cached", o.From, len(img.Layers), sizeText(img.Downloaded), cached)
+	logrus.Infof("%s: %d layers, %s fetched, %d were cached", o.From, len(img.Layers), image.FormatSize(img.Downloaded), cached)
 	space, err := image.FreeSpace(m.Store(), m.RootDir)
 	if err != nil {
 		return err
@@ -219,18 +219,4 @@ func shortDigest(d string) string {
 		return d[7 : 7+12]
 	}
 	return d
-}
-
-// sizeText writes n bytes as a person reads them.
-func sizeText(n int64) string {
-	const unit = 1000
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for v := n / unit; v >= unit; v /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
 }

@@ -6,8 +6,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/names"
-	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
 
@@ -40,19 +40,13 @@ func (m *Manager) publishName(ctx context.Context, name string) {
 		return
 	}
 	var addr netip.Addr
-	if m.ownVeth(opts) {
-		if l, err := m.machineLink(ctx, name); err == nil {
-			addr = l.Machine.Addr()
-		}
-	} else {
-		wait, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_ = pollUntil(wait, func() bool {
-			a, err := network.LinkAddress(r.Leader)
-			addr = a
-			return err == nil
-		})
-		cancel()
-	}
+	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_ = host.Poll(wait, host.Every(200*time.Millisecond), func() (bool, error) {
+		a, err := m.machineAddress(wait, name, opts)
+		addr = a
+		return err == nil, nil
+	})
+	cancel()
 	if !addr.IsValid() {
 		logrus.Debugf("%s: no address to publish its name with", name)
 		return

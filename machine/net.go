@@ -253,3 +253,29 @@ func ValidatePool(s string) error {
 	}
 	return nil
 }
+
+// machineAddress is running machine name's IPv4 address on its link to
+// the host, the one every relay and name of nsbox's points at: the
+// machine end of the subnet nsbox gave its veth, or on a link nsbox does
+// not address (networkd, a bridge, a zone) the one network.LinkAddress
+// finds in a subnet of the host's end. Never an address the machine gave
+// itself elsewhere.
+func (m *Manager) machineAddress(ctx context.Context, name string, o BootOptions) (netip.Addr, error) {
+	if m.ownVeth(o) {
+		if b, err := os.ReadFile(m.linkPath(name)); err == nil {
+			if p, err := netip.ParsePrefix(strings.TrimSpace(string(b))); err == nil {
+				if l, err := network.LinkFor(p); err == nil {
+					return l.Machine.Addr(), nil
+				}
+			}
+		}
+	}
+	r, err := m.Backend.Get(ctx, name)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if r.Leader <= 0 {
+		return netip.Addr{}, fmt.Errorf("%s is between boots", name)
+	}
+	return network.LinkAddress(r.Leader)
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -146,26 +145,7 @@ func (m *Manager) stopPortsCompanion(ctx context.Context, name string) {
 // the machine does inside changes nothing), otherwise its address on the
 // link to the host, checked by network.LinkAddress.
 func (m *Manager) portTarget(name string, o BootOptions) func(context.Context) (netip.Addr, error) {
-	if m.ownVeth(o) {
-		if b, err := os.ReadFile(m.linkPath(name)); err == nil {
-			if p, err := netip.ParsePrefix(strings.TrimSpace(string(b))); err == nil {
-				if l, err := network.LinkFor(p); err == nil {
-					addr := l.Machine.Addr()
-					return func(context.Context) (netip.Addr, error) { return addr, nil }
-				}
-			}
-		}
-	}
-	return func(ctx context.Context) (netip.Addr, error) {
-		r, err := m.Backend.Get(ctx, name)
-		if err != nil {
-			return netip.Addr{}, err
-		}
-		if r.Leader <= 0 {
-			return netip.Addr{}, fmt.Errorf("%s is between boots", name)
-		}
-		return network.LinkAddress(r.Leader)
-	}
+	return func(ctx context.Context) (netip.Addr, error) { return m.machineAddress(ctx, name, o) }
 }
 
 // portsGrace is how long the loopback forwards outlive their machine

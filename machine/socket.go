@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsbox/nsbox/machine/backend"
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/network"
 	"github.com/sirupsen/logrus"
 )
@@ -167,7 +168,7 @@ func (m *Manager) SocketProxy(ctx context.Context, name string, port int, listen
 	if err != nil {
 		return err
 	}
-	target, err := m.socketTarget(ctx, name, r.Leader)
+	target, err := m.socketTarget(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -229,12 +230,11 @@ func (m *Manager) SocketProxy(ctx context.Context, name string, port int, listen
 	return nil
 }
 
-// socketTarget is the address of machine name (leader its PID 1) that
-// its socket passes connections to: on the host's network, the host's
-// loopback; on its veth, its address inside the subnet of the host's end,
-// waited for while it comes up. An address the machine gave itself
-// outside that subnet is never used: the service runs as the host's root.
-func (m *Manager) socketTarget(ctx context.Context, name string, leader int) (netip.Addr, error) {
+// socketTarget is the address of machine name that its socket passes
+// connections to: on the host's network, the host's loopback; on its veth,
+// machineAddress, waited for while it comes up. An address the machine
+// gave itself elsewhere is never used: the service runs as the host's root.
+func (m *Manager) socketTarget(ctx context.Context, name string) (netip.Addr, error) {
 	opts, err := m.Options(name)
 	if err != nil {
 		return netip.Addr{}, err
@@ -245,26 +245,15 @@ func (m *Manager) socketTarget(ctx context.Context, name string, leader int) (ne
 	var found netip.Addr
 	wait, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	err = pollUntil(wait, func() bool {
-		found, err = network.LinkAddress(leader)
-		return err == nil
+	err = host.Poll(wait, host.Every(200*time.Millisecond), func() (bool, error) {
+		a, err := m.machineAddress(wait, name, opts)
+		found = a
+		return err == nil, nil
 	})
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("%s has no address on its veth after a minute", name)
 	}
 	return found, nil
-}
-
-// pollUntil calls cond every 200 ms until it holds or ctx ends.
-func pollUntil(ctx context.Context, cond func() bool) error {
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	return nil
 }
 
 // passConn passes connection c to addr and back until either side ends
@@ -274,12 +263,12 @@ func passConn(ctx context.Context, c net.Conn, addr string, started time.Time) {
 	defer c.Close()
 	var up net.Conn
 	var d net.Dialer
-	err := pollUntil(ctx, func() bool {
+	err := host.Poll(ctx, host.Every(200*time.Millisecond), func() (bool, error) {
 		var err error
 		dial, cancel := context.WithTimeout(ctx, 10*time.Second)
 		up, err = d.DialContext(dial, "tcp", addr)
 		cancel()
-		return err == nil || time.Since(started) > time.Minute
+		return err == nil || time.Since(started) > time.Minute, nil
 	})
 	if err != nil || up == nil {
 		return

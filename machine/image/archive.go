@@ -264,7 +264,7 @@ func (c *ArchiveChecker) capped() bool { return c.Cap > 0 && c.Need > c.Cap }
 // what the file system has, or that it passed Cap.
 func (c *ArchiveChecker) spaceError() error {
 	if c.capped() {
-		return fmt.Errorf("%w: its layers write more than %s, the cap on an image (raise it with --max-size)", ErrTooLarge, formatSize(c.Cap))
+		return fmt.Errorf("%w: its layers write more than %s, the cap on an image (raise it with --max-size)", ErrTooLarge, FormatSize(c.Cap))
 	}
 	s := c.Space
 	if c.Need > s.Bytes {
@@ -272,13 +272,13 @@ func (c *ArchiveChecker) spaceError() error {
 		if c.partial {
 			more = "more than "
 		}
-		return fmt.Errorf("%w: archive needs %s%s, only %s free on %s (%s kept in reserve)", ErrNoSpace, more, formatSize(c.Need), formatSize(s.Bytes), s.Dir, formatSize(s.Reserve))
+		return fmt.Errorf("%w: archive needs %s%s, only %s free on %s (%s kept in reserve)", ErrNoSpace, more, FormatSize(c.Need), FormatSize(s.Bytes), s.Dir, FormatSize(s.Reserve))
 	}
 	return fmt.Errorf("%w: archive needs %d inodes, only %d free on %s", ErrNoSpace, c.Inodes, s.Inodes, s.Dir)
 }
 
-// formatSize writes n bytes as a person reads them: "12.3 GB".
-func formatSize(n int64) string {
+// FormatSize writes n bytes as a person reads them: "12.3 GB".
+func FormatSize(n int64) string {
 	const unit = 1000
 	if n < unit {
 		return fmt.Sprintf("%d B", n)
