@@ -78,10 +78,7 @@ func (m *Manager) Adopt(ctx context.Context, name, newName string) error {
 		return fmt.Errorf("%w: %s changed meanwhile; try again", ErrBusy, img.Path)
 	}
 	target := m.Tree(newName)
-	nl, err := m.lockImage(target, true)
-	if errors.Is(err, ErrBusy) {
-		return fmt.Errorf("%w: %s is being created or used by another process", ErrBusy, newName)
-	}
+	nl, err := m.lockNewTree(newName)
 	if err != nil {
 		return err
 	}

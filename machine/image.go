@@ -51,10 +51,7 @@ func (m *Manager) newTreeWith(ctx context.Context, dst string, fill, personalise
 		return err
 	}
 	target := m.Tree(dst)
-	lock, err := m.lockImage(target, true)
-	if errors.Is(err, ErrBusy) {
-		return fmt.Errorf("%w: %s is being created or used by another process", ErrBusy, dst)
-	}
+	lock, err := m.lockNewTree(dst)
 	if err != nil {
 		return err
 	}
@@ -165,10 +162,7 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 		return err
 	}
 	defer snaps.Unlock()
-	nl, err := m.lockImage(m.Tree(new), true)
-	if errors.Is(err, ErrBusy) {
-		return fmt.Errorf("%w: %s is being created or used by another process", ErrBusy, new)
-	}
+	nl, err := m.lockNewTree(new)
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,17 @@ func (m *Manager) lockImage(path string, exclusive bool) (*Lock, error) {
 	return lockImage(m.LockDir, path, exclusive)
 }
 
+// lockNewTree takes the image lock of the tree name is about to get (a
+// clone's, a rename's or an adopt's destination), as nspawn and another
+// nsbox would take it.
+func (m *Manager) lockNewTree(name string) (*Lock, error) {
+	l, err := m.lockImage(m.Tree(name), true)
+	if errors.Is(err, ErrBusy) {
+		return nil, fmt.Errorf("%w: %s is being created or used by another process", ErrBusy, name)
+	}
+	return l, err
+}
+
 // lockImage takes the lock beside the image at path and, with lockDir,
 // the one on its inode there.
 func lockImage(lockDir, path string, exclusive bool) (*Lock, error) {

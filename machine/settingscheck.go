@@ -71,14 +71,18 @@ func CheckSettings(text string) (problems, notes []SettingsProblem) {
 	add := func(line int, format string, a ...any) {
 		problems = append(problems, SettingsProblem{line, fmt.Sprintf(format, a...)})
 	}
-	doc, err := parseSettingsDoc(text)
-	if err != nil {
+	// A parse error at its line (LineError), or of the file as a whole.
+	addErr := func(err error) {
 		var le *LineError
 		if errors.As(err, &le) {
 			add(le.Line, "%v", le.Err)
 		} else {
 			add(0, "%v", err)
 		}
+	}
+	doc, err := parseSettingsDoc(text)
+	if err != nil {
+		addErr(err)
 		return problems, nil
 	}
 	firstPort := 0
@@ -121,12 +125,7 @@ func CheckSettings(text string) (problems, notes []SettingsProblem) {
 	// What nsbox makes of the whole, as a boot will.
 	o, err := ParseSettingsFile(text)
 	if err != nil {
-		var le *LineError
-		if errors.As(err, &le) {
-			add(le.Line, "%v", le.Err)
-		} else {
-			add(0, "%v", err)
-		}
+		addErr(err)
 		return problems, notes
 	}
 	if len(o.Ports) > 0 && o.Network == "host" {
