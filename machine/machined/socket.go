@@ -35,6 +35,8 @@ func SocketUnitName(port int) string { return fmt.Sprintf("nsbox-tcp-%d.socket",
 // socketServiceName is the service the socket of port activates.
 func socketServiceName(port int) string { return fmt.Sprintf("nsbox-tcp-%d.service", port) }
 
+// unitDir is where nsbox writes unit files: UnitDir, or
+// /etc/systemd/system.
 func (m *Backend) unitDir() string {
 	if m.UnitDir == "" {
 		return "/etc/systemd/system"

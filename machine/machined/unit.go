@@ -173,11 +173,7 @@ func unitOptions(spec backend.StartSpec) []*unit.UnitOption {
 
 // unitPath is where an enabled machine's unit file lives.
 func (m *Backend) unitPath(name string) string {
-	dir := m.UnitDir
-	if dir == "" {
-		dir = "/etc/systemd/system"
-	}
-	return filepath.Join(dir, AutostartUnitName(name))
+	return filepath.Join(m.unitDir(), AutostartUnitName(name))
 }
 
 // HasUnitFile reports whether the machine is enabled (has a unit file).
@@ -289,11 +285,7 @@ var _ backend.Autostart = (*Backend)(nil)
 // dropInPath is nsbox's drop-in for the machine's systemd-nspawn@.service,
 // the unit machinectl start runs.
 func (m *Backend) dropInPath(name string) string {
-	dir := m.UnitDir
-	if dir == "" {
-		dir = "/etc/systemd/system"
-	}
-	return filepath.Join(dir, "systemd-nspawn@"+name+".service.d", "nsbox-storage.conf")
+	return filepath.Join(m.unitDir(), "systemd-nspawn@"+name+".service.d", "nsbox-storage.conf")
 }
 
 // SetStartHooks implements backend.StartHooks with a drop-in for
