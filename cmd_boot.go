@@ -27,7 +27,11 @@ func bootCommand() *cli.Command {
 			"needs a user namespace and nss-systemd, which machines nsbox makes have).\n\n" +
 			"With --ephemeral the machine's tree is the lower layer of an overlay whose\n" +
 			"upper is thrown away when the machine stops: the tree stays as it was.\n\n" +
-			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c\n   nsbox boot --ephemeral web\n   nsbox boot dev --bind-user alice",
+			"An app machine (one made from an image without an init, or booted with\n" +
+			"--cmd) runs one command under nspawn's stub init instead of booting:\n" +
+			"boot returns once it started, stop sends it SIGTERM, logs shows its\n" +
+			"output, shell runs commands beside it. --boot boots the init again.\n\n" +
+			"   nsbox boot web\n   nsbox boot web --bind /srv/data:/data --network none\n   nsbox boot a b c\n   nsbox boot --ephemeral web\n   nsbox boot dev --bind-user alice\n   nsbox boot web --cmd 'python3 -m http.server 8080'",
 		// KeepSpace: a value is taken as given, so that a control character
 		// at its end is refused, not trimmed away unseen.
 		Flags: append([]cli.Flag{
@@ -43,6 +47,9 @@ func bootCommand() *cli.Command {
 			&cli.BoolFlag{Name: "private-users", Value: true, Usage: "map the machine's users to an unused host range (--private-users=false to share the host's)"},
 			&cli.BoolFlag{Name: "console", Usage: "run in the foreground on this terminal"},
 			&cli.BoolFlag{Name: "ephemeral", Usage: "boot over a throwaway upper: what the machine writes is gone when it stops"},
+			&cli.BoolFlag{Name: "boot", Usage: "boot the machine's init (an app machine becomes a system again)"},
+			&cli.BoolFlag{Name: "app", Usage: "run the command of the image the machine was made from, as an app machine"},
+			&cli.StringFlag{Name: "cmd", Usage: "run `CMD` (words split as a shell would, nothing expanded) as an app machine, in place of its image's Cmd"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up when the machine is not running by then"},
 		}, limitFlags...),
 		Action: func(c *cli.Context) error {
@@ -101,6 +108,23 @@ func bootCommand() *cli.Command {
 					return usagef("%v", err)
 				}
 				req.Ports, req.PortsSet = append(req.Ports, p), true
+			}
+			n := 0
+			for _, f := range []string{"boot", "app", "cmd"} {
+				if c.IsSet(f) {
+					n++
+				}
+			}
+			if n > 1 {
+				return usagef("--boot, --app and --cmd each say how the machine runs: give one")
+			}
+			req.Init, req.App = c.Bool("boot"), c.Bool("app")
+			if c.IsSet("cmd") {
+				cmd, err := machine.SplitCommand(c.String("cmd"))
+				if err != nil {
+					return usagef("%v", err)
+				}
+				req.Cmd = cmd
 			}
 			if req.Console && c.NArg() > 1 {
 				return usagef("--console boots one machine")

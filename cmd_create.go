@@ -26,8 +26,13 @@ func createCommand() *cli.Command {
 			"registry (docker://[REGISTRY/]REPO[:TAG|@DIGEST], credentials from the\n" +
 			"Docker config and its credential helpers), an OCI image layout\n" +
 			"(oci:DIR[:TAG]) or a docker save archive (docker-archive:FILE). Its\n" +
-			"layers are kept by digest in CACHE/oci and shared between images.\n\n" +
-			"   nsbox create deb --from docker://debian:bookworm\n   nsbox create pi --from docker://debian:bookworm --arch arm64",
+			"layers are kept by digest in CACHE/oci and shared between images. An\n" +
+			"image with an init (systemd) boots it; one without is an app machine,\n" +
+			"which runs the image's Entrypoint and Cmd with its Env, WorkingDir and\n" +
+			"User under nspawn's stub init (--cmd replaces the Cmd, --boot asks for\n" +
+			"the init).\n\n" +
+			"   nsbox create deb --from docker://debian:bookworm\n   nsbox create pi --from docker://debian:bookworm --arch arm64\n" +
+			"   nsbox create web --from docker://nginx:stable --cmd 'nginx -g \"daemon off;\"'",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "release", Aliases: []string{"r"}, Usage: "release codename (default: NAME, if it is one)"},
 			&cli.StringFlag{Name: "distro", Usage: "debian or ubuntu (default: follows from the release)"},
@@ -42,6 +47,8 @@ func createCommand() *cli.Command {
 			&cli.StringFlag{Name: "from", Usage: "make the machine from a container image: docker://REF, oci:DIR[:TAG] or docker-archive:FILE"},
 			&cli.StringFlag{Name: "platform", Usage: "with --from: the image's platform in an index, OS/ARCH[/VARIANT] (default: the host's; --arch says the architecture alone)"},
 			&cli.StringFlag{Name: "max-size", Usage: "with --from: the most an image's layers may write (default 64G)"},
+			&cli.BoolFlag{Name: "boot", Usage: "with --from: boot the image's init (the default for an image that has one)"},
+			&cli.StringFlag{Name: "cmd", Usage: "with --from: an app machine running `CMD` (words split as a shell would, nothing expanded) in place of the image's Cmd"},
 		},
 		Action: func(c *cli.Context) error {
 			name, err := nameArg(c)
@@ -58,6 +65,12 @@ func createCommand() *cli.Command {
 			from := c.String("from")
 			if err := checkFromFlags(c, from); err != nil {
 				return err
+			}
+			var cmd []string
+			if c.IsSet("cmd") {
+				if cmd, err = machine.SplitCommand(c.String("cmd")); err != nil {
+					return usagef("%v", err)
+				}
 			}
 			var maxBytes int64
 			if s := c.String("max-size"); s != "" {
@@ -82,6 +95,7 @@ func createCommand() *cli.Command {
 				NoCache: c.Bool("no-cache"), Bootstrapper: c.String("bootstrapper"), MaxAge: c.Duration("refresh-older-than"),
 				Progress: p.stage, Storage: kind,
 				From: from, Platform: c.String("platform"), MaxImageBytes: maxBytes,
+				Init: c.Bool("boot"), Cmd: cmd,
 			})
 			p.done()
 			if err != nil {
@@ -157,12 +171,15 @@ func (p *progress) done() {
 // flags), and --from's own flags without it.
 func checkFromFlags(c *cli.Context, from string) error {
 	if from == "" {
-		for _, f := range []string{"platform", "max-size"} {
+		for _, f := range []string{"platform", "max-size", "boot", "cmd"} {
 			if c.IsSet(f) {
 				return usagef("--%s goes with --from (a container image)", f)
 			}
 		}
 		return nil
+	}
+	if c.IsSet("boot") && c.IsSet("cmd") {
+		return usagef("--boot boots the image's init and --cmd runs a command instead: give one")
 	}
 	if !machine.IsImageSource(from) {
 		return usagef("--from %q: give docker://[REGISTRY/]REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE", from)

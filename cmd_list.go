@@ -124,6 +124,9 @@ func writeTable(w io.Writer, infos []machine.Info, legend, usage bool) {
 		if i.ReadOnly {
 			state += " (ro)"
 		}
+		if i.App != nil {
+			state += " (app)"
+		}
 		row := []string{cell(name), cell(state), cell(i.OS), cell(i.Version)}
 		if usage {
 			u := "-"

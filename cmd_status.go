@@ -128,6 +128,15 @@ func writeStatus(w io.Writer, i machine.Info) {
 	if u := i.Use; u != nil {
 		row("Use", fmt.Sprintf("memory %s, %d tasks, CPU %s", humanBytes(int64(u.Memory)), u.Tasks, u.CPUTime.Round(time.Millisecond)))
 	}
+	if a := i.App; a != nil {
+		row("Runs", "app: "+dash(machine.CommandLine(a.Argv)))
+		if a.User != "" {
+			row("User", a.User)
+		}
+		if a.Workdir != "" {
+			row("Workdir", a.Workdir)
+		}
+	}
 	if o := i.Options; o != nil {
 		row("Network", o.Network)
 		pu := "pick (user namespace)"

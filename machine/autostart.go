@@ -169,7 +169,7 @@ func (m *Manager) NetworkUp(ctx context.Context, name string) error {
 		return err
 	}
 	// The caller names the machine (nsbox: __network-up web: ...).
-	if err := m.hostEndUp(ctx, name, l); err != nil {
+	if err := m.hostEndUp(ctx, name, l, opts.App != nil); err != nil {
 		return err
 	}
 	m.masquerade(ctx)

@@ -22,11 +22,12 @@ func TestDiffAgainstTheRecordedBase(t *testing.T) {
 	m, _ := newTestManager(t, f)
 	bases := filepath.Join(t.TempDir(), "bases")
 	root := filepath.Join(bases, "deb", "root")
-	for _, d := range []string{"etc", "usr"} {
+	for _, d := range []string{"etc", "usr/lib/systemd"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
+	os.WriteFile(filepath.Join(root, "usr", "lib", "systemd", "systemd"), []byte("#!/bin/sh\n"), 0o755)
 	os.WriteFile(filepath.Join(bases, "deb", "base.json"), []byte(`{"key":"deb","version":"v1"}`), 0o644)
 	os.WriteFile(filepath.Join(root, "etc", "os-release"), []byte("ID=debian\nVERSION_ID=\"12\"\n"), 0o644)
 	mkMachine(t, m, "web")

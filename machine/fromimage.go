@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/host"
@@ -127,6 +129,7 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 		maxBytes = DefaultImageCap
 	}
 	layers := &image.Layers{Runner: m.Runner, Checker: image.ArchiveChecker{Space: &space, Cap: maxBytes}}
+	var app *App
 	err = m.newTree(ctx, name, func(tmp string) error {
 		// 0755 whatever the umask, as a machine's root is.
 		if err := os.Mkdir(tmp, 0o755); err != nil {
@@ -152,7 +155,11 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 		if err := os.Lchown(tmp, 0, 0); err != nil {
 			return err
 		}
-		return ensureEtc(tmp)
+		if err := ensureEtc(tmp); err != nil {
+			return err
+		}
+		app, err = imageApp(name, tmp, img, o)
+		return err
 	})
 	if err != nil {
 		return err
@@ -160,13 +167,90 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 	if err := m.writeImageRecord(name, img); err != nil {
 		logrus.Warnf("%s: remember its image: %v", name, err)
 	}
+	if err := m.writeImageSettings(name, img, app); err != nil {
+		if rerr := m.Remove(context.WithoutCancel(ctx), name, false); rerr != nil {
+			logrus.Warn(rerr)
+		}
+		return fmt.Errorf("%s: its settings: %w", name, err)
+	}
 	if c := layers.Checker; c.Devices > 0 || c.Xattrs > 0 {
 		logrus.Warnf("create %s: left out %d device nodes and %d trusted.* extended attributes of %s (a machine gets its own /dev and cannot use them)", name, c.Devices, c.Xattrs, o.From)
 	}
-	if _, ok := readOSRelease(m.Tree(name)); !ok {
-		logrus.Warnf("%s has no os-release: it will not boot as a system (application images are for a later nsbox)", o.From)
-	}
 	return nil
+}
+
+// imageApp decides how a machine made from img into tree runs: as an app
+// machine (the App returned) when the image has no init or o.Cmd asks
+// for one, booting its init otherwise (nil). An app's user given as
+// NAME:GROUP or UID:GID becomes the name nspawn takes, and its working
+// directory is made when the image lacks it, as container engines do.
+func imageApp(name, tree string, img *oci.Image, o CreateOptions) (*App, error) {
+	init := hasInit(tree)
+	switch {
+	case o.Init && !init:
+		return nil, fmt.Errorf("%w: %s has no init (systemd) to boot: leave out --boot, and the machine runs the image's command", ErrInvalidOption, o.From)
+	case o.Init, o.Cmd == nil && init:
+		return nil, nil
+	}
+	app := appFromImage(img, o.Cmd)
+	if err := app.validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", o.From, err)
+	}
+	if len(app.Argv) == 0 {
+		logrus.Warnf("%s has neither an init nor a command: give %s one when you boot it (nsbox boot %s --cmd CMD)", o.From, name, name)
+	}
+	r, err := os.OpenRoot(tree)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	if strings.Contains(app.User, ":") {
+		u, err := resolveAppUser(r, app.User)
+		if err != nil {
+			logrus.Warnf("%s: %v", o.From, err)
+		} else {
+			app.User = u
+		}
+	}
+	if app.User == "root" {
+		app.User = ""
+	}
+	if d := strings.TrimPrefix(path.Clean(app.Workdir), "/"); app.Workdir != "" && d != "" {
+		if err := r.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("%s: its working directory %s: %w", o.From, app.Workdir, err)
+		}
+	}
+	return app, nil
+}
+
+// writeImageSettings writes the first settings file of machine name,
+// made from img: the image's environment as Environment= lines (the
+// user's to edit, read by nspawn for an app and an init alike) and, for
+// an app machine, its command. An environment entry that is not
+// NAME=VALUE in words the file can hold is left out, with a warning.
+func (m *Manager) writeImageSettings(name string, img *oci.Image, app *App) error {
+	var env strings.Builder
+	for _, kv := range img.Config.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || !envName(k) || controlChar(kv) != "" {
+			logrus.Warnf("%s: left out the image's environment entry %q: not NAME=VALUE of plain text", name, kv)
+			continue
+		}
+		env.WriteString("Environment=" + quoteWord(kv) + "\n")
+	}
+	if env.Len() == 0 && app == nil {
+		return nil
+	}
+	o, err := ParseSettingsFile("[Exec]\n" + env.String())
+	if err != nil {
+		return err
+	}
+	o.App = app
+	text, err := o.SettingsText()
+	if err != nil {
+		return err
+	}
+	return host.WriteFileAtomic(m.settingsPath(name), []byte(text), 0o644)
 }
 
 // applyLayer applies one cached layer; a cached blob that is not what

@@ -52,6 +52,12 @@ type BootRequest struct {
 	// BindUsersSet.
 	BindUsers    []string
 	BindUsersSet bool
+	// Init boots the machine's init (--boot); App runs the command of
+	// the image it was made from as an app machine (--app); Cmd, when
+	// not nil, runs it as an app machine with Cmd in place of the
+	// image's Cmd (--cmd). Each is remembered.
+	Init, App bool
+	Cmd       []string
 }
 
 // checkBinds refuses binds whose source is missing, and binds of the
@@ -166,24 +172,30 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		return err
 	}
 	root := m.Dir(name)
-	// An overlay machine's tree is mounted further down: its base is
-	// what must be bootable.
-	rec := m.storageOf(name)
-	overlay := rec.Kind == storage.Overlay
-	if overlay {
-		lower, err := m.lowerOf(rec)
-		if err == nil {
-			err = validateRoot(lower)
-		}
-		if err != nil {
-			return fmt.Errorf("the base of %s: %w", name, err)
-		}
-	} else if err := validateRoot(root); err != nil {
-		return err
-	}
 	opts, err := m.Options(name)
 	if err != nil {
 		return err
+	}
+	if err := m.runMode(name, &opts, req); err != nil {
+		return err
+	}
+	// An overlay machine's tree is mounted further down: its base is
+	// what must be bootable. An app machine's command is checked there.
+	rec := m.storageOf(name)
+	overlay := rec.Kind == storage.Overlay
+	if opts.App == nil {
+		tree := root
+		if overlay {
+			if tree, err = m.lowerOf(rec); err != nil {
+				return fmt.Errorf("the base of %s: %w", name, err)
+			}
+		}
+		if err := validateRoot(tree); err != nil {
+			return err
+		}
+		if !hasInit(tree) {
+			return fmt.Errorf("%w: %s has no init to boot (no systemd): run a command in it as an app machine with --cmd CMD, or --app for its image's", ErrInvalidOption, name)
+		}
 	}
 	if req.Network != "" {
 		if err := ValidateNetwork(req.Network); err != nil {
@@ -294,6 +306,11 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if err := checkBindUsersIn(name, root, opts.BindUsers); err != nil {
 		return err
 	}
+	if opts.App != nil {
+		if err := checkApp(name, root, opts); err != nil {
+			return err
+		}
+	}
 	m.linkImage(name)
 	m.unshareMachineID(name)
 
@@ -301,7 +318,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
-	if !m.ReadOnly(name) {
+	if !m.ReadOnly(name) && opts.App == nil {
 		m.ensurePersistentJournal(name)
 	}
 	if er, ok := m.ephemeral(name); ok && req.Ephemeral {
@@ -389,8 +406,14 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		}
 		return fail(err.Error())
 	}
-	m.finishNetwork(bctx, name, link)
-	state, err := m.waitRunning(bctx, name)
+	m.finishNetwork(bctx, name, link, opts.App != nil)
+	state, err := "running", error(nil)
+	if opts.App == nil {
+		state, err = m.waitRunning(bctx, name)
+	} else if _, err = m.Backend.Get(bctx, name); err != nil {
+		// nspawn said it started the command; it has ended already.
+		err = fmt.Errorf("its command ended at once")
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			_ = fail("interrupted")
@@ -557,7 +580,7 @@ func (m *Manager) console(ctx context.Context, cfg NspawnConfig, limits backend.
 	args := NspawnArgs(cfg)
 	for i, a := range args {
 		switch a {
-		case "--console=read-only":
+		case "--console=read-only", "--console=pipe":
 			args[i] = "--console=interactive"
 		case "--keep-unit":
 			// machined then makes a scope of its own for the machine.
@@ -570,7 +593,7 @@ func (m *Manager) console(ctx context.Context, cfg NspawnConfig, limits backend.
 		if link, err := m.machineLink(ctx, cfg.Name); err == nil {
 			netCtx, cancel := context.WithCancel(ctx)
 			defer cancel()
-			go m.finishNetwork(netCtx, cfg.Name, &link)
+			go m.finishNetwork(netCtx, cfg.Name, &link, cfg.App != nil)
 		}
 	}
 	companion, err := m.portsCompanion(cfg.Name, cfg.BootOptions)
@@ -774,22 +797,36 @@ func (m *Manager) Shell(ctx context.Context, name string, o ExecOptions, argv []
 			return 0, err
 		}
 	}
-	if len(argv) == 0 {
-		if o.plain() {
+	opts, _ := m.Options(name)
+	app, login := opts.App != nil, len(argv) == 0
+	if login {
+		switch {
+		case app:
+			// No login program need be there: the user's shell, as
+			// the machine's passwd names it, as a login shell.
+			argv = []string{m.appShell(r, o.User), "-l"}
+		case o.plain():
 			// A login shell, ended by the end of its input and with its
 			// exit status passed back ("shell web --" is the same).
 			if ls, ok := m.Backend.(backend.LoginShells); ok {
 				return ls.LoginShell(ctx, name, o.User)
 			}
 			return 0, m.Backend.Shell(ctx, name, o.User)
+		default:
+			argv = loginShellArgv(o.User, o.Workdir != "")
 		}
-		argv = loginShellArgv(o.User, o.Workdir != "")
 	}
-	return m.Backend.Exec(ctx, name, backend.ExecSpec{
-		Argv: argv, User: o.User, TTY: o.terminal(false), Workdir: o.Workdir,
+	spec := backend.ExecSpec{
+		Argv: argv, User: o.User, TTY: o.terminal(login && app), Workdir: o.Workdir,
 		Env:   withEnv([]string{"TERM=" + backend.EnvOr("TERM", "vt220")}, o.Env),
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
-	})
+	}
+	if app && m.Backend.Registered() {
+		// Nothing in an app machine starts commands for machined's
+		// systemd-run: nsbox enters it as it does without machined.
+		return m.execInApp(ctx, name, r, spec)
+	}
+	return m.Backend.Exec(ctx, name, spec)
 }
 
 // inRunning runs fn with the root directory of running machine name as

@@ -58,6 +58,9 @@ type Info struct {
 	Limits  *backend.Limits `json:"limits,omitempty"`
 	Use     *backend.Usage  `json:"use,omitempty"` // current resource use of a running machine
 	Options *BootOptions    `json:"boot_options,omitempty"`
+	// App is what an app machine runs in place of an init (nsbox's
+	// machines only; nil for one that boots).
+	App *App `json:"app,omitempty"`
 }
 
 // onDisk lists the machines under RootDir: the trees in the store with
@@ -210,6 +213,9 @@ func (m *Manager) fill(infos []Info, o ListOptions) {
 				i.Usage = imageUsage(i.Root, i.ImageType)
 			}
 			if i.Managed {
+				if opts, err := m.Options(i.Name); err == nil {
+					i.App = opts.App
+				}
 				i.ReadOnly = m.ReadOnly(i.Name)
 				i.Storage = string(rec.Kind)
 				if rec.Kind == storage.Copy && bootstrap.IsSubvolume(m.Dir(i.Name)) {

@@ -26,7 +26,8 @@ func (m *Manager) Logs(ctx context.Context, name string, o backend.LogOptions, w
 	if err := m.checkRootAndName(name, true); err != nil {
 		return err
 	}
-	if o.Host {
+	if opts, _ := m.Options(name); o.Host || opts.App != nil {
+		// An app machine's output is its nspawn's: the host side.
 		return m.Backend.HostLogs(ctx, name, o, w)
 	}
 	// A stopped overlay machine's tree is mounted while it is read.

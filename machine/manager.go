@@ -269,6 +269,13 @@ type CreateOptions struct {
 	From          string
 	Platform      string
 	MaxImageBytes int64
+	// Init makes a machine from an image one that boots the image's init
+	// (create --boot); Cmd, when not nil, an app machine running Cmd in
+	// place of the image's Cmd (create --cmd). By default an image with
+	// an init boots it, and one without is an app machine running its
+	// Entrypoint and Cmd.
+	Init bool
+	Cmd  []string
 }
 
 // StaleBaseAge is the age after which nsbox tells the user a base is old.

@@ -149,8 +149,9 @@ func newTestManager(t *testing.T, f *fakeMachined) (*Manager, *noRunner) {
 func mkMachine(t *testing.T, m *Manager, name string) {
 	t.Helper()
 	os.MkdirAll(filepath.Join(m.Dir(name), "etc"), 0o755)
-	os.MkdirAll(filepath.Join(m.Dir(name), "usr"), 0o755)
+	os.MkdirAll(filepath.Join(m.Dir(name), "usr", "lib", "systemd"), 0o755)
 	os.WriteFile(filepath.Join(m.Dir(name), "etc", "os-release"), []byte("ID=debian\nVERSION_ID=\"12\"\n"), 0o644)
+	os.WriteFile(filepath.Join(m.Dir(name), "usr", "lib", "systemd", "systemd"), []byte("#!/bin/sh\n"), 0o755)
 }
 
 func TestErrorPathsThroughFakeMachined(t *testing.T) {

@@ -105,6 +105,14 @@ func (m *Manager) prepareNetwork(ctx context.Context, name string, o BootOptions
 			return nil, fmt.Errorf("remove %s from %s: %w", machineNetworkFile, name, err)
 		}
 	}
+	if o.App != nil {
+		// No network manager runs in an app machine: nsbox configures
+		// its end of the veth too, once it runs (hostEndUp).
+		if l == nil && o.Network == "veth" {
+			logrus.Warnf("%s is an app machine, which asks for no address: the host's systemd-networkd serves veths here, so it gets none (use --network host, or a bridge with addresses of your own)", name)
+		}
+		return l, nil
+	}
 	if _, err := r.Stat("lib/systemd/system/systemd-networkd.service"); err != nil {
 		if l != nil {
 			logrus.Warnf("%s has no systemd-networkd: configure its host0 yourself (address %s, gateway %s)", name, l.Machine, l.Host.Addr())
@@ -140,11 +148,11 @@ func (m *Manager) prepareNetwork(ctx context.Context, name string, o BootOptions
 // finishNetwork configures the host end of a booted machine's veth and
 // masquerading for the pool. A failure here leaves the machine running
 // without outside access, so it is a warning.
-func (m *Manager) finishNetwork(ctx context.Context, name string, l *network.Link) {
+func (m *Manager) finishNetwork(ctx context.Context, name string, l *network.Link, app bool) {
 	if l == nil {
 		return
 	}
-	if err := m.hostEndUp(ctx, name, *l); err != nil {
+	if err := m.hostEndUp(ctx, name, *l, app); err != nil {
 		logrus.Warnf("%s: %v", name, err)
 		return
 	}
@@ -156,8 +164,10 @@ func (m *Manager) finishNetwork(ctx context.Context, name string, l *network.Lin
 // configured, found by its name in the host's namespace and checked
 // through the kernel's view of both ends (network.ConfigureHostEnd): what
 // the machine's root makes inside is never taken for a host interface.
-// A veth that is there but is not the machine's is refused at once.
-func (m *Manager) hostEndUp(ctx context.Context, name string, l network.Link) error {
+// A veth that is there but is not the machine's is refused at once. An
+// app machine (app) gets its own end configured too: no network manager
+// runs in it.
+func (m *Manager) hostEndUp(ctx context.Context, name string, l network.Link, app bool) error {
 	last := errors.New("the machine has no leader yet")
 	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -168,6 +178,11 @@ func (m *Manager) hostEndUp(ctx context.Context, name string, l network.Link) er
 			last = err
 		case r.Leader > 0:
 			end, err := network.ConfigureHostEnd(r.Leader, name, l)
+			if err == nil && app {
+				if err := network.ConfigureMachineEnd(r.Leader, name, l); err != nil {
+					return false, fmt.Errorf("its end of the veth: %w", err)
+				}
+			}
 			if err == nil {
 				logrus.Debugf("%s: host end %s (index %d) has %s", name, end.Name, end.Index, l.Host)
 				return true, nil

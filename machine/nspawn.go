@@ -21,16 +21,25 @@ type NspawnConfig struct {
 // NspawnArgs turns c into systemd-nspawn's arguments (without the program
 // name). Kept apart from the code that runs them so they are tested as data.
 func NspawnArgs(c NspawnConfig) []string {
+	start, ready, console := "--boot", "--notify-ready=yes", "--console=read-only"
+	if c.App != nil {
+		// The command runs as PID 2 under nspawn's stub init, which
+		// reaps orphans and passes a stop on as SIGHUP and SIGTERM;
+		// nspawn says the machine is ready once the command started.
+		// Its output goes to nspawn's (the console log or the unit's
+		// journal) as it wrote it, without a terminal's line endings.
+		start, ready, console = "--as-pid2", "--notify-ready=no", "--console=pipe"
+	}
 	args := []string{
 		"--quiet",
-		"--boot",
+		start,
 		"--directory=" + c.Root,
 		"--machine=" + c.Name,
 		// The unit (or nsbox's supervisor) is the machine's unit.
 		"--keep-unit",
 		settingsMode(c.BootOptions),
-		"--notify-ready=yes",
-		"--console=read-only",
+		ready,
+		console,
 		// Not linked into the host's /var/log/journal: nspawn makes that
 		// link by following the machine's /var/log/journal on the host,
 		// and a machine's root who planted a link there would have it
@@ -73,17 +82,25 @@ func NspawnArgs(c NspawnConfig) []string {
 	if c.ResolvConf != "" {
 		args = append(args, "--resolv-conf="+c.ResolvConf)
 	}
-	if c.file.userKeys() {
-		// The binds are in the file, with the user's TemporaryFileSystem=
-		// and the like (see settingsMode).
-		return args
-	}
-	for _, b := range withIDMap(c.Binds, c.PrivateUsers) {
-		if b.ReadOnly {
-			args = append(args, "--bind-ro="+b.String())
-		} else {
-			args = append(args, "--bind="+b.String())
+	// The binds are in the file, with the user's TemporaryFileSystem=
+	// and the like, when nspawn reads it (see settingsMode).
+	if !c.file.userKeys() {
+		for _, b := range withIDMap(c.Binds, c.PrivateUsers) {
+			if b.ReadOnly {
+				args = append(args, "--bind-ro="+b.String())
+			} else {
+				args = append(args, "--bind="+b.String())
+			}
 		}
+	}
+	if a := c.App; a != nil {
+		if a.Workdir != "" {
+			args = append(args, "--chdir="+a.Workdir)
+		}
+		if a.User != "" {
+			args = append(args, "--user="+a.User)
+		}
+		args = append(append(args, "--"), a.Argv...)
 	}
 	return args
 }

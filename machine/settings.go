@@ -154,6 +154,9 @@ type BootOptions struct {
 	// BindUsers are host users nspawn makes appear in the machine, with
 	// their private group and their home (BindUser=, --bind-user).
 	BindUsers []string `json:"bind_users"`
+	// App, when set, makes the machine an app machine: it runs App's
+	// command under nspawn's stub init instead of booting an init.
+	App *App `json:"app,omitempty"`
 
 	// file is the settings file these options were read from: a rewrite
 	// changes only the keys nsbox owns and keeps every other line.
@@ -271,6 +274,9 @@ func (o BootOptions) validate() error {
 			return err
 		}
 	}
+	if o.App != nil {
+		return o.App.validate()
+	}
 	return nil
 }
 
@@ -286,7 +292,8 @@ const (
 // ownedKeys are the settings nsbox sets from BootOptions, by section.
 // Everything else in the file is the user's: kept as written.
 var ownedKeys = map[string]bool{
-	"Exec.Boot": true, "Exec.PrivateUsers": true,
+	"Exec.Boot": true, "Exec.PrivateUsers": true, "Exec.ProcessTwo": true, "Exec.Parameters": true,
+	"Exec.WorkingDirectory": true, "Exec.User": true,
 	"Files.PrivateUsersOwnership": true, "Files.Bind": true, "Files.BindReadOnly": true, "Files.BindUser": true,
 	"Network.Private": true, "Network.VirtualEthernet": true, "Network.Bridge": true,
 	"Network.Zone": true, "Network.Port": true,
@@ -580,6 +587,19 @@ func checkSettings(secs []*unit.UnitSection) error {
 // ownedSections are the sections and keys nsbox writes for o, in order.
 func (o BootOptions) ownedSections() []*unit.UnitSection {
 	exec := []*unit.UnitEntry{{Name: "Boot", Value: "yes"}, {Name: "PrivateUsers", Value: "no"}}
+	if a := o.App; a != nil {
+		exec[0].Value = "no"
+		exec = append(exec, &unit.UnitEntry{Name: "ProcessTwo", Value: "yes"})
+		if len(a.Argv) > 0 {
+			exec = append(exec, &unit.UnitEntry{Name: "Parameters", Value: quoteWords(a.Argv)})
+		}
+		if a.Workdir != "" {
+			exec = append(exec, &unit.UnitEntry{Name: "WorkingDirectory", Value: a.Workdir})
+		}
+		if a.User != "" {
+			exec = append(exec, &unit.UnitEntry{Name: "User", Value: a.User})
+		}
+	}
 	var files []*unit.UnitEntry
 	if o.PrivateUsers {
 		exec[1].Value = "pick"
@@ -631,6 +651,8 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 		return o, err
 	}
 	private, veth := false, false
+	app := &App{}
+	boot, pid2 := true, false
 	for _, l := range doc.lines {
 		if l.opt == nil {
 			continue
@@ -638,6 +660,26 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 		at := func(err error) error { return &LineError{Line: l.line, Err: err} }
 		v := l.opt.Value
 		switch l.opt.Section + "." + l.opt.Name {
+		case "Exec.Boot":
+			if boot, _ = parseBool(v); v == "" {
+				boot = true
+			}
+		case "Exec.ProcessTwo":
+			pid2, _ = parseBool(v)
+		case "Exec.Parameters":
+			// A list; an empty value drops what came before.
+			words, err := splitWords(v)
+			if err != nil {
+				return o, at(fmt.Errorf("%w: Parameters=: %v", ErrInvalidOption, err))
+			}
+			if v == "" {
+				app.Argv = nil
+			}
+			app.Argv = append(app.Argv, words...)
+		case "Exec.WorkingDirectory":
+			app.Workdir = v
+		case "Exec.User":
+			app.User = v
 		case "Exec.PrivateUsers":
 			// "pick", "identity" and ranges are on, as any boolean that
 			// is not off.
@@ -687,6 +729,18 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 	}
 	if private && !veth && !strings.Contains(o.Network, ":") {
 		o.Network = "none"
+	}
+	if !boot {
+		// An app machine: nsbox writes ProcessTwo=yes with it and runs
+		// every app under nspawn's stub init, so a file that says
+		// otherwise is not nsbox's to read as it would run it.
+		if !pid2 {
+			return o, fmt.Errorf("%w: Boot=no without ProcessTwo=yes: nsbox runs an app machine's command under nspawn's stub init only (add ProcessTwo=yes)", ErrInvalidOption)
+		}
+		if err := app.validate(); err != nil {
+			return o, err
+		}
+		o.App = app
 	}
 	o.file = doc
 	return o, nil

@@ -183,7 +183,7 @@ func TestParseSettingsFileRefusesControlCharacters(t *testing.T) {
 // A continued line is one line to systemd: what follows the backslash is
 // part of the user's key, not a key of nsbox's.
 func TestParseSettingsFileContinuation(t *testing.T) {
-	text := "[Files]\nBind=/a:/a\n[Exec]\nEnvironment=X=1 \\\nBind=/:/host\nParameters=a \\\\\n[Network]\nVirtualEthernet=yes\n"
+	text := "[Files]\nBind=/a:/a\n[Exec]\nEnvironment=X=1 \\\nBind=/:/host\nCapability=a \\\\\n[Network]\nVirtualEthernet=yes\n"
 	o, err := ParseSettingsFile(text)
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +192,7 @@ func TestParseSettingsFileContinuation(t *testing.T) {
 		t.Errorf("binds %+v: a continued line was read as a key of its own", o.Binds)
 	}
 	out, err := o.SettingsText()
-	if err != nil || !strings.Contains(out, "Environment=X=1 \\\nBind=/:/host\nParameters=a \\\\\n") {
+	if err != nil || !strings.Contains(out, "Environment=X=1 \\\nBind=/:/host\nCapability=a \\\\\n") {
 		t.Errorf("continued user line not kept (%v):\n%s", err, out)
 	}
 	if _, err := ParseSettingsFile("[Exec]\nEnvironment=X=1 \\\n"); err == nil {

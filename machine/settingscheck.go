@@ -253,9 +253,9 @@ func machineID(v string) bool {
 // blanks, quoted with "..." or '...' where they hold one, each a
 // NAME=VALUE assignment with NAME a shell variable name.
 func checkEnvironment(v string) string {
-	words, ok := splitWords(v)
-	if !ok {
-		return "an unterminated quote or a lone backslash at the end"
+	words, err := splitWords(v)
+	if err != nil {
+		return err.Error()
 	}
 	for _, w := range words {
 		name, _, ok := strings.Cut(w, "=")
@@ -264,48 +264,4 @@ func checkEnvironment(v string) string {
 		}
 	}
 	return ""
-}
-
-// splitWords splits v into words as systemd's extract_first_word does
-// for Environment= (quotes group, a backslash takes the next character).
-func splitWords(v string) ([]string, bool) {
-	var words []string
-	var b strings.Builder
-	in, quote := false, byte(0)
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		switch {
-		case c == '\\':
-			if i+1 == len(v) {
-				return nil, false
-			}
-			i++
-			b.WriteByte(v[i])
-			in = true
-		case quote != 0:
-			if c == quote {
-				quote = 0
-			} else {
-				b.WriteByte(c)
-			}
-		case c == '"' || c == '\'':
-			quote, in = c, true
-		case c == ' ' || c == '\t':
-			if in {
-				words = append(words, b.String())
-				b.Reset()
-				in = false
-			}
-		default:
-			b.WriteByte(c)
-			in = true
-		}
-	}
-	if quote != 0 {
-		return nil, false
-	}
-	if in {
-		words = append(words, b.String())
-	}
-	return words, true
 }

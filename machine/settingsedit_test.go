@@ -45,7 +45,7 @@ func TestCheckSettings(t *testing.T) {
 		{"bad mode", "[Exec]\nTimezone=utc\n", 2, "use one of off, copy"},
 		{"bad machine ID", "[Exec]\nMachineID=1234\n", 2, "not a machine ID"},
 		{"bad environment", "[Exec]\nEnvironment=FOO\n", 2, "not NAME=VALUE"},
-		{"environment quote", "[Exec]\nEnvironment=\"FOO=bar\n", 2, "unterminated quote"},
+		{"environment quote", "[Exec]\nEnvironment=\"FOO=bar\n", 2, "is not closed"},
 		{"outside a section", "Boot=yes\n[Exec]\n", 1, "outside any section"},
 		{"control character", "[Exec]\nHostname=a\x1bb\n", 2, "control character"},
 		{"not a line", "[Exec]\njunk\n", 2, "not KEY=VALUE"},

@@ -150,3 +150,46 @@ func configureHostEnd(hostNS, machNS netns.NsHandle, machine string, l Link) (In
 	}
 	return end, nil
 }
+
+// ConfigureMachineEnd gives the machine's end of its veth (host0, in the
+// network namespace of process pid) l's machine address and a default
+// route through the host end, for a machine that runs no network
+// manager of its own (an app machine). The pair is checked as
+// ConfigureHostEnd checks it, so only nspawn's host0 is configured.
+func ConfigureMachineEnd(pid int, machine string, l Link) error {
+	hostNS, machNS, err := namespaces(pid)
+	if err != nil {
+		return err
+	}
+	defer hostNS.Close()
+	defer machNS.Close()
+	if hostNS.Equal(machNS) {
+		return fmt.Errorf("%w: %s shares the host's network namespace", ErrNoHostEnd, machine)
+	}
+	host, mach, err := handles(hostNS, machNS)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	defer mach.Close()
+	link, err := hostEnd(host, mach, hostNS, machNS, machine)
+	if err != nil {
+		return err
+	}
+	peer, err := mach.LinkByIndex(link.Attrs().ParentIndex)
+	if err != nil {
+		return fmt.Errorf("%s of %s: %w", machineEnd, machine, err)
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: l.Machine.Addr().AsSlice(), Mask: net.CIDRMask(l.Machine.Bits(), 32)}}
+	if err := mach.AddrReplace(peer, addr); err != nil {
+		return fmt.Errorf("address %s on %s of %s: %w", l.Machine, machineEnd, machine, err)
+	}
+	if err := mach.LinkSetUp(peer); err != nil {
+		return fmt.Errorf("bring %s of %s up: %w", machineEnd, machine, err)
+	}
+	route := &netlink.Route{LinkIndex: peer.Attrs().Index, Gw: l.Host.Addr().AsSlice()}
+	if err := mach.RouteReplace(route); err != nil {
+		return fmt.Errorf("default route of %s through %s: %w", machine, l.Host.Addr(), err)
+	}
+	return nil
+}

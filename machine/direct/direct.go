@@ -506,12 +506,24 @@ func (d *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (in
 	if !st.Leader.Alive() {
 		return 0, fmt.Errorf("%w: %s is between boots; try again", backend.ErrBusy, name)
 	}
+	return ExecIn(ctx, d.Runner, name, st.Leader, execCgroup(name), e)
+}
+
+// ExecIn runs e in machine name, whose PID 1 is leader, entering its
+// namespaces itself rather than asking anything inside to start it: the
+// shell helper (or, without cgo, setpriv and nsenter) joins the cgroups
+// whose cgroup.procs files procs names, enters every namespace of the
+// leader, keeps only its capability bounding set and runs the command.
+// The machined backend's app machines, which run no systemd that could
+// start a command, are entered so too.
+func ExecIn(ctx context.Context, runner host.Runner, name string, leader backend.Proc, procs []string, e backend.ExecSpec) (int, error) {
 	if len(e.Argv) == 0 {
 		return 0, fmt.Errorf("%s: no command to run", name)
 	}
 	var c *host.Cmd
+	var err error
 	if nsenter.Available {
-		t, err := openEnterTarget(st.Leader, execCgroup(name))
+		t, err := openEnterTarget(leader, procs)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", name, err)
 		}
@@ -525,25 +537,25 @@ func (d *Backend) Exec(ctx context.Context, name string, e backend.ExecSpec) (in
 	} else if e.Workdir != "" {
 		// nsenter opens its --wd on the host, before it enters anything.
 		return 0, fmt.Errorf("%w: this nsbox was built without cgo (CGO_ENABLED=0), so it cannot start a command in a directory of a running machine: use %s -- sh -c 'cd DIR && exec CMD', or a build with cgo", backend.ErrInvalidOption, name)
-	} else if c, err = chainCommand(name, st.Leader.PID, e); err != nil {
+	} else if c, err = chainCommand(name, leader.PID, procs, e); err != nil {
 		return 0, err
 	}
 	if e.TTY {
 		// A terminal of the machine's devpts: one of the host's is no
 		// terminal inside (tty says "not a tty").
-		master, slave, err := backend.OpenMachinePTY(st.Leader)
+		master, slave, err := backend.OpenMachinePTY(leader)
 		if err == nil {
-			return backend.RunOnTerminal(ctx, d.Runner, c, master, slave)
+			return backend.RunOnTerminal(ctx, runner, c, master, slave)
 		}
 		logrus.Debugf("%s: %v; using a pseudo terminal of the host", name, err)
 	}
-	return backend.RunExec(ctx, d.Runner, c, e)
+	return backend.RunExec(ctx, runner, c, e)
 }
 
 // chainCommand is Exec's command where nsbox has no helper: a shell joins
 // the machine's cgroups, setpriv gives the bounding set of the leader,
 // nsenter enters its namespaces, env makes the environment.
-func chainCommand(name string, leader int, e backend.ExecSpec) (*host.Cmd, error) {
+func chainCommand(name string, leader int, procs []string, e backend.ExecSpec) (*host.Cmd, error) {
 	// What runs in the machine gets no more capabilities than its PID 1,
 	// which nspawn gave a reduced bounding set.
 	bounding, err := capBounding(leader)
@@ -552,7 +564,7 @@ func chainCommand(name string, leader int, e backend.ExecSpec) (*host.Cmd, error
 	}
 	enter := append([]string{"--bounding-set=" + bounding, "--", "nsenter"}, nsenterArgs(leader, e.User, e.Env, e.Argv)...)
 	// The command joins the machine's cgroups, so its limits cover it.
-	path, args := inCgroup(execCgroup(name), "setpriv", enter)
+	path, args := inCgroup(procs, "setpriv", enter)
 	return &host.Cmd{Path: path, Args: args}, nil
 }
 
