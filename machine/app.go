@@ -12,6 +12,7 @@ import (
 
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/direct"
+	"github.com/nsbox/nsbox/machine/host"
 )
 
 // App is what an app machine runs in place of an init: a program, as
@@ -273,6 +274,17 @@ func hasInit(tree string) bool {
 	return false
 }
 
+// hasGetent reports whether the tree r has the getent nspawn runs to look
+// up --user in a machine (spawn_getent: /usr/bin/getent, then /bin/getent).
+func hasGetent(r *os.Root) bool {
+	for _, p := range []string{"usr/bin/getent", "bin/getent"} {
+		if st, err := r.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // appPath is the PATH an app's command is looked up in when its
 // environment names none: nspawn's default.
 const appPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -409,6 +421,9 @@ func checkApp(name, tree string, o BootOptions) error {
 		return err
 	}
 	defer r.Close()
+	if st, err := r.Stat("usr"); err != nil || !st.IsDir() {
+		return fmt.Errorf("%s has no /usr directory, and systemd-nspawn runs nothing in a tree without one (make an empty one in %s)", name, tree)
+	}
 	if _, err := findCommand(r, a.Argv[0], o.file.env("PATH")); err != nil {
 		return fmt.Errorf("%s: %v (give another with --cmd)", name, err)
 	}
@@ -418,6 +433,9 @@ func checkApp(name, tree string, o BootOptions) error {
 			return fmt.Errorf("%s: %v", name, err)
 		}
 		a.User = u
+		if u != "root" && !hasGetent(r) {
+			return fmt.Errorf("%s runs as user %s, and systemd-nspawn 252 looks a user up with the machine's own getent, which it lacks (an image of one static program): run it as root with nsbox edit %s (delete User=), or add getent to the image", name, u, name)
+		}
 	}
 	if a.Workdir != "" {
 		st, err := r.Stat(strings.TrimPrefix(path.Clean(a.Workdir), "/"))
@@ -454,6 +472,25 @@ func (d *settingsDoc) env(name string) string {
 		}
 	}
 	return val
+}
+
+// waitApp waits until app machine name runs its command: its PID 1 is
+// nspawn's stub init, which nspawn becomes only once the user, the
+// directory and the rest were set up for the command (a user nspawn
+// cannot resolve, say, ends the machine before). A machine that ends
+// first is a failed boot.
+func (m *Manager) waitApp(ctx context.Context, name string) error {
+	return host.Poll(ctx, pollDelay, func() (bool, error) {
+		r, err := m.Backend.Get(ctx, name)
+		if errors.Is(err, ErrNotRunning) {
+			return false, errors.New("it ended before its command started")
+		}
+		if err != nil || r.Leader <= 0 {
+			return false, nil
+		}
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", r.Leader))
+		return err == nil && strings.TrimSpace(string(comm)) == "(sd-stubinit)", nil
+	})
 }
 
 // appShell is the login shell of user (root when "") in running app

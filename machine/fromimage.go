@@ -271,16 +271,19 @@ func (m *Manager) applyLayer(ctx context.Context, cache *oci.Cache, layers *imag
 	return err
 }
 
-// ensureEtc makes /etc in a tree that has none (an image of a single
-// program), where the hostname and machine id go.
+// ensureEtc makes /etc and /usr in a tree that has none (an image of a
+// single program): the hostname and machine id go into /etc, and nspawn
+// refuses a tree without /usr, even to run one command.
 func ensureEtc(tree string) error {
 	r, err := os.OpenRoot(tree)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	if err := r.Mkdir("etc", 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
+	for _, d := range []string{"etc", "usr"} {
+		if err := r.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
 	}
 	return nil
 }

@@ -410,9 +410,8 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	state, err := "running", error(nil)
 	if opts.App == nil {
 		state, err = m.waitRunning(bctx, name)
-	} else if _, err = m.Backend.Get(bctx, name); err != nil {
-		// nspawn said it started the command; it has ended already.
-		err = fmt.Errorf("its command ended at once")
+	} else {
+		err = m.waitApp(bctx, name)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
