@@ -1,13 +1,9 @@
 package download
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 )
-
-// ErrNoSum says SHA256SUMS has no line for the file.
-var ErrNoSum = errors.New("no checksum for it")
 
 // MaxSums bounds what nsbox reads of SHA256SUMS or its signature.
 const MaxSums = 1 << 20
@@ -40,7 +36,7 @@ func FindSum(data []byte, name string) (string, error) {
 		found = sum
 	}
 	if found == "" {
-		return "", fmt.Errorf("SHA256SUMS has no line for %s: %w", name, ErrNoSum)
+		return "", fmt.Errorf("SHA256SUMS has no line for %s", name)
 	}
 	return found, nil
 }
