@@ -50,6 +50,9 @@ func TestParseURL(t *testing.T) {
 		{"https://example.org/x/..", "names no file"},
 		{"https://example.org/a%2Fb.tar", "names no file"},
 		{"https://example.org/a%0Ab.tar", "names no file"},
+		{"ftp://user:secret@example.org/r.tar", "not http"},
+		{"https://user:secret@example.org/a\nb.tar", "control"},
+		{"https://user:secret@example.org/r.img", "credentials"},
 	} {
 		_, err := ParseURL(c.in)
 		if err == nil || !strings.Contains(err.Error(), c.why) || strings.Contains(err.Error(), "secret") || strings.ContainsAny(err.Error(), "\n") {

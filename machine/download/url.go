@@ -31,9 +31,10 @@ func IsURL(s string) bool {
 // the same directory), no control characters or spaces, and a file name
 // with a tarball's suffix.
 func ParseURL(s string) (*Source, error) {
+	shown := redact(s)
 	for _, c := range s {
 		if c < 0x21 || c == 0x7f {
-			return nil, fmt.Errorf("URL %q holds a space or control character", s)
+			return nil, fmt.Errorf("URL %q holds a space or control character", shown)
 		}
 	}
 	u, err := url.Parse(s)
@@ -42,22 +43,22 @@ func ParseURL(s string) (*Source, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err // its text repeats the URL
 		}
-		return nil, fmt.Errorf("URL %q: %v", s, err)
+		return nil, fmt.Errorf("URL %q: %v", shown, err)
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Errorf("URL %q is not http:// or https://", s)
+		return nil, fmt.Errorf("URL %q is not http:// or https://", shown)
 	case u.Opaque != "" || u.Hostname() == "":
-		return nil, fmt.Errorf("URL %q has no host", s)
+		return nil, fmt.Errorf("URL %q has no host", shown)
 	case u.User != nil:
 		return nil, fmt.Errorf("URL %s carries credentials: nsbox does not take them in a URL", u.Redacted())
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(s, "#"):
-		return nil, fmt.Errorf("URL %q has a query or fragment: give the tarball's own URL, with SHA256SUMS in its directory", s)
+		return nil, fmt.Errorf("URL %q has a query or fragment: give the tarball's own URL, with SHA256SUMS in its directory", shown)
 	}
 	esc := u.EscapedPath()
 	name, err := url.PathUnescape(esc[strings.LastIndex(esc, "/")+1:])
 	if err != nil || name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\") || strings.IndexFunc(name, isControl) >= 0 {
-		return nil, fmt.Errorf("URL %q names no file", s)
+		return nil, fmt.Errorf("URL %q names no file", shown)
 	}
 	ok := false
 	for _, suf := range Suffixes {
@@ -66,7 +67,7 @@ func ParseURL(s string) (*Source, error) {
 		}
 	}
 	if !ok {
-		return nil, fmt.Errorf("URL %q is not a tarball: its name ends in none of %s", s, strings.Join(Suffixes, " "))
+		return nil, fmt.Errorf("URL %q is not a tarball: its name ends in none of %s", shown, strings.Join(Suffixes, " "))
 	}
 	return &Source{URL: u, Name: name}, nil
 }
@@ -81,3 +82,21 @@ func (s *Source) Beside(name string) *url.URL {
 func (s *Source) String() string { return s.URL.String() }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// redact hides the credentials of a URL that may not parse, for errors:
+// whatever is between "://" and the last "@" before the path.
+func redact(s string) string {
+	i := strings.Index(s, "://")
+	if i < 0 {
+		return s
+	}
+	rest := s[i+3:]
+	auth := rest
+	if j := strings.IndexAny(rest, "/?#"); j >= 0 {
+		auth = rest[:j]
+	}
+	if k := strings.LastIndex(auth, "@"); k >= 0 {
+		return s[:i+3] + "xxxxx" + rest[k:]
+	}
+	return s
+}
