@@ -134,9 +134,14 @@ func completeMachines(c *cli.Context) {
 }
 
 // completeFlagValue offers values for flag, whose value is being
-// completed: the host's ordinary users after --bind-user, nothing after
-// the others (the shell then completes file names).
+// completed: the host's ordinary users after --bind-user, create's ways
+// to verify after --verify, nothing after the others (the shell then
+// completes file names).
 func completeFlagValue(flag string) {
+	if flag == "--verify" {
+		fmt.Println(machine.VerifyChecksum + "\n" + machine.VerifySignature + "\n" + machine.VerifyNo)
+		return
+	}
 	if flag != "--bind-user" {
 		return
 	}

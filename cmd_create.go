@@ -32,7 +32,18 @@ func createCommand() *cli.Command {
 			"User under nspawn's stub init (--cmd replaces the Cmd, --boot asks for\n" +
 			"the init).\n\n" +
 			"   nsbox create deb --from docker://debian:bookworm\n   nsbox create pi --from docker://debian:bookworm --arch arm64\n" +
-			"   nsbox create web --from docker://nginx:stable --cmd 'nginx -g \"daemon off;\"'",
+			"   nsbox create web --from docker://nginx:stable --cmd 'nginx -g \"daemon off;\"'\n\n" +
+			"Or from a root file system tarball at an http(s) URL (.tar, .tar.gz,\n" +
+			".tar.xz, .tar.zst), verified as importctl pull-tar verifies before a\n" +
+			"byte of it is extracted: --verify=checksum (the default) checks its line\n" +
+			"in SHA256SUMS beside it; --verify=signature first checks SHA256SUMS.gpg,\n" +
+			"a detached signature of SHA256SUMS, with gpgv against --keyring (default:\n" +
+			"/etc/systemd/import-pubring.gpg or /usr/lib/systemd/import-pubring.gpg,\n" +
+			"and their .pgp names); --verify=no checks nothing, with a warning. Plain\n" +
+			"http:// is taken only to loopback or with --verify=signature. Verified\n" +
+			"downloads are kept in CACHE/downloads until prune.\n\n" +
+			"   nsbox create box --from https://example.org/images/rootfs.tar.zst\n" +
+			"   nsbox create box --from https://example.org/rootfs.tar.xz --verify=signature --keyring signer.gpg",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "release", Aliases: []string{"r"}, Usage: "release codename (default: NAME, if it is one)"},
 			&cli.StringFlag{Name: "distro", Usage: "debian or ubuntu (default: follows from the release)"},
@@ -44,9 +55,11 @@ func createCommand() *cli.Command {
 			&cli.StringFlag{Name: "storage", Value: "auto", Usage: "overlay (over the base: nothing copied), copy (of the base) or btrfs (a snapshot of it); auto: btrfs where the root and cache directories are on btrfs, overlay elsewhere, copy where overlayfs cannot serve"},
 			&cli.StringFlag{Name: "bootstrapper", Usage: "debootstrap or mmdebstrap (default: mmdebstrap when installed)"},
 			&cli.DurationFlag{Name: "refresh-older-than", Usage: "refresh a cached base older than this before use (e.g. 720h)"},
-			&cli.StringFlag{Name: "from", Usage: "make the machine from a container image: docker://REF, oci:DIR[:TAG] or docker-archive:FILE"},
+			&cli.StringFlag{Name: "from", Usage: "make the machine from a container image (docker://REF, oci:DIR[:TAG] or docker-archive:FILE) or a root file system tarball's http(s) URL"},
 			&cli.StringFlag{Name: "platform", Usage: "with --from: the image's platform in an index, OS/ARCH[/VARIANT] (default: the host's; --arch says the architecture alone)"},
-			&cli.StringFlag{Name: "max-size", Usage: "with --from: the most an image's layers may write (default 64G)"},
+			&cli.StringFlag{Name: "max-size", Usage: "with --from: the most an image's layers, or a tarball and what it holds, may write (default 64G)"},
+			&cli.StringFlag{Name: "verify", Usage: "with --from URL: checksum (SHA256SUMS beside it; the default), signature (and SHA256SUMS.gpg by a key of --keyring) or no"},
+			&cli.StringFlag{Name: "keyring", Usage: "with --verify=signature: the OpenPGP public keys to trust (default: systemd's import-pubring.gpg)"},
 			&cli.BoolFlag{Name: "boot", Usage: "with --from: boot the image's init (the default for an image that has one)"},
 			&cli.StringFlag{Name: "cmd", Usage: "with --from: an app machine running `CMD` (words split as a shell would, nothing expanded) in place of the image's Cmd"},
 		},
@@ -96,6 +109,7 @@ func createCommand() *cli.Command {
 				Progress: p.stage, Storage: kind,
 				From: from, Platform: c.String("platform"), MaxImageBytes: maxBytes,
 				Init: c.Bool("boot"), Cmd: cmd,
+				Verify: c.String("verify"), Keyring: c.String("keyring"), Notice: p.notice,
 			})
 			p.done()
 			if err != nil {
@@ -161,6 +175,18 @@ func (p *progress) stage(s machine.Stage) {
 	}
 }
 
+// notice says a line of its own, over the live line.
+func (p *progress) notice(line string) {
+	if p.quiet {
+		return
+	}
+	if p.drawn {
+		fmt.Fprint(p.f, "\r\033[K")
+		p.drawn = false
+	}
+	fmt.Fprintln(p.f, line)
+}
+
 func (p *progress) done() {
 	if p.drawn {
 		fmt.Fprint(p.f, "\r\033[K")
@@ -168,12 +194,13 @@ func (p *progress) done() {
 }
 
 // checkFromFlags refuses what does not go with --from (the release's
-// flags), and --from's own flags without it.
+// flags), and --from's own flags without it or with the other kind of
+// source.
 func checkFromFlags(c *cli.Context, from string) error {
 	if from == "" {
-		for _, f := range []string{"platform", "max-size", "boot", "cmd"} {
+		for _, f := range []string{"platform", "max-size", "verify", "keyring", "boot", "cmd"} {
 			if c.IsSet(f) {
-				return usagef("--%s goes with --from (a container image)", f)
+				return usagef("--%s goes with --from (a container image or a URL)", f)
 			}
 		}
 		return nil
@@ -181,12 +208,39 @@ func checkFromFlags(c *cli.Context, from string) error {
 	if c.IsSet("boot") && c.IsSet("cmd") {
 		return usagef("--boot boots the image's init and --cmd runs a command instead: give one")
 	}
-	if !machine.IsImageSource(from) {
-		return usagef("--from %q: give docker://[REGISTRY/]REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE", from)
+	url := machine.IsURLSource(from)
+	if !url && !machine.IsImageSource(from) {
+		return usagef("--from %q: give docker://[REGISTRY/]REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE or an http(s) URL of a tarball", from)
 	}
 	for _, f := range []string{"release", "distro", "mirror", "variant", "include", "no-cache", "bootstrapper", "refresh-older-than"} {
 		if c.IsSet(f) {
-			return usagef("--%s is for a machine bootstrapped from a release; --from makes it from an image", f)
+			return usagef("--%s is for a machine bootstrapped from a release; --from makes it from an image or a tarball", f)
+		}
+	}
+	if url {
+		for _, f := range []string{"platform", "arch"} {
+			if c.IsSet(f) {
+				return usagef("--%s picks an image from an index: a tarball from a URL is what it is", f)
+			}
+		}
+		for _, f := range []string{"boot", "cmd"} {
+			if c.IsSet(f) {
+				return usagef("--%s is for a machine from a container image: a tarball's machine boots its init (boot --cmd runs a command in it)", f)
+			}
+		}
+		switch v := c.String("verify"); v {
+		case "", machine.VerifyChecksum, machine.VerifySignature, machine.VerifyNo:
+			if c.IsSet("keyring") && v != machine.VerifySignature {
+				return usagef("--keyring goes with --verify=signature")
+			}
+		default:
+			return usagef("--verify %q: give checksum, signature or no", v)
+		}
+		return nil
+	}
+	for _, f := range []string{"verify", "keyring"} {
+		if c.IsSet(f) {
+			return usagef("--%s goes with --from URL (a tarball over http or https)", f)
 		}
 	}
 	return nil

@@ -224,3 +224,27 @@ func TestUsageErrorsExit2(t *testing.T) {
 		}
 	}
 }
+
+func TestCreateFromURLUsage(t *testing.T) {
+	url := "https://example.org/r.tar.zst"
+	for _, args := range [][]string{
+		{"create", "x", "--verify", "no"},
+		{"create", "x", "--keyring", "k.gpg"},
+		{"create", "x", "--from", url, "--verify", "maybe"},
+		{"create", "x", "--from", url, "--keyring", "k.gpg"},
+		{"create", "x", "--from", url, "--verify", "checksum", "--keyring", "k.gpg"},
+		{"create", "x", "--from", url, "--platform", "linux/amd64"},
+		{"create", "x", "--from", url, "--arch", "arm64"},
+		{"create", "x", "--from", url, "--release", "bookworm"},
+		{"create", "x", "--from", "docker://debian", "--verify", "no"},
+		{"create", "x", "--from", "ftp://example.org/r.tar"},
+	} {
+		if _, code := capture(t, args...); code != exitUsage {
+			t.Errorf("%v: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+	out, code := capture(t, "create", "x", "--from", url, "--verify", "--generate-bash-completion")
+	if code != 0 || strings.Join(strings.Fields(out), " ") != "checksum signature no" {
+		t.Errorf("--verify completion: %d %q", code, out)
+	}
+}

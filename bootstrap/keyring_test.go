@@ -27,7 +27,7 @@ func ubuntuKey2018(t *testing.T) []byte {
 }
 
 func TestUbuntuArchiveKey2018Fingerprint(t *testing.T) {
-	bin, err := dearmor(ubuntuKey2018(t))
+	bin, err := Dearmor(ubuntuKey2018(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,10 +52,10 @@ func TestUbuntuArchiveKey2018Fingerprint(t *testing.T) {
 
 func TestDearmorRefusesABadChecksum(t *testing.T) {
 	bad := bytes.Replace(ubuntuKey2018(t), []byte("=9AdM"), []byte("=9AdN"), 1)
-	if _, err := dearmor(bad); err == nil || !strings.Contains(err.Error(), "checksum") {
+	if _, err := Dearmor(bad); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Errorf("bad checksum: %v", err)
 	}
-	if _, err := dearmor([]byte(armorHeader + "\n\nmQIN\n")); err == nil {
+	if _, err := Dearmor([]byte(armorHeader + "\n\nmQIN\n")); err == nil {
 		t.Error("armor without end accepted")
 	}
 }
@@ -86,7 +86,7 @@ func fakeKey(seed byte) []byte {
 }
 
 func TestFilterKeyring(t *testing.T) {
-	ubuntu, _ := dearmor(ubuntuKey2018(t))
+	ubuntu, _ := Dearmor(ubuntuKey2018(t))
 	other := fakeKey(7)
 	sub := fakeKey(9)
 	otherFP := keyFingerprint(other)
@@ -324,7 +324,7 @@ func TestKeyringURLDefaultsToDebootstrapsMirror(t *testing.T) {
 // TestBootstrapArgsUseTheFetchedKeyring: jammy on a host without Ubuntu's
 // keyring runs debootstrap and mmdebstrap with --keyring at nsbox's copy.
 func TestBootstrapArgsUseTheFetchedKeyring(t *testing.T) {
-	srv, _ := keyringServer(t, func() []byte { b, _ := dearmor(ubuntuKey2018(t)); return b }())
+	srv, _ := keyringServer(t, func() []byte { b, _ := Dearmor(ubuntuKey2018(t)); return b }())
 	jammy := jammyWithout(t, UbuntuArchiveKeys...)
 	dir := filepath.Join(t.TempDir(), "keyrings")
 	want := "--keyring=" + filepath.Join(dir, "ubuntu-archive-keyring.gpg")

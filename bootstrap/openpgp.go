@@ -131,7 +131,7 @@ func filterKeyring(data []byte, pinned []string) ([]byte, []string, error) {
 	for _, fp := range pinned {
 		pin[normalizeFingerprint(fp)] = true
 	}
-	data, err := dearmor(data)
+	data, err := Dearmor(data)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -177,10 +177,10 @@ func filterKeyring(data []byte, pinned []string) ([]byte, []string, error) {
 // armorHeader starts an ASCII-armored public keyring.
 const armorHeader = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
 
-// dearmor returns the binary packets of an ASCII-armored keyring (RFC
+// Dearmor returns the binary packets of an ASCII-armored keyring (RFC
 // 4880 section 6), checking its CRC-24 when it has one; binary data is
 // returned as it is.
-func dearmor(data []byte) ([]byte, error) {
+func Dearmor(data []byte) ([]byte, error) {
 	text := strings.TrimLeft(string(data), " \t\r\n")
 	if !strings.HasPrefix(text, armorHeader) {
 		return data, nil

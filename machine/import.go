@@ -68,7 +68,14 @@ func (m *Manager) Import(ctx context.Context, name, file string, stdin io.Reader
 		return err
 	}
 	c := &image.ArchiveChecker{Space: &space}
-	err = m.newTree(ctx, name, func(tmp string) error {
+	return m.extractTree(ctx, "import", name, src, label, c)
+}
+
+// extractTree makes machine name of the root file system tarball in src
+// (known to the user as label), each member checked by c: the import of
+// a tarball, and the last step of a create from a URL.
+func (m *Manager) extractTree(ctx context.Context, verb, name string, src io.Reader, label string, c *image.ArchiveChecker) error {
+	err := m.newTree(ctx, name, func(tmp string) error {
 		if err := os.Mkdir(tmp, 0o755); err != nil {
 			return err
 		}
@@ -91,10 +98,10 @@ func (m *Manager) Import(ctx context.Context, name, file string, stdin io.Reader
 		return err
 	}
 	if c.Devices > 0 {
-		logrus.Warnf("import %s: left out %d device nodes of %s (systemd-nspawn gives a machine its own /dev)", name, c.Devices, label)
+		logrus.Warnf("%s %s: left out %d device nodes of %s (systemd-nspawn gives a machine its own /dev)", verb, name, c.Devices, label)
 	}
 	if c.Xattrs > 0 {
-		logrus.Warnf("import %s: left out %d trusted.* extended attributes of %s (a machine cannot use them)", name, c.Xattrs, label)
+		logrus.Warnf("%s %s: left out %d trusted.* extended attributes of %s (a machine cannot use them)", verb, name, c.Xattrs, label)
 	}
 	return nil
 }

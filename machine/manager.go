@@ -276,6 +276,16 @@ type CreateOptions struct {
 	// Entrypoint and Cmd.
 	Init bool
 	Cmd  []string
+	// Verify says how a tarball from a URL (From http:// or https://) is
+	// verified: VerifyChecksum ("" too), VerifySignature against Keyring
+	// ("": download.DefaultKeyrings), or VerifyNo. Stall is how long its
+	// server may send nothing (0: a minute).
+	Verify  string
+	Keyring string
+	Stall   time.Duration
+	// Notice, when set, is told a line the user should see (what was
+	// downloaded, how fast, how verified).
+	Notice func(string)
 }
 
 // StaleBaseAge is the age after which nsbox tells the user a base is old.
@@ -312,6 +322,9 @@ func ResolveRelease(name string, o CreateOptions) (bootstrap.Release, error) {
 func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) error {
 	if err := m.checkName(name, false); err != nil {
 		return err
+	}
+	if IsURLSource(o.From) {
+		return m.createFromURL(ctx, name, o)
 	}
 	if o.From != "" {
 		return m.createFromImage(ctx, name, o)

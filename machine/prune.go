@@ -28,8 +28,8 @@ import (
 // PruneItem is one leftover that prune removed, or would remove. The JSON
 // shape is part of nsbox's interface (docs/json.md).
 type PruneItem struct {
-	// Kind is PruneStaging, PruneState, PruneEphemeral, PruneBase or
-	// PrunePackages.
+	// Kind is PruneStaging, PruneState, PruneEphemeral, PruneBase,
+	// PrunePackages, PruneLayers or PruneDownloads.
 	Kind  string `json:"kind"`
 	Path  string `json:"path"`
 	Bytes int64  `json:"bytes"`
@@ -58,6 +58,10 @@ const (
 	// PruneLayers is a cached image layer no machine's image record names
 	// (create --from), or what a pull cut short left of one.
 	PruneLayers = "layers"
+	// PruneDownloads is a tarball create --from URL downloaded and keeps
+	// for the next create of that URL, or what a download cut short by a
+	// kill left.
+	PruneDownloads = "downloads"
 )
 
 // ErrPruneFailed says that some leftovers could not be removed; the
@@ -121,6 +125,7 @@ func (m *Manager) Prune(ctx context.Context, dryRun bool) ([]PruneItem, error) {
 	m.pruneRecords(ctx, p, staged)
 	m.pruneLocks(p)
 	m.pruneImageLayers(p)
+	m.pruneDownloads(p)
 	m.Bases().Leftovers(ctx, p.found)
 	if p.items == nil {
 		p.items = []PruneItem{}
@@ -504,6 +509,32 @@ func (m *Manager) pruneImageLayers(p *pruner) {
 		}
 		path := filepath.Join(dir, n)
 		p.found(PruneLayers, path, usage(path), func() error { return removeFile(path) })
+	}
+}
+
+// pruneDownloads removes the tarballs create --from URL kept (no machine
+// needs them: each is a copy) and what downloads cut short left, under
+// the downloads' lock taken without waiting: while a create from a URL
+// holds it, nothing there is touched.
+func (m *Manager) pruneDownloads(p *pruner) {
+	dir := m.DownloadsDir()
+	var found []string
+	for _, n := range listDir(dir) {
+		if n != ".lck" {
+			found = append(found, n)
+		}
+	}
+	if len(found) == 0 {
+		return
+	}
+	release, ok := p.lock(filepath.Join(dir, ".lck"))
+	if !ok {
+		return
+	}
+	defer release()
+	for _, n := range found {
+		path := filepath.Join(dir, n)
+		p.found(PruneDownloads, path, usage(path), func() error { return removeFile(path) })
 	}
 }
 

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/nsbox/nsbox/machine/download"
 )
 
 // Errors a pull returns, for errors.Is.
@@ -130,9 +130,6 @@ func (c *Cache) Pull(ctx context.Context, src Source, o Options) (*Image, error)
 	}
 	return out, nil
 }
-
-// errStalled ends a response whose registry stopped sending.
-var errStalled = errors.New("stalled")
 
 // resolve finds the one image src names for o.Platform.
 func resolve(ctx context.Context, src Source, o Options) (v1.Image, error) {
@@ -384,90 +381,13 @@ func remoteOptions(ctx context.Context, o Options) []remote.Option {
 	}
 	tr := o.Transport
 	if tr == nil {
-		tr = Transport(o.Stall)
+		tr = download.Transport(o.Stall, false)
 	}
 	return []remote.Option{
 		remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithTransport(tr),
 		remote.WithUserAgent("nsbox"), remote.WithJobs(1),
 		remote.WithRetryBackoff(remote.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 3}),
 	}
-}
-
-// Transport is the HTTP transport for registries: the environment's
-// proxy, timeouts for a registry that does not answer (stall: for one
-// that stops sending a response), and plain HTTP to loopback only
-// (go-containerregistry also speaks it to private addresses, where
-// anyone on the path could change a tag's manifest).
-func Transport(stall time.Duration) http.RoundTripper {
-	d := &net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}
-	return guarded{stall: stall, next: &http.Transport{
-		Proxy: http.ProxyFromEnvironment, DialContext: d.DialContext, ForceAttemptHTTP2: true,
-		TLSHandshakeTimeout: 15 * time.Second, ResponseHeaderTimeout: stall,
-		IdleConnTimeout: 90 * time.Second, MaxIdleConns: 10,
-	}}
-}
-
-// guarded refuses plain HTTP but to loopback, and ends a response that
-// sends nothing for stall.
-type guarded struct {
-	next  http.RoundTripper
-	stall time.Duration
-}
-
-func (t guarded) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Scheme == "http" && !loopback(r.URL.Hostname()) {
-		return nil, fmt.Errorf("%w: plain HTTP to %s (nsbox speaks it to loopback only)", ErrRefused, r.URL.Host)
-	}
-	ctx, cancel := context.WithCancel(r.Context())
-	resp, err := t.next.RoundTrip(r.WithContext(ctx))
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	b := &stallBody{ReadCloser: resp.Body, cancel: cancel, stall: t.stall}
-	b.timer = time.AfterFunc(t.stall, b.fire)
-	resp.Body = b
-	return resp, nil
-}
-
-// stallBody cancels its request when nothing came for stall.
-type stallBody struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-	stall  time.Duration
-	timer  *time.Timer
-	fired  atomic.Bool
-}
-
-func (b *stallBody) fire() {
-	b.fired.Store(true)
-	b.cancel()
-}
-
-func (b *stallBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if b.fired.Load() {
-		return n, fmt.Errorf("%w: nothing came for %s", errStalled, b.stall)
-	}
-	if n > 0 {
-		b.timer.Reset(b.stall)
-	}
-	return n, err
-}
-
-func (b *stallBody) Close() error {
-	b.timer.Stop()
-	err := b.ReadCloser.Close()
-	b.cancel()
-	return err
-}
-
-func loopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // describe turns a pull's failure into one line that says what went wrong
@@ -481,9 +401,9 @@ func describe(src Source, o Options, err error) error {
 	var te *transport.Error
 	var ne net.Error
 	switch {
-	case errors.Is(err, errStalled) || strings.Contains(err.Error(), errStalled.Error()+": nothing came"):
+	case errors.Is(err, download.ErrStalled) || strings.Contains(err.Error(), download.ErrStalled.Error()+": nothing came"):
 		err = fmt.Errorf("%w: %s sent nothing for %s", ErrNoAnswer, reg, o.Stall)
-	case errors.Is(err, ErrDigest), errors.Is(err, ErrNoPlatform), errors.Is(err, ErrUnknownImage), errors.Is(err, ErrUnsupported), errors.Is(err, ErrRefused):
+	case errors.Is(err, ErrDigest), errors.Is(err, ErrNoPlatform), errors.Is(err, ErrUnknownImage), errors.Is(err, ErrUnsupported), errors.Is(err, ErrRefused), errors.Is(err, download.ErrPlainHTTP):
 	case errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden || hasCode(te, transport.UnauthorizedErrorCode, transport.DeniedErrorCode)):
 		if anonymous(o, src.Ref) {
 			err = fmt.Errorf("%w: %s refused access to %s: it does not exist or needs credentials (log in: docker login %s)", ErrRefused, reg, repo, reg)
