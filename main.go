@@ -226,6 +226,11 @@ func nameArg(c *cli.Context) (string, error) {
 func quiet(c *cli.Context) bool { return c.Bool("quiet") }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == machine.AppExecCommand {
+		// In an app machine, as its payload: nothing of the rest of
+		// nsbox runs, and the files the program is given stay open.
+		os.Exit(machine.AppExec(os.Args[2:]))
+	}
 	keepInheritedFiles()
 	os.Exit(run(os.Args))
 }

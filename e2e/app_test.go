@@ -33,8 +33,8 @@ var (
 
 // appImage is an OCI image layout of an application image, as most
 // images on registries are: no init, one static program (testdata/app,
-// built here), a passwd with the user it runs as, glibc's getent (which
-// nspawn 252 runs to look the user up), and a configuration
+// built here; no libc, no getent, no /usr), a passwd with the user it
+// runs as, and a configuration
 // with an Entrypoint, a Cmd, an environment, a working directory the
 // image lacks and a user given as UID:GID. It is kept in the suite's
 // cache (which the machined test host has too), under the hash of the
@@ -53,7 +53,7 @@ func buildAppImage() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256(append(src, "getent"...))
+	sum := sha256.Sum256(src)
 	rel := filepath.Join("testimages", "app-"+hex.EncodeToString(sum[:6]))
 	dir := filepath.Join(suiteCache, rel)
 	if _, err := os.Stat(filepath.Join(dir, "index.json")); err == nil {
@@ -79,16 +79,6 @@ func buildAppImage() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// glibc's getent with its loader and libc, as images based on a
-	// distribution have it: nspawn 252 looks up the image's user with it.
-	libs := map[string]string{}
-	for _, p := range []string{"/usr/bin/getent", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"} {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return "", err
-		}
-		libs[strings.TrimPrefix(p, "/")] = string(b)
-	}
 	var buf bytes.Buffer
 	w := tar.NewWriter(&buf)
 	files := []struct {
@@ -100,10 +90,6 @@ func buildAppImage() (string, error) {
 		{"etc/passwd", 0o644, "root:x:0:0:root:/root:/app\napp:x:1000:1000:app:/data:/app\n"},
 		{"etc/group", 0o644, "root:x:0:\napp:x:1000:\n"},
 		{"app", 0o755, string(prog)},
-		{"usr/", 0o755, ""}, {"usr/bin/", 0o755, ""}, {"usr/bin/getent", 0o755, libs["usr/bin/getent"]},
-		{"lib/", 0o755, ""}, {"lib/x86_64-linux-gnu/", 0o755, ""},
-		{"lib/x86_64-linux-gnu/libc.so.6", 0o755, libs["lib/x86_64-linux-gnu/libc.so.6"]},
-		{"lib64/", 0o755, ""}, {"lib64/ld-linux-x86-64.so.2", 0o755, libs["lib64/ld-linux-x86-64.so.2"]},
 	}
 	for _, f := range files {
 		h := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}

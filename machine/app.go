@@ -13,6 +13,7 @@ import (
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/direct"
 	"github.com/nsbox/nsbox/machine/host"
+	"golang.org/x/sys/unix"
 )
 
 // App is what an app machine runs in place of an init: a program, as
@@ -411,7 +412,7 @@ func (m *Manager) runMode(name string, o *BootOptions, req BootRequest) error {
 // nspawn would otherwise refuse only once it started: a command that is
 // there, a user its passwd names (an image's NAME:GROUP or UID:GID
 // becomes the name, which nspawn takes), a working directory that exists.
-func checkApp(name, tree string, o BootOptions) error {
+func checkApp(name, tree string, o BootOptions, helper bool) error {
 	a := o.App
 	if len(a.Argv) == 0 {
 		return fmt.Errorf("%w: %s has no command to run: give one with --cmd", ErrInvalidOption, name)
@@ -433,8 +434,8 @@ func checkApp(name, tree string, o BootOptions) error {
 			return fmt.Errorf("%s: %v", name, err)
 		}
 		a.User = u
-		if u != "root" && !hasGetent(r) {
-			return fmt.Errorf("%s runs as user %s, and systemd-nspawn 252 looks a user up with the machine's own getent, which it lacks (an image of one static program): run it as root with nsbox edit %s (delete User=), or add getent to the image", name, u, name)
+		if u != "root" && !helper && !hasGetent(r) {
+			return fmt.Errorf("%s runs as user %s, and systemd-nspawn 252 looks a user up with the machine's own getent, which it lacks (an image of one static program): and nsbox cannot start it as that user itself here: run it as root with nsbox edit %s (delete User=), or add getent to the image", name, u, name)
 		}
 	}
 	if a.Workdir != "" {
@@ -491,6 +492,26 @@ func (m *Manager) waitApp(ctx context.Context, name string) error {
 		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", r.Leader))
 		return err == nil && strings.TrimSpace(string(comm)) == "(sd-stubinit)", nil
 	})
+}
+
+// stopApp asks the program of app machine name to end: SIGTERM to it
+// alone, as container engines stop one (nspawn's stub init would turn a
+// poweroff into SIGHUP and SIGTERM, and SIGHUP ends a program that does
+// not handle it before it can clean up). The stub init ends with it. It
+// reports false for a machine that boots, or whose program is gone.
+func (m *Manager) stopApp(ctx context.Context, name string) bool {
+	if opts, err := m.Options(name); err != nil || opts.App == nil {
+		return false
+	}
+	r, err := m.Backend.Get(ctx, name)
+	if err != nil || r.Leader <= 0 {
+		return false
+	}
+	leader, err := backend.ProcOf(r.Leader)
+	if err != nil {
+		return false
+	}
+	return backend.SignalChildren(leader, unix.SIGTERM) > 0
 }
 
 // appShell is the login shell of user (root when "") in running app

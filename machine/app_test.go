@@ -2,6 +2,7 @@ package machine
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -159,6 +160,101 @@ func TestAppTreeChecks(t *testing.T) {
 	for _, bad := range []string{"nobody", "1234", "1000:2000", "app:other", "0:1000"} {
 		if got, err := resolveAppUser(r, bad); err == nil {
 			t.Errorf("resolveAppUser(%q) = %q", bad, got)
+		}
+	}
+}
+
+func TestAppExecArgs(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "etc"), 0o755)
+	os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/srv/app:/bin/sh\nnohome:x:1001:1001:::/bin/sh\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "etc/group"), []byte("app:x:1000:\nwww:x:33:app,other\nadm:x:4:other\n"), 0o644)
+	r, _ := os.OpenRoot(dir)
+	defer r.Close()
+	x, err := resolveAppIDs(r, "1000:1000")
+	if err != nil || x.uid != 1000 || x.gid != 1000 || !reflect.DeepEqual(x.groups, []int{1000, 33}) || x.home != "/srv/app" || x.user != "app" {
+		t.Fatalf("%+v %v", x, err)
+	}
+	if x, err := resolveAppIDs(r, "nohome"); err != nil || x.home != "/" {
+		t.Errorf("no home: %+v %v", x, err)
+	}
+	x.binds = [][2]string{{"/lib64/ld-linux-x86-64.so.2", "ld.so"}, {"/lib/x86_64-linux-gnu/libc.so.6", "libc.so.6"}, {"/var/lib/nsbox/bin/nsbox", "nsbox"}}
+	if got := strings.Join(x.args(), " "); got != "--bind-ro=/lib64/ld-linux-x86-64.so.2:/run/nsbox-app/ld.so --bind-ro=/lib/x86_64-linux-gnu/libc.so.6:/run/nsbox-app/libc.so.6 --bind-ro=/var/lib/nsbox/bin/nsbox:/run/nsbox-app/nsbox" {
+		t.Errorf("binds: %s", got)
+	}
+	want := []string{"/run/nsbox-app/ld.so", "--library-path", "/run/nsbox-app", "/run/nsbox-app/nsbox", AppExecCommand,
+		"--uid=1000", "--gid=1000", "--groups=1000,33", "--user=app", "--home=/srv/app", "--", "/app", "a b"}
+	if got := x.argv([]string{"/app", "a b"}); !reflect.DeepEqual(got, want) {
+		t.Errorf("argv %q", got)
+	}
+	// A static nsbox runs as it is.
+	x.binds = x.binds[2:]
+	if got := x.argv([]string{"/app"}); got[0] != "/run/nsbox-app/nsbox" {
+		t.Errorf("static argv %q", got)
+	}
+	// The file's mounts go onto the command line with the helper's.
+	o, err := ParseSettingsFile("[Exec]\nEnvironment=A=1\nBoot=no\nProcessTwo=yes\nParameters=/app\nUser=app\n[Files]\nBind=/srv/data:/data\nTemporaryFileSystem=/scratch\nBindReadOnly=/etc/x:/x\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := NspawnArgs(NspawnConfig{Name: "web", Root: "/srv/web", BootOptions: o, appExec: x})
+	joined := strings.Join(args, " ")
+	if !strings.Contains(joined, "--bind=/srv/data:/data --tmpfs=/scratch --bind-ro=/etc/x:/x --bind-ro=/var/lib/nsbox/bin/nsbox:/run/nsbox-app/nsbox --user=root -- /run/nsbox-app/nsbox") {
+		t.Errorf("helper args: %s", joined)
+	}
+}
+
+func TestLoadedLibraries(t *testing.T) {
+	maps := filepath.Join(t.TempDir(), "maps")
+	os.WriteFile(maps, []byte(`55d0 r--p 00000000 08:01 1 /usr/local/bin/nsbox
+7f00 r--p 00000000 08:01 2 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f01 r-xp 00001000 08:01 2 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f02 r--p 00000000 00:00 0 [vvar]
+7f03 r--p 00000000 08:01 3 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
+`), 0o644)
+	got, err := loadedLibraries(maps)
+	want := [][2]string{{"/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "ld.so"}, {"/usr/lib/x86_64-linux-gnu/libc.so.6", "libc.so.6"}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("%q %v", got, err)
+	}
+	os.WriteFile(maps, []byte("55d0 r--p 00000000 08:01 1 /usr/local/bin/nsbox\n"), 0o644)
+	if got, err := loadedLibraries(maps); err != nil || len(got) != 0 {
+		t.Errorf("static: %q %v", got, err)
+	}
+	// The test binary's own: a loader first when it has one.
+	if got, err := loadedLibraries("/proc/self/maps"); err != nil || len(got) > 0 && got[0][1] != "ld.so" {
+		t.Errorf("this process: %q %v", got, err)
+	}
+}
+
+// TestAppExecBecomesTheUser runs AppExec in a child of the test (the test
+// binary run again, as it runs in a machine) as root: the program it
+// executes has the user, groups and environment it was told.
+func TestAppExecBecomesTheUser(t *testing.T) {
+	if args, ok := strings.CutPrefix(os.Getenv("NSBOX_TEST_APP_EXEC"), "run:"); ok {
+		os.Exit(AppExec(strings.Split(args, "\x1f")))
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	run := func(args ...string) (string, error) {
+		c := exec.Command(os.Args[0], "-test.run=^TestAppExecBecomesTheUser$")
+		c.Env = []string{"NSBOX_TEST_APP_EXEC=run:" + strings.Join(args, "\x1f"), "PATH=/usr/bin:/bin", "HOME=/root"}
+		out, err := c.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("--uid=4321", "--gid=4322", "--groups=4322,33", "--user=app", "--home=/srv/app", "--", "sh", "-c", `echo $(id -u) $(id -g) $(id -G) $USER $LOGNAME $HOME`)
+	if err != nil || out != "4321 4322 4322 33 app app /srv/app\n" {
+		t.Errorf("as the user: %q, %v", out, err)
+	}
+	for _, bad := range [][]string{
+		{"--uid=0", "--gid=0", "--", "true"}, // root is not this helper's to run
+		{"--uid=1", "--gid=1", "--", "no-such-program"},
+		{"--uid=1", "--gid=1", "--bogus", "--", "true"},
+		{"--uid=1", "--gid=1"},
+	} {
+		if out, err := run(bad...); err == nil {
+			t.Errorf("%q: no failure: %s", bad, out)
 		}
 	}
 }

@@ -307,7 +307,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		return err
 	}
 	if opts.App != nil {
-		if err := checkApp(name, root, opts); err != nil {
+		if err := checkApp(name, root, opts, m.appExecFor(root, opts.App) != nil); err != nil {
 			return err
 		}
 	}
@@ -477,6 +477,7 @@ func (m *Manager) nspawnConfig(name string, opts BootOptions) NspawnConfig {
 		Name: name, Root: m.Dir(name), BootOptions: opts, ReadOnly: m.ReadOnly(name),
 		Registered: m.Backend.Registered(),
 		ResolvConf: network.ResolvConfMode("/etc/resolv.conf", opts.Network != "host"),
+		appExec:    m.appExecFor(m.Dir(name), opts.App),
 	}
 }
 
@@ -658,8 +659,10 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) 
 	if timeout <= 0 {
 		timeout = time.Minute
 	}
-	if err := m.Backend.Kill(ctx, name, false, sigPoweroff); err != nil && !errors.Is(err, ErrNotRunning) {
-		logrus.Warnf("poweroff %s: %v; terminating", name, err)
+	if !m.stopApp(ctx, name) {
+		if err := m.Backend.Kill(ctx, name, false, sigPoweroff); err != nil && !errors.Is(err, ErrNotRunning) {
+			logrus.Warnf("poweroff %s: %v; terminating", name, err)
+		}
 	}
 	if !m.waitGone(ctx, name, timeout) {
 		if ctx.Err() != nil {

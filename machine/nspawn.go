@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"slices"
 	"strings"
 )
 
@@ -16,6 +17,9 @@ type NspawnConfig struct {
 	ResolvConf string
 	// ReadOnly mounts the root read-only (nsbox read-only NAME).
 	ReadOnly bool
+	// appExec starts an app machine's program as its user (see
+	// appExec); nil runs it as root, or leaves the user to nspawn.
+	appExec *appExec
 }
 
 // NspawnArgs turns c into systemd-nspawn's arguments (without the program
@@ -83,8 +87,12 @@ func NspawnArgs(c NspawnConfig) []string {
 		args = append(args, "--resolv-conf="+c.ResolvConf)
 	}
 	// The binds are in the file, with the user's TemporaryFileSystem=
-	// and the like, when nspawn reads it (see settingsMode).
-	if !c.file.userKeys() {
+	// and the like, when nspawn reads it (see settingsMode). The app's
+	// helper needs binds of its own on the command line, which make
+	// nspawn drop the file's: then all of them go there, in the file's
+	// order.
+	switch {
+	case !c.file.userKeys():
 		for _, b := range withIDMap(c.Binds, c.PrivateUsers) {
 			if b.ReadOnly {
 				args = append(args, "--bind-ro="+b.String())
@@ -92,17 +100,55 @@ func NspawnArgs(c NspawnConfig) []string {
 				args = append(args, "--bind="+b.String())
 			}
 		}
+	case c.appExec != nil:
+		args = append(args, c.file.mountArgs()...)
 	}
 	if a := c.App; a != nil {
 		if a.Workdir != "" {
 			args = append(args, "--chdir="+a.Workdir)
 		}
-		if a.User != "" {
+		argv := a.Argv
+		switch {
+		case c.appExec != nil:
+			// Root starts the helper (the file's User= is not nspawn's
+			// to look up), which becomes the user.
+			args = append(append(args, c.appExec.args()...), "--user=root")
+			argv = c.appExec.argv(argv)
+		case a.User != "":
 			args = append(args, "--user="+a.User)
 		}
-		args = append(append(args, "--"), a.Argv...)
+		args = append(append(args, "--"), argv...)
 	}
 	return args
+}
+
+// mountArgs are the mounts of the file's [Files] section (Bind=,
+// BindReadOnly=, TemporaryFileSystem=, Inaccessible=, Overlay=,
+// OverlayReadOnly=) as nspawn's options of the same syntax, in the
+// file's order: the command line takes them all or none.
+func (d *settingsDoc) mountArgs() []string {
+	flags := map[string]string{
+		"Bind": "--bind=", "BindReadOnly": "--bind-ro=", "TemporaryFileSystem": "--tmpfs=",
+		"Inaccessible": "--inaccessible=", "Overlay": "--overlay=", "OverlayReadOnly": "--overlay-ro=",
+	}
+	var out []string
+	if d == nil {
+		return out
+	}
+	for _, l := range d.lines {
+		if l.opt == nil || l.opt.Section != "Files" {
+			continue
+		}
+		if f, ok := flags[l.opt.Name]; ok {
+			if l.opt.Value == "" {
+				// An empty value drops those above it.
+				out = slices.DeleteFunc(out, func(a string) bool { return strings.HasPrefix(a, f) })
+				continue
+			}
+			out = append(out, f+l.opt.Value)
+		}
+	}
+	return out
 }
 
 // settingsMode is nspawn's --settings= for o.

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Proc names a process safely across PID reuse: its PID and its start time
@@ -154,4 +156,30 @@ func KillWorkingIn(dir string) {
 func PidExists(pid int) bool {
 	_, err := os.Stat(filepath.Join(ProcRoot, strconv.Itoa(pid)))
 	return err == nil
+}
+
+// SignalChildren sends sig to the children of leader, each through a
+// pidfd opened while it was still the process read (its start time), so
+// a PID reused meanwhile is never signalled. It returns how many it
+// signalled.
+func SignalChildren(leader Proc, sig unix.Signal) int {
+	if !leader.Alive() {
+		return 0
+	}
+	n := 0
+	for _, pid := range children(leader.PID) {
+		p, err := ProcOf(pid)
+		if err != nil {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		if p.Alive() && unix.PidfdSendSignal(fd, sig, nil, 0) == nil {
+			n++
+		}
+		unix.Close(fd)
+	}
+	return n
 }

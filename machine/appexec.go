@@ -1,0 +1,253 @@
+package machine
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// AppExecCommand is nsbox's hidden command that starts an app machine's
+// program as its user, inside the machine (see appExec).
+const AppExecCommand = "__app-exec"
+
+// appExecDir is where the machine sees what appExec binds into it.
+const appExecDir = "/run/nsbox-app"
+
+// appExec starts an app machine's program as a user other than root
+// without what nspawn 252 needs for --user: nspawn looks the user up by
+// running the machine's own getent, which an image of one static program
+// lacks. nsbox looks the user up in the machine's passwd and group files
+// itself (resolveAppIDs) and runs its own binary in the machine as the
+// payload, bound read-only with the host's dynamic loader and libc (an
+// image need have no libc of its own, or one of another version): it
+// sets the groups, group and user and executes the program, which stays
+// PID 2 under nspawn's stub init. What runs in the machine runs with the
+// machine's privileges only; nothing of the machine's is executed on the
+// host.
+type appExec struct {
+	// binds are the host files to bind (source, name under appExecDir):
+	// nsbox, and for a dynamically linked nsbox the loader first and the
+	// libraries it loads.
+	binds  [][2]string
+	uid    int
+	gid    int
+	groups []int
+	user   string
+	home   string
+}
+
+// appExecFor is what starts app a as its user in tree, or nil for an
+// app run as root (or when nsbox's own binary cannot be named, when
+// nspawn's --user is left to try).
+func (m *Manager) appExecFor(tree string, a *App) *appExec {
+	if a == nil || a.User == "" || a.User == "root" || a.User == "0" || m.Self == nil {
+		return nil
+	}
+	r, err := os.OpenRoot(tree)
+	if err != nil {
+		return nil
+	}
+	defer r.Close()
+	x, err := resolveAppIDs(r, a.User)
+	if err != nil || x.uid == 0 {
+		return nil
+	}
+	self, err := m.Self()
+	if err != nil {
+		return nil
+	}
+	libs, err := loadedLibraries("/proc/self/maps")
+	if err != nil {
+		return nil
+	}
+	x.binds = append(libs, [2]string{self, "nsbox"})
+	return x
+}
+
+// loadedLibraries are the dynamic loader and the shared libraries this
+// process has mapped (from maps, /proc/self/maps), as (path, name): the
+// loader named ld.so and first; none for a static nsbox.
+func loadedLibraries(maps string) ([][2]string, error) {
+	f, err := os.Open(maps)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var loader [][2]string
+	var libs [][2]string
+	seen := map[string]bool{}
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 6 {
+			continue
+		}
+		p := fields[5]
+		base := filepath.Base(p)
+		if !filepath.IsAbs(p) || seen[p] || !strings.Contains(base, ".so") {
+			continue
+		}
+		seen[p] = true
+		if strings.HasPrefix(base, "ld-linux") || strings.HasPrefix(base, "ld64") || strings.HasPrefix(base, "ld-musl") {
+			loader = append(loader, [2]string{p, "ld.so"})
+		} else {
+			libs = append(libs, [2]string{p, base})
+		}
+	}
+	if err := s.Err(); err != nil {
+		return nil, err
+	}
+	if len(loader) > 1 {
+		return nil, fmt.Errorf("%d dynamic loaders mapped", len(loader))
+	}
+	if len(loader) == 0 && len(libs) > 0 {
+		return nil, fmt.Errorf("libraries mapped without a loader")
+	}
+	return append(loader, libs...), nil
+}
+
+// args are nspawn's arguments that bind x's files into the machine.
+func (x *appExec) args() []string {
+	var out []string
+	for _, b := range x.binds {
+		out = append(out, "--bind-ro="+escapeBindPath(b[0])+":"+escapeBindPath(path.Join(appExecDir, b[1])))
+	}
+	return out
+}
+
+// argv is the payload that runs argv through x in the machine.
+func (x *appExec) argv(argv []string) []string {
+	var out []string
+	if len(x.binds) > 1 {
+		out = []string{path.Join(appExecDir, "ld.so"), "--library-path", appExecDir}
+	}
+	groups := make([]string, len(x.groups))
+	for i, g := range x.groups {
+		groups[i] = strconv.Itoa(g)
+	}
+	out = append(out, path.Join(appExecDir, "nsbox"), AppExecCommand,
+		"--uid="+strconv.Itoa(x.uid), "--gid="+strconv.Itoa(x.gid), "--groups="+strings.Join(groups, ","),
+		"--user="+x.user, "--home="+x.home, "--")
+	return append(out, argv...)
+}
+
+// resolveAppIDs reads user (NAME, UID, NAME:GROUP, UID:GID) from the
+// passwd and group files of r: the user's IDs and home, and the groups
+// that list it as a member.
+func resolveAppIDs(r *os.Root, user string) (*appExec, error) {
+	name, err := resolveAppUser(r, user)
+	if err != nil {
+		return nil, err
+	}
+	x := &appExec{user: name, uid: -1}
+	err = eachLine(r, "etc/passwd", func(f []string) bool {
+		if len(f) >= 6 && f[0] == name {
+			x.uid, _ = strconv.Atoi(f[2])
+			x.gid, _ = strconv.Atoi(f[3])
+			x.home = f[5]
+			return false
+		}
+		return true
+	})
+	if err != nil || x.uid < 0 {
+		return nil, fmt.Errorf("user %q is not in the machine's /etc/passwd", user)
+	}
+	x.groups = []int{x.gid}
+	_ = eachLine(r, "etc/group", func(f []string) bool {
+		if len(f) >= 4 && slices.Contains(strings.Split(f[3], ","), name) {
+			if g, err := strconv.Atoi(f[2]); err == nil && !slices.Contains(x.groups, g) {
+				x.groups = append(x.groups, g)
+			}
+		}
+		return true
+	})
+	if x.home == "" || !path.IsAbs(x.home) {
+		x.home = "/"
+	}
+	return x, nil
+}
+
+// AppExec is nsbox __app-exec --uid=U --gid=G --groups=G,... --user=NAME
+// --home=DIR -- PROGRAM ARGS..., run in an app machine as its payload:
+// it takes the groups, group and user, sets USER, LOGNAME and (unless
+// the machine's environment set one) HOME, and executes the program,
+// looked up in PATH, in its place. It returns only on failure.
+func AppExec(args []string) int {
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, "nsbox "+AppExecCommand+": "+format+"\n", a...)
+		return 127
+	}
+	var uid, gid int = -1, -1
+	var groups []int
+	var user, home string
+	i := 0
+	for ; i < len(args) && args[i] != "--"; i++ {
+		k, v, _ := strings.Cut(args[i], "=")
+		var err error
+		switch k {
+		case "--uid":
+			uid, err = strconv.Atoi(v)
+		case "--gid":
+			gid, err = strconv.Atoi(v)
+		case "--groups":
+			for _, g := range strings.Split(v, ",") {
+				if g == "" {
+					continue
+				}
+				n, perr := strconv.Atoi(g)
+				if perr != nil {
+					err = perr
+				}
+				groups = append(groups, n)
+			}
+		case "--user":
+			user = v
+		case "--home":
+			home = v
+		default:
+			return fail("unknown argument %q", args[i])
+		}
+		if err != nil {
+			return fail("%s: %v", args[i], err)
+		}
+	}
+	if i+1 >= len(args) || uid <= 0 || gid < 0 {
+		return fail("usage: %s --uid=U --gid=G [--groups=G,...] [--user=NAME] [--home=DIR] -- PROGRAM [ARGS...]", AppExecCommand)
+	}
+	argv := args[i+1:]
+	prog, err := exec.LookPath(argv[0])
+	if err != nil {
+		return fail("%v", err)
+	}
+	if err := syscall.Setgroups(groups); err != nil {
+		return fail("groups %v: %v", groups, err)
+	}
+	if err := syscall.Setgid(gid); err != nil {
+		return fail("group %d: %v", gid, err)
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		return fail("user %d: %v", uid, err)
+	}
+	env := os.Environ()
+	set := func(k, v string) {
+		env = slices.DeleteFunc(env, func(e string) bool { return strings.HasPrefix(e, k+"=") })
+		env = append(env, k+"="+v)
+	}
+	if user != "" {
+		set("USER", user)
+		set("LOGNAME", user)
+	}
+	// nspawn gives root's HOME to a payload it starts as root.
+	if h := os.Getenv("HOME"); home != "" && (h == "" || h == "/root") {
+		set("HOME", home)
+	}
+	err = syscall.Exec(prog, argv, env)
+	return fail("%s: %v", prog, err)
+}
