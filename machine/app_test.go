@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -171,19 +172,19 @@ func TestAppExecArgs(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "etc/group"), []byte("app:x:1000:\nwww:x:33:app,other\nadm:x:4:other\n"), 0o644)
 	r, _ := os.OpenRoot(dir)
 	defer r.Close()
-	x, err := resolveAppIDs(r, "1000:1000")
-	if err != nil || x.uid != 1000 || x.gid != 1000 || !reflect.DeepEqual(x.groups, []int{1000, 33}) || x.home != "/srv/app" || x.user != "app" {
-		t.Fatalf("%+v %v", x, err)
+	ids, err := resolveAppIDs(r, "1000:1000")
+	if err != nil || ids.uid != 1000 || ids.gid != 1000 || !reflect.DeepEqual(ids.groups, []int{1000, 33}) || ids.home != "/srv/app" || ids.user != "app" {
+		t.Fatalf("%+v %v", ids, err)
 	}
-	if x, err := resolveAppIDs(r, "nohome"); err != nil || x.home != "/" {
-		t.Errorf("no home: %+v %v", x, err)
+	if ids, err := resolveAppIDs(r, "nohome"); err != nil || ids.home != "/" {
+		t.Errorf("no home: %+v %v", ids, err)
 	}
-	x.binds = [][2]string{{"/lib64/ld-linux-x86-64.so.2", "ld.so"}, {"/lib/x86_64-linux-gnu/libc.so.6", "libc.so.6"}, {"/var/lib/nsbox/bin/nsbox", "nsbox"}}
+	x := &appExec{user: "1000:1000", binds: [][2]string{{"/lib64/ld-linux-x86-64.so.2", "ld.so"}, {"/lib/x86_64-linux-gnu/libc.so.6", "libc.so.6"}, {"/var/lib/nsbox/bin/nsbox", "nsbox"}}}
 	if got := strings.Join(x.args(), " "); got != "--bind-ro=/lib64/ld-linux-x86-64.so.2:/run/nsbox-app/ld.so --bind-ro=/lib/x86_64-linux-gnu/libc.so.6:/run/nsbox-app/libc.so.6 --bind-ro=/var/lib/nsbox/bin/nsbox:/run/nsbox-app/nsbox" {
 		t.Errorf("binds: %s", got)
 	}
 	want := []string{"/run/nsbox-app/ld.so", "--library-path", "/run/nsbox-app", "/run/nsbox-app/nsbox", AppExecCommand,
-		"--uid=1000", "--gid=1000", "--groups=1000,33", "--user=app", "--home=/srv/app", "--", "/app", "a b"}
+		"--user=1000:1000", "--", "/app", "a b"}
 	if got := x.argv([]string{"/app", "a b"}); !reflect.DeepEqual(got, want) {
 		t.Errorf("argv %q", got)
 	}
@@ -243,15 +244,27 @@ func TestAppExecBecomesTheUser(t *testing.T) {
 		out, err := c.CombinedOutput()
 		return string(out), err
 	}
-	out, err := run("--uid=4321", "--gid=4322", "--groups=4322,33", "--user=app", "--home=/srv/app", "--", "sh", "-c", `echo $(id -u) $(id -g) $(id -G) $USER $LOGNAME $HOME`)
-	if err != nil || out != "4321 4322 4322 33 app app /srv/app\n" {
-		t.Errorf("as the user: %q, %v", out, err)
+	// This host's daemon user, read from its passwd as the helper reads
+	// the machine's.
+	r, err := os.OpenRoot("/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := resolveAppIDs(r, "daemon")
+	r.Close()
+	if err != nil {
+		t.Skip(err)
+	}
+	out, err := run("--user=daemon", "--", "sh", "-c", `echo $(id -u) $(id -g) $USER $LOGNAME $HOME`)
+	if want := fmt.Sprintf("%d %d daemon daemon %s\n", ids.uid, ids.gid, ids.home); err != nil || out != want {
+		t.Errorf("as the user: %q, %v; want %q", out, err, want)
 	}
 	for _, bad := range [][]string{
-		{"--uid=0", "--gid=0", "--", "true"}, // root is not this helper's to run
-		{"--uid=1", "--gid=1", "--", "no-such-program"},
-		{"--uid=1", "--gid=1", "--bogus", "--", "true"},
-		{"--uid=1", "--gid=1"},
+		{"--user=root", "--", "true"}, // root is not this helper's to run
+		{"--user=daemon", "--", "no-such-program"},
+		{"--user=no-such-user", "--", "true"},
+		{"--bogus", "--", "true"},
+		{"--user=daemon"},
 	} {
 		if out, err := run(bad...); err == nil {
 			t.Errorf("%q: no failure: %s", bad, out)

@@ -23,40 +23,29 @@ const appExecDir = "/run/nsbox-app"
 // appExec starts an app machine's program as a user other than root
 // without what nspawn 252 needs for --user: nspawn looks the user up by
 // running the machine's own getent, which an image of one static program
-// lacks. nsbox looks the user up in the machine's passwd and group files
-// itself (resolveAppIDs) and runs its own binary in the machine as the
-// payload, bound read-only with the host's dynamic loader and libc (an
-// image need have no libc of its own, or one of another version): it
-// sets the groups, group and user and executes the program, which stays
-// PID 2 under nspawn's stub init. What runs in the machine runs with the
-// machine's privileges only; nothing of the machine's is executed on the
-// host.
+// lacks. nsbox runs its own binary in the machine as the payload, bound
+// read-only with the host's dynamic loader and libc (an image need have
+// no libc of its own, or one of another version); in the machine it
+// reads the user from the machine's passwd and group files, sets the
+// groups, group and user, and executes the program, which stays PID 2
+// under nspawn's stub init. What runs in the machine runs with the
+// machine's privileges only; nothing of the machine's is read or run on
+// the host, so a unit that starts the machine later (enable) needs no
+// look into its tree.
 type appExec struct {
 	// binds are the host files to bind (source, name under appExecDir):
 	// nsbox, and for a dynamically linked nsbox the loader first and the
 	// libraries it loads.
-	binds  [][2]string
-	uid    int
-	gid    int
-	groups []int
-	user   string
-	home   string
+	binds [][2]string
+	// user is the app's user as the settings name it.
+	user string
 }
 
-// appExecFor is what starts app a as its user in tree, or nil for an
-// app run as root (or when nsbox's own binary cannot be named, when
-// nspawn's --user is left to try).
-func (m *Manager) appExecFor(tree string, a *App) *appExec {
+// appExecFor is what starts app a as its user, or nil for an app run as
+// root (or when nsbox's own binary cannot be named, when nspawn's --user
+// is left to try).
+func (m *Manager) appExecFor(a *App) *appExec {
 	if a == nil || a.User == "" || a.User == "root" || a.User == "0" || m.Self == nil {
-		return nil
-	}
-	r, err := os.OpenRoot(tree)
-	if err != nil {
-		return nil
-	}
-	defer r.Close()
-	x, err := resolveAppIDs(r, a.User)
-	if err != nil || x.uid == 0 {
 		return nil
 	}
 	self, err := m.Self()
@@ -67,8 +56,7 @@ func (m *Manager) appExecFor(tree string, a *App) *appExec {
 	if err != nil {
 		return nil
 	}
-	x.binds = append(libs, [2]string{self, "nsbox"})
-	return x
+	return &appExec{binds: append(libs, [2]string{self, "nsbox"}), user: a.User}
 }
 
 // loadedLibraries are the dynamic loader and the shared libraries this
@@ -128,25 +116,27 @@ func (x *appExec) argv(argv []string) []string {
 	if len(x.binds) > 1 {
 		out = []string{path.Join(appExecDir, "ld.so"), "--library-path", appExecDir}
 	}
-	groups := make([]string, len(x.groups))
-	for i, g := range x.groups {
-		groups[i] = strconv.Itoa(g)
-	}
-	out = append(out, path.Join(appExecDir, "nsbox"), AppExecCommand,
-		"--uid="+strconv.Itoa(x.uid), "--gid="+strconv.Itoa(x.gid), "--groups="+strings.Join(groups, ","),
-		"--user="+x.user, "--home="+x.home, "--")
+	out = append(out, path.Join(appExecDir, "nsbox"), AppExecCommand, "--user="+x.user, "--")
 	return append(out, argv...)
+}
+
+// appIDs are a user's IDs, groups, name and home in a machine.
+type appIDs struct {
+	uid, gid int
+	groups   []int
+	user     string
+	home     string
 }
 
 // resolveAppIDs reads user (NAME, UID, NAME:GROUP, UID:GID) from the
 // passwd and group files of r: the user's IDs and home, and the groups
 // that list it as a member.
-func resolveAppIDs(r *os.Root, user string) (*appExec, error) {
+func resolveAppIDs(r *os.Root, user string) (*appIDs, error) {
 	name, err := resolveAppUser(r, user)
 	if err != nil {
 		return nil, err
 	}
-	x := &appExec{user: name, uid: -1}
+	x := &appIDs{user: name, uid: -1}
 	err = eachLine(r, "etc/passwd", func(f []string) bool {
 		if len(f) >= 6 && f[0] == name {
 			x.uid, _ = strconv.Atoi(f[2])
@@ -174,79 +164,57 @@ func resolveAppIDs(r *os.Root, user string) (*appExec, error) {
 	return x, nil
 }
 
-// AppExec is nsbox __app-exec --uid=U --gid=G --groups=G,... --user=NAME
-// --home=DIR -- PROGRAM ARGS..., run in an app machine as its payload:
-// it takes the groups, group and user, sets USER, LOGNAME and (unless
-// the machine's environment set one) HOME, and executes the program,
-// looked up in PATH, in its place. It returns only on failure.
+// AppExec is nsbox __app-exec --user=USER -- PROGRAM ARGS..., run in an
+// app machine as its payload (by the machine's root, in the machine): it
+// reads USER (NAME, UID, NAME:GROUP or UID:GID) from the machine's
+// /etc/passwd and /etc/group, takes the user's groups, group and user,
+// sets USER, LOGNAME and (unless the machine's environment set one)
+// HOME, and executes the program, looked up in PATH, in its place. It
+// returns only on failure.
 func AppExec(args []string) int {
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(os.Stderr, "nsbox "+AppExecCommand+": "+format+"\n", a...)
 		return 127
 	}
-	var uid, gid int = -1, -1
-	var groups []int
-	var user, home string
-	i := 0
-	for ; i < len(args) && args[i] != "--"; i++ {
-		k, v, _ := strings.Cut(args[i], "=")
-		var err error
-		switch k {
-		case "--uid":
-			uid, err = strconv.Atoi(v)
-		case "--gid":
-			gid, err = strconv.Atoi(v)
-		case "--groups":
-			for _, g := range strings.Split(v, ",") {
-				if g == "" {
-					continue
-				}
-				n, perr := strconv.Atoi(g)
-				if perr != nil {
-					err = perr
-				}
-				groups = append(groups, n)
-			}
-		case "--user":
-			user = v
-		case "--home":
-			home = v
-		default:
-			return fail("unknown argument %q", args[i])
-		}
-		if err != nil {
-			return fail("%s: %v", args[i], err)
-		}
+	if len(args) < 3 || !strings.HasPrefix(args[0], "--user=") || args[1] != "--" {
+		return fail("usage: %s --user=USER -- PROGRAM [ARGS...]", AppExecCommand)
 	}
-	if i+1 >= len(args) || uid <= 0 || gid < 0 {
-		return fail("usage: %s --uid=U --gid=G [--groups=G,...] [--user=NAME] [--home=DIR] -- PROGRAM [ARGS...]", AppExecCommand)
+	root, err := os.OpenRoot("/")
+	if err != nil {
+		return fail("%v", err)
 	}
-	argv := args[i+1:]
+	x, err := resolveAppIDs(root, strings.TrimPrefix(args[0], "--user="))
+	root.Close()
+	if err != nil {
+		return fail("%v", err)
+	}
+	if x.uid == 0 {
+		return fail("user %s is root: nspawn starts root's programs itself", x.user)
+	}
+	argv := args[2:]
 	prog, err := exec.LookPath(argv[0])
 	if err != nil {
 		return fail("%v", err)
 	}
-	if err := syscall.Setgroups(groups); err != nil {
-		return fail("groups %v: %v", groups, err)
+	if err := syscall.Setgroups(x.groups); err != nil {
+		return fail("groups %v: %v", x.groups, err)
 	}
-	if err := syscall.Setgid(gid); err != nil {
-		return fail("group %d: %v", gid, err)
+	if err := syscall.Setgid(x.gid); err != nil {
+		return fail("group %d: %v", x.gid, err)
 	}
-	if err := syscall.Setuid(uid); err != nil {
-		return fail("user %d: %v", uid, err)
+	if err := syscall.Setuid(x.uid); err != nil {
+		return fail("user %d: %v", x.uid, err)
 	}
 	env := os.Environ()
 	set := func(k, v string) {
 		env = slices.DeleteFunc(env, func(e string) bool { return strings.HasPrefix(e, k+"=") })
 		env = append(env, k+"="+v)
 	}
-	if user != "" {
-		set("USER", user)
-		set("LOGNAME", user)
-	}
+	set("USER", x.user)
+	set("LOGNAME", x.user)
 	// nspawn gives root's HOME to a payload it starts as root.
-	if h := os.Getenv("HOME"); home != "" && (h == "" || h == "/root") {
-		set("HOME", home)
+	if h := os.Getenv("HOME"); h == "" || h == "/root" {
+		set("HOME", x.home)
 	}
 	err = syscall.Exec(prog, argv, env)
 	return fail("%s: %v", prog, err)

@@ -307,7 +307,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		return err
 	}
 	if opts.App != nil {
-		if err := checkApp(name, root, opts, m.appExecFor(root, opts.App) != nil); err != nil {
+		if err := checkApp(name, root, opts, m.appExecFor(opts.App) != nil); err != nil {
 			return err
 		}
 	}
@@ -477,7 +477,7 @@ func (m *Manager) nspawnConfig(name string, opts BootOptions) NspawnConfig {
 		Name: name, Root: m.Dir(name), BootOptions: opts, ReadOnly: m.ReadOnly(name),
 		Registered: m.Backend.Registered(),
 		ResolvConf: network.ResolvConfMode("/etc/resolv.conf", opts.Network != "host"),
-		appExec:    m.appExecFor(m.Dir(name), opts.App),
+		appExec:    m.appExecFor(opts.App),
 	}
 }
 
