@@ -395,7 +395,7 @@ func (m *Manager) runMode(name string, o *BootOptions, req BootRequest) error {
 			a.Workdir, a.User = o.App.Workdir, o.App.User
 		}
 		o.App = a
-	case req.App && o.App == nil:
+	case req.App:
 		img := m.ImageOf(name)
 		if img == nil {
 			return fmt.Errorf("%w: %s was not made from an image, so it has no command of its own to run: give one with --cmd", ErrInvalidOption, name)
