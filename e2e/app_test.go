@@ -232,6 +232,12 @@ func appScenario(t *testing.T, e *env) {
 	if a := st.App; a == nil || strings.Join(a.Argv, " ") != "/app serve 9090" {
 		t.Errorf("--cmd not remembered: %+v", st.App)
 	}
+	e.mustNsb(t, "boot", name, "--app")
+	statusOf()
+	if a := st.App; a == nil || strings.Join(a.Argv, " ") != "/app serve 8080" || st.State != "running" {
+		t.Errorf("--app is not the image's command again: %+v", st)
+	}
+	e.mustNsb(t, "stop", name)
 	// No init to boot: refused before anything starts, options kept.
 	wantFail(t, e.nsb(t, "boot", name, "--boot"), 1, "no init")
 	statusOf()
