@@ -12,7 +12,6 @@ import (
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/image"
 	"github.com/nsbox/nsbox/machine/oci"
-	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/sirupsen/logrus"
 )
 
@@ -54,11 +53,14 @@ func (m *Manager) ImageCache() *oci.Cache {
 
 // createFromImage makes machine name from the container image o.From:
 // its layers pulled into the layer cache (those not there yet), then
-// applied in order into a staging tree, each member checked as an import
-// checks it and against what the layers before made (image.Layers),
-// within the free space of the root directory and o.MaxImageBytes. The
-// tree becomes a machine of its own (a copy), personalised as every new
-// machine is; the image's configuration is recorded beside it.
+// flattened into a base of the base cache keyed by the image's manifest
+// digest and platform (once: machines from one image share it, see
+// imagebase.go), which the machine is made over as a machine of a release
+// is: an overlay, a btrfs snapshot or a copy. With --no-cache the layers
+// are applied straight into the machine's tree. Each member is checked as
+// an import checks it and against what the layers before made
+// (image.Layers), within the free space and o.MaxImageBytes. The image's
+// configuration is recorded beside the machine.
 func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOptions) error {
 	src, err := oci.ParseSource(o.From)
 	if err != nil {
@@ -68,8 +70,8 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidOption, err)
 	}
-	if o.Storage != "" && o.Storage != storage.Copy {
-		return fmt.Errorf("%w: a machine from an image is a copy for now: leave out --storage %s", ErrInvalidOption, o.Storage)
+	if err := m.checkImageStorage(o); err != nil {
+		return err
 	}
 	if err := m.requireRoot(); err != nil {
 		return err
@@ -118,55 +120,75 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 		}
 	}
 	logrus.Infof("%s: %d layers, %s fetched, %d were cached", o.From, len(img.Layers), image.FormatSize(img.Downloaded), cached)
-	space, err := image.FreeSpace(m.Store(), m.RootDir)
-	if err != nil {
-		return err
+	m.touchLayers(img)
+	flatten := func(tree, where, label string) (*image.Layers, error) {
+		return m.flattenImage(ctx, img, cache, tree, where, label, o)
 	}
-	maxBytes := o.MaxImageBytes
-	if maxBytes <= 0 {
-		maxBytes = DefaultImageCap
+	var layers *image.Layers
+	if o.NoCache {
+		err = m.newTree(ctx, name, func(tmp string) error {
+			layers, err = flatten(tmp, m.Store(), m.RootDir)
+			return err
+		})
+	} else {
+		layers, err = m.createOnImageBase(ctx, name, img, o, flatten)
 	}
-	layers := &image.Layers{Runner: m.Runner, Checker: image.ArchiveChecker{Space: &space, Cap: maxBytes}}
-	err = m.newTree(ctx, name, func(tmp string) error {
-		// 0755 whatever the umask, as a machine's root is.
-		if err := os.Mkdir(tmp, 0o755); err != nil {
-			return err
-		}
-		if err := os.Chmod(tmp, 0o755); err != nil {
-			return err
-		}
-		if err := image.NoCasefold(tmp); err != nil {
-			return err
-		}
-		layers.Dir = tmp
-		for i, l := range img.Layers {
-			if o.Progress != nil {
-				ph := fmt.Sprintf("applying layer %d/%d", i+1, len(img.Layers))
-				o.Progress(bootstrap.Stage{Phase: ph, Line: ph})
-			}
-			if err := m.applyLayer(ctx, cache, layers, l); err != nil {
-				return fmt.Errorf("%s: layer %d of %d (%s): %w", o.From, i+1, len(img.Layers), l.Digest, err)
-			}
-		}
-		// The tree's root is root's, whatever a layer said (see Import).
-		if err := os.Lchown(tmp, 0, 0); err != nil {
-			return err
-		}
-		return ensureEtc(tmp)
-	})
 	if err != nil {
 		return err
 	}
 	if err := m.writeImageRecord(name, img); err != nil {
 		logrus.Warnf("%s: remember its image: %v", name, err)
 	}
-	if c := layers.Checker; c.Devices > 0 || c.Xattrs > 0 {
+	if layers != nil && (layers.Checker.Devices > 0 || layers.Checker.Xattrs > 0) {
+		c := layers.Checker
 		logrus.Warnf("create %s: left out %d device nodes and %d trusted.* extended attributes of %s (a machine gets its own /dev and cannot use them)", name, c.Devices, c.Xattrs, o.From)
 	}
-	if _, ok := readOSRelease(m.Tree(name)); !ok {
+	if _, ok := m.readOSReleaseOf(name, m.Tree(name), m.storageOf(name)); !ok {
 		logrus.Warnf("%s has no os-release: it will not boot as a system (application images are for a later nsbox)", o.From)
 	}
 	return nil
+}
+
+// flattenImage applies img's layers in order into tree, which does not
+// exist yet, within the free space of where (label names it in messages)
+// and o.MaxImageBytes; it returns what applied them, whose checker counts
+// what was left out.
+func (m *Manager) flattenImage(ctx context.Context, img *oci.Image, cache *oci.Cache, tree, where, label string, o CreateOptions) (*image.Layers, error) {
+	space, err := image.FreeSpace(where, label)
+	if err != nil {
+		return nil, err
+	}
+	maxBytes := o.MaxImageBytes
+	if maxBytes <= 0 {
+		maxBytes = DefaultImageCap
+	}
+	layers := &image.Layers{Runner: m.Runner, Checker: image.ArchiveChecker{Space: &space, Cap: maxBytes}}
+	// 0755 whatever the umask, as a machine's root is. A base's tree
+	// exists already (a btrfs subvolume, where the cache is on btrfs).
+	if err := os.Mkdir(tree, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	if err := os.Chmod(tree, 0o755); err != nil {
+		return nil, err
+	}
+	if err := image.NoCasefold(tree); err != nil {
+		return nil, err
+	}
+	layers.Dir = tree
+	for i, l := range img.Layers {
+		if o.Progress != nil {
+			ph := fmt.Sprintf("applying layer %d/%d", i+1, len(img.Layers))
+			o.Progress(bootstrap.Stage{Phase: ph, Line: ph})
+		}
+		if err := m.applyLayer(ctx, cache, layers, l); err != nil {
+			return nil, fmt.Errorf("%s: layer %d of %d (%s): %w", o.From, i+1, len(img.Layers), l.Digest, err)
+		}
+	}
+	// The tree's root is root's, whatever a layer said (see Import).
+	if err := os.Lchown(tree, 0, 0); err != nil {
+		return nil, err
+	}
+	return layers, ensureEtc(tree)
 }
 
 // applyLayer applies one cached layer; a cached blob that is not what
