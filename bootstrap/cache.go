@@ -491,7 +491,9 @@ func (c *BaseCache) Remove(ctx context.Context, key string) error {
 		return err
 	}
 	defer l.Unlock()
-	if users := c.users(key); len(users) > 0 {
+	if users := c.users(key); len(users) > 0 && IsImageKey(key) {
+		return fmt.Errorf("%w: base %s is what %s were made from (remove them first)", ErrBaseInUse, key, strings.Join(users, ", "))
+	} else if len(users) > 0 {
 		return fmt.Errorf("%w: base %s is the lower layer of %s (remove them first)", ErrBaseInUse, key, strings.Join(users, ", "))
 	}
 	if c.runs(key) {

@@ -370,9 +370,9 @@ func (m *Manager) RemoveLayer(ctx context.Context, digest string) error {
 			who = append(who, "machines "+strings.Join(u.Machines, ", "))
 		}
 		if len(u.Bases) > 0 {
-			who = append(who, "bases "+strings.Join(u.Bases, ", "))
+			who = append(who, "image bases "+strings.Join(u.Bases, ", "))
 		}
-		return fmt.Errorf("%w: %s is a layer of %s (remove them first)", ErrLayerInUse, digest, strings.Join(who, " and "))
+		return fmt.Errorf("%w: the images of %s name it (remove them first)", ErrLayerInUse, strings.Join(who, " and "))
 	}
 	if !ok {
 		return fmt.Errorf("%w: a machine's image record cannot be read, so %s may be in use", ErrLayerInUse, digest)
