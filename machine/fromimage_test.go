@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/image"
 	"github.com/nsbox/nsbox/machine/image/imagetest"
@@ -139,12 +140,15 @@ func TestCreateFromHostileImages(t *testing.T) {
 
 func TestCreateFromRefusesFlags(t *testing.T) {
 	m := imageManager(t)
-	for _, o := range []CreateOptions{
+	refused := []CreateOptions{
 		{From: "docker://x", Storage: StorageOverlay, NoCache: true},
-		{From: "docker://x", Storage: storage.Btrfs},
 		{From: "docker://x", Platform: "linux"},
 		{From: "nope:x"},
-	} {
+	}
+	if !bootstrap.OnBtrfs(m.RootDir) {
+		refused = append(refused, CreateOptions{From: "docker://x", Storage: storage.Btrfs})
+	}
+	for _, o := range refused {
 		if err := m.Create(context.Background(), "web", o); !errors.Is(err, ErrInvalidOption) {
 			t.Errorf("%+v: %v", o, err)
 		}
