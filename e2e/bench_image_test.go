@@ -69,7 +69,7 @@ func TestBenchmarkImage(t *testing.T) {
 		}
 	}
 	rows := [][3]string{
-		ratioRow("pull and create from a registry on loopback (cold cache) vs crane export | tar -x", median(first), median(cr), "%.2f", " (target <= 1.2)"),
+		ratioRow("pull and create from a registry on loopback (cold cache) vs crane export piped to tar -x", median(first), median(cr), "%.2f", " (target <= 1.2)"),
 		ratioRow("second create from the same image (cached base) vs the first", median(second), median(first), "%.3f", " (target <= 0.1)"),
 	}
 	printRows(t, e, fmt.Sprintf("medians of %d runs, image of %s", runs, humanSize(t, work+"/root.tar.gz")), rows)
