@@ -116,7 +116,7 @@ func cacheCommand() *cli.Command {
 			},
 			{
 				Name:  "prune",
-				Usage: "delete the earlier versions of bases that no machine is over",
+				Usage: "delete the earlier versions of bases that no machine is over, and the bases of images no machine was made from",
 				Flags: []cli.Flag{&cli.BoolFlag{Name: "dry-run", Usage: "only say what would be deleted"}},
 				Action: func(c *cli.Context) error {
 					m, err := manager(c)
