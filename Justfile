@@ -201,9 +201,12 @@ demo: deps build
     step ./nsbox list
     printf '\nThe machine is kept in /srv/demo; remove it with: ./nsbox remove demo\n'
 
-# benchmarks: nsbox side by side with cp -a, debootstrap, mmdebstrap and bare nspawn (root, minutes)
+# benchmarks: nsbox side by side with cp -a, debootstrap, mmdebstrap, bare nspawn and crane export (root, minutes)
 bench: deps
     #!/usr/bin/env bash
     set -euo pipefail
     command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap
+    # crane, for the image rows: the go-containerregistry of go.mod
+    [ -x .cache/bin/crane ] || GOBIN="$PWD/.cache/bin" go install github.com/google/go-containerregistry/cmd/crane@v0.22.1
+    export NSBOX_CRANE="$PWD/.cache/bin/crane"
     NSBOX_BENCH=1 go test -tags e2e -count=1 -timeout 60m -run '^TestBenchmark' -v ./e2e/ | grep -v '^=== RUN'

@@ -19,8 +19,13 @@ func cacheCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name:  "list",
-				Usage: "list cached bases with their size and age",
-				Flags: []cli.Flag{outputFlag, &cli.BoolFlag{Name: "no-legend", Usage: "no header line"}},
+				Usage: "list cached bases (of releases and of images) with their size and age, then the cached image layers",
+				Description: "A base made from a container image (create --from) is named image-DIGEST-PLATFORM and\n" +
+					"shows the image in RELEASE. Image layers are kept by digest, shared between images:\n" +
+					"IMAGES says whose, USED BY the machines and image bases that name them.\n\n" +
+					"   nsbox cache list -o json              # the bases\n   nsbox cache list --layers -o json     # the layers",
+				Flags: []cli.Flag{outputFlag, &cli.BoolFlag{Name: "no-legend", Usage: "no header line"},
+					&cli.BoolFlag{Name: "layers", Usage: "list the cached image layers alone"}},
 				Action: func(c *cli.Context) error {
 					if err := checkOutput(c); err != nil {
 						return err
@@ -28,6 +33,16 @@ func cacheCommand() *cli.Command {
 					m, err := manager(c)
 					if err != nil {
 						return err
+					}
+					layers, err := m.ImageLayers()
+					if err != nil {
+						return fmt.Errorf("cache list: %w", err)
+					}
+					if c.Bool("layers") {
+						if c.String("output") == "json" {
+							return writeJSON(os.Stdout, layers)
+						}
+						return printLayers(c, layers)
 					}
 					bc := m.Bases()
 					current, err := bc.List()
@@ -66,10 +81,18 @@ func cacheCommand() *cli.Command {
 						if b.Runs {
 							users = strings.TrimPrefix(users+",(a run)", ",")
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", machine.Printable(b.Key), machine.Printable(b.Distro+" "+b.Release), version,
-							humanBytes(b.Size), humanAge(b.Age()), b.Bootstrapper, dash(users))
+						release, bootstrapper := b.Distro+" "+b.Release, b.Bootstrapper
+						if b.Image != nil {
+							release, bootstrapper = b.Image.Source, "image"
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", machine.Printable(b.Key), machine.Printable(release), version,
+							humanBytes(b.Size), humanAge(b.Age()), machine.Printable(bootstrapper), dash(users))
 					}
-					return tw.Flush()
+					if err := tw.Flush(); err != nil || len(layers) == 0 {
+						return err
+					}
+					fmt.Println()
+					return printLayers(c, layers)
 				},
 			},
 			{
@@ -93,7 +116,7 @@ func cacheCommand() *cli.Command {
 			},
 			{
 				Name:  "prune",
-				Usage: "delete the earlier versions of bases that no machine is over",
+				Usage: "delete the earlier versions of bases that no machine is over, and the bases of images no machine was made from",
 				Flags: []cli.Flag{&cli.BoolFlag{Name: "dry-run", Usage: "only say what would be deleted"}},
 				Action: func(c *cli.Context) error {
 					m, err := manager(c)
@@ -116,9 +139,19 @@ func cacheCommand() *cli.Command {
 			},
 			{
 				Name:      "remove",
-				Usage:     "delete a cached base (refused while overlay machines are over it; copies made from it are not touched)",
-				ArgsUsage: "BASE|RELEASE",
+				Usage:     "delete a cached base (refused while overlay machines are over it, or for a base made from an image while machines were made from it) or an image layer no machine or base names",
+				ArgsUsage: "BASE|RELEASE|sha256:LAYER",
 				Action: func(c *cli.Context) error {
+					if d := c.Args().First(); c.NArg() == 1 && strings.HasPrefix(d, "sha256:") {
+						m, err := manager(c)
+						if err != nil {
+							return err
+						}
+						if err := m.RemoveLayer(c.Context, d); err != nil {
+							return fmt.Errorf("cache remove %s: %w", machine.Printable(d), err)
+						}
+						return nil
+					}
 					return eachBase(c, func(bc *machine.BaseCache, b machine.BaseInfo) error {
 						if err := bc.Remove(c.Context, b.Key); err != nil {
 							return fmt.Errorf("cache remove %s: %w", b.Key, err)
@@ -155,6 +188,20 @@ func eachBase(c *cli.Context, fn func(*machine.BaseCache, machine.BaseInfo) erro
 		}
 	}
 	return nil
+}
+
+// printLayers writes the cached image layers as a table.
+func printLayers(c *cli.Context, layers []machine.LayerInfo) error {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	if !c.Bool("no-legend") {
+		fmt.Fprintln(tw, "LAYER\tSIZE\tLAST USED\tIMAGES\tUSED BY")
+	}
+	for _, l := range layers {
+		users := append(append([]string{}, l.Machines...), l.Bases...)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", machine.Printable(l.Digest), humanBytes(l.Size), humanAge(time.Since(l.LastUsed))+" ago",
+			dash(machine.Printable(strings.Join(l.Images, ","))), dash(machine.Printable(strings.Join(users, ","))))
+	}
+	return tw.Flush()
 }
 
 func humanBytes(n int64) string {

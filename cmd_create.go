@@ -26,7 +26,9 @@ func createCommand() *cli.Command {
 			"registry (docker://[REGISTRY/]REPO[:TAG|@DIGEST], credentials from the\n" +
 			"Docker config and its credential helpers), an OCI image layout\n" +
 			"(oci:DIR[:TAG]) or a docker save archive (docker-archive:FILE). Its\n" +
-			"layers are kept by digest in CACHE/oci and shared between images. An\n" +
+			"layers are kept by digest in CACHE/oci and shared between images, and the\n" +
+			"image is flattened once into a base (CACHE/bases/image-DIGEST-PLATFORM)\n" +
+			"that every machine from it is made over, as from a release's base. An\n" +
 			"image with an init (systemd) boots it; one without is an app machine,\n" +
 			"which runs the image's Entrypoint and Cmd with its Env, WorkingDir and\n" +
 			"User under nspawn's stub init (--cmd replaces the Cmd, --boot asks for\n" +
@@ -51,7 +53,7 @@ func createCommand() *cli.Command {
 			&cli.StringFlag{Name: "variant", Value: "minbase", Usage: "debootstrap variant"},
 			&cli.StringFlag{Name: "include", Usage: "extra packages, comma-separated"},
 			&cli.StringFlag{Name: "arch", Usage: "architecture (default: the host's)"},
-			&cli.BoolFlag{Name: "no-cache", Usage: "bootstrap straight into the machine, not from a cached base"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "bootstrap (or apply an image's layers) straight into the machine, not from a cached base"},
 			&cli.StringFlag{Name: "storage", Value: "auto", Usage: "overlay (over the base: nothing copied), copy (of the base) or btrfs (a snapshot of it); auto: btrfs where the root and cache directories are on btrfs, overlay elsewhere, copy where overlayfs cannot serve"},
 			&cli.StringFlag{Name: "bootstrapper", Usage: "debootstrap or mmdebstrap (default: mmdebstrap when installed)"},
 			&cli.DurationFlag{Name: "refresh-older-than", Usage: "refresh a cached base older than this before use (e.g. 720h)"},
@@ -212,7 +214,7 @@ func checkFromFlags(c *cli.Context, from string) error {
 	if !url && !machine.IsImageSource(from) {
 		return usagef("--from %q: give docker://[REGISTRY/]REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE or an http(s) URL of a tarball", from)
 	}
-	for _, f := range []string{"release", "distro", "mirror", "variant", "include", "no-cache", "bootstrapper", "refresh-older-than"} {
+	for _, f := range []string{"release", "distro", "mirror", "variant", "include", "bootstrapper", "refresh-older-than"} {
 		if c.IsSet(f) {
 			return usagef("--%s is for a machine bootstrapped from a release; --from makes it from an image or a tarball", f)
 		}

@@ -55,7 +55,54 @@ type BaseInfo struct {
 	Current  bool     `json:"current"`
 	Machines []string `json:"machines"`
 	Runs     bool     `json:"runs"`
+	// Image is set for a base flattened from a container image (create
+	// --from): what it was made of. Such a base has no release.
+	Image *ImageBase `json:"image,omitempty"`
 }
+
+// ImageBase is what a base made from a container image was made of: the
+// image's manifest digest and platform (its key follows from them, see
+// ImageKey), the source it was first pulled from, and its layers in the
+// order they were applied, each a blob of the image layer cache.
+type ImageBase struct {
+	Digest   string       `json:"digest"`
+	Platform string       `json:"platform"`
+	Source   string       `json:"source"`
+	Layers   []ImageLayer `json:"layers"`
+}
+
+// ImageLayer is one layer of an image base: its digest and compressed size.
+type ImageLayer struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+}
+
+// imageKeyPrefix starts the key of every base made from an image; release
+// bases start with their distro's name.
+const imageKeyPrefix = "image-"
+
+// ImageKey names the base flattened from the image with manifest digest
+// ("sha256:HEX") for platform (OS/ARCH[/VARIANT]): image-, 16 hex digits
+// of the digest, and the platform, so two creates from one image share it.
+func ImageKey(digest, platform string) string {
+	hex := strings.TrimPrefix(digest, "sha256:")
+	if len(hex) > 16 {
+		hex = hex[:16]
+	}
+	slug := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		if r >= 'A' && r <= 'Z' {
+			return r + 'a' - 'A'
+		}
+		return '-'
+	}, platform)
+	return imageKeyPrefix + strings.ToLower(hex) + "-" + slug
+}
+
+// IsImageKey reports whether key names a base made from an image.
+func IsImageKey(key string) bool { return strings.HasPrefix(key, imageKeyPrefix) }
 
 // InUse reports whether machines or runs are over the version.
 func (b BaseInfo) InUse() bool { return len(b.Machines) > 0 || b.Runs }
@@ -142,6 +189,29 @@ func (c *BaseCache) Get(ctx context.Context, o Options, progress func(Stage)) (r
 	return info.Root, info, l.Unlock, nil
 }
 
+// GetBuilt returns the root of base key, made first by fill when it is not
+// cached: fill gets an empty tree directory (a btrfs subvolume where the
+// cache is on btrfs) and says what it made (Image; the key, time, version
+// and size are set here). As for Get, concurrent callers make the base
+// once, under the base's lock, and a base is published whole (renamed into
+// place with its base.json) or not at all. The returned unlock must be
+// called once the caller is done with the base.
+func (c *BaseCache) GetBuilt(ctx context.Context, key string, fill func(ctx context.Context, root string) (BaseInfo, error)) (root string, info BaseInfo, unlock func(), err error) {
+	l, err := c.lock(ctx, key)
+	if err != nil {
+		return "", info, nil, fmt.Errorf("base %s: %w", key, err)
+	}
+	if info, err := c.read(key); err == nil {
+		return info.Root, info, l.Unlock, nil
+	}
+	info, err = c.stageBase(ctx, key, fill)
+	if err != nil {
+		l.Unlock()
+		return "", info, nil, err
+	}
+	return info.Root, info, l.Unlock, nil
+}
+
 // read loads a base's description; a base without one is incomplete.
 func (c *BaseCache) read(key string) (BaseInfo, error) {
 	var info BaseInfo
@@ -213,9 +283,46 @@ func (c *BaseCache) VersionRoot(key, version string) (string, error) {
 	return root, nil
 }
 
+// VersionInfo describes version of base key: the current base's, or an
+// earlier version kept for machines.
+func (c *BaseCache) VersionInfo(key, version string) (BaseInfo, error) {
+	if info, err := c.read(key); err == nil && info.Version == version {
+		return info, nil
+	}
+	for _, v := range c.Versions(key) {
+		if v.Version == version {
+			return v, nil
+		}
+	}
+	return BaseInfo{}, fmt.Errorf("version %s of base %s is gone", version, key)
+}
+
 // build bootstraps the base into a temporary directory and renames it into
 // place. The caller holds the base's lock.
 func (c *BaseCache) build(ctx context.Context, key string, o Options, progress func(Stage)) (BaseInfo, error) {
+	return c.stageBase(ctx, key, func(ctx context.Context, root string) (BaseInfo, error) {
+		// Recorded, so a refresh uses the same bootstrapper.
+		o.Bootstrapper = chooseBootstrapper(o, c.LookPath)
+		if o.KeyringDir == "" {
+			o.KeyringDir = KeyringsDir(filepath.Dir(c.Dir))
+		}
+		if err := Bootstrap(ctx, c.Runner, o, root, progress, c.LookPath); err != nil {
+			return BaseInfo{}, err
+		}
+		if err := UnshareMachineID(root); err != nil {
+			return BaseInfo{}, err
+		}
+		return BaseInfo{
+			Distro: o.Release.Distro.Name, Release: o.Release.Name, Arch: o.arch(), Variant: o.variant(),
+			Mirror: o.Mirror, Packages: o.Packages(), Bootstrapper: o.Bootstrapper,
+		}, nil
+	})
+}
+
+// stageBase makes base key in a temporary directory beside it, its tree
+// filled by fill, and renames it into place with its base.json. The
+// caller holds the base's lock.
+func (c *BaseCache) stageBase(ctx context.Context, key string, fill func(ctx context.Context, root string) (BaseInfo, error)) (BaseInfo, error) {
 	c.sweep(key)
 	tmp, err := os.MkdirTemp(c.Dir, ".#"+key+".")
 	if err != nil {
@@ -232,21 +339,11 @@ func (c *BaseCache) build(ctx context.Context, key string, o Options, progress f
 	if err := MakeTreeDir(ctx, c.Runner, root); err != nil {
 		return BaseInfo{}, err
 	}
-	// Recorded, so a refresh uses the same bootstrapper.
-	o.Bootstrapper = chooseBootstrapper(o, c.LookPath)
-	if o.KeyringDir == "" {
-		o.KeyringDir = KeyringsDir(filepath.Dir(c.Dir))
-	}
-	if err := Bootstrap(ctx, c.Runner, o, root, progress, c.LookPath); err != nil {
+	info, err := fill(ctx, root)
+	if err != nil {
 		return BaseInfo{}, err
 	}
-	if err := UnshareMachineID(root); err != nil {
-		return BaseInfo{}, err
-	}
-	info := BaseInfo{
-		Key: key, Distro: o.Release.Distro.Name, Release: o.Release.Name, Arch: o.arch(), Variant: o.variant(),
-		Mirror: o.Mirror, Packages: o.Packages(), Bootstrapper: o.Bootstrapper, Created: time.Now().UTC(),
-	}
+	info.Key, info.Created = key, time.Now().UTC()
 	info.Version = versionOf(info.Created)
 	info.Size, _ = host.DiskUsage(root)
 	b, _ := json.MarshalIndent(info, "", "  ")
@@ -347,7 +444,8 @@ func (c *BaseCache) Find(name string) ([]BaseInfo, error) {
 	}
 	var out []BaseInfo
 	for _, b := range all {
-		if name == "" || b.Key == name || b.Release == name || b.Distro+"-"+b.Release == name {
+		if name == "" || b.Key == name || b.Image == nil && (b.Release == name || b.Distro+"-"+b.Release == name) ||
+			b.Image != nil && (b.Image.Source == name || b.Image.Digest == name) {
 			out = append(out, b)
 		}
 	}
@@ -362,6 +460,9 @@ func (c *BaseCache) Refresh(ctx context.Context, info BaseInfo, progress func(St
 		return info, err
 	}
 	defer l.Unlock()
+	if info.Image != nil {
+		return info, fmt.Errorf("%w: base %s is image %s flattened, which does not change (a new image is a new base: create from it)", ErrImageBase, info.Key, info.Image.Source)
+	}
 	rel, err := LookupRelease(info.Release, info.Distro)
 	if err != nil {
 		return info, err
@@ -390,17 +491,22 @@ func (c *BaseCache) Remove(ctx context.Context, key string) error {
 		return err
 	}
 	defer l.Unlock()
-	if users := c.users(key); len(users) > 0 {
+	if users := c.users(key); len(users) > 0 && IsImageKey(key) {
+		return fmt.Errorf("%w: base %s is what %s were made from (remove them first)", ErrBaseInUse, key, strings.Join(users, ", "))
+	} else if len(users) > 0 {
 		return fmt.Errorf("%w: base %s is the lower layer of %s (remove them first)", ErrBaseInUse, key, strings.Join(users, ", "))
 	}
 	if c.runs(key) {
 		return fmt.Errorf("%w: base %s is the lower layer of a throwaway run (nsbox run); try again once it has ended", ErrBaseInUse, key)
 	}
-	return host.RemoveTree(c.dir(key))
+	return c.dropBase(key)
 }
 
 // ErrBaseInUse is returned for a base that overlay machines are over.
 var ErrBaseInUse = errors.New("base in use")
+
+// ErrImageBase is returned by Refresh for a base made from an image.
+var ErrImageBase = errors.New("not a release base")
 
 // usersOf says who is over version b, for a message.
 func usersOf(b BaseInfo) string {
@@ -442,7 +548,8 @@ func (c *BaseCache) users(key string) []string {
 }
 
 // Prune removes the earlier versions of every base that no machine is
-// over, and returns them; with dryRun it only says which.
+// over, and the bases made from images that no machine was made from, and
+// returns them; with dryRun it only says which.
 func (c *BaseCache) Prune(ctx context.Context, dryRun bool) ([]BaseInfo, error) {
 	bases, err := c.List()
 	if err != nil {
@@ -465,6 +572,17 @@ func (c *BaseCache) Prune(ctx context.Context, dryRun bool) ([]BaseInfo, error) 
 				}
 			}
 			gone = append(gone, v)
+		}
+		if b.Image != nil {
+			if cur, err := c.read(b.Key); err == nil && !cur.InUse() {
+				if !dryRun {
+					if err := c.dropBase(b.Key); err != nil {
+						l.Unlock()
+						return gone, err
+					}
+				}
+				gone = append(gone, cur)
+			}
 		}
 		l.Unlock()
 	}

@@ -41,6 +41,15 @@ func (c *BaseCache) Leftovers(ctx context.Context, found Found) {
 			size, _ := host.DiskUsage(dir)
 			found("base", dir, size, func() error { return c.dropVersion(b.Key, v.Version) })
 		}
+		// An image base no machine was made from: its image is one pull
+		// away, its layers in the layer cache while kept.
+		if b.Image != nil {
+			if b, err := c.read(b.Key); err == nil && !b.InUse() {
+				dir := c.dir(b.Key)
+				size, _ := host.DiskUsage(dir)
+				found("base", dir, size, func() error { return c.dropBase(b.Key) })
+			}
+		}
 		l.Unlock()
 	}
 	c.packageLeftovers(ctx, bases, found)
@@ -102,6 +111,20 @@ func (c *BaseCache) dropVersion(key, version string) error {
 	}
 	_ = os.Remove(c.versionsDir(key)) // when it was the last
 	return nil
+}
+
+// dropBase removes base key whole, renamed first to a name the next make
+// of the base (or prune) sweeps, as dropVersion does. The caller holds the
+// base's lock.
+func (c *BaseCache) dropBase(key string) error {
+	trash := filepath.Join(c.Dir, ".#"+key+".0")
+	if err := host.RemoveTree(trash); err != nil {
+		return err
+	}
+	if err := os.Rename(c.dir(key), trash); err != nil {
+		return err
+	}
+	return host.RemoveTree(trash)
 }
 
 // digits keeps the digits of s ("0" when it has none).

@@ -63,6 +63,10 @@ func ociScenario(t *testing.T, e *env) {
 	work := "/var/tmp/e2e-oci-" + e.name
 	e.mustSh(t, "rm -rf "+work+" && mkdir -p "+work)
 	defer e.sh(t, "rm -rf "+work)
+	// The images' bases and layers in a cache of this test's own, gone
+	// with it: the suite's cache is shared.
+	ie := *e
+	ie.cacheDir = work + "/cache"
 
 	const src = "e2e-oci-src"
 	e.mustNsb(t, "create", src, "--release", "bookworm", "--storage", "copy")
@@ -97,7 +101,7 @@ func ociScenario(t *testing.T, e *env) {
 
 	const name = "e2e-oci"
 	defer e.nsb(t, "remove", "--force", name)
-	e.mustNsb(t, "create", name, "--from", ref)
+	ie.mustNsb(t, "create", name, "--from", ref)
 	e.mustNsb(t, "boot", name)
 	out := e.mustNsb(t, "shell", name, "--", "sh", "-c", "cat /etc/motd /etc/hostname; test -e /etc/issue.net || echo whited-out").stdout
 	if out != "from an image\n"+name+"\nwhited-out\n" {
@@ -110,7 +114,7 @@ func ociScenario(t *testing.T, e *env) {
 
 	// The same base under another image: only the new layer is fetched.
 	ref2 := push("debian:two", v1.Config{}, base, layer(t, map[string]string{"two": "2"}, nil))
-	e.mustNsb(t, "create", name+"2", "--from", ref2)
+	ie.mustNsb(t, "create", name+"2", "--from", ref2)
 	defer e.nsb(t, "remove", "--force", name+"2")
 	if n := fetched(base); n != 1 {
 		t.Errorf("the shared base layer was fetched %d times", n)
@@ -118,7 +122,7 @@ func ociScenario(t *testing.T, e *env) {
 
 	// A link in one layer and a write through it in the next.
 	bad := push("hostile:1", v1.Config{}, base, layer(t, nil, map[string]string{}), layerLink(t, "evil", work), layer(t, map[string]string{"evil/pwned": "x"}, nil))
-	wantFail(t, e.nsb(t, "create", "e2e-oci-bad", "--from", bad), 1, "through the symbolic link")
+	wantFail(t, ie.nsb(t, "create", "e2e-oci-bad", "--from", bad), 1, "through the symbolic link")
 	e.mustSh(t, "test ! -e "+work+"/pwned && test ! -e "+e.rootDir+"/e2e-oci-bad")
 	e.mustSh(t, "! ls -a "+e.rootDir+"/.nsbox | grep -q '^\\.#e2e-oci-bad\\.'")
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/image"
 	"github.com/nsbox/nsbox/machine/oci"
-	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/sirupsen/logrus"
 )
 
@@ -56,11 +55,14 @@ func (m *Manager) ImageCache() *oci.Cache {
 
 // createFromImage makes machine name from the container image o.From:
 // its layers pulled into the layer cache (those not there yet), then
-// applied in order into a staging tree, each member checked as an import
-// checks it and against what the layers before made (image.Layers),
-// within the free space of the root directory and o.MaxImageBytes. The
-// tree becomes a machine of its own (a copy), personalised as every new
-// machine is; the image's configuration is recorded beside it.
+// flattened into a base of the base cache keyed by the image's manifest
+// digest and platform (once: machines from one image share it, see
+// imagebase.go), which the machine is made over as a machine of a release
+// is: an overlay, a btrfs snapshot or a copy. With --no-cache the layers
+// are applied straight into the machine's tree. Each member is checked as
+// an import checks it and against what the layers before made
+// (image.Layers), within the free space and o.MaxImageBytes. The image's
+// configuration is recorded beside the machine.
 func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOptions) error {
 	src, err := oci.ParseSource(o.From)
 	if err != nil {
@@ -70,8 +72,8 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidOption, err)
 	}
-	if o.Storage != "" && o.Storage != storage.Copy {
-		return fmt.Errorf("%w: a machine from an image is a copy for now: leave out --storage %s", ErrInvalidOption, o.Storage)
+	if err := m.checkImageStorage(o); err != nil {
+		return err
 	}
 	if err := m.requireRoot(); err != nil {
 		return err
@@ -120,60 +122,43 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 		}
 	}
 	logrus.Infof("%s: %d layers, %s fetched, %d were cached", o.From, len(img.Layers), image.FormatSize(img.Downloaded), cached)
-	space, err := image.FreeSpace(m.Store(), m.RootDir)
-	if err != nil {
-		return err
+	m.touchLayers(img)
+	flatten := func(tree, where, label string) (*image.Layers, error) {
+		return m.flattenImage(ctx, img, cache, tree, where, label, o)
 	}
-	maxBytes := o.MaxImageBytes
-	if maxBytes <= 0 {
-		maxBytes = DefaultImageCap
+	var layers *image.Layers
+	if o.NoCache {
+		err = m.newTree(ctx, name, func(tmp string) error {
+			layers, err = flatten(tmp, m.Store(), m.RootDir)
+			return err
+		})
+	} else {
+		layers, err = m.createOnImageBase(ctx, name, img, o, flatten)
 	}
-	layers := &image.Layers{Runner: m.Runner, Checker: image.ArchiveChecker{Space: &space, Cap: maxBytes}}
-	var app *App
-	err = m.newTree(ctx, name, func(tmp string) error {
-		// 0755 whatever the umask, as a machine's root is.
-		if err := os.Mkdir(tmp, 0o755); err != nil {
-			return err
-		}
-		if err := os.Chmod(tmp, 0o755); err != nil {
-			return err
-		}
-		if err := image.NoCasefold(tmp); err != nil {
-			return err
-		}
-		layers.Dir = tmp
-		for i, l := range img.Layers {
-			if o.Progress != nil {
-				ph := fmt.Sprintf("applying layer %d/%d", i+1, len(img.Layers))
-				o.Progress(bootstrap.Stage{Phase: ph, Line: ph})
-			}
-			if err := m.applyLayer(ctx, cache, layers, l); err != nil {
-				return fmt.Errorf("%s: layer %d of %d (%s): %w", o.From, i+1, len(img.Layers), l.Digest, err)
-			}
-		}
-		// The tree's root is root's, whatever a layer said (see Import).
-		if err := os.Lchown(tmp, 0, 0); err != nil {
-			return err
-		}
-		if err := ensureEtc(tmp); err != nil {
-			return err
-		}
-		app, err = imageApp(name, tmp, img, o)
-		return err
-	})
 	if err != nil {
 		return err
 	}
 	if err := m.writeImageRecord(name, img); err != nil {
 		logrus.Warnf("%s: remember its image: %v", name, err)
 	}
-	if err := m.writeImageSettings(name, img, app); err != nil {
+	// How it runs follows from its tree (an init or none), read as the
+	// machine sees it.
+	var app *App
+	err = m.withTree(ctx, name, func() error {
+		app, err = imageApp(name, m.Dir(name), img, o)
+		return err
+	})
+	if err == nil {
+		err = m.writeImageSettings(name, img, app)
+	}
+	if err != nil {
 		if rerr := m.Remove(context.WithoutCancel(ctx), name, false); rerr != nil {
 			logrus.Warn(rerr)
 		}
-		return fmt.Errorf("%s: its settings: %w", name, err)
+		return err
 	}
-	if c := layers.Checker; c.Devices > 0 || c.Xattrs > 0 {
+	if layers != nil && (layers.Checker.Devices > 0 || layers.Checker.Xattrs > 0) {
+		c := layers.Checker
 		logrus.Warnf("create %s: left out %d device nodes and %d trusted.* extended attributes of %s (a machine gets its own /dev and cannot use them)", name, c.Devices, c.Xattrs, o.From)
 	}
 	return nil
@@ -182,8 +167,7 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 // imageApp decides how a machine made from img into tree runs: as an app
 // machine (the App returned) when the image has no init or o.Cmd asks
 // for one, booting its init otherwise (nil). An app's user given as
-// NAME:GROUP or UID:GID becomes the name nspawn takes, and its working
-// directory is made when the image lacks it, as container engines do.
+// NAME:GROUP or UID:GID becomes the name nspawn takes.
 func imageApp(name, tree string, img *oci.Image, o CreateOptions) (*App, error) {
 	init := hasInit(tree)
 	switch {
@@ -214,11 +198,6 @@ func imageApp(name, tree string, img *oci.Image, o CreateOptions) (*App, error) 
 	}
 	if app.User == "root" {
 		app.User = ""
-	}
-	if d := strings.TrimPrefix(path.Clean(app.Workdir), "/"); app.Workdir != "" && d != "" {
-		if err := r.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("%s: its working directory %s: %w", o.From, app.Workdir, err)
-		}
 	}
 	return app, nil
 }
@@ -251,6 +230,64 @@ func (m *Manager) writeImageSettings(name string, img *oci.Image, app *App) erro
 		return err
 	}
 	return host.WriteFileAtomic(m.settingsPath(name), []byte(text), 0o644)
+}
+
+// flattenImage applies img's layers in order into tree, which does not
+// exist yet, within the free space of where (label names it in messages)
+// and o.MaxImageBytes; it returns what applied them, whose checker counts
+// what was left out.
+func (m *Manager) flattenImage(ctx context.Context, img *oci.Image, cache *oci.Cache, tree, where, label string, o CreateOptions) (*image.Layers, error) {
+	space, err := image.FreeSpace(where, label)
+	if err != nil {
+		return nil, err
+	}
+	maxBytes := o.MaxImageBytes
+	if maxBytes <= 0 {
+		maxBytes = DefaultImageCap
+	}
+	layers := &image.Layers{Runner: m.Runner, Checker: image.ArchiveChecker{Space: &space, Cap: maxBytes}}
+	// 0755 whatever the umask, as a machine's root is. A base's tree
+	// exists already (a btrfs subvolume, where the cache is on btrfs).
+	if err := os.Mkdir(tree, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	if err := os.Chmod(tree, 0o755); err != nil {
+		return nil, err
+	}
+	if err := image.NoCasefold(tree); err != nil {
+		return nil, err
+	}
+	layers.Dir = tree
+	for i, l := range img.Layers {
+		if o.Progress != nil {
+			ph := fmt.Sprintf("applying layer %d/%d", i+1, len(img.Layers))
+			o.Progress(bootstrap.Stage{Phase: ph, Line: ph})
+		}
+		if err := m.applyLayer(ctx, cache, layers, l); err != nil {
+			return nil, fmt.Errorf("%s: layer %d of %d (%s): %w", o.From, i+1, len(img.Layers), l.Digest, err)
+		}
+	}
+	// The tree's root is root's, whatever a layer said (see Import).
+	if err := os.Lchown(tree, 0, 0); err != nil {
+		return nil, err
+	}
+	if err := ensureEtc(tree); err != nil {
+		return nil, err
+	}
+	// An app's working directory the image lacks is made, as container
+	// engines make it: part of the image's tree, the same for every
+	// machine from it.
+	if d := strings.TrimPrefix(path.Clean(img.Config.WorkingDir), "/"); path.IsAbs(img.Config.WorkingDir) && d != "" && controlChar(d) == "" {
+		r, err := os.OpenRoot(tree)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		if err := r.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("%s: its working directory %s: %w", o.From, img.Config.WorkingDir, err)
+		}
+	}
+	return layers, nil
 }
 
 // applyLayer applies one cached layer; a cached blob that is not what

@@ -10,11 +10,13 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/image"
 	"github.com/nsbox/nsbox/machine/image/imagetest"
 	"github.com/nsbox/nsbox/machine/oci"
 	"github.com/nsbox/nsbox/machine/oci/ocitest"
+	"github.com/nsbox/nsbox/machine/storage"
 )
 
 func imageManager(t *testing.T) *Manager {
@@ -42,7 +44,7 @@ func TestCreateFromImage(t *testing.T) {
 	top := ocitest.Layer(t, ocitest.File("var/cache/.wh..wh..opq", ""), ocitest.File("var/cache/new", "new"), ocitest.File("usr/bin/.wh.gone", ""),
 		ocitest.Dir("srv/"), ocitest.File("srv/index.html", "hello"))
 	ref := reg.Push(t, "app:1", ocitest.Image(t, hostPlatform, cfg, baseLayer(t), top))
-	if err := m.Create(context.Background(), "web", CreateOptions{From: ref}); err != nil {
+	if err := m.Create(context.Background(), "web", CreateOptions{From: ref, Storage: storage.Copy}); err != nil {
 		t.Fatal(err)
 	}
 	tree := m.Tree("web")
@@ -65,7 +67,7 @@ func TestCreateFromImage(t *testing.T) {
 	bl := baseLayer(t)
 	bd, _ := bl.Digest()
 	ref2 := reg.Push(t, "other:1", ocitest.Image(t, hostPlatform, v1.Config{}, bl, ocitest.Layer(t, ocitest.File("other", "2"))))
-	if err := m.Create(context.Background(), "web2", CreateOptions{From: ref2}); err != nil {
+	if err := m.Create(context.Background(), "web2", CreateOptions{From: ref2, Storage: storage.Copy}); err != nil {
 		t.Fatal(err)
 	}
 	if n := reg.BlobGets(bd); n != 1 {
@@ -120,6 +122,12 @@ func TestCreateFromHostileImages(t *testing.T) {
 			if left := imagetest.Leftovers(m.Store()); len(left) != 0 {
 				t.Errorf("staging left: %v", left)
 			}
+			if left := stagedBases(m); len(left) != 0 {
+				t.Errorf("base staging left: %v", left)
+			}
+			if bases, _ := m.Bases().List(); len(bases) != 0 {
+				t.Errorf("a base made of a hostile image: %+v", bases)
+			}
 			if _, err := os.Lstat(m.Tree("bad")); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("machine made: %v", err)
 			}
@@ -132,11 +140,15 @@ func TestCreateFromHostileImages(t *testing.T) {
 
 func TestCreateFromRefusesFlags(t *testing.T) {
 	m := imageManager(t)
-	for _, o := range []CreateOptions{
-		{From: "docker://x", Storage: StorageOverlay},
+	refused := []CreateOptions{
+		{From: "docker://x", Storage: StorageOverlay, NoCache: true},
 		{From: "docker://x", Platform: "linux"},
 		{From: "nope:x"},
-	} {
+	}
+	if !bootstrap.OnBtrfs(m.RootDir) {
+		refused = append(refused, CreateOptions{From: "docker://x", Storage: storage.Btrfs})
+	}
+	for _, o := range refused {
 		if err := m.Create(context.Background(), "web", o); !errors.Is(err, ErrInvalidOption) {
 			t.Errorf("%+v: %v", o, err)
 		}

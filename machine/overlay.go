@@ -140,8 +140,12 @@ func (m *Manager) overlayRecords() map[string]storage.Record {
 }
 
 // baseUsers are the overlay machines made over version of cached base
-// key: it is their lower layer, and stays as it is while they exist.
+// key: it is their lower layer, and stays as it is while they exist. Of an
+// image base, every machine made from it (see machineBaseUsers).
 func (m *Manager) baseUsers(bases, key, version string) []string {
+	if bootstrap.IsImageKey(key) {
+		return m.machineBaseUsers(bases, key, version)
+	}
 	var names []string
 	for name, rec := range m.overlayRecords() {
 		if rec.Base == key && rec.Version == version && (rec.Bases == "" || filepath.Clean(rec.Bases) == filepath.Clean(bases)) {

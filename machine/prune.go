@@ -51,12 +51,14 @@ const (
 	// machine runs any more (the host died under it).
 	PruneEphemeral = "ephemeral"
 	// PruneBase is an earlier version of a cached base that no machine or
-	// run is over.
+	// run is over, or a base made from an image that no machine was made
+	// from.
 	PruneBase = "base"
 	// PrunePackages is a cached package no current base has installed.
 	PrunePackages = "packages"
-	// PruneLayers is a cached image layer no machine's image record names
-	// (create --from), or what a pull cut short left of one.
+	// PruneLayers is a cached image layer no machine's image record and
+	// no image base names (create --from), or what a pull cut short left
+	// of one.
 	PruneLayers = "layers"
 	// PruneDownloads is a tarball create --from URL downloaded and keeps
 	// for the next create of that URL, or what a download cut short by a
@@ -124,9 +126,17 @@ func (m *Manager) Prune(ctx context.Context, dryRun bool) ([]PruneItem, error) {
 	m.pruneEphemeral(ctx, p)
 	m.pruneRecords(ctx, p, staged)
 	m.pruneLocks(p)
-	m.pruneImageLayers(p)
+	// Bases first: a layer that only an unused image base names goes
+	// with it (on a dry run too, where the base would go).
+	gone := map[string]bool{}
+	m.Bases().Leftovers(ctx, func(kind, path string, size int64, remove func() error) {
+		p.found(kind, path, size, remove)
+		if it := p.items[len(p.items)-1]; kind == PruneBase && (it.Removed || p.dryRun) {
+			gone[path] = true
+		}
+	})
+	m.pruneImageLayers(p, func(dir string) bool { return gone[dir] })
 	m.pruneDownloads(p)
-	m.Bases().Leftovers(ctx, p.found)
 	if p.items == nil {
 		p.items = []PruneItem{}
 	}
@@ -473,11 +483,12 @@ func sortedKeys(set map[string]bool) []string {
 }
 
 // pruneImageLayers removes the cached image layers that no machine's image
-// record names, and the temporary files of pulls cut short, under the
-// image cache's lock taken without waiting: while a create from an image
-// holds it, nothing there is touched. A record that cannot be read keeps
-// every layer.
-func (m *Manager) pruneImageLayers(p *pruner) {
+// record and no image base names (gone says which bases this prune
+// removed, or would), and the temporary files of pulls cut short, under
+// the image cache's lock taken without waiting: while a create from an
+// image holds it, nothing there is touched. A record that cannot be read
+// keeps every layer.
+func (m *Manager) pruneImageLayers(p *pruner, gone func(dir string) bool) {
 	c := m.ImageCache()
 	dir := filepath.Join(c.Dir, "blobs", "sha256")
 	blobs := listDir(dir)
@@ -489,22 +500,12 @@ func (m *Manager) pruneImageLayers(p *pruner) {
 		return
 	}
 	defer release()
-	used := map[string]bool{}
-	for _, f := range listDir(filepath.Dir(m.imagePath("x"))) {
-		name, ok := strings.CutSuffix(f, ".json")
-		if !ok || strings.HasPrefix(f, ".") {
-			continue
-		}
-		img := m.ImageOf(name)
-		if img == nil {
-			return
-		}
-		for _, l := range img.Layers {
-			used[strings.TrimPrefix(l.Digest, "sha256:")] = true
-		}
+	users, ok := m.layerUsers(gone)
+	if !ok {
+		return
 	}
 	for _, n := range blobs {
-		if !strings.HasPrefix(n, ".#") && (!isSHA256Hex(n) || used[n]) {
+		if !strings.HasPrefix(n, ".#") && (!isSHA256Hex(n) || users["sha256:"+n] != nil) {
 			continue
 		}
 		path := filepath.Join(dir, n)
