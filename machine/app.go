@@ -563,7 +563,8 @@ func (m *Manager) execInApp(ctx context.Context, name string, r backend.Running,
 
 // cgroupProcsOf are the cgroup.procs files of the cgroups process pid is
 // in, in every hierarchy mounted under /sys/fs/cgroup (cgroup v2, and
-// the v1 controllers of a hybrid host), for a command to join.
+// the v1 controllers of a hybrid host) that this host may write, for a
+// command to join.
 func cgroupProcsOf(pid int) []string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
@@ -581,7 +582,9 @@ func cgroupProcsOf(pid int) []string {
 		}
 		for _, d := range dirs {
 			p := path.Join("/sys/fs/cgroup", d, f[2], "cgroup.procs")
-			if _, err := os.Stat(p); err == nil {
+			// A hierarchy this host cannot write (v1 controllers mounted
+			// read-only in a container) is one the command stays out of.
+			if unix.Access(p, unix.W_OK) == nil {
 				out = append(out, p)
 				break
 			}

@@ -190,11 +190,11 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 				return fmt.Errorf("the base of %s: %w", name, err)
 			}
 		}
-		if err := validateRoot(tree); err != nil {
-			return err
-		}
 		if !hasInit(tree) {
 			return fmt.Errorf("%w: %s has no init to boot (no systemd): run a command in it as an app machine with --cmd CMD, or --app for its image's", ErrInvalidOption, name)
+		}
+		if err := validateRoot(tree); err != nil {
+			return err
 		}
 	}
 	if req.Network != "" {
