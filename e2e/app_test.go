@@ -217,7 +217,7 @@ func appScenario(t *testing.T, e *env) {
 		out := e.nsb(t, "logs", name).stdout
 		return strings.Contains(out, "app got SIGTERM"), out
 	})
-	if r := e.sh(t, "timeout 3 bash -c 'exec 3<>/dev/tcp/"+addr+"/8080; cat <&3'"); r.code == 0 {
+	if r := e.sh(t, "timeout 3 bash -c 'exec 3<>/dev/tcp/"+addr+"/8080; cat <&3'"); strings.Contains(r.stdout, "hello from app") {
 		t.Errorf("the app answers after stop: %s", r)
 	}
 
