@@ -238,6 +238,18 @@ func appScenario(t *testing.T, e *env) {
 		t.Errorf("--app is not the image's command again: %+v", st)
 	}
 	e.mustNsb(t, "stop", name)
+	if e.name == "machined" {
+		// Started by systemd alone, as at the host's boot: the unit
+		// enable wrote runs the app as its user and configures its veth.
+		e.mustNsb(t, "enable", name)
+		e.mustSh(t, "systemctl start nsbox@"+name+".service")
+		waitFor(t, 20*time.Second, "the app started by its unit answering", func() (bool, string) {
+			got = e.sh(t, "timeout 3 bash -c 'exec 3<>/dev/tcp/"+addr+"/8080; cat <&3'").stdout
+			return strings.Contains(got, "uid=1000 "), got
+		})
+		e.mustSh(t, "systemctl stop nsbox@"+name+".service")
+		e.mustNsb(t, "disable", name)
+	}
 	// No init to boot: refused before anything starts, options kept.
 	wantFail(t, e.nsb(t, "boot", name, "--boot"), 1, "no init")
 	statusOf()
