@@ -179,7 +179,7 @@ func validIPv6(s string) bool {
 }
 
 // Quote makes word one word of a POSIX shell command line, whatever it
-// holds: in single quotes, with each single quote written '\''. ssh joins
+// holds: in single quotes, with each single quote written '\”. ssh joins
 // its arguments with spaces into one string that the remote user's login
 // shell reads, so every word nsbox sends is quoted so.
 func Quote(word string) string {
