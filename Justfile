@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Debian packages nsbox and its tests need on the host.
-host_packages := "systemd-container debootstrap gpgv gpg dbus iproute2 util-linux zstd nftables btrfs-progs lintian"
+host_packages := "systemd-container debootstrap gpgv gpg dbus iproute2 util-linux zstd nftables btrfs-progs lintian openssh-client openssh-server"
 
 # where just install puts nsbox, and a staging directory in front of it
 # (as make's DESTDIR): just PREFIX=/usr DESTDIR=/tmp/stage install

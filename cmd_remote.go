@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
@@ -381,11 +382,12 @@ func copyRemote(c *cli.Context, s *remoteSetup, globals []string, src, dst machi
 		sp    remote.Spec
 		local = make(chan error, 1)
 		ours  *os.File // this side's end, closed once ssh has ended
+		ended atomic.Bool
 	)
 	switch {
 	case src.Machine == "" && !src.Stream:
 		if _, err := os.Lstat(src.Path); err != nil {
-			return fmt.Errorf("cp: cannot stat %s: %w", src.Path, errors.Unwrap(err))
+			return fmt.Errorf("cp: cannot stat %s: %s", src.Path, errnoText(err))
 		}
 		sp = s.spec(h, remote.NoTTY, append(args, "-", dst.String()))
 		r, w, err := os.Pipe()
@@ -414,6 +416,11 @@ func copyRemote(c *cli.Context, s *remoteSetup, globals []string, src, dst machi
 			res, err := machine.ExtractHostTar(ctx, r, dst.Path)
 			// What the remote still writes goes nowhere: ssh ends.
 			r.Close()
+			if err != nil && ended.Load() {
+				// The stream ended with ssh: the remote's failure
+				// (reported there) cut it short.
+				err = errConsequence{err}
+			}
 			if err == nil && res.Stripped > 0 {
 				logrus.Warnf("cp: %d setuid, setgid or file capability bits of what came from %s were dropped on the way to the host", res.Stripped, src.Machine)
 			}
@@ -424,6 +431,7 @@ func copyRemote(c *cli.Context, s *remoteSetup, globals []string, src, dst machi
 		local <- nil
 	}
 	res, err := remote.Run(ctx, sp)
+	ended.Store(true)
 	if ours != nil {
 		ours.Close()
 	}
@@ -432,10 +440,12 @@ func copyRemote(c *cli.Context, s *remoteSetup, globals []string, src, dst machi
 		return err
 	}
 	code, rerr := remote.Outcome(h, res, buildVersion())
+	var cons errConsequence
 	switch {
-	case lerr != nil && !errors.Is(lerr, syscall.EPIPE):
+	case lerr != nil && !errors.Is(lerr, syscall.EPIPE) && !errors.As(lerr, &cons):
 		// The failure here ended the copy (the remote's end is its
-		// consequence); a broken pipe is the remote's ending first.
+		// consequence); a broken pipe, or a stream cut short, is the
+		// remote's ending first.
 		return fmt.Errorf("cp: %w", lerr)
 	case rerr != nil:
 		return rerr
@@ -445,4 +455,26 @@ func copyRemote(c *cli.Context, s *remoteSetup, globals []string, src, dst machi
 		return fmt.Errorf("cp: %w", lerr)
 	}
 	return nil
+}
+
+// errConsequence is a failure here that followed the remote's.
+type errConsequence struct{ error }
+
+func (e errConsequence) Unwrap() error { return e.error }
+
+// errnoText is a system error's text as cp writes it: "No such file or
+// directory".
+func errnoText(err error) string {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			break
+		}
+		err = u
+	}
+	t := err.Error()
+	if t != "" {
+		t = strings.ToUpper(t[:1]) + t[1:]
+	}
+	return t
 }

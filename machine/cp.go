@@ -284,9 +284,9 @@ func ExtractHostTar(ctx context.Context, r io.Reader, dst string) (CopyResult, e
 		return CopyResult{st}, err
 	}
 	parent := filepath.Dir(dst)
-	tmp, err := os.MkdirTemp(parent, ".#nsbox-cp-")
+	tmp, err := os.MkdirTemp(parent, ".#nsbox-cp.")
 	if err != nil {
-		return CopyResult{}, fmt.Errorf("cannot create in %s: %w", parent, errors.Unwrap(err))
+		return CopyResult{}, &treecopy.Error{Op: "cannot create", Path: dst, Err: errors.Unwrap(err)}
 	}
 	defer host.RemoveTree(tmp)
 	st, err := treecopy.ExtractTar(ctx, r, treecopy.Host, tmp, treecopy.Options{})
@@ -301,7 +301,7 @@ func ExtractHostTar(ctx context.Context, r io.Reader, dst string) (CopyResult, e
 		return CopyResult{st}, fmt.Errorf("the stream has %d entries at its top, not one", len(ents))
 	}
 	if err := os.Rename(filepath.Join(tmp, ents[0].Name()), dst); err != nil {
-		return CopyResult{st}, fmt.Errorf("cannot create %s: %w", dst, errors.Unwrap(err))
+		return CopyResult{st}, &treecopy.Error{Op: "cannot create", Path: dst, Err: errors.Unwrap(err)}
 	}
 	return CopyResult{st}, nil
 }
