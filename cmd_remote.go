@@ -309,7 +309,7 @@ func listHosts(c *cli.Context, s *remoteSetup, globals []string) error {
 	for i, a := range answers {
 		h := s.hosts[i].String()
 		for _, l := range strings.Split(strings.TrimRight(a.stderr.buf.String(), "\n"), "\n") {
-			if l != "" {
+			if l = strings.TrimSuffix(l, "\r"); l != "" {
 				fmt.Fprintf(os.Stderr, "%s: %s\n", machine.Printable(h), machine.Printable(l))
 			}
 		}

@@ -152,3 +152,14 @@ func TestServeRemoteVersions(t *testing.T) {
 		t.Error("the remote side ran ssh")
 	}
 }
+
+func TestCompleteHostsFromSSHConfig(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
+	os.WriteFile(filepath.Join(home, ".ssh", "config"), []byte("Host web1 web2\n  User root\nhost *.example db-?\nHost -oProxyCommand=x\nMatch all\n"), 0o600)
+	out, code := capture(t, "-H", "--generate-bash-completion")
+	if code != 0 || out != "web1\nweb2\n" {
+		t.Errorf("hosts offered after -H: %d %q", code, out)
+	}
+}
