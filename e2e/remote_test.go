@@ -23,24 +23,28 @@ import (
 )
 
 // remoteLab is two "hosts" for nsbox -H: two sshd instances (OpenSSH's,
-// with a host key made for the run) in a network namespace of their own,
-// reached from a second network namespace, the client's, through a veth
-// pair: the only traffic is on that veth. Each sshd gives its sessions a
-// root directory of its own (sshd_config SetEnv NSBOX_ROOT), so they are
-// two hosts to nsbox; both use this host's file systems (sshd is entered
-// into the network namespace only, not a mount namespace).
+// with a host key made for the run) on a server, reached from a network
+// namespace of the client's own through a veth pair: the only traffic is
+// on that veth. Each sshd gives its sessions a root directory of its own
+// (sshd_config SetEnv NSBOX_ROOT), so they are two hosts to nsbox. The
+// client is nsbox on this host. The server is, for the direct backend, a
+// second network namespace on this host (sshd is entered into it alone,
+// not a mount namespace: the remote nsbox works on this host's files);
+// for machined, the test host, a booted systemd host in a network
+// namespace of its own.
 type remoteLab struct {
-	dir        string
+	dir        string // the client's files (keys, ssh config), on this host
+	sdir       string // the server's files, as the server sees them
 	client     string // the client's network namespace
-	server     string
+	server     string // the server's, for the direct backend
 	hostA      string // root@ADDR:PORT of each sshd
 	hostB      string
-	rootB      string
+	rootB      string // the root directory of host B, on the server
 	sshConfig  string
 	badConfig  string // known_hosts holds another key for the host
-	sshds      []*exec.Cmd
-	nsbox      string
-	remoteProg string
+	nsbox      string // the client's nsbox
+	remoteProg string // the server's
+	e          *env
 }
 
 const (
@@ -48,17 +52,40 @@ const (
 	labServerAddr = "198.51.100.2"
 )
 
+// srv runs a script on the server.
+func (l *remoteLab) srv(script string) ([]byte, error) {
+	var argv []string
+	if l.e.host != nil {
+		argv = append(append([]string{}, l.e.prefix...), "sh", "-euc", script)
+	} else {
+		argv = []string{"nsenter", "--net=/run/netns/" + l.server, "--", "sh", "-euc", script}
+	}
+	return exec.Command(argv[0], argv[1:]...).CombinedOutput()
+}
+
+// srvFile writes a file of the server's.
+func (l *remoteLab) srvFile(t *testing.T, path, text string, mode os.FileMode) {
+	t.Helper()
+	if l.e.host != nil {
+		path = fmt.Sprintf("/proc/%d/root%s", l.e.host.leader, path)
+	}
+	if err := os.WriteFile(path, []byte(text), mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func startRemoteLab(t *testing.T, e *env) *remoteLab {
 	t.Helper()
-	if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
-		t.Fatalf("openssh-server is not installed (just deps installs it)")
-	}
 	dir, err := os.MkdirTemp("/var/tmp", "nsbox-e2e-remote-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &remoteLab{dir: dir, client: "nsbox-e2e-rc", server: "nsbox-e2e-rs", nsbox: e.nsbox, remoteProg: e.nsbox,
-		rootB: filepath.Join(dir, "rootB"), sshConfig: filepath.Join(dir, "ssh_config"), badConfig: filepath.Join(dir, "ssh_config.bad")}
+	l := &remoteLab{dir: dir, sdir: dir, client: "nsbox-e2e-rc", server: "nsbox-e2e-rs", nsbox: nsboxBin, remoteProg: e.nsbox, e: e,
+		sshConfig: filepath.Join(dir, "ssh_config"), badConfig: filepath.Join(dir, "ssh_config.bad")}
+	if e.host != nil {
+		l.sdir = "/run/nsbox-remote-lab"
+	}
+	l.rootB = l.sdir + "/rootB"
 	t.Cleanup(l.stop)
 	sh := func(script string) {
 		t.Helper()
@@ -66,24 +93,44 @@ func startRemoteLab(t *testing.T, e *env) *remoteLab {
 			t.Fatalf("remote lab: %v\n$ %s\n%s", err, script, out)
 		}
 	}
+	srv := func(script string) {
+		t.Helper()
+		if out, err := l.srv(script); err != nil {
+			t.Fatalf("remote lab, on the server: %v\n$ %s\n%s", err, script, out)
+		}
+	}
+	if out, err := l.srv("test -x /usr/sbin/sshd"); err != nil {
+		t.Fatalf("openssh-server is not installed on the server (just deps; the test host's packages): %s", out)
+	}
+	peerNS := ""
+	if e.host != nil {
+		peerNS = fmt.Sprint(e.host.leader)
+	} else {
+		sh("ip netns add " + l.server)
+		peerNS = l.server
+	}
 	sh(fmt.Sprintf(`cd %[1]s
 ssh-keygen -q -t ed25519 -N '' -C e2e-host -f hostkey
 ssh-keygen -q -t ed25519 -N '' -C e2e-other -f otherkey
 ssh-keygen -q -t ed25519 -N '' -C e2e-client -f clientkey
-cp clientkey.pub authorized_keys
-mkdir -m 0700 rootB
-mkdir -p /run/sshd
 ip netns add %[2]s
-ip netns add %[3]s
 ip link add nsbox-e2e-rv0 netns %[2]s type veth peer name nsbox-e2e-rv1 netns %[3]s
 ip -n %[2]s addr add %[4]s/30 dev nsbox-e2e-rv0
-ip -n %[3]s addr add %[5]s/30 dev nsbox-e2e-rv1
 ip -n %[2]s link set nsbox-e2e-rv0 up
-ip -n %[3]s link set nsbox-e2e-rv1 up
-ip -n %[2]s link set lo up
-ip -n %[3]s link set lo up`, dir, l.client, l.server, labClientAddr, labServerAddr))
-	hostKey, _ := os.ReadFile(filepath.Join(dir, "hostkey.pub"))
-	otherKey, _ := os.ReadFile(filepath.Join(dir, "otherkey.pub"))
+ip -n %[2]s link set lo up`, dir, l.client, peerNS, labClientAddr))
+	srv(fmt.Sprintf(`mkdir -p -m 0700 %[1]s %[1]s/rootB
+mkdir -p /run/sshd
+ip addr add %[2]s/30 dev nsbox-e2e-rv1
+ip link set nsbox-e2e-rv1 up
+ip link set lo up`, l.sdir, labServerAddr))
+	hostKey, _ := os.ReadFile(filepath.Join(dir, "hostkey"))
+	hostPub, _ := os.ReadFile(filepath.Join(dir, "hostkey.pub"))
+	otherPub, _ := os.ReadFile(filepath.Join(dir, "otherkey.pub"))
+	clientPub, _ := os.ReadFile(filepath.Join(dir, "clientkey.pub"))
+	if e.host != nil {
+		l.srvFile(t, l.sdir+"/hostkey", string(hostKey), 0o600)
+	}
+	l.srvFile(t, l.sdir+"/authorized_keys", string(clientPub), 0o600)
 	keyOf := func(b []byte) string { f := strings.Fields(string(b)); return f[0] + " " + f[1] }
 	var known, wrong strings.Builder
 	for i, port := range []int{2201, 2202} {
@@ -91,8 +138,8 @@ ip -n %[3]s link set lo up`, dir, l.client, l.server, labClientAddr, labServerAd
 		if i == 1 {
 			root = l.rootB
 		}
-		conf := filepath.Join(dir, fmt.Sprintf("sshd_%d.conf", port))
-		writeLab(t, conf, fmt.Sprintf(`Port %d
+		conf := fmt.Sprintf("%s/sshd_%d.conf", l.sdir, port)
+		l.srvFile(t, conf, fmt.Sprintf(`Port %d
 ListenAddress %s
 HostKey %s/hostkey
 AuthorizedKeysFile %s/authorized_keys
@@ -101,22 +148,14 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
-PidFile none
+PidFile %s/sshd_%d.pid
 SetEnv NSBOX_ROOT=%s NSBOX_CACHE_DIR=%s NSBOX_BACKEND=%s
-`, port, labServerAddr, dir, dir, root, e.cacheDir, e.name))
-		fmt.Fprintf(&known, "[%s]:%d %s\n", labServerAddr, port, keyOf(hostKey))
-		fmt.Fprintf(&wrong, "[%s]:%d %s\n", labServerAddr, port, keyOf(otherKey))
-		cmd := exec.Command("nsenter", "--net=/run/netns/"+l.server, "--", "/usr/sbin/sshd", "-D", "-e", "-f", conf)
-		logf, err := os.Create(conf + ".log")
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		logf.Close()
-		l.sshds = append(l.sshds, cmd)
+`, port, labServerAddr, l.sdir, l.sdir, l.sdir, port, root, e.cacheDir, e.name), 0o600)
+		fmt.Fprintf(&known, "[%s]:%d %s\n", labServerAddr, port, keyOf(hostPub))
+		fmt.Fprintf(&wrong, "[%s]:%d %s\n", labServerAddr, port, keyOf(otherPub))
+		// sshd goes into the background once it listens; its pid file
+		// is how stop finds it.
+		srv(fmt.Sprintf("/usr/sbin/sshd -f %s -E %s.log", conf, conf))
 	}
 	l.hostA = fmt.Sprintf("root@%s:2201", labServerAddr)
 	l.hostB = fmt.Sprintf("root@%s:2202", labServerAddr)
@@ -137,7 +176,7 @@ SetEnv NSBOX_ROOT=%s NSBOX_CACHE_DIR=%s NSBOX_BACKEND=%s
 				break
 			}
 			if time.Now().After(deadline) {
-				logs, _ := exec.Command("sh", "-c", "cat "+dir+"/*.log").CombinedOutput()
+				logs, _ := l.srv("cat " + l.sdir + "/*.log")
 				t.Fatalf("sshd on %s does not answer:\n%s\nsshd logs:\n%s", h, r, logs)
 			}
 			time.Sleep(200 * time.Millisecond)
@@ -154,14 +193,13 @@ func writeLab(t *testing.T, path, text string) {
 }
 
 func (l *remoteLab) stop() {
-	for _, c := range l.sshds {
-		if c.Process != nil {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
+	_, _ = l.srv("for p in " + l.sdir + "/sshd_*.pid; do [ -f \"$p\" ] && kill \"$(cat \"$p\")\"; done; rm -rf " + l.sdir + "/rootB; true")
+	if l.e.host != nil {
+		_, _ = l.srv("rm -rf " + l.sdir)
+	} else {
+		_ = exec.Command("ip", "netns", "del", l.server).Run()
 	}
 	_ = exec.Command("ip", "netns", "del", l.client).Run()
-	_ = exec.Command("ip", "netns", "del", l.server).Run()
 	_ = os.RemoveAll(l.dir)
 }
 
@@ -232,9 +270,6 @@ func waitNoRemote(t *testing.T, what string) {
 
 // remoteScenario is nsbox -H against nsbox on another host through ssh.
 func remoteScenario(t *testing.T, e *env) {
-	if e.host != nil {
-		t.Skip("the test host has no sshd: -H is tested on the direct backend, whose commands run the same")
-	}
 	l := startRemoteLab(t, e)
 	A, B := l.hostA, l.hostB
 	const name = "e2e-remote"
@@ -512,9 +547,8 @@ func remoteScenario(t *testing.T, e *env) {
 			t.Errorf("an unreachable host among two:\n%s", r)
 		}
 		// A host that answers garbage or too much: named, the others listed.
-		garbage := filepath.Join(l.dir, "garbage-nsbox")
-		writeLab(t, garbage, fmt.Sprintf("#!/bin/sh\nif [ \"$NSBOX_ROOT\" = %s ]; then printf 'nsbox-remote/1-1 0.0\\n' >&2; head -c 70000000 /dev/zero; exit 0; fi\nexec %s \"$@\"\n", l.rootB, e.nsbox))
-		os.Chmod(garbage, 0o755)
+		garbage := l.sdir + "/garbage-nsbox"
+		l.srvFile(t, garbage, fmt.Sprintf("#!/bin/sh\nif [ \"$NSBOX_ROOT\" = %s ]; then printf 'nsbox-remote/1-1 0.0\\n' >&2; head -c 70000000 /dev/zero; exit 0; fi\nexec %s \"$@\"\n", l.rootB, e.nsbox), 0o755)
 		r = l.run(t, "", []string{"NSBOX_REMOTE_PROGRAM=" + garbage}, "-H", A, "-H", B, "list", "-o", "json")
 		if r.code != 1 || !strings.Contains(r.stdout, name) || !strings.Contains(r.stderr, B) {
 			t.Errorf("a host answering 70 MB of zeros:\n%s", r)
@@ -537,12 +571,10 @@ func remoteScenario(t *testing.T, e *env) {
 			t.Errorf("no nsbox there:\n%s", r)
 		}
 		// An nsbox from before -H, and one of a newer protocol.
-		old := filepath.Join(l.dir, "old-nsbox")
-		writeLab(t, old, "#!/bin/sh\necho 'nsbox: unknown command \"__remote\" (see: nsbox --help)' >&2\nexit 2\n")
-		newer := filepath.Join(l.dir, "newer-nsbox")
-		writeLab(t, newer, "#!/bin/sh\nprintf 'nsbox-remote/2-3 9.0.0\\n' >&2\nexit 126\n")
-		os.Chmod(old, 0o755)
-		os.Chmod(newer, 0o755)
+		old := l.sdir + "/old-nsbox"
+		l.srvFile(t, old, "#!/bin/sh\necho 'nsbox: unknown command \"__remote\" (see: nsbox --help)' >&2\nexit 2\n", 0o755)
+		newer := l.sdir + "/newer-nsbox"
+		l.srvFile(t, newer, "#!/bin/sh\nprintf 'nsbox-remote/2-3 9.0.0\\n' >&2\nexit 126\n", 0o755)
 		r = l.run(t, "", []string{"NSBOX_REMOTE_PROGRAM=" + old}, "-H", A, "list")
 		if r.code != 126 || !strings.Contains(r.stderr, "did not answer in the remote protocol") || !strings.Contains(r.stderr, "upgrade nsbox on "+A) {
 			t.Errorf("an old nsbox there:\n%s", r)
