@@ -268,14 +268,21 @@ func run(args []string) int {
 }
 
 // runCommandLine executes the command line and returns the exit status. The
-// first SIGINT, SIGTERM or SIGHUP cancels the context so the running
-// operation cleans up what it made; a second one exits at once. With
-// allowRemote false (the remote side itself), -H is refused.
+// first SIGINT or SIGTERM (and, on the remote side of -H, SIGHUP) cancels
+// the context so the running operation cleans up what it made; a second
+// one exits at once. With allowRemote false (the remote side itself), -H
+// is refused.
 func runCommandLine(args []string, allowRemote bool) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	if !allowRemote {
+		// The remote side of -H: its connection gone is a hang-up
+		// (watchHangup, or its terminal's), which stops the work as
+		// Ctrl-C would here.
+		signal.Notify(sigs, syscall.SIGHUP)
+	}
 	// The exit status of the first signal; read after the context ends.
 	var interrupted atomic.Int32
 	go func() {

@@ -99,15 +99,15 @@ func startRemoteLab(t *testing.T, e *env) *remoteLab {
 			t.Fatalf("remote lab, on the server: %v\n$ %s\n%s", err, script, out)
 		}
 	}
-	if out, err := l.srv("test -x /usr/sbin/sshd"); err != nil {
-		t.Fatalf("openssh-server is not installed on the server (just deps; the test host's packages): %s", out)
-	}
 	peerNS := ""
 	if e.host != nil {
 		peerNS = fmt.Sprint(e.host.leader)
 	} else {
 		sh("ip netns add " + l.server)
 		peerNS = l.server
+	}
+	if out, err := l.srv("test -x /usr/sbin/sshd"); err != nil {
+		t.Fatalf("openssh-server is not installed on the server (just deps; the test host's packages): %s", out)
 	}
 	sh(fmt.Sprintf(`cd %[1]s
 ssh-keygen -q -t ed25519 -N '' -C e2e-host -f hostkey
