@@ -152,7 +152,7 @@ func runRemote(ctx context.Context, app *cli.App, values, args []string) int {
 
 // remoteTTY chooses ssh -t or -T for a command: a remote terminal for
 // what is interactive (shell, run, edit, top, boot --console) when this
-// side is a terminal; shell -t forces one, shell -T refuses one.
+// side's stdin is a terminal; shell -t forces one, shell -T refuses one.
 func remoteTTY(cmd string, words []string) remote.TTY {
 	has := func(names ...string) bool {
 		for _, w := range words {
@@ -167,7 +167,9 @@ func remoteTTY(cmd string, words []string) remote.TTY {
 		}
 		return false
 	}
-	interactive := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
+	// As a local shell: a terminal when stdin is one (ssh -t asks for
+	// one only then).
+	interactive := term.IsTerminal(int(os.Stdin.Fd()))
 	switch cmd {
 	case "shell", "run":
 		switch {

@@ -163,3 +163,25 @@ func TestCompleteHostsFromSSHConfig(t *testing.T) {
 		t.Errorf("hosts offered after -H: %d %q", code, out)
 	}
 }
+
+func TestRemoteTTY(t *testing.T) {
+	// The test's stdin is no terminal: only shell -t gets one.
+	cases := []struct {
+		cmd   string
+		words []string
+		want  remote.TTY
+	}{
+		{"shell", []string{"shell", "-t", "web"}, remote.ForceTTY},
+		{"shell", []string{"shell", "--tty", "web", "--", "top"}, remote.ForceTTY},
+		{"shell", []string{"shell", "-T", "web"}, remote.NoTTY},
+		{"shell", []string{"shell", "web", "--", "sh", "-t"}, remote.NoTTY},
+		{"shell", []string{"shell", "web"}, remote.NoTTY},
+		{"list", []string{"list", "-t"}, remote.NoTTY},
+		{"boot", []string{"boot", "--console", "web"}, remote.NoTTY},
+	}
+	for _, c := range cases {
+		if got := remoteTTY(c.cmd, c.words); got != c.want {
+			t.Errorf("remoteTTY(%q) = %v, want %v", c.words, got, c.want)
+		}
+	}
+}
