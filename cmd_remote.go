@@ -139,6 +139,11 @@ func runRemote(ctx context.Context, app *cli.App, values, args []string) int {
 		return report(app.RunContext(ctx, args))
 	}
 	sp := s.spec(s.hosts[0], remoteTTY(cmd, args[ci:]), args[1:])
+	if !readsStdin[cmd] {
+		// As ssh -n: a "while read h; do nsbox -H $h list; done"
+		// keeps its input.
+		sp.Stdin = nil
+	}
 	res, err := remote.Run(ctx, sp)
 	if err != nil {
 		return report(err)
@@ -149,6 +154,11 @@ func runRemote(ctx context.Context, app *cli.App, values, args []string) int {
 	}
 	return code
 }
+
+// readsStdin are the commands that may read their standard input (a
+// command's, a tar stream, an image, an editor's answers); the others get
+// none through -H, as with ssh -n.
+var readsStdin = map[string]bool{"shell": true, "run": true, "cp": true, "import": true, "create": true, "edit": true, "boot": true, "top": true}
 
 // remoteTTY chooses ssh -t or -T for a command: a remote terminal for
 // what is interactive (shell, run, edit, top, boot --console) when this

@@ -185,3 +185,28 @@ func TestRemoteTTY(t *testing.T) {
 		}
 	}
 }
+
+// A command that does not read its input gets none through -H (ssh -n):
+// a loop reading the same input keeps it.
+func TestRemoteStdinOnlyForReaders(t *testing.T) {
+	dir := t.TempDir()
+	ssh := "#!/bin/sh\ncat > \"$FAKE_DIR/stdin\"\nprintf 'nsbox-remote/1-1 x\\n' >&2\n"
+	os.WriteFile(filepath.Join(dir, "ssh"), []byte(ssh), 0o755)
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	t.Setenv("FAKE_DIR", dir)
+	t.Setenv("NSBOX_SSH", "")
+	for cmd, want := range map[string]string{"status": "", "list": "", "shell": "input\n", "import": "input\n"} {
+		r, w, _ := os.Pipe()
+		w.WriteString("input\n")
+		w.Close()
+		old := os.Stdin
+		os.Stdin = r
+		_, code := capture(t, "-H", "web", cmd, "x")
+		os.Stdin = old
+		r.Close()
+		got, _ := os.ReadFile(filepath.Join(dir, "stdin"))
+		if code != 0 || string(got) != want {
+			t.Errorf("%s: exit %d, the remote got %q on stdin, want %q", cmd, code, got, want)
+		}
+	}
+}
