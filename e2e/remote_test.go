@@ -359,7 +359,7 @@ func remoteScenario(t *testing.T, e *env) {
 			}
 		}
 		time.Sleep(2 * time.Second)
-		f.Write([]byte("stty size; echo sum=$((6*7)); tty\r"))
+		f.Write([]byte("stty size; tty; echo sum=$((6*7))\r"))
 		waitFor("sum=42")
 		if !strings.Contains(out.String(), "33 101") {
 			t.Errorf("the window size did not pass:\n%s", out.String())
