@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -208,5 +209,42 @@ func TestRemoteStdinOnlyForReaders(t *testing.T) {
 		if code != 0 || string(got) != want {
 			t.Errorf("%s: exit %d, the remote got %q on stdin, want %q", cmd, code, got, want)
 		}
+	}
+}
+
+// list of several hosts: each host's objects get "host" first, a host
+// answering garbage is named and left out, the others are listed.
+func TestListSeveralHosts(t *testing.T) {
+	dir := t.TempDir()
+	// The fake ssh answers by the host it is given (the word after --).
+	ssh := `#!/bin/sh
+while [ "$1" != -- ]; do shift; done
+host=$2
+printf 'nsbox-remote/1-1 x\n' >&2
+case $host in
+a) printf '[{"name":"web","state":"running","managed":true}]' ;;
+b) printf '[]' ;;
+c) echo "warning from c" >&2; printf 'garbage' ;;
+d) printf '[{"name":"db","state":"stopped","os":"debian\u001b[2J"}]' ;;
+esac
+`
+	os.WriteFile(filepath.Join(dir, "ssh"), []byte(ssh), 0o755)
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	t.Setenv("NSBOX_SSH", "")
+	out, code := capture(t, "-H", "a", "-H", "b", "-H", "c", "-H", "root@d:2222", "list", "-o", "json")
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if code != exitError || len(rows) != 2 || rows[0]["host"] != "a" || rows[0]["name"] != "web" || rows[1]["host"] != "root@d:2222" || rows[1]["name"] != "db" {
+		t.Errorf("exit %d, rows %v", code, rows)
+	}
+	if !strings.HasPrefix(strings.TrimSpace(out), "[\n  {\n    \"host\": \"a\",") {
+		t.Errorf("host is not the first field:\n%s", out)
+	}
+	out, code = capture(t, "-H", "a", "-H", "d", "list")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[0], "HOST") || !strings.HasPrefix(lines[1], "a ") || strings.Contains(out, "\x1b") {
+		t.Errorf("table: exit %d\n%s", code, out)
 	}
 }
