@@ -148,7 +148,7 @@ func runRemote(ctx context.Context, app *cli.App, values, args []string) int {
 	if err != nil {
 		return report(err)
 	}
-	code, err := remote.Outcome(sp.Host, res, buildVersion())
+	code, err := remote.Explain(ctx, sp, res, buildVersion())
 	if err != nil {
 		reportTo(os.Stderr, err)
 	}
@@ -302,7 +302,7 @@ func listHosts(c *cli.Context, s *remoteSetup, globals []string) error {
 				a.err = err
 				return
 			}
-			code, err := remote.Outcome(h, res, buildVersion())
+			code, err := remote.Explain(c.Context, sp, res, buildVersion())
 			switch {
 			case a.out.over:
 				a.err = fmt.Errorf("%s: list answered more than %d bytes", h, maxListAnswer)
@@ -451,7 +451,7 @@ func copyRemote(c *cli.Context, s *remoteSetup, globals []string, src, dst machi
 	if err != nil {
 		return err
 	}
-	code, rerr := remote.Outcome(h, res, buildVersion())
+	code, rerr := remote.Explain(ctx, sp, res, buildVersion())
 	var cons errConsequence
 	switch {
 	case lerr != nil && !errors.Is(lerr, syscall.EPIPE) && !errors.As(lerr, &cons):

@@ -448,6 +448,48 @@ func remoteScenario(t *testing.T, e *env) {
 		}
 	})
 
+	t.Run("cp interrupted", func(t *testing.T) {
+		// A 4 GiB file (sparse here, zeros in the stream) takes seconds
+		// through ssh; Ctrl-C here stops the copy there, which leaves
+		// nothing half-made.
+		big := filepath.Join(l.dir, "big")
+		if err := os.Truncate(big, 0); err != nil {
+			os.WriteFile(big, nil, 0o644)
+		}
+		if err := os.Truncate(big, 4<<30); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(big)
+		argv := l.argv(nil, "-H", A, "cp", big, name+":/root")
+		cmd := exec.Command(argv[0], argv[1:]...)
+		var out safeBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Wait until the copy is under way there.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			r := l.run(t, "", nil, "-H", A, "shell", name, "--", "sh", "-c", "ls -a /root | grep '^\\.#' || true")
+			if r.stdout != "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the copy never started there: %s", out.String())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		if code := cmd.ProcessState.ExitCode(); code != 130 {
+			t.Errorf("cp interrupted: exit %d, want 130\n%s", code, out.String())
+		}
+		waitNoRemote(t, "cp")
+		if r := l.must(t, "-H", A, "shell", name, "--", "ls", "-a", "/root"); strings.Contains(r.stdout, ".#") || strings.Contains(r.stdout, "big") {
+			t.Errorf("an interrupted copy left in the machine's /root:\n%s", r.stdout)
+		}
+	})
+
 	t.Run("logs -f interrupted", func(t *testing.T) {
 		argv := l.argv(nil, "-H", A, "logs", name, "-f", "-n", "3")
 		cmd := exec.Command(argv[0], argv[1:]...)
@@ -572,11 +614,11 @@ func remoteScenario(t *testing.T, e *env) {
 		}
 		// An nsbox from before -H, and one of a newer protocol.
 		old := l.sdir + "/old-nsbox"
-		l.srvFile(t, old, "#!/bin/sh\necho 'nsbox: unknown command \"__remote\" (see: nsbox --help)' >&2\nexit 2\n", 0o755)
+		l.srvFile(t, old, "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'nsbox 0.0.9 (commit 1234567)'; exit 0; }\necho 'nsbox: unknown command \"__remote\" (see: nsbox --help)' >&2\nexit 2\n", 0o755)
 		newer := l.sdir + "/newer-nsbox"
 		l.srvFile(t, newer, "#!/bin/sh\nprintf 'nsbox-remote/2-3 9.0.0\\n' >&2\nexit 126\n", 0o755)
 		r = l.run(t, "", []string{"NSBOX_REMOTE_PROGRAM=" + old}, "-H", A, "list")
-		if r.code != 126 || !strings.Contains(r.stderr, "did not answer in the remote protocol") || !strings.Contains(r.stderr, "upgrade nsbox on "+A) {
+		if r.code != 126 || !strings.Contains(r.stderr, "nsbox there (nsbox 0.0.9 (commit 1234567)) does not speak the remote protocol") || !strings.Contains(r.stderr, "upgrade nsbox on "+A) {
 			t.Errorf("an old nsbox there:\n%s", r)
 		}
 		r = l.run(t, "", []string{"NSBOX_REMOTE_PROGRAM=" + newer}, "-H", A, "list")

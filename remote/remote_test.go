@@ -231,6 +231,7 @@ for last; do :; done
 exec sh -c "$last"
 `
 	nsbox := `#!/bin/sh
+if [ "$1" = --version ]; then echo "nsbox 0.0.9 (commit old)"; exit 0; fi
 [ -n "$FAKE_HEADER" ] && printf '%s\n' "$FAKE_HEADER" >&2
 shift 1
 for a; do printf '[%s]' "$a"; done
@@ -309,6 +310,17 @@ func TestRunWithFakeSSH(t *testing.T) {
 	res, _, _ = run("list")
 	if code, err := Outcome(Host{Name: "web"}, res, "v"); code != ExitProtocol || err == nil {
 		t.Errorf("older: %d, %v", code, err)
+	}
+	// Explain asks it for its version.
+	spec := Spec{SSH: []string{"ssh"}, Host: Host{Name: "web"}, Program: filepath.Join(dir, "nsbox")}
+	if code, err := Explain(context.Background(), spec, res, "0.1.0"); code != ExitProtocol || err == nil ||
+		!strings.Contains(err.Error(), "nsbox there (nsbox 0.0.9 (commit old)) does not speak the remote protocol; this one speaks 1 (nsbox 0.1.0): upgrade nsbox on web") {
+		t.Errorf("older, explained: %d, %v", code, err)
+	}
+	// A host that is not nsbox's answers no version: the plain message.
+	spec.Program = "/bin/false"
+	if _, err := Explain(context.Background(), spec, res, "0.1.0"); err == nil || !strings.Contains(err.Error(), "did not answer in the remote protocol") {
+		t.Errorf("no version: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "PWNED")); err == nil {
 		t.Error("a word ran a command on the remote side")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -128,6 +129,56 @@ func Outcome(h Host, r Result, local string) (int, error) {
 	return ExitProtocol, &Error{Host: h, Status: ExitProtocol, Msg: fmt.Sprintf(
 		"%s: nsbox there did not answer in the remote protocol (exit status %d; an nsbox without -H support, older than this one (nsbox %s, protocol %d)? upgrade nsbox on %s)",
 		h, r.Status, local, Protocol, h)}
+}
+
+// Explain is Outcome, and where a host answered without the protocol's
+// header (an nsbox from before it, say), it asks that host's nsbox for
+// its version (nsbox --version, a second connection made only then) to
+// name it in the message.
+func Explain(ctx context.Context, s Spec, r Result, local string) (int, error) {
+	code, err := Outcome(s.Host, r, local)
+	var e *Error
+	if r.Seen || !errors.As(err, &e) || e.Status != ExitProtocol {
+		return code, err
+	}
+	if v := RemoteVersion(ctx, s); v != "" {
+		e.Msg = fmt.Sprintf("%s: nsbox there (%s) does not speak the remote protocol; this one speaks %d (nsbox %s): upgrade nsbox on %s",
+			s.Host, v, Protocol, local, s.Host)
+	}
+	return code, err
+}
+
+// RemoteVersion is the first line of "nsbox --version" on the host, or
+// "" when it does not answer so within 30 seconds.
+func RemoteVersion(ctx context.Context, s Spec) string {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	argv := SSHArgs(s.SSH, s.Host, NoTTY, Quote(s.Program)+" "+Quote("--version"))
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	var out cappedWriter
+	out.max = 4096
+	cmd.Stdout = &out
+	if err := cmd.Run(); err != nil {
+		return ""
+	}
+	line, _, _ := strings.Cut(string(out.b), "\n")
+	if !strings.HasPrefix(line, "nsbox ") {
+		return ""
+	}
+	return line
+}
+
+// cappedWriter keeps the first max bytes written to it.
+type cappedWriter struct {
+	b   []byte
+	max int
+}
+
+func (w *cappedWriter) Write(p []byte) (int, error) {
+	if room := w.max - len(w.b); room > 0 {
+		w.b = append(w.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
 }
 
 func span(lo, hi int) string {
