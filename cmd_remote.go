@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,6 +227,11 @@ func serveRemote(args []string) int {
 	}
 	// An NSBOX_HOST of this host's would send the command on again.
 	os.Unsetenv("NSBOX_HOST")
+	// A write to ssh's end once it is gone fails with EPIPE, which the
+	// command handles (cleaning up as it does on any error), instead of
+	// Go's exit on SIGPIPE for stdout and stderr. A handler, not
+	// SIG_IGN: the programs it starts keep SIGPIPE's default.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	go watchHangup()
 	return runCommandLine(append([]string{args[0]}, args[3:]...), false)
 }
