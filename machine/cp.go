@@ -265,10 +265,11 @@ func readInSide(s treecopy.Side, p string) ([]byte, error) {
 }
 
 // WriteHostTar writes the host path src to w as a tar stream whose top
-// entry is src's name (nsbox cp's stream out, for a copy to a machine on
-// another host).
+// entry is src's name, for a copy into a machine on another host (which
+// keeps setuid bits, capabilities and device nodes, as a copy into a
+// machine here does).
 func WriteHostTar(ctx context.Context, src string, w io.Writer) (CopyResult, error) {
-	st, err := treecopy.WriteTar(ctx, treecopy.Host, src, w)
+	st, err := treecopy.WriteHostTar(ctx, src, w)
 	return CopyResult{st}, err
 }
 
