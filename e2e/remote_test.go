@@ -408,11 +408,21 @@ func remoteScenario(t *testing.T, e *env) {
 		os.WriteFile(filepath.Join(src, "sub dir", "f'1;x"), []byte("hello\n"), 0o640)
 		os.Chown(filepath.Join(src, "sub dir", "f'1;x"), 1000, 1001)
 		os.Symlink("/etc/passwd", filepath.Join(src, "link"))
+		// What a copy into a machine keeps: a setuid bit, a device node.
+		os.WriteFile(filepath.Join(src, "suid"), []byte("s"), 0o755)
+		syscall.Chmod(filepath.Join(src, "suid"), 0o4755)
+		if err := syscall.Mknod(filepath.Join(src, "null"), syscall.S_IFCHR|0o666, 1<<8|3); err != nil {
+			t.Fatal(err)
+		}
 		l.must(t, "-H", A, "shell", name, "--", "mkdir", "-p", "/root/in")
 		l.must(t, "-H", A, "cp", src, name+":/root/in")
 		got := l.must(t, "-H", A, "shell", name, "--", "sh", "-c", `cd '/root/in/s rc$(x)' && stat -c '%u %g %a' 'sub dir/f'"'"'1;x' && cat 'sub dir/f'"'"'1;x' && readlink link`).stdout
 		if got != "1000 1001 640\nhello\n/etc/passwd\n" {
 			t.Errorf("the copy in the remote machine (owner, mode, content, link):\n%s", got)
+		}
+		got = l.must(t, "-H", A, "shell", name, "--", "stat", "-c", "%n %a %F %t,%T", "/root/in/s rc$(x)/suid", "/root/in/s rc$(x)/null").stdout
+		if !strings.Contains(got, "suid 4755 regular") || !strings.Contains(got, "null 666 character special file 1,3") {
+			t.Errorf("a setuid bit and a device node copied into the remote machine:\n%s", got)
 		}
 		// Out, into a directory here and as a new name here.
 		out := filepath.Join(work, "out")
