@@ -414,6 +414,7 @@ func remoteScenario(t *testing.T, e *env) {
 		if err := syscall.Mknod(filepath.Join(src, "null"), syscall.S_IFCHR|0o666, 1<<8|3); err != nil {
 			t.Fatal(err)
 		}
+		syscall.Chmod(filepath.Join(src, "null"), 0o666)
 		l.must(t, "-H", A, "shell", name, "--", "mkdir", "-p", "/root/in")
 		l.must(t, "-H", A, "cp", src, name+":/root/in")
 		got := l.must(t, "-H", A, "shell", name, "--", "sh", "-c", `cd '/root/in/s rc$(x)' && stat -c '%u %g %a' 'sub dir/f'"'"'1;x' && cat 'sub dir/f'"'"'1;x' && readlink link`).stdout
