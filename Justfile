@@ -179,6 +179,7 @@ e2e: deps
 fuzz:
     go test -run '^$' -fuzz '^FuzzValidateName$' -fuzztime 500000x ./machine/backend/
     go test -run '^$' -fuzz '^FuzzArchiveChecker$' -fuzztime 400000x ./machine/image/
+    go test -run '^$' -fuzz '^FuzzParseHost$' -fuzztime 300000x ./remote/
 
 # every test: lint, unit, fuzz, then end to end
 test: lint unit fuzz e2e
