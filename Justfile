@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Debian packages nsbox and its tests need on the host.
-host_packages := "systemd-container debootstrap gpgv gpg dbus iproute2 util-linux zstd nftables btrfs-progs lintian"
+host_packages := "systemd-container debootstrap gpgv gpg dbus iproute2 util-linux zstd nftables btrfs-progs lintian openssh-client openssh-server"
 
 # where just install puts nsbox, and a staging directory in front of it
 # (as make's DESTDIR): just PREFIX=/usr DESTDIR=/tmp/stage install
@@ -179,6 +179,7 @@ e2e: deps
 fuzz:
     go test -run '^$' -fuzz '^FuzzValidateName$' -fuzztime 500000x ./machine/backend/
     go test -run '^$' -fuzz '^FuzzArchiveChecker$' -fuzztime 400000x ./machine/image/
+    go test -run '^$' -fuzz '^FuzzParseHost$' -fuzztime 300000x ./remote/
 
 # every test: lint, unit, fuzz, then end to end
 test: lint unit fuzz e2e

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/nsbox/nsbox/machine"
+	"github.com/nsbox/nsbox/remote"
 	"github.com/urfave/cli/v2"
 )
 
@@ -135,9 +136,15 @@ func completeMachines(c *cli.Context) {
 
 // completeFlagValue offers values for flag, whose value is being
 // completed: the host's ordinary users after --bind-user, create's ways
-// to verify after --verify, nothing after the others (the shell then
-// completes file names).
+// to verify after --verify, the hosts of the user's ssh config after -H,
+// nothing after the others (the shell then completes file names).
 func completeFlagValue(flag string) {
+	if flag == "-H" || flag == "--host" {
+		for _, h := range sshConfigHosts() {
+			fmt.Println(h)
+		}
+		return
+	}
 	if flag == "--verify" {
 		fmt.Println(machine.VerifyChecksum + "\n" + machine.VerifySignature + "\n" + machine.VerifyNo)
 		return
@@ -152,4 +159,30 @@ func completeFlagValue(flag string) {
 	for _, name := range machine.OrdinaryUsers(string(b)) {
 		fmt.Println(name)
 	}
+}
+
+// sshConfigHosts are the host names of Host lines in ~/.ssh/config that
+// are not patterns, those -H would take.
+func sshConfigHosts() []string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return nil
+	}
+	b, err := os.ReadFile(home + "/.ssh/config")
+	if err != nil {
+		return nil
+	}
+	var hosts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || !strings.EqualFold(f[0], "Host") {
+			continue
+		}
+		for _, h := range f[1:] {
+			if _, err := remote.ParseHost(h); err == nil {
+				hosts = append(hosts, h)
+			}
+		}
+	}
+	return hosts
 }

@@ -55,6 +55,9 @@ func cpCommand() *cli.Command {
 			if err := machine.CheckCopy(src, dst, o); err != nil {
 				return usagef("cp: %v", err)
 			}
+			if s, globals := remoteOf(c); s != nil {
+				return copyRemote(c, s, globals, src, dst)
+			}
 			m, err := manager(c)
 			if err != nil {
 				return err

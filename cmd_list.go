@@ -33,6 +33,9 @@ func listCommand() *cli.Command {
 			if err := checkOutput(c); err != nil {
 				return err
 			}
+			if s, globals := remoteOf(c); s != nil {
+				return listHosts(c, s, globals)
+			}
 			m, err := manager(c)
 			if err != nil {
 				return err
@@ -44,7 +47,7 @@ func listCommand() *cli.Command {
 			if c.String("output") == "json" {
 				return writeJSON(os.Stdout, infos)
 			}
-			writeTable(os.Stdout, infos, !c.Bool("no-legend"), c.Bool("usage"))
+			writeTable(os.Stdout, infos, nil, !c.Bool("no-legend"), c.Bool("usage"))
 			return nil
 		},
 	}
@@ -102,16 +105,21 @@ func dash(s string) string {
 // neither steer the terminal nor break the columns.
 func cell(s string) string { return machine.Printable(dash(s)) }
 
-func writeTable(w io.Writer, infos []machine.Info, legend, usage bool) {
+// writeTable writes list's table; with hosts (one for each of infos), a
+// HOST column first.
+func writeTable(w io.Writer, infos []machine.Info, hosts []string, legend, usage bool) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if legend {
 		head := "NAME\tSTATE\tOS\tVERSION\tADDRESSES\tROOT\tSINCE"
 		if usage {
 			head = "NAME\tSTATE\tOS\tVERSION\tUSAGE\tADDRESSES\tROOT\tSINCE"
 		}
+		if hosts != nil {
+			head = "HOST\t" + head
+		}
 		fmt.Fprintln(tw, head)
 	}
-	for _, i := range infos {
+	for n, i := range infos {
 		name := i.Name
 		if !i.Managed {
 			name += "*"
@@ -128,6 +136,9 @@ func writeTable(w io.Writer, infos []machine.Info, legend, usage bool) {
 			state += " (app)"
 		}
 		row := []string{cell(name), cell(state), cell(i.OS), cell(i.Version)}
+		if hosts != nil {
+			row = append([]string{cell(hosts[n])}, row...)
+		}
 		if usage {
 			u := "-"
 			if i.Managed || i.ImageType != "" {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/nsbox/nsbox/machine"
 	"github.com/nsbox/nsbox/machine/argv"
+	"github.com/nsbox/nsbox/remote"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -30,6 +31,7 @@ import (
 const (
 	exitError       = 1
 	exitUsage       = 2
+	exitHangup      = 129
 	exitInterrupted = 130
 	exitTerminated  = 143
 )
@@ -62,6 +64,7 @@ func newApp() *cli.App {
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "say what is being done"},
 			&cli.BoolFlag{Name: "debug", Usage: "log every command run and its output"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only results and errors"},
+			hostFlag,
 		},
 		Before:                    setupLogging,
 		After:                     closeManagers,
@@ -259,28 +262,52 @@ func keepInheritedFiles() {
 	}
 }
 
-// run executes the command line and returns the exit status. The first
-// SIGINT or SIGTERM cancels the context so the running operation cleans up
-// what it made; a second one exits at once.
+// run executes the command line and returns the exit status: here, on
+// another host (-H, NSBOX_HOST), or as the remote side of one
+// (nsbox __remote).
 func run(args []string) int {
+	if len(args) > 1 && args[1] == remote.Command {
+		return serveRemote(args)
+	}
+	return runCommandLine(args, true)
+}
+
+// runCommandLine executes the command line and returns the exit status. The
+// first SIGINT or SIGTERM (and, on the remote side of -H, SIGHUP) cancels
+// the context so the running operation cleans up what it made; a second
+// one exits at once. With allowRemote false (the remote side itself), -H
+// is refused.
+func runCommandLine(args []string, allowRemote bool) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	if !allowRemote {
+		// The remote side of -H: its connection gone is a hang-up
+		// (watchHangup, or its terminal's), which stops the work as
+		// Ctrl-C would here.
+		signal.Notify(sigs, syscall.SIGHUP)
+	}
 	// The exit status of the first signal; read after the context ends.
 	var interrupted atomic.Int32
 	go func() {
 		first := <-sigs
-		if first == syscall.SIGTERM {
+		switch first {
+		case syscall.SIGTERM:
 			interrupted.Store(exitTerminated)
-		} else {
+		case syscall.SIGHUP:
+			interrupted.Store(exitHangup)
+		default:
 			interrupted.Store(exitInterrupted)
 		}
 		cancel()
 		second := <-sigs
 		fmt.Fprintln(os.Stderr, "nsbox: interrupted again; exiting now (a temporary .#NAME tree or mount may be left; the next create sweeps it)")
-		if second == syscall.SIGTERM {
+		switch second {
+		case syscall.SIGTERM:
 			os.Exit(exitTerminated)
+		case syscall.SIGHUP:
+			os.Exit(exitHangup)
 		}
 		os.Exit(exitInterrupted)
 	}()
@@ -298,7 +325,33 @@ func run(args []string) int {
 	if err != nil {
 		return report(usagef("%v", err))
 	}
-	err = app.RunContext(ctx, hoisted)
+	values, rest, err := splitHosts(app, hoisted)
+	if err != nil {
+		return report(err)
+	}
+	if len(values) == 0 && allowRemote {
+		if env := os.Getenv("NSBOX_HOST"); env != "" {
+			hosts, err := remote.ParseHosts(env)
+			if err != nil {
+				return report(usagef("NSBOX_HOST: %v", err))
+			}
+			for _, h := range hosts {
+				values = append(values, h.String())
+			}
+		}
+	}
+	if len(values) > 0 {
+		if !allowRemote {
+			return report(usagef("-H is not taken by nsbox run through -H"))
+		}
+		code := runRemote(ctx, app, values, rest)
+		if c := interrupted.Load(); ctx.Err() != nil && c != 0 {
+			fmt.Fprintln(os.Stderr, "nsbox: interrupted")
+			return int(c)
+		}
+		return code
+	}
+	err = app.RunContext(ctx, rest)
 	if code := interrupted.Load(); ctx.Err() != nil && code != 0 {
 		fmt.Fprintln(os.Stderr, "nsbox: interrupted")
 		return int(code)
@@ -320,6 +373,11 @@ func reportTo(w io.Writer, err error) int {
 	var code exitCode
 	if errors.As(err, &code) {
 		return int(code)
+	}
+	var re *remote.Error
+	if errors.As(err, &re) {
+		fmt.Fprintf(w, "nsbox: %s\n", machine.Printable(re.Msg))
+		return re.Status
 	}
 	// The problems of an edited settings file, one a line, before the
 	// summary.

@@ -52,7 +52,7 @@ func hostileInfo() machine.Info {
 
 func TestWriteTableEscapesMachineText(t *testing.T) {
 	var b bytes.Buffer
-	writeTable(&b, []machine.Info{hostileInfo()}, true, true)
+	writeTable(&b, []machine.Info{hostileInfo()}, nil, true, true)
 	out := b.String()
 	if bad := rawControls(out); len(bad) > 0 {
 		t.Errorf("table carries raw control characters %q:\n%s", bad, out)

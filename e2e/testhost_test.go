@@ -21,6 +21,9 @@ var testHostPackages = []string{
 	// what systemd-container recommends, and apt installs with it: machine
 	// names resolve on the host through machined
 	"libnss-mymachines",
+	// the server of nsbox -H (remote_test.go), started by the test with
+	// a config of its own; its ssh.service is disabled
+	"openssh-server",
 }
 
 const testHostRelease = "bookworm"
@@ -68,6 +71,13 @@ func testHostRoot() (string, error) {
 		"etc/hostname":   "nsbox-e2e-host\n",
 	} {
 		if err := os.WriteFile(filepath.Join(tmp, path), []byte(content), 0o644); err != nil {
+			return "", err
+		}
+	}
+	// The test starts its own sshd where it needs one (remote_test.go):
+	// none listens in a test host of its own accord.
+	for _, l := range []string{"etc/systemd/system/multi-user.target.wants/ssh.service", "etc/systemd/system/sshd.service"} {
+		if err := os.Remove(filepath.Join(tmp, l)); err != nil && !os.IsNotExist(err) {
 			return "", err
 		}
 	}

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/nsbox/nsbox/machine/treecopy"
 )
@@ -260,4 +262,47 @@ func readInSide(s treecopy.Side, p string) ([]byte, error) {
 		return nil, fmt.Errorf("%s is not a file", p)
 	}
 	return io.ReadAll(io.LimitReader(f, maxPasswd))
+}
+
+// WriteHostTar writes the host path src to w as a tar stream whose top
+// entry is src's name, for a copy into a machine on another host (which
+// keeps setuid bits, capabilities and device nodes, as a copy into a
+// machine here does).
+func WriteHostTar(ctx context.Context, src string, w io.Writer) (CopyResult, error) {
+	st, err := treecopy.WriteHostTar(ctx, src, w)
+	return CopyResult{st}, err
+}
+
+// ExtractHostTar unpacks the tar stream r, one tree or file at its top,
+// as the host path dst, as nsbox cp does with a copy out of a machine on
+// another host: into dst when it is a directory (the tree under its own
+// name), else as dst itself, made beside it under a temporary name and
+// renamed into place (a file there is replaced). Nothing half-made is
+// left.
+func ExtractHostTar(ctx context.Context, r io.Reader, dst string) (CopyResult, error) {
+	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
+		st, err := treecopy.ExtractTar(ctx, r, treecopy.Host, dst, treecopy.Options{})
+		return CopyResult{st}, err
+	}
+	parent := filepath.Dir(dst)
+	tmp, err := os.MkdirTemp(parent, ".#nsbox-cp.")
+	if err != nil {
+		return CopyResult{}, &treecopy.Error{Op: "cannot create", Path: dst, Err: errors.Unwrap(err)}
+	}
+	defer host.RemoveTree(tmp)
+	st, err := treecopy.ExtractTar(ctx, r, treecopy.Host, tmp, treecopy.Options{})
+	if err != nil {
+		return CopyResult{st}, err
+	}
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		return CopyResult{st}, err
+	}
+	if len(ents) != 1 {
+		return CopyResult{st}, fmt.Errorf("the stream has %d entries at its top, not one", len(ents))
+	}
+	if err := os.Rename(filepath.Join(tmp, ents[0].Name()), dst); err != nil {
+		return CopyResult{st}, &treecopy.Error{Op: "cannot create", Path: dst, Err: errors.Unwrap(err)}
+	}
+	return CopyResult{st}, nil
 }

@@ -235,3 +235,7 @@ func CompletingValue(app *cli.App, args []string) (string, bool) {
 	}
 	return "", false
 }
+
+// CommandIndex is the place of the command in args, after the program
+// name and the global flags (len(args) when there is none).
+func CommandIndex(app *cli.App, args []string) int { return commandIndex(app, args) }

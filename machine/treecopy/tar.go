@@ -25,7 +25,19 @@ const paxXattr = "SCHILY.xattr."
 // host's: setuid bits and file capabilities do not leave a machine in
 // it, nor device nodes. Holes are written as zeros.
 func WriteTar(ctx context.Context, from Side, src string, w io.Writer) (Stats, error) {
-	c := &copier{ctx: ctx, from: from, to: Host, o: Options{FromMachine: true}}
+	return writeTar(ctx, from, src, w, true)
+}
+
+// WriteHostTar writes the host path src to w as WriteTar does, for a
+// machine: what goes into a machine keeps its setuid and setgid bits,
+// file capabilities and device nodes, as a copy from the host into a
+// machine does (nsbox -H HOST cp PATH NAME:DIR streams it so).
+func WriteHostTar(ctx context.Context, src string, w io.Writer) (Stats, error) {
+	return writeTar(ctx, Host, src, w, false)
+}
+
+func writeTar(ctx context.Context, from Side, src string, w io.Writer, fromMachine bool) (Stats, error) {
+	c := &copier{ctx: ctx, from: from, to: Host, o: Options{FromMachine: fromMachine}}
 	t := &tarWriter{copier: c, tw: tar.NewWriter(w), seen: map[devIno]string{}}
 	sp, sname, st, err := from.source(src)
 	if err != nil {
@@ -128,7 +140,16 @@ func (t *tarWriter) entry(sp int, sname string, st *unix.Stat_t, name, disp stri
 		t.stats.Others++
 		return t.write(h, nil, disp)
 	case unix.S_IFCHR, unix.S_IFBLK:
-		return &Error{Op: "cannot copy", Path: disp, Err: ErrDevice}
+		if t.toHost() {
+			return &Error{Op: "cannot copy", Path: disp, Err: ErrDevice}
+		}
+		h.Typeflag = tar.TypeChar
+		if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+			h.Typeflag = tar.TypeBlock
+		}
+		h.Devmajor, h.Devminor = int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
+		t.stats.Others++
+		return t.write(h, nil, disp)
 	case unix.S_IFIFO:
 		h.Typeflag = tar.TypeFifo
 		t.stats.Others++

@@ -469,3 +469,64 @@ func TestNodesAreSetByDescriptor(t *testing.T) {
 		t.Errorf("the FIFO: mode %o, owner %d", st.Mode, st.Uid)
 	}
 }
+
+// A host tree streamed for a machine keeps what a copy into a machine
+// keeps: setuid bits and device nodes; the same tree streamed as one out
+// of a machine drops the bit and refuses the device.
+func TestWriteHostTarKeepsWhatGoesIn(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir+"/t/suid", "x", 0o4755)
+	var buf bytes.Buffer
+	if _, err := WriteHostTar(context.Background(), dir+"/t", &buf); err != nil {
+		t.Fatal(err)
+	}
+	modes := map[string]int64{}
+	tr := tar.NewReader(&buf)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		modes[h.Name] = h.Mode
+	}
+	if modes["t/suid"]&0o4000 == 0 {
+		t.Errorf("the setuid bit was dropped for a machine: %o", modes["t/suid"])
+	}
+	buf.Reset()
+	WriteTar(context.Background(), Host, dir+"/t", &buf)
+	tr = tar.NewReader(&buf)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		if h.Name == "t/suid" && h.Mode&0o4000 != 0 {
+			t.Error("a stream out of a machine kept a setuid bit")
+		}
+	}
+	if os.Geteuid() != 0 {
+		return
+	}
+	if err := unix.Mknod(dir+"/t/null", unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		t.Skipf("mknod: %v", err)
+	}
+	buf.Reset()
+	if _, err := WriteHostTar(context.Background(), dir+"/t", &buf); err != nil {
+		t.Fatalf("a device node for a machine: %v", err)
+	}
+	found := false
+	tr = tar.NewReader(&buf)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		found = found || h.Name == "t/null" && h.Typeflag == tar.TypeChar && h.Devmajor == 1 && h.Devminor == 3
+	}
+	if !found {
+		t.Error("the device node is not in the stream")
+	}
+	if _, err := WriteTar(context.Background(), Host, dir+"/t", &bytes.Buffer{}); !errors.Is(err, ErrDevice) {
+		t.Errorf("a device out of a machine: %v", err)
+	}
+}
