@@ -472,7 +472,11 @@ func loopback(host string) bool {
 
 // describe turns a pull's failure into one line that says what went wrong
 // and what to do.
-func describe(src Source, o Options, err error) error {
+func describe(src Source, o Options, err error) error { return describeAs("pull", src, o, err) }
+
+// describeAs is describe for a pull or a push (verb; "" when the caller
+// says it).
+func describeAs(verb string, src Source, o Options, err error) error {
 	where := src.Text
 	var reg, repo string
 	if src.Kind == Registry {
@@ -500,7 +504,10 @@ func describe(src Source, o Options, err error) error {
 	if src.Kind == Registry {
 		where = src.Ref.Name()
 	}
-	return fmt.Errorf("pull %s: %w", where, oneLine(err))
+	if verb == "" {
+		return fmt.Errorf("%s: %w", where, oneLine(err))
+	}
+	return fmt.Errorf("%s %s: %w", verb, where, oneLine(err))
 }
 
 // oneLine keeps err's chain for errors.Is while its text is one line.
