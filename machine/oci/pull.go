@@ -416,7 +416,7 @@ type guarded struct {
 
 func (t guarded) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.Scheme == "http" && !loopback(r.URL.Hostname()) {
-		return nil, fmt.Errorf("%w: plain HTTP to %s (nsbox speaks it to loopback only)", ErrRefused, r.URL.Host)
+		return nil, &plainHTTPError{host: r.URL.Host}
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	resp, err := t.next.RoundTrip(r.WithContext(ctx))
@@ -429,6 +429,14 @@ func (t guarded) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp.Body = b
 	return resp, nil
 }
+
+// plainHTTPError is the transport's refusal of plain HTTP off loopback.
+type plainHTTPError struct{ host string }
+
+func (e *plainHTTPError) Error() string {
+	return fmt.Sprintf("%v: plain HTTP to %s (nsbox speaks it to loopback only)", ErrRefused, e.host)
+}
+func (e *plainHTTPError) Unwrap() error { return ErrRefused }
 
 // stallBody cancels its request when nothing came for stall.
 type stallBody struct {
@@ -487,6 +495,11 @@ func describeAs(verb string, src Source, o Options, err error) error {
 	switch {
 	case errors.Is(err, errStalled) || strings.Contains(err.Error(), errStalled.Error()+": nothing came"):
 		err = fmt.Errorf("%w: %s sent nothing for %s", ErrNoAnswer, reg, o.Stall)
+	case errors.As(err, new(*plainHTTPError)):
+		// Not the HTTPS try before it, which the library words too.
+		var pe *plainHTTPError
+		errors.As(err, &pe)
+		err = pe
 	case errors.Is(err, ErrDigest), errors.Is(err, ErrNoPlatform), errors.Is(err, ErrUnknownImage), errors.Is(err, ErrUnsupported), errors.Is(err, ErrRefused):
 	case errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden || hasCode(te, transport.UnauthorizedErrorCode, transport.DeniedErrorCode)):
 		if anonymous(o, src.Ref) {
@@ -499,7 +512,13 @@ func describeAs(verb string, src Source, o Options, err error) error {
 	case errors.As(err, &te):
 		err = fmt.Errorf("registry %s answered %d %s", reg, te.StatusCode, http.StatusText(te.StatusCode))
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		err = fmt.Errorf("%w: %s: %v", ErrNoAnswer, reg, err)
+		// The dial's own words, not the library's wrapping of each try.
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			err = fmt.Errorf("%w: %s: %v", ErrNoAnswer, reg, oe)
+		} else {
+			err = fmt.Errorf("%w: %s: %v", ErrNoAnswer, reg, err)
+		}
 	}
 	if src.Kind == Registry {
 		where = src.Ref.Name()
