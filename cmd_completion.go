@@ -134,9 +134,15 @@ func completeMachines(c *cli.Context) {
 }
 
 // completeFlagValue offers values for flag, whose value is being
-// completed: the host's ordinary users after --bind-user, nothing after
-// the others (the shell then completes file names).
+// completed: the host's ordinary users after --bind-user, export's
+// formats after --format, nothing after the others (the shell then
+// completes file names).
 func completeFlagValue(flag string) {
+	if flag == "--format" {
+		fmt.Println("tar")
+		fmt.Println("oci")
+		return
+	}
 	if flag != "--bind-user" {
 		return
 	}

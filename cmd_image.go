@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/nsbox/nsbox/machine"
@@ -182,8 +181,8 @@ func exportOCI(c *cli.Context, name, dir string) error {
 // and a last line on stderr.
 func ociResult(c *cli.Context, res *machine.OCIResult, verb string) error {
 	if !quiet(c) {
-		fmt.Fprintf(os.Stderr, "%s %s to %s: %d layers, %s, %s in %s\n", verb, res.Name, res.Destination,
-			len(res.Layers), machine.FormatSize(res.Size), res.Digest, (time.Duration(res.Seconds * float64(time.Second))).Round(100*time.Millisecond))
+		fmt.Fprintf(os.Stderr, "%s %s to %s: %d layers, %s, %s in %s\n", verb, res.Name, machine.Printable(res.Destination),
+			len(res.Layers), machine.FormatSize(res.Size), res.Digest, res.Time.Round(100*time.Millisecond))
 	}
 	if c.String("output") == "json" {
 		return writeJSON(os.Stdout, res)
@@ -217,8 +216,8 @@ func pushCommand() *cli.Command {
 				return usagef("push takes a machine name and docker://REF (see: nsbox push --help)")
 			}
 			name, dst := c.Args().Get(0), c.Args().Get(1)
-			if !strings.HasPrefix(dst, "docker://") {
-				return usagef("push %s %q: give docker://[REGISTRY/]REPO[:TAG] (export --format oci writes a directory)", name, dst)
+			if err := machine.CheckPushRef(dst); err != nil {
+				return usagef("push %s: %v", name, err)
 			}
 			m, err := manager(c)
 			if err != nil {

@@ -707,6 +707,7 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("run", func(t *testing.T) { runScenario(t, e) })
 	t.Run("cp", func(t *testing.T) { cpScenario(t, e) })
 	t.Run("oci", func(t *testing.T) { ociScenario(t, e) })
+	t.Run("oci out", func(t *testing.T) { ociOutScenario(t, e) })
 	t.Run("bind user", func(t *testing.T) { bindUserScenario(t, e) })
 	t.Run("prune", func(t *testing.T) { pruneScenario(t, e) })
 	t.Run("diff", func(t *testing.T) { diffScenario(t, e) })

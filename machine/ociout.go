@@ -24,13 +24,13 @@ import (
 
 // OCIResult is what export --format oci and push made of a machine.
 type OCIResult struct {
-	Name        string     `json:"name"`
-	Destination string     `json:"destination"`
-	Digest      string     `json:"digest"` // the image manifest's
-	Platform    string     `json:"platform"`
-	Layers      []OCILayer `json:"layers"`
-	Size        int64      `json:"size_bytes"` // the layers' blobs
-	Seconds     float64    `json:"seconds"`
+	Name        string        `json:"name"`
+	Destination string        `json:"destination"`
+	Digest      string        `json:"digest"` // the image manifest's
+	Platform    string        `json:"platform"`
+	Layers      []OCILayer    `json:"layers"`
+	Size        int64         `json:"size_bytes"` // the layers' blobs
+	Time        time.Duration `json:"time_ns"`
 }
 
 // OCILayer is one layer of the image of a machine.
@@ -112,7 +112,7 @@ func (m *Manager) ExportOCI(ctx context.Context, name, dir string, o OCIOptions)
 	if err := stage.Publish(); err != nil {
 		return nil, err
 	}
-	res.Seconds = time.Since(start).Seconds()
+	res.Time = time.Since(start)
 	return res, nil
 }
 
@@ -170,13 +170,10 @@ func linkUnnamed(f *os.File, dfd int, name string) error {
 // loopback only. The machine's own layer is an unnamed file in the image
 // cache, gone with nsbox however it ends.
 func (m *Manager) Push(ctx context.Context, name, dst string, o OCIOptions) (*OCIResult, error) {
-	ref, err := oci.ParseSource(dst)
-	if err == nil && ref.Kind != oci.Registry {
-		err = fmt.Errorf("%q: push sends to a registry, as docker://[REGISTRY/]REPO[:TAG] (export --format oci writes a directory)", dst)
-	}
-	if err != nil {
+	if err := CheckPushRef(dst); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidOption, err)
 	}
+	ref, _ := oci.ParseSource(dst)
 	if err := m.checkRootAndName(name, true); err != nil {
 		return nil, err
 	}
@@ -209,7 +206,7 @@ func (m *Manager) Push(ctx context.Context, name, dst string, o OCIOptions) (*OC
 	if err != nil {
 		return nil, err
 	}
-	res.Seconds = time.Since(start).Seconds()
+	res.Time = time.Since(start)
 	return res, nil
 }
 
@@ -536,3 +533,12 @@ func inTrees(dirs []string, p string) bool {
 
 // FormatSize writes a byte count as people read it (1.2 GB).
 func FormatSize(n int64) string { return image.FormatSize(n) }
+
+// CheckPushRef checks push's destination: docker://[REGISTRY/]REPO[:TAG].
+func CheckPushRef(dst string) error {
+	ref, err := oci.ParseSource(dst)
+	if err == nil && ref.Kind != oci.Registry {
+		err = fmt.Errorf("%q: push sends to a registry, as docker://[REGISTRY/]REPO[:TAG] (export --format oci writes a directory)", dst)
+	}
+	return err
+}
