@@ -195,8 +195,10 @@ func (m *Manager) Push(ctx context.Context, name, dst string, o OCIOptions) (*OC
 	res := &OCIResult{Name: name, Destination: "docker://" + ref.Ref.Name()}
 	start := time.Now()
 	err = m.ociImage(ctx, name, int(dir.Fd()), o, res, func(img v1.Image, _ []*oci.FileLayer) error {
+		var last time.Time
 		return oci.Push(ctx, ref, img, o.Registry, func(done, total int64) {
-			if o.Progress != nil {
+			if o.Progress != nil && (time.Since(last) > 200*time.Millisecond || done == total) {
+				last = time.Now()
 				st := Stage{Phase: "pushing", Package: fmt.Sprintf("%s of %s", image.FormatSize(done), image.FormatSize(total))}
 				st.Line = st.Phase + ": " + st.Package
 				o.Progress(st)
@@ -284,7 +286,10 @@ func (m *Manager) ociImage(ctx context.Context, name string, tmp int, o OCIOptio
 		return err
 	}
 	phase := fmt.Sprintf("layer %d/%d (%s)", len(built)+1, len(built)+1, name)
-	layerOpts.Progress = func(n int64) { progressBytes(o.Progress, phase, n) }
+	if o.Progress != nil {
+		o.Progress(Stage{Phase: phase, Line: phase})
+	}
+	layerOpts.Progress = throttled(o.Progress, phase)
 	var stats image.LayerStats
 	l, err := oci.WriteLayerFile(f, func(w io.Writer) error {
 		var err error
@@ -317,14 +322,19 @@ func (m *Manager) ociImage(ctx context.Context, name string, tmp int, o OCIOptio
 	return use(img, files)
 }
 
-// progressBytes reports bytes of a layer written.
-func progressBytes(p func(Stage), phase string, n int64) {
-	if p == nil {
-		return
+// throttled reports the bytes of a layer read so far to p under phase,
+// five times a second at most.
+func throttled(p func(Stage), phase string) func(int64) {
+	var last time.Time
+	return func(n int64) {
+		if p == nil || time.Since(last) < 200*time.Millisecond {
+			return
+		}
+		last = time.Now()
+		st := Stage{Phase: phase, Package: image.FormatSize(n) + " read"}
+		st.Line = phase + ": " + st.Package
+		p(st)
 	}
-	st := Stage{Phase: phase, Package: image.FormatSize(n) + " read"}
-	st.Line = phase + ": " + st.Package
-	p(st)
 }
 
 // treeShift is the host id of the root of a machine's tree as stored: 0,
@@ -418,8 +428,11 @@ func (m *Manager) baseLayers(ctx context.Context, rec storage.Record, progress f
 		return nil, false, err
 	}
 	phase := fmt.Sprintf("base layer (%s, once per base version)", rec.Base)
+	if progress != nil {
+		progress(Stage{Phase: phase, Line: phase})
+	}
 	layer, err := oci.WriteLayerFile(f, func(w io.Writer) error {
-		_, err := image.WriteLayer(ctx, lower, w, image.LayerOptions{Name: "base " + rec.Base + ":", Progress: func(n int64) { progressBytes(progress, phase, n) }})
+		_, err := image.WriteLayer(ctx, lower, w, image.LayerOptions{Name: "base " + rec.Base + ":", Progress: throttled(progress, phase)})
 		return err
 	})
 	if err != nil {
@@ -455,6 +468,15 @@ func (m *Manager) openBaseLayers(recPath, bases string) ([]*oci.FileLayer, bool)
 	var out []*oci.FileLayer
 	for _, bl := range r.Layers {
 		f, err := m.ImageCache().Open(bl.Digest)
+		if err == nil {
+			// Read again, not written: a blob damaged since is built anew.
+			if err = image.VerifyDigest(f, bl.Digest); err != nil {
+				f.Close()
+				if p, perr := m.ImageCache().Blob(bl.Digest); perr == nil {
+					_ = os.Remove(p)
+				}
+			}
+		}
 		if err == nil {
 			var l *oci.FileLayer
 			if l, err = oci.OpenLayerFile(f, bl.Digest, bl.DiffID, bl.Size); err == nil {
