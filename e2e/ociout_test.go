@@ -245,11 +245,17 @@ func ociPush(t *testing.T, e *env, src, back, work string, exported ociResult, c
 		uploading := make(chan struct{}, 1)
 		setWrap(func(w http.ResponseWriter, r *http.Request) bool {
 			if r.Method == "PATCH" || r.Method == "PUT" && strings.Contains(r.URL.Path, "/blobs/uploads/") {
+				// Read whole: the server notices a client gone only once
+				// the body is read.
+				io.Copy(io.Discard, r.Body)
 				select {
 				case uploading <- struct{}{}:
 				default:
 				}
-				<-r.Context().Done()
+				select {
+				case <-r.Context().Done():
+				case <-time.After(time.Minute):
+				}
 				return true
 			}
 			return false

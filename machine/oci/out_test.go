@@ -236,3 +236,52 @@ func TestPushRefusals(t *testing.T) {
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// A push cut short (its context cancelled mid-upload) ends at once, its
+// progress too.
+func TestPushCancelled(t *testing.T) {
+	reg := ocitest.NewRegistry(t)
+	uploading := make(chan struct{}, 1)
+	reg.SetWrap(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == "PATCH" || r.Method == "PUT" && strings.Contains(r.URL.Path, "/blobs/uploads/") {
+			// Read whole: the server notices a client gone only once
+			// the body is read.
+			io.Copy(io.Discard, r.Body)
+			select {
+			case uploading <- struct{}{}:
+			default:
+			}
+			select {
+			case <-r.Context().Done():
+			case <-time.After(time.Minute):
+			}
+			return true
+		}
+		return false
+	})
+	plat, _ := ParsePlatform("", "")
+	img, err := NewImage([]Built{{Layer: fileLayer(t, ocitest.File("f", strings.Repeat("x", 1<<20)))}}, v1.Config{}, plat, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := ParseSource("docker://" + reg.Host + "/cut:1")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Push(ctx, dst, img, Options{Keychain: authn.NewMultiKeychain()}, func(int64, int64) {})
+	}()
+	select {
+	case <-uploading:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no upload began")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cut short: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("push did not end when cancelled")
+	}
+}

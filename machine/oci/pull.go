@@ -495,6 +495,8 @@ func describeAs(verb string, src Source, o Options, err error) error {
 	switch {
 	case errors.Is(err, errStalled) || strings.Contains(err.Error(), errStalled.Error()+": nothing came"):
 		err = fmt.Errorf("%w: %s sent nothing for %s", ErrNoAnswer, reg, o.Stall)
+	case errors.Is(err, context.Canceled):
+		// Interrupted: the caller says so; no registry is to blame.
 	case errors.As(err, new(*plainHTTPError)):
 		// Not the HTTPS try before it, which the library words too.
 		var pe *plainHTTPError
