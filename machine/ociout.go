@@ -126,32 +126,55 @@ func placeBlob(bfd int, l *oci.FileLayer, o OCIOptions, i, n int) error {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return err
 	}
+	size, _ := l.Size()
 	if st.Nlink == 0 {
 		if err := f.Chmod(0o644); err != nil {
 			return err
 		}
-		err := linkUnnamed(f, bfd, d.Hex)
-		if err == nil || errors.Is(err, unix.EEXIST) {
-			return nil
-		}
-		return err
+		return nameBlob(f, size, bfd, d.Hex)
 	}
 	if o.Progress != nil {
 		ph := fmt.Sprintf("copying layer %d/%d", i+1, n)
 		o.Progress(Stage{Phase: ph, Line: ph})
 	}
-	fd, err := unix.Openat(bfd, ".#"+d.Hex, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	return copyBlob(f, size, bfd, d.Hex)
+}
+
+// nameBlob gives the unnamed file f (size bytes) the name name in
+// directory dfd: a link where the file system can, a copy otherwise (an
+// overlayfs, where a link of an O_TMPFILE file may cross into its upper
+// file system). A name already there is a blob of the same digest.
+func nameBlob(f *os.File, size int64, dfd int, name string) error {
+	err := linkUnnamed(f, dfd, name)
+	if err == nil || errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	return copyBlob(f, size, dfd, name)
+}
+
+// copyBlob copies f (size bytes) to name in directory dfd, through a
+// temporary ".#name" renamed into place when whole (copy_file_range:
+// shared blocks where the file system can).
+func copyBlob(f *os.File, size int64, dfd int, name string) error {
+	tmp := ".#" + name
+	_ = unix.Unlinkat(dfd, tmp, 0)
+	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return err
 	}
-	out := os.NewFile(uintptr(fd), d.Hex)
+	out := os.NewFile(uintptr(fd), tmp)
 	defer out.Close()
-	size, _ := l.Size()
-	if _, err := out.ReadFrom(io.NewSectionReader(f, 0, size)); err != nil {
-		_ = unix.Unlinkat(bfd, ".#"+d.Hex, 0)
-		return err
+	_, err = out.ReadFrom(io.NewSectionReader(f, 0, size))
+	if err == nil {
+		err = out.Sync()
 	}
-	return unix.Renameat(bfd, ".#"+d.Hex, bfd, d.Hex)
+	if err == nil {
+		err = unix.Renameat(dfd, tmp, dfd, name)
+	}
+	if err != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
+	}
+	return err
 }
 
 // linkUnnamed names the unnamed (O_TMPFILE) file f name in directory dfd
@@ -442,7 +465,7 @@ func (m *Manager) baseLayers(ctx context.Context, rec storage.Record, progress f
 	d, _ := layer.Digest()
 	t, _ := layer.DiffID()
 	size, _ := layer.Size()
-	if err := linkUnnamed(f, int(bd.Fd()), d.Hex); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := nameBlob(f, size, int(bd.Fd()), d.Hex); err != nil {
 		f.Close()
 		return nil, false, err
 	}

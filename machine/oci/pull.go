@@ -513,7 +513,8 @@ func describeAs(verb string, src Source, o Options, err error) error {
 		err = fmt.Errorf("%w: %s has none by that name (check the name and tag)", ErrUnknownImage, reg)
 	case errors.As(err, &te):
 		err = fmt.Errorf("registry %s answered %d %s", reg, te.StatusCode, http.StatusText(te.StatusCode))
-	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+	case src.Kind == Registry && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)):
+		// (Only a registry: a file's errno is a net.Error too.)
 		// The dial's own words, not the library's wrapping of each try.
 		var oe *net.OpError
 		if errors.As(err, &oe) {
