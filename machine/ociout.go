@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -281,7 +280,6 @@ func (m *Manager) ociImage(ctx context.Context, name string, tmp int, o OCIOptio
 		res.Layers = append(res.Layers, OCILayer{Digest: d.String(), DiffID: t.String(), Size: s, From: from, Cached: cached})
 		res.Size += s
 	}
-	var dirs []string // the trees, topmost first, for defaultConfig
 	var layerOpts image.LayerOptions
 	var tree string
 	if rec.Kind == storage.Overlay {
@@ -292,16 +290,13 @@ func (m *Manager) ociImage(ctx context.Context, name string, tmp int, o OCIOptio
 		for _, l := range base {
 			add(l, "base", fmt.Sprintf("nsbox base %s, version %s", rec.Base, rec.Version), cached)
 		}
-		lower, err := m.lowerOf(rec)
-		if err != nil {
+		if _, err := m.lowerOf(rec); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		tree = m.layout(name).Upper()
-		dirs = []string{tree, lower}
 		layerOpts = image.LayerOptions{Shift: rec.UpperBase(), Upper: true, Name: name + ":"}
 	} else {
 		tree = m.Dir(name)
-		dirs = []string{tree}
 		layerOpts = image.LayerOptions{Shift: treeShift(tree), Name: name + ":"}
 	}
 	f, err := unnamedFile(tmp)
@@ -328,7 +323,7 @@ func (m *Manager) ociImage(ctx context.Context, name string, tmp int, o OCIOptio
 		logrus.Infof("%s: left out %d device nodes, %d sockets and the contents of %d mount points", name, stats.Devices, stats.Sockets, stats.Mounts)
 	}
 
-	cfg, platform, err := m.imageConfig(name, dirs)
+	cfg, platform, err := m.imageConfig(ctx, name, rec)
 	if err != nil {
 		return err
 	}
@@ -521,59 +516,60 @@ func (m *Manager) openBaseLayers(recPath, bases string) ([]*oci.FileLayer, bool)
 const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // imageConfig is the configuration and platform of the image of machine
-// name, whose trees (topmost first) are dirs: those of the image it was
-// made from, or defaultConfig's and the host's platform.
-func (m *Manager) imageConfig(name string, dirs []string) (v1.Config, v1.Platform, error) {
-	if rec := m.ImageOf(name); rec != nil {
-		p, err := oci.ParsePlatform(rec.Platform, "")
+// name (stored as rec says): those of the image it was made from, or
+// defaultConfig's (of its tree, an overlay machine's as it sees it) and
+// the host's platform.
+func (m *Manager) imageConfig(ctx context.Context, name string, rec storage.Record) (v1.Config, v1.Platform, error) {
+	if img := m.ImageOf(name); img != nil {
+		p, err := oci.ParsePlatform(img.Platform, "")
 		if err != nil {
 			if p, err = oci.ParsePlatform("", ""); err != nil {
 				return v1.Config{}, v1.Platform{}, err
 			}
 		}
-		c := rec.Config
+		c := img.Config
 		return v1.Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}, p, nil
 	}
 	p, err := oci.ParsePlatform("", "")
-	return defaultConfig(dirs), p, err
+	if err != nil {
+		return v1.Config{}, p, err
+	}
+	if rec.Kind != storage.Overlay {
+		return defaultConfig(m.Dir(name)), p, nil
+	}
+	var c v1.Config
+	err = m.withView(ctx, name, func(root string) error {
+		c = defaultConfig(root)
+		return nil
+	})
+	return c, p, err
 }
 
 // defaultConfig is the configuration of a machine's image when the
 // machine was not made from one: PATH, and the command /sbin/init (its
 // systemd: podman runs it in its systemd mode, nsbox boots it) where the
 // tree has one, with systemd's stop signal; /bin/sh where it has only
-// that. dirs are the trees that make it, topmost first (an overlay's
-// upper, then its base).
-func defaultConfig(dirs []string) v1.Config {
+// that.
+func defaultConfig(tree string) v1.Config {
 	c := v1.Config{Env: []string{defaultPath}}
 	switch {
-	case inTrees(dirs, "sbin/init"):
+	case inTree(tree, "sbin/init"):
 		c.Cmd, c.StopSignal = []string{"/sbin/init"}, "SIGRTMIN+3"
-	case inTrees(dirs, "bin/sh"):
+	case inTree(tree, "bin/sh"):
 		c.Cmd = []string{"/bin/sh"}
 	}
 	return c
 }
 
-// inTrees reports whether p is in the topmost of dirs that has it, and
-// not a whiteout there; every step is resolved inside each tree.
-func inTrees(dirs []string, p string) bool {
-	for _, d := range dirs {
-		r, err := os.OpenRoot(d)
-		if err != nil {
-			continue
-		}
-		fi, err := r.Lstat(p)
-		r.Close()
-		if err != nil {
-			continue
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0 {
-			return false
-		}
-		return true
+// inTree reports whether tree has p, every step resolved inside it.
+func inTree(tree, p string) bool {
+	r, err := os.OpenRoot(tree)
+	if err != nil {
+		return false
 	}
-	return false
+	defer r.Close()
+	_, err = r.Lstat(p)
+	return err == nil
 }
 
 // FormatSize writes a byte count as people read it (1.2 GB).
