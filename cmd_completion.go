@@ -136,13 +136,19 @@ func completeMachines(c *cli.Context) {
 
 // completeFlagValue offers values for flag, whose value is being
 // completed: the host's ordinary users after --bind-user, create's ways
-// to verify after --verify, the hosts of the user's ssh config after -H,
-// nothing after the others (the shell then completes file names).
+// to verify after --verify, export's formats after --format, the hosts of
+// the user's ssh config after -H, nothing after the others (the shell then
+// completes file names).
 func completeFlagValue(flag string) {
 	if flag == "-H" || flag == "--host" {
 		for _, h := range sshConfigHosts() {
 			fmt.Println(h)
 		}
+		return
+	}
+	if flag == "--format" {
+		fmt.Println("tar")
+		fmt.Println("oci")
 		return
 	}
 	if flag == "--verify" {

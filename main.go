@@ -84,7 +84,7 @@ func commands() []*cli.Command {
 	cmds := []*cli.Command{
 		createCommand(), bootCommand(), shellCommand(), listCommand(), statusCommand(),
 		stopCommand(), rebootCommand(), terminateCommand(), killCommand(), removeCommand(),
-		cloneCommand(), renameCommand(), exportCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
+		cloneCommand(), renameCommand(), exportCommand(), pushCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		adoptCommand(), enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
 		bindCommand(), cpCommand(), diffCommand(), catCommand(), editCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
 		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), portsCommand(), storageCommand(), socketProxyCommand(),

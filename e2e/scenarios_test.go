@@ -711,6 +711,7 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("app machine", func(t *testing.T) { appScenario(t, e) })
 	t.Run("url", func(t *testing.T) { urlScenario(t, e) })
 	t.Run("image bases", func(t *testing.T) { imageBaseScenario(t, e) })
+	t.Run("oci out", func(t *testing.T) { ociOutScenario(t, e) })
 	t.Run("bind user", func(t *testing.T) { bindUserScenario(t, e) })
 	t.Run("prune", func(t *testing.T) { pruneScenario(t, e) })
 	t.Run("diff", func(t *testing.T) { diffScenario(t, e) })

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -503,6 +504,31 @@ func (m *Manager) pruneImageLayers(p *pruner, gone func(dir string) bool) {
 	users, ok := m.layerUsers(gone)
 	if !ok {
 		return
+	}
+	// The layers of base versions (export --format oci, push) stay while
+	// their version does; a record of one that is gone goes, and its
+	// layers with it.
+	for _, f := range listDir(m.baseLayersDir()) {
+		if !strings.HasSuffix(f, ".json") || strings.HasPrefix(f, ".") {
+			continue
+		}
+		path := filepath.Join(m.baseLayersDir(), f)
+		var r baseLayerRecord
+		b, err := os.ReadFile(path)
+		if err != nil || json.Unmarshal(b, &r) != nil {
+			return
+		}
+		if _, err := m.basesIn(r.Bases).VersionRoot(r.Base, r.Version); err != nil {
+			p.found(PruneLayers, path, usage(path), func() error { return removeFile(path) })
+			continue
+		}
+		for _, l := range r.Layers {
+			d := "sha256:" + strings.TrimPrefix(l.Digest, "sha256:")
+			if users[d] == nil {
+				users[d] = &LayerInfo{Digest: d}
+			}
+			users[d].Bases = appendNew(users[d].Bases, r.Base)
+		}
 	}
 	for _, n := range blobs {
 		if !strings.HasPrefix(n, ".#") && (!isSHA256Hex(n) || users["sha256:"+n] != nil) {

@@ -373,3 +373,52 @@ func TestPruneImageLayers(t *testing.T) {
 		t.Errorf("prune took layers though a record could not be read: %v", layers(items))
 	}
 }
+
+// The layer export --format oci and push keep of a base version stays
+// while the version does; the record of a version that is gone goes, and
+// its layer with it.
+func TestPruneKeepsBaseLayers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("prune needs root")
+	}
+	ctx := context.Background()
+	m, _ := newTestManager(t, &fakeMachined{machines: map[string]dbusapi.Machine{}})
+	bases := m.Bases().Dir
+	const key = "debian-bookworm-amd64-minbase-00000000"
+	os.MkdirAll(filepath.Join(bases, key, "root"), 0o755)
+	os.WriteFile(filepath.Join(bases, key, "base.json"), []byte(`{"key":"`+key+`","version":"V1"}`), 0o644)
+	dir := filepath.Join(m.ImageCache().Dir, "blobs", "sha256")
+	os.MkdirAll(dir, 0o700)
+	kept, gone := strings.Repeat("c", 64), strings.Repeat("d", 64)
+	for _, n := range []string{kept, gone} {
+		os.WriteFile(filepath.Join(dir, n), []byte("layer"), 0o600)
+	}
+	os.MkdirAll(m.baseLayersDir(), 0o700)
+	rec := func(version, hex string) string {
+		p := filepath.Join(m.baseLayersDir(), key+"@"+version+".json")
+		os.WriteFile(p, []byte(`{"bases":"`+bases+`","base":"`+key+`","base_version":"`+version+`","layers":[{"digest":"sha256:`+hex+`","diff_id":"sha256:`+hex+`","size":5}]}`), 0o600)
+		return p
+	}
+	keptRec, goneRec := rec("V1", kept), rec("V0", gone)
+	items, err := m.Prune(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var removed []string
+	for _, it := range items {
+		if it.Kind == PruneLayers {
+			removed = append(removed, it.Path)
+		}
+	}
+	sort.Strings(removed)
+	want := []string{filepath.Join(dir, gone), goneRec}
+	sort.Strings(want)
+	if !slices.Equal(removed, want) {
+		t.Errorf("removed %v, want %v", removed, want)
+	}
+	for _, p := range []string{keptRec, filepath.Join(dir, kept)} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("the layer of a version that is there: %v", err)
+		}
+	}
+}

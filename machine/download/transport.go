@@ -40,6 +40,12 @@ func Transport(stall time.Duration, plainHTTP bool) http.RoundTripper {
 	}}
 }
 
+// Guard is next with Transport's guards (plain HTTP, the stall limit),
+// for a test's stand-in transport.
+func Guard(next http.RoundTripper, stall time.Duration, plainHTTP bool) http.RoundTripper {
+	return guarded{next: next, stall: stall, plainHTTP: plainHTTP}
+}
+
 // guarded refuses plain HTTP but to loopback (unless plainHTTP), and ends
 // a response that sends nothing for stall.
 type guarded struct {

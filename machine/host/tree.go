@@ -44,6 +44,14 @@ func RemoveTree(dir string) error {
 	return nil
 }
 
+// RemoveTreeAt removes the directory name of the open directory parent
+// and everything below it, as RemoveTree does, only while it is the
+// directory want describes (a stat of it): one swapped in meanwhile
+// under its name is left.
+func RemoveTreeAt(parent int, name string, want *unix.Stat_t) error {
+	return removeAt(parent, name, want, want.Dev)
+}
+
 // removeAt removes the directory name inside the open directory parent
 // (on device parentDev); want is what an earlier stat of name found. What
 // it opens must still be that directory and no mount's root, so a mount

@@ -392,7 +392,11 @@ func remoteOptions(ctx context.Context, o Options) []remote.Option {
 
 // describe turns a pull's failure into one line that says what went wrong
 // and what to do.
-func describe(src Source, o Options, err error) error {
+func describe(src Source, o Options, err error) error { return describeAs("pull", src, o, err) }
+
+// describeAs is describe for a pull or a push (verb; "" when the caller
+// says it).
+func describeAs(verb string, src Source, o Options, err error) error {
 	where := src.Text
 	var reg, repo string
 	if src.Kind == Registry {
@@ -403,7 +407,13 @@ func describe(src Source, o Options, err error) error {
 	switch {
 	case errors.Is(err, download.ErrStalled) || strings.Contains(err.Error(), download.ErrStalled.Error()+": nothing came"):
 		err = fmt.Errorf("%w: %s sent nothing for %s", ErrNoAnswer, reg, o.Stall)
-	case errors.Is(err, ErrDigest), errors.Is(err, ErrNoPlatform), errors.Is(err, ErrUnknownImage), errors.Is(err, ErrUnsupported), errors.Is(err, ErrRefused), errors.Is(err, download.ErrPlainHTTP):
+	case errors.Is(err, context.Canceled):
+		// Interrupted: the caller says so; no registry is to blame.
+	case errors.Is(err, ErrDigest), errors.Is(err, ErrNoPlatform), errors.Is(err, ErrUnknownImage), errors.Is(err, ErrUnsupported), errors.Is(err, ErrRefused):
+	case errors.Is(err, download.ErrPlainHTTP):
+		// The refusal alone, not the HTTPS try before it, which the
+		// library words too.
+		err = fmt.Errorf("%w: %w", ErrRefused, wrapperOf(err, download.ErrPlainHTTP))
 	case errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden || hasCode(te, transport.UnauthorizedErrorCode, transport.DeniedErrorCode)):
 		if anonymous(o, src.Ref) {
 			err = fmt.Errorf("%w: %s refused access to %s: it does not exist or needs credentials (log in: docker login %s)", ErrRefused, reg, repo, reg)
@@ -414,13 +424,23 @@ func describe(src Source, o Options, err error) error {
 		err = fmt.Errorf("%w: %s has none by that name (check the name and tag)", ErrUnknownImage, reg)
 	case errors.As(err, &te):
 		err = fmt.Errorf("registry %s answered %d %s", reg, te.StatusCode, http.StatusText(te.StatusCode))
-	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		err = fmt.Errorf("%w: %s: %v", ErrNoAnswer, reg, err)
+	case src.Kind == Registry && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)):
+		// (Only a registry: a file's errno is a net.Error too.)
+		// The dial's own words, not the library's wrapping of each try.
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			err = fmt.Errorf("%w: %s: %v", ErrNoAnswer, reg, oe)
+		} else {
+			err = fmt.Errorf("%w: %s: %v", ErrNoAnswer, reg, err)
+		}
 	}
 	if src.Kind == Registry {
 		where = src.Ref.Name()
 	}
-	return fmt.Errorf("pull %s: %w", where, oneLine(err))
+	if verb == "" {
+		return fmt.Errorf("%s: %w", where, oneLine(err))
+	}
+	return fmt.Errorf("%s %s: %w", verb, where, oneLine(err))
 }
 
 // oneLine keeps err's chain for errors.Is while its text is one line.
@@ -458,4 +478,36 @@ func anonymous(o Options, ref name.Reference) bool {
 	}
 	a, err := kc.Resolve(ref.Context())
 	return err != nil || a == authn.Anonymous
+}
+
+// wrapperOf is the error in err's tree that wraps target itself (what
+// said why), or err when none does.
+func wrapperOf(err, target error) error {
+	var found error
+	var walk func(e error) bool
+	walk = func(e error) bool {
+		switch u := e.(type) {
+		case interface{ Unwrap() error }:
+			if u.Unwrap() == target {
+				found = e
+				return true
+			}
+			return u.Unwrap() != nil && walk(u.Unwrap())
+		case interface{ Unwrap() []error }:
+			for _, x := range u.Unwrap() {
+				if x == target {
+					found = e
+					return true
+				}
+				if walk(x) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if walk(err) {
+		return found
+	}
+	return err
 }
