@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -520,6 +521,25 @@ const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 // defaultConfig's (of its tree, an overlay machine's as it sees it) and
 // the host's platform.
 func (m *Manager) imageConfig(ctx context.Context, name string, rec storage.Record) (v1.Config, v1.Platform, error) {
+	c, p, err := m.baseImageConfig(ctx, name, rec)
+	if err != nil {
+		return c, p, err
+	}
+	// An app machine's image runs what the machine runs: a command set
+	// with boot --cmd replaces the image's (Entrypoint and Cmd), and its
+	// user and directory are the machine's.
+	if opts, err := m.Options(name); err == nil && opts.App != nil {
+		a := opts.App
+		if !slices.Equal(a.Argv, append(slices.Clone(c.Entrypoint), c.Cmd...)) {
+			c.Entrypoint, c.Cmd = nil, slices.Clone(a.Argv)
+		}
+		c.WorkingDir, c.User = a.Workdir, a.User
+	}
+	return c, p, nil
+}
+
+// baseImageConfig is imageConfig before an app machine's own command.
+func (m *Manager) baseImageConfig(ctx context.Context, name string, rec storage.Record) (v1.Config, v1.Platform, error) {
 	if img := m.ImageOf(name); img != nil {
 		p, err := oci.ParsePlatform(img.Platform, "")
 		if err != nil {
