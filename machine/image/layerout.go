@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
 
@@ -196,7 +197,7 @@ func (l *layerWriter) upperDir(fd int, rel string) (bool, error) {
 			return false, fmt.Errorf("%w: %s has overlayfs's %s, which an image layer cannot say", ErrLayer, l.disp(rel), x)
 		}
 	}
-	v, err := getXattr(fd, "trusted.overlay.opaque")
+	v, err := host.GetXattr(fd, "trusted.overlay.opaque")
 	if err != nil {
 		return false, nil
 	}
@@ -366,7 +367,7 @@ const (
 // ACLs and file capabilities, their ids mapped; the host's (trusted.*,
 // other security.*) are left out.
 func (l *layerWriter) xattrs(fd int, h *tar.Header) {
-	names, _ := listXattrs(fd)
+	names, _ := host.ListXattrs(fd)
 	sort.Strings(names)
 	for _, n := range names {
 		if !strings.HasPrefix(n, "user.") && n != xattrACLAccess && n != xattrACLDefault && n != xattrCapability {
@@ -375,7 +376,7 @@ func (l *layerWriter) xattrs(fd int, h *tar.Header) {
 			}
 			continue
 		}
-		v, err := getXattr(fd, n)
+		v, err := host.GetXattr(fd, n)
 		if err != nil {
 			continue
 		}
@@ -455,48 +456,4 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		c.progress(int64(n))
 	}
 	return n, err
-}
-
-// listXattrs are the names of fd's extended attributes.
-func listXattrs(fd int) ([]string, error) {
-	for {
-		size, err := unix.Flistxattr(fd, nil)
-		if err != nil || size == 0 {
-			return nil, err
-		}
-		buf := make([]byte, size)
-		n, err := unix.Flistxattr(fd, buf)
-		if errors.Is(err, unix.ERANGE) {
-			continue // it grew meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		var out []string
-		for _, b := range bytes.Split(buf[:n], []byte{0}) {
-			if len(b) > 0 {
-				out = append(out, string(b))
-			}
-		}
-		return out, nil
-	}
-}
-
-// getXattr is the value of fd's extended attribute name.
-func getXattr(fd int, name string) ([]byte, error) {
-	for {
-		size, err := unix.Fgetxattr(fd, name, nil)
-		if err != nil {
-			return nil, err
-		}
-		buf := make([]byte, size)
-		n, err := unix.Fgetxattr(fd, name, buf)
-		if errors.Is(err, unix.ERANGE) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return buf[:n], nil
-	}
 }

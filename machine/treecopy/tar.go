@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
 
@@ -163,9 +164,9 @@ func (t *tarWriter) entry(sp int, sname string, st *unix.Stat_t, name, disp stri
 // paxXattrs records fd's extended attributes in h, mapped; what cannot
 // be read is left out.
 func (t *tarWriter) paxXattrs(fd int, h *tar.Header) {
-	names, _ := listXattrs(fd)
+	names, _ := host.ListXattrs(fd)
 	for _, n := range names {
-		v, err := getXattr(fd, n)
+		v, err := host.GetXattr(fd, n)
 		if err != nil {
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 
+	"github.com/nsbox/nsbox/machine/host"
 	"golang.org/x/sys/unix"
 )
 
@@ -14,47 +15,9 @@ const (
 	capability = "security.capability"
 )
 
-// listXattrs are the names of fd's extended attributes.
-func listXattrs(fd int) ([]string, error) {
-	size, err := unix.Flistxattr(fd, nil)
-	if err != nil || size == 0 {
-		return nil, err
-	}
-	buf := make([]byte, size)
-	n, err := unix.Flistxattr(fd, buf)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, b := range bytes.Split(buf[:n], []byte{0}) {
-		if len(b) > 0 {
-			out = append(out, string(b))
-		}
-	}
-	return out, nil
-}
-
-func getXattr(fd int, name string) ([]byte, error) {
-	for {
-		size, err := unix.Fgetxattr(fd, name, nil)
-		if err != nil {
-			return nil, err
-		}
-		buf := make([]byte, size)
-		n, err := unix.Fgetxattr(fd, name, buf)
-		if errors.Is(err, unix.ERANGE) {
-			continue // it grew meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		return buf[:n], nil
-	}
-}
-
 // xattrs copies in's extended attributes to out (see mapXattr).
 func (c *copier) xattrs(in, out int, disp string) error {
-	names, err := listXattrs(in)
+	names, err := host.ListXattrs(in)
 	if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP) {
 		return nil
 	}
@@ -62,7 +25,7 @@ func (c *copier) xattrs(in, out int, disp string) error {
 		return &Error{Op: "cannot read the attributes of", Path: disp, Err: err}
 	}
 	for _, name := range names {
-		v, err := getXattr(in, name)
+		v, err := host.GetXattr(in, name)
 		if errors.Is(err, unix.ENODATA) {
 			continue
 		}
