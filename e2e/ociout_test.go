@@ -126,7 +126,9 @@ func ociOutScenario(t *testing.T, e *env) {
 		}
 	}
 	t.Run("create from the layout", func(t *testing.T) {
-		e.mustNsb(t, "create", back, "--from", "oci:"+work+"/lay")
+		// A copy: its tree is read from the host below (an overlay
+		// machine's is mounted only while it runs).
+		e.mustNsb(t, "create", back, "--from", "oci:"+work+"/lay", "--storage", "copy")
 		checkTree(t, back)
 		// It boots as the machine did.
 		e.mustNsb(t, "boot", back)
@@ -215,7 +217,7 @@ func ociPush(t *testing.T, e *env, src, back, work string, exported ociResult, c
 	if d.String() != res.Digest || cf.Config.Cmd[0] != "/sbin/init" || cf.OS != "linux" || cf.Architecture == "" {
 		t.Errorf("the registry's image %s: %+v", d, cf)
 	}
-	e.mustNsb(t, "create", back, "--from", ref)
+	e.mustNsb(t, "create", back, "--from", ref, "--storage", "copy")
 	checkTree(t, back)
 	e.mustNsb(t, "remove", back)
 	// A second push of the machine sends its base layer no more.

@@ -155,8 +155,9 @@ func reliability(t *testing.T, e *env, name string) {
 	t.Run("a machine that never boots", func(t *testing.T) {
 		e.mustNsb(t, "clone", name, "e2e-broken")
 		defer e.nsb(t, "remove", "--force", "e2e-broken")
-		// No init: nspawn --boot has nothing to run.
-		e.mustSh(t, "cd "+e.rootDir+"/e2e-broken && rm -f sbin/init usr/sbin/init lib/systemd/systemd usr/lib/systemd/systemd")
+		// An init that fails at once (a tree with none at all is refused
+		// before nspawn starts: the app machine scenario).
+		e.mustSh(t, "cd "+e.rootDir+"/e2e-broken && rm -f sbin/init usr/sbin/init lib/systemd/systemd usr/lib/systemd/systemd && printf '#!/bin/sh\\necho e2e: a broken init\\nexit 1\\n' > usr/lib/systemd/systemd && chmod 755 usr/lib/systemd/systemd")
 		r := e.nsb(t, "boot", "e2e-broken", "--timeout", "20s")
 		if r.code != 1 || !strings.Contains(r.stderr, "boot failed") || !strings.Contains(r.stderr, "last log lines") {
 			t.Errorf("want a boot failure with the log:\n%s", r)
