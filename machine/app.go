@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nsbox/nsbox/machine/backend"
 	"github.com/nsbox/nsbox/machine/direct"
@@ -48,6 +51,9 @@ func appFromImage(img *ImageRecord, cmd []string) *App {
 			a.Argv = append(append([]string(nil), img.Config.Entrypoint...), cmd...)
 		}
 		a.Workdir = img.Config.WorkingDir
+		if path.IsAbs(a.Workdir) {
+			a.Workdir = path.Clean(a.Workdir)
+		}
 		a.User = img.Config.User
 	} else {
 		a.Argv = cmd
@@ -65,8 +71,8 @@ func (a *App) validate() error {
 		}
 	}
 	if a.Workdir != "" {
-		if !path.IsAbs(a.Workdir) {
-			return fmt.Errorf("%w: working directory %q: give an absolute path", ErrInvalidOption, a.Workdir)
+		if !path.IsAbs(a.Workdir) || path.Clean(a.Workdir) != a.Workdir {
+			return fmt.Errorf("%w: working directory %q: give an absolute path without . or .. or doubled slashes", ErrInvalidOption, a.Workdir)
 		}
 		if bad := controlChar(a.Workdir); bad != "" {
 			return fmt.Errorf("%w: working directory %q holds %s", ErrInvalidOption, a.Workdir, bad)
@@ -79,18 +85,16 @@ func (a *App) validate() error {
 }
 
 func controlChar(s string) string {
+	if !utf8.ValidString(s) {
+		return "text that is not UTF-8"
+	}
 	for _, c := range s {
-		if c < ' ' || c == 0x7f {
+		if unicode.IsControl(c) {
 			return fmt.Sprintf("a control character (%q)", c)
 		}
 	}
-	if !strings.ContainsRune(s, '\ufffd') && !isUTF8(s) {
-		return "text that is not UTF-8"
-	}
 	return ""
 }
-
-func isUTF8(s string) bool { return strings.ToValidUTF8(s, "\ufffd") == s }
 
 // validAppUser reports whether u is a user as an image names one: NAME
 // or UID, then optionally :GROUP or :GID, in the characters user and
@@ -199,6 +203,9 @@ func splitWords(s string) ([]string, error) {
 // quotes keep everything; double quotes keep everything but \" \\ \$ and
 // \`; a backslash outside quotes keeps the next character.
 func SplitCommand(s string) ([]string, error) {
+	if !utf8.ValidString(s) {
+		return nil, fmt.Errorf("%w: --cmd %q is not UTF-8", ErrInvalidOption, s)
+	}
 	var words []string
 	var b strings.Builder
 	in := false
@@ -364,7 +371,8 @@ func resolveAppUser(r *os.Root, u string) (string, error) {
 // eachLine calls fn with the colon-separated fields of each line of the
 // file p in r until it returns false.
 func eachLine(r *os.Root, p string, fn func([]string) bool) error {
-	f, err := r.Open(p)
+	// Not blocking: the machine's root may have made it a FIFO.
+	f, err := r.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -372,7 +380,10 @@ func eachLine(r *os.Root, p string, fn func([]string) bool) error {
 		return err
 	}
 	defer f.Close()
-	s := bufio.NewScanner(f)
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return fmt.Errorf("/%s is not a regular file", p)
+	}
+	s := bufio.NewScanner(io.LimitReader(f, 16<<20))
 	for s.Scan() {
 		if !fn(strings.Split(s.Text(), ":")) {
 			return nil
@@ -429,13 +440,18 @@ func checkApp(name, tree string, o BootOptions, helper bool) error {
 		return fmt.Errorf("%s: %v (give another with --cmd)", name, err)
 	}
 	if a.User != "" {
-		u, err := resolveAppUser(r, a.User)
+		ids, err := resolveAppIDs(r, a.User)
 		if err != nil {
 			return fmt.Errorf("%s: %v", name, err)
 		}
+		u := ids.user
+		if ids.uid == 0 {
+			// A name of root's: root, whom nspawn starts itself.
+			u = "root"
+		}
 		a.User = u
 		if u != "root" && !helper && !hasGetent(r) {
-			return fmt.Errorf("%s runs as user %s, and systemd-nspawn 252 looks a user up with the machine's own getent, which it lacks (an image of one static program): and nsbox cannot start it as that user itself here: run it as root with nsbox edit %s (delete User=), or add getent to the image", name, u, name)
+			return fmt.Errorf("%s runs as user %s, and systemd-nspawn 252 looks a user up with the machine's own getent, which it lacks (an image of one static program): and nsbox starts a program as its user itself only in a machine with a user namespace (boot it with --private-users), or run it as root (nsbox edit %s: delete User=), or add getent to the image", name, u, name)
 		}
 	}
 	if a.Workdir != "" {
@@ -478,19 +494,31 @@ func (d *settingsDoc) env(name string) string {
 // waitApp waits until app machine name runs its command: its PID 1 is
 // nspawn's stub init, which nspawn becomes only once the user, the
 // directory and the rest were set up for the command (a user nspawn
-// cannot resolve, say, ends the machine before). A machine that ends
-// first is a failed boot.
-func (m *Manager) waitApp(ctx context.Context, name string) error {
+// cannot resolve, say, ends the machine before), and, where nsbox's
+// helper starts it as its user (helper), the helper has executed the
+// program (it is no longer the helper's "ld.so" or "nsbox", unless the
+// program is called so): a user it cannot take ends the machine before.
+// A machine that ends first is a failed boot.
+func (m *Manager) waitApp(ctx context.Context, name string, helper bool, argv0 string) error {
+	comm := func(pid int) string {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		return strings.TrimSpace(string(b))
+	}
+	own := path.Base(argv0)
+	helperComm := func(c string) bool { return (c == "ld.so" || c == "nsbox") && c != own }
 	return host.Poll(ctx, pollDelay, func() (bool, error) {
 		r, err := m.Backend.Get(ctx, name)
 		if errors.Is(err, ErrNotRunning) {
 			return false, errors.New("it ended before its command started")
 		}
-		if err != nil || r.Leader <= 0 {
+		if err != nil || r.Leader <= 0 || comm(r.Leader) != "(sd-stubinit)" {
 			return false, nil
 		}
-		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", r.Leader))
-		return err == nil && strings.TrimSpace(string(comm)) == "(sd-stubinit)", nil
+		if !helper {
+			return true, nil
+		}
+		kids := backend.Children(r.Leader)
+		return len(kids) > 0 && !helperComm(comm(kids[0])), nil
 	})
 }
 

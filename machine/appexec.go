@@ -41,11 +41,15 @@ type appExec struct {
 	user string
 }
 
-// appExecFor is what starts app a as its user, or nil for an app run as
-// root (or when nsbox's own binary cannot be named, when nspawn's --user
-// is left to try).
-func (m *Manager) appExecFor(a *App) *appExec {
-	if a == nil || a.User == "" || a.User == "root" || a.User == "0" || m.Self == nil {
+// appExecFor is what starts the app of o as its user, or nil for an app
+// run as root, or when nspawn's --user is left to try: when nsbox's own
+// binary cannot be named, and in a machine without a user namespace,
+// whose root holds CAP_SYS_ADMIN over the host's user namespace and could
+// remount the host's loader, libc and nsbox bound into it writable (in
+// a user namespace of its own, the kernel locks the binds read-only).
+func (m *Manager) appExecFor(o BootOptions) *appExec {
+	a := o.App
+	if a == nil || a.User == "" || a.User == "root" || a.User == "0" || m.Self == nil || !o.PrivateUsers {
 		return nil
 	}
 	self, err := m.Self()
@@ -139,15 +143,17 @@ func resolveAppIDs(r *os.Root, user string) (*appIDs, error) {
 	x := &appIDs{user: name, uid: -1}
 	err = eachLine(r, "etc/passwd", func(f []string) bool {
 		if len(f) >= 6 && f[0] == name {
-			x.uid, _ = strconv.Atoi(f[2])
-			x.gid, _ = strconv.Atoi(f[3])
-			x.home = f[5]
+			uid, err1 := strconv.Atoi(f[2])
+			gid, err2 := strconv.Atoi(f[3])
+			if err1 == nil && err2 == nil && uid >= 0 && gid >= 0 {
+				x.uid, x.gid, x.home = uid, gid, f[5]
+			}
 			return false
 		}
 		return true
 	})
 	if err != nil || x.uid < 0 {
-		return nil, fmt.Errorf("user %q is not in the machine's /etc/passwd", user)
+		return nil, fmt.Errorf("user %q is not in the machine's /etc/passwd with a numeric UID and GID", user)
 	}
 	x.groups = []int{x.gid}
 	_ = eachLine(r, "etc/group", func(f []string) bool {

@@ -75,6 +75,12 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 	if err := m.checkImageStorage(o); err != nil {
 		return err
 	}
+	if o.Cmd != nil {
+		// Before the pull: a command that could not be written is said now.
+		if err := (&App{Argv: o.Cmd}).validate(); err != nil {
+			return err
+		}
+	}
 	if err := m.requireRoot(); err != nil {
 		return err
 	}
@@ -283,8 +289,14 @@ func (m *Manager) flattenImage(ctx context.Context, img *oci.Image, cache *oci.C
 			return nil, err
 		}
 		defer r.Close()
-		if err := r.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("%s: its working directory %s: %w", o.From, img.Config.WorkingDir, err)
+		if _, err := r.Lstat(d); errors.Is(err, os.ErrNotExist) {
+			if err := r.MkdirAll(d, 0o755); err != nil {
+				return nil, fmt.Errorf("%s: its working directory %s: %w", o.From, img.Config.WorkingDir, err)
+			}
+			// 0755 whatever the umask: the app's user enters it.
+			if err := r.Chmod(d, 0o755); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return layers, nil

@@ -307,7 +307,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 		return err
 	}
 	if opts.App != nil {
-		if err := checkApp(name, root, opts, m.appExecFor(opts.App) != nil); err != nil {
+		if err := checkApp(name, root, opts, m.appExecFor(opts) != nil); err != nil {
 			return err
 		}
 	}
@@ -411,7 +411,7 @@ func (m *Manager) Boot(ctx context.Context, name string, req BootRequest) error 
 	if opts.App == nil {
 		state, err = m.waitRunning(bctx, name)
 	} else {
-		err = m.waitApp(bctx, name)
+		err = m.waitApp(bctx, name, m.appExecFor(opts) != nil, opts.App.Argv[0])
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -477,7 +477,7 @@ func (m *Manager) nspawnConfig(name string, opts BootOptions) NspawnConfig {
 		Name: name, Root: m.Dir(name), BootOptions: opts, ReadOnly: m.ReadOnly(name),
 		Registered: m.Backend.Registered(),
 		ResolvConf: network.ResolvConfMode("/etc/resolv.conf", opts.Network != "host"),
-		appExec:    m.appExecFor(opts.App),
+		appExec:    m.appExecFor(opts),
 	}
 }
 

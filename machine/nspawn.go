@@ -1,7 +1,6 @@
 package machine
 
 import (
-	"slices"
 	"strings"
 )
 
@@ -141,8 +140,7 @@ func (d *settingsDoc) mountArgs() []string {
 		}
 		if f, ok := flags[l.opt.Name]; ok {
 			if l.opt.Value == "" {
-				// An empty value drops those above it.
-				out = slices.DeleteFunc(out, func(a string) bool { return strings.HasPrefix(a, f) })
+				// nspawn 252 ignores an empty one (with a warning).
 				continue
 			}
 			out = append(out, f+l.opt.Value)

@@ -660,12 +660,16 @@ func ParseSettingsFile(text string) (BootOptions, error) {
 		at := func(err error) error { return &LineError{Line: l.line, Err: err} }
 		v := l.opt.Value
 		switch l.opt.Section + "." + l.opt.Name {
-		case "Exec.Boot":
-			if boot, _ = parseBool(v); v == "" {
-				boot = true
+		case "Exec.Boot", "Exec.ProcessTwo":
+			b, ok := parseBool(v)
+			if !ok {
+				return o, at(fmt.Errorf("%w: %s=%q is not a boolean", ErrInvalidOption, l.opt.Name, v))
 			}
-		case "Exec.ProcessTwo":
-			pid2, _ = parseBool(v)
+			if l.opt.Name == "Boot" {
+				boot = b
+			} else {
+				pid2 = b
+			}
 		case "Exec.Parameters":
 			// A list; an empty value drops what came before.
 			words, err := splitWords(v)

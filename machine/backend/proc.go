@@ -62,6 +62,9 @@ func (p Proc) Alive() bool {
 	return err == nil && start == p.Start && state != 'Z' && state != 'X'
 }
 
+// Children lists the child PIDs of pid.
+func Children(pid int) []int { return children(pid) }
+
 // children lists the child PIDs of pid.
 func children(pid int) []int {
 	var out []int
@@ -159,27 +162,44 @@ func PidExists(pid int) bool {
 }
 
 // SignalChildren sends sig to the children of leader, each through a
-// pidfd opened while it was still the process read (its start time), so
-// a PID reused meanwhile is never signalled. It returns how many it
-// signalled.
+// pidfd that is checked, once open, to be a child of leader still (its
+// parent PID, with leader's own pidfd still alive), so a PID reused
+// meanwhile by another process is never signalled. It returns how many
+// it signalled.
 func SignalChildren(leader Proc, sig unix.Signal) int {
+	lfd, err := unix.PidfdOpen(leader.PID, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(lfd)
 	if !leader.Alive() {
 		return 0
 	}
 	n := 0
 	for _, pid := range children(leader.PID) {
-		p, err := ProcOf(pid)
-		if err != nil {
-			continue
-		}
 		fd, err := unix.PidfdOpen(pid, 0)
 		if err != nil {
 			continue
 		}
-		if p.Alive() && unix.PidfdSendSignal(fd, sig, nil, 0) == nil {
+		if parentOf(pid) == leader.PID && unix.PidfdSendSignal(lfd, 0, nil, 0) == nil && unix.PidfdSendSignal(fd, sig, nil, 0) == nil {
 			n++
 		}
 		unix.Close(fd)
 	}
 	return n
+}
+
+// parentOf is the parent PID of pid (PPid in its status), or 0.
+func parentOf(pid int) int {
+	b, err := os.ReadFile(filepath.Join(ProcRoot, strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "PPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
 }
