@@ -8,7 +8,9 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestQuoteWordsReadsBack(t *testing.T) {
@@ -269,5 +271,50 @@ func TestAppExecBecomesTheUser(t *testing.T) {
 		if out, err := run(bad...); err == nil {
 			t.Errorf("%q: no failure: %s", bad, out)
 		}
+	}
+}
+
+// What a review found: each is refused in one line, and nothing waits.
+func TestAppRefusesWhatAMachineRootPlants(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "etc"), 0o755)
+	if err := syscall.Mkfifo(filepath.Join(dir, "etc/passwd"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := os.OpenRoot(dir)
+	defer r.Close()
+	done := make(chan error, 1)
+	go func() { _, err := resolveAppUser(r, "app"); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("a FIFO for passwd: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a FIFO for passwd is waited on")
+	}
+	for _, bad := range []string{"a\xffb", "a\u0085b", "a\x1bb"} {
+		if (&App{Argv: []string{"/app", bad}}).validate() == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if _, err := SplitCommand("/app a\xffb"); err == nil {
+		t.Error("--cmd that is not UTF-8 accepted")
+	}
+	for _, text := range []string{
+		"[Exec]\nBoot=maybe\n",
+		"[Exec]\nBoot=no\nProcessTwo=perhaps\nParameters=/app\n",
+		"[Exec]\nBoot=no\nProcessTwo=yes\nParameters=/app\nWorkingDirectory=/a/../../b\n",
+	} {
+		if _, err := ParseSettingsFile(text); err == nil {
+			t.Errorf("accepted: %q", text)
+		}
+	}
+	o, err := ParseSettingsFile("[Files]\nBind=/a:/a\nTemporaryFileSystem=\nTemporaryFileSystem=/t\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(o.file.mountArgs(), " "); got != "--bind=/a:/a --tmpfs=/t" {
+		t.Errorf("mounts: %s", got)
 	}
 }
