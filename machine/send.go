@@ -26,6 +26,10 @@ import (
 // (it said why on its standard error).
 var ErrRefused = errors.New("the receiving side refused the machine")
 
+// ErrNotConfirmed is a send whose tree the receiving side did not
+// confirm it stored, or confirmed with another size or sum than was sent.
+var ErrNotConfirmed = errors.New("the receiving side did not confirm that it stored the machine")
+
 // SendOptions are the choices of a send.
 type SendOptions struct {
 	// KeepID keeps the machine's hostname and machine id on the other
@@ -42,47 +46,89 @@ type SendResult struct {
 	SHA256 string // its sum, which the receiver confirmed
 }
 
-// Send streams stopped machine name to a receiver (Receive, the remote
-// "nsbox receive" run through ssh): the offer (settings file, limits,
-// image record, autostart state) on to, the receiver's Ready on from,
-// then the machine's tree as the machine sees it (an overlay's merged
-// tree, owners unshifted) as a zstd tar in the frames of remote.FrameWriter,
-// and last the receiver's Stored, whose byte count and sum must be what
-// was sent. The machine is locked as stopped throughout; nothing here
-// changes. A receiver that ends before Ready is ErrRefused.
-func (m *Manager) Send(ctx context.Context, name string, to io.Writer, from io.Reader, o SendOptions) (SendResult, error) {
-	var res SendResult
+// Outgoing is a stopped machine being sent: locked as stopped from
+// PrepareSend to Close, so that nothing boots or changes it meanwhile.
+type Outgoing struct {
+	m     *Manager
+	name  string
+	lock  *Lock
+	offer remote.Offer
+}
+
+// PrepareSend checks that name is a stopped machine of this host, locks
+// it, and reads what goes with its tree: its settings file, limits,
+// image record and autostart state. It changes nothing.
+func (m *Manager) PrepareSend(ctx context.Context, name string, o SendOptions) (*Outgoing, error) {
 	if err := m.checkRootAndName(name, true); err != nil {
-		return res, err
+		return nil, err
 	}
 	lock, err := m.lockStopped(ctx, name)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
-	defer lock.Unlock()
-	offer := remote.Offer{KeepID: o.KeepID, Enabled: m.AutostartState(ctx, name) == "enabled"}
+	out := &Outgoing{m: m, name: name, lock: lock}
+	if err := out.read(ctx, o); err != nil {
+		lock.Unlock()
+		return nil, err
+	}
+	return out, nil
+}
+
+func (g *Outgoing) read(ctx context.Context, o SendOptions) error {
+	m, name := g.m, g.name
+	g.offer = remote.Offer{KeepID: o.KeepID, Enabled: m.AutostartState(ctx, name) == "enabled"}
 	if b, err := os.ReadFile(m.settingsPath(name)); err == nil {
-		offer.Settings = string(b)
+		g.offer.Settings = string(b)
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return res, err
+		return err
 	}
 	for _, f := range []struct {
 		path string
 		to   *json.RawMessage
-	}{{m.limitsPath(name), &offer.Limits}, {m.imagePath(name), &offer.Image}} {
+	}{{m.limitsPath(name), &g.offer.Limits}, {m.imagePath(name), &g.offer.Image}} {
 		b, err := os.ReadFile(f.path)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return res, err
+			return err
 		}
 		if !json.Valid(b) {
-			return res, fmt.Errorf("%s is not JSON (remove it, or fix it)", f.path)
+			return fmt.Errorf("%s is not JSON (remove it, or fix it)", f.path)
 		}
 		*f.to = json.RawMessage(bytes.TrimSpace(b))
 	}
-	line, err := json.Marshal(offer)
+	return nil
+}
+
+// Enabled reports whether the machine boots with this host.
+func (g *Outgoing) Enabled() bool { return g.offer.Enabled }
+
+// Close releases the machine.
+func (g *Outgoing) Close() { g.lock.Unlock() }
+
+// Send is PrepareSend, Stream and Close.
+func (m *Manager) Send(ctx context.Context, name string, to io.Writer, from io.Reader, o SendOptions) (SendResult, error) {
+	g, err := m.PrepareSend(ctx, name, o)
+	if err != nil {
+		return SendResult{}, err
+	}
+	defer g.Close()
+	return g.Stream(ctx, to, from, o.Progress)
+}
+
+// Stream sends the machine to a receiver (Receive, the remote "nsbox
+// receive" run through ssh): the offer on to, the receiver's Ready on
+// from, then the machine's tree as the machine sees it (an overlay's
+// merged tree, owners unshifted) as a zstd tar in the frames of
+// remote.FrameWriter, and last the receiver's Stored, whose byte count
+// and sum must be what was sent. Nothing here changes. A receiver that
+// ends before Ready is ErrRefused. progress, when set, is told the bytes
+// sent so far after every write.
+func (g *Outgoing) Stream(ctx context.Context, to io.Writer, from io.Reader, progress func(int64)) (SendResult, error) {
+	m, name := g.m, g.name
+	var res SendResult
+	line, err := json.Marshal(g.offer)
 	if err != nil {
 		return res, err
 	}
@@ -90,17 +136,17 @@ func (m *Manager) Send(ctx context.Context, name string, to io.Writer, from io.R
 		return res, fmt.Errorf("its settings are larger than %d bytes", remote.MaxOfferLine)
 	}
 	if _, err := to.Write(append(line, '\n')); err != nil {
-		return res, fmt.Errorf("%w (it said why above)", ErrRefused)
+		return res, ErrRefused
 	}
 	replies := bufio.NewReader(from)
 	var r remote.Reply
 	if err := readReply(replies, &r); err != nil || !r.Ready {
-		return res, fmt.Errorf("%w (it said why above)", ErrRefused)
+		return res, ErrRefused
 	}
 	fw := remote.NewFrameWriter(to)
 	var out io.Writer = fw
-	if o.Progress != nil {
-		out = progressWriter{fw, o.Progress}
+	if progress != nil {
+		out = progressWriter{fw, progress}
 	}
 	enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedDefault))
 	if err != nil {
@@ -126,11 +172,11 @@ func (m *Manager) Send(ctx context.Context, name string, to io.Writer, from io.R
 	}
 	res.Bytes, res.SHA256 = fw.Bytes(), fw.Sum()
 	if err := readReply(replies, &r); err != nil || r.Stored == "" {
-		return res, errors.New("the receiving side did not confirm that it stored the machine (it said why above)")
+		return res, ErrNotConfirmed
 	}
 	if r.Bytes != res.Bytes || r.SHA256 != res.SHA256 {
-		return res, fmt.Errorf("the receiving side confirmed %d bytes with sum %s, but %d bytes with sum %s were sent: it did not store what was sent",
-			r.Bytes, printable(r.SHA256), res.Bytes, res.SHA256)
+		return res, fmt.Errorf("%w: it confirmed %d bytes with sum %s, but %d bytes with sum %s were sent",
+			ErrNotConfirmed, r.Bytes, printable(r.SHA256), res.Bytes, res.SHA256)
 	}
 	return res, nil
 }

@@ -129,7 +129,7 @@ func (f *FrameReader) Read(p []byte) (int, error) {
 	f.bytes += int64(n)
 	if err == io.EOF {
 		if f.left > 0 {
-			err = f.fail(io.ErrUnexpectedEOF)
+			err = f.fail(cut(err))
 		} else {
 			err = nil
 		}
