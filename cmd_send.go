@@ -252,6 +252,11 @@ func sendThrough(ctx context.Context, s *remoteSetup, h remote.Host, name, newNa
 	switch {
 	case rerr != nil:
 		return sres, rerr
+	case serr != nil && code == remote.ExitConnect:
+		// ssh's own status: the connection broke mid-stream (ssh said
+		// how above); -H's exit status for it.
+		return sres, &remote.Error{Host: h, Status: remote.ExitConnect, Msg: fmt.Sprintf(
+			"send %s: the connection to %s broke before it had the machine; nothing changed here", name, h)}
 	case serr != nil && errors.Is(serr, machine.ErrRefused):
 		return sres, fmt.Errorf("send %s: %s refused it (it said why above)%s", name, h, statusText(code))
 	case serr != nil && parent.Err() == nil && code != 0:
