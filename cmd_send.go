@@ -76,7 +76,7 @@ type sendResult struct {
 	NewName string  `json:"new_name"`
 	Bytes   int64   `json:"bytes"`
 	SHA256  string  `json:"sha256"`
-	Seconds float64 `json:"seconds"`
+	TimeNs  int64   `json:"time_ns"`
 	Moved   bool    `json:"moved"`
 	Enabled bool    `json:"enabled"`
 }
@@ -162,7 +162,7 @@ func sendAction(c *cli.Context) error {
 	}
 	elapsed := time.Since(start)
 	r := sendResult{Name: name, Host: h.String(), NewName: newName, Bytes: res.Bytes, SHA256: res.SHA256,
-		Seconds: elapsed.Seconds(), Enabled: out.Enabled()}
+		TimeNs: elapsed.Nanoseconds(), Enabled: out.Enabled()}
 	if c.Bool("move") {
 		out.Close()
 		if err := m.Remove(context.WithoutCancel(ctx), name, false); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/nsbox/nsbox/dbusapi"
 	"github.com/nsbox/nsbox/machine/image"
 	"github.com/nsbox/nsbox/remote"
 )
@@ -245,5 +246,25 @@ func TestSendNoticesALyingReceiver(t *testing.T) {
 	_, err := a.Send(context.Background(), "web", toW, fromR, SendOptions{})
 	if !errors.Is(err, ErrNotConfirmed) || !strings.Contains(err.Error(), "were sent") {
 		t.Fatalf("a lying receiver: %v", err)
+	}
+}
+
+func TestPrepareSendRefuses(t *testing.T) {
+	f := &fakeMachined{machines: map[string]dbusapi.Machine{}, result: "done"}
+	m, _ := newTestManager(t, f)
+	m.Euid = 0
+	mkMachine(t, m, "web")
+	f.machines["web"] = dbusapi.Machine{Name: "web", Class: "container", RootDirectory: m.Dir("web"), Leader: os.Getpid()}
+	for _, tc := range []struct {
+		name string
+		want error
+	}{{"web", ErrRunning}, {"nope", ErrNotFound}, {"../etc", nil}, {"a;b", nil}} {
+		g, err := m.PrepareSend(context.Background(), tc.name, SendOptions{})
+		if err == nil {
+			g.Close()
+		}
+		if err == nil || tc.want != nil && !errors.Is(err, tc.want) {
+			t.Errorf("send %q: %v, want %v", tc.name, err, tc.want)
+		}
 	}
 }
