@@ -71,14 +71,14 @@ func receiveCommand() *cli.Command {
 
 // sendResult is send -o json (docs/json.md).
 type sendResult struct {
-	Name    string  `json:"name"`
-	Host    string  `json:"host"`
-	NewName string  `json:"new_name"`
-	Bytes   int64   `json:"bytes"`
-	SHA256  string  `json:"sha256"`
-	TimeNs  int64   `json:"time_ns"`
-	Moved   bool    `json:"moved"`
-	Enabled bool    `json:"enabled"`
+	Name    string `json:"name"`
+	Host    string `json:"host"`
+	NewName string `json:"new_name"`
+	Bytes   int64  `json:"bytes"`
+	SHA256  string `json:"sha256"`
+	TimeNs  int64  `json:"time_ns"`
+	Moved   bool   `json:"moved"`
+	Enabled bool   `json:"enabled"`
 }
 
 // parseDestination reads [USER@]HOST[:NEWNAME]; an IPv6 address goes in
