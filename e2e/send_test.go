@@ -119,7 +119,7 @@ func sendScenario(t *testing.T, e *env) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		pid, err := l.srv("pgrep -n -f 'ssh -F " + l.sdir + "/ssh_config.srv .*receive.*" + intB + "'")
+		pid, err := l.srv("pgrep -n -f '[s]sh -F " + l.sdir + "/ssh_config.srv .*receive.*" + intB + "'")
 		if err != nil {
 			t.Fatalf("no ssh of the send: %s", pid)
 		}
