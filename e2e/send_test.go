@@ -99,8 +99,8 @@ func sendScenario(t *testing.T, e *env) {
 	})
 
 	t.Run("interrupted", func(t *testing.T) {
-		// 400 MB that do not compress: seconds on the wire.
-		l.must(t, "-H", A, "shell", name, "--", "dd", "if=/dev/urandom", "of=/root/big", "bs=1M", "count=400", "status=none")
+		// 800 MB that do not compress: seconds on the wire.
+		l.must(t, "-H", A, "shell", name, "--", "dd", "if=/dev/urandom", "of=/root/big", "bs=1M", "count=800", "status=none")
 		defer l.must(t, "-H", A, "shell", name, "--", "rm", "/root/big")
 		argv := l.argv(nil, append([]string{"-H", A, "send", name}, toB(intB)...)...)
 		cmd := exec.Command(argv[0], argv[1:]...)
