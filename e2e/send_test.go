@@ -47,7 +47,9 @@ func sendScenario(t *testing.T, e *env) {
 		l.must(t, "-H", A, "shell", name, "--", "sh", "-c", "echo sent-by-a > /etc/e2e-marker")
 		l.must(t, "-H", A, "stop", name)
 		l.must(t, "-H", A, "set", name, "--memory", "512M")
-		settingsA := l.must(t, "-H", A, "cat", name).stdout
+		// cat's first line names the file.
+		body := func(s string) string { _, rest, _ := strings.Cut(s, "\n"); return rest }
+		settingsA := body(l.must(t, "-H", A, "cat", name).stdout)
 		r := l.must(t, append([]string{"-H", A, "send", "-o", "json", name}, toB(copyB)...)...)
 		var res struct {
 			NewName string `json:"new_name"`
@@ -63,7 +65,7 @@ func sendScenario(t *testing.T, e *env) {
 			t.Errorf("the sent machine on A:\n%s", r)
 		}
 		// B has it, with its settings and limits.
-		if r := l.must(t, "-H", B, "cat", copyB); r.stdout != settingsA || settingsA == "" {
+		if r := l.must(t, "-H", B, "cat", copyB); body(r.stdout) != settingsA || !strings.Contains(settingsA, "VirtualEthernet=no") {
 			t.Errorf("the settings file on B:\n%s", r)
 		}
 		if r := l.must(t, "-H", B, "status", "-o", "json", copyB); !strings.Contains(r.stdout, "536870912") {
