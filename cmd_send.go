@@ -27,14 +27,15 @@ func sendCommand() *cli.Command {
 			"stages the tree as .#NEWNAME.*, checks every member as import does and the\n" +
 			"stream's SHA-256, and only then makes the machine; an interrupted or failed\n" +
 			"send leaves nothing there, and nothing changes here. The copy gets its own\n" +
-			"hostname and machine id, as a clone does; with --move it keeps them, and\n" +
-			"the machine is removed here once HOST has confirmed it stored it.\n" +
+			"hostname and machine id, as a clone does; with --move it keeps its machine\n" +
+			"id (a hostname that was NAME becomes NEWNAME), and the machine is removed\n" +
+			"here once HOST has confirmed it stored it.\n" +
 			"An IPv6 address goes in brackets: root@[2001:db8::7]:web. See docs/remote.md.\n\n" +
 			"   nsbox send web root@web2\n" +
 			"   nsbox send web root@web2:web-copy\n" +
 			"   nsbox send --move --port 2222 db root@db2",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "move", Usage: "remove the machine here once HOST has it (it keeps its hostname and machine id)"},
+			&cli.BoolFlag{Name: "move", Usage: "remove the machine here once HOST has it (it keeps its machine id)"},
 			&cli.IntFlag{Name: "port", Aliases: []string{"p"}, Usage: "ssh's `PORT` on HOST (default: ssh's config, or 22)"},
 			outputFlag,
 		},

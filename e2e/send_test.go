@@ -163,6 +163,10 @@ func sendScenario(t *testing.T, e *env) {
 	})
 
 	t.Run("--move", func(t *testing.T) {
+		idA := l.must(t, "-H", A, "shell", name, "--", "cat", "/etc/machine-id").stdout
+		if len(idA) != 33 {
+			t.Fatalf("the machine id on A: %q", idA)
+		}
 		r := l.must(t, append([]string{"-H", A, "send", "--move", name}, toB(movB)...)...)
 		if !strings.Contains(r.stdout, "moved "+name) {
 			t.Errorf("send --move said:\n%s", r)
@@ -170,8 +174,9 @@ func sendScenario(t *testing.T, e *env) {
 		if r := l.run(t, "", nil, "-H", A, "status", name); r.code == 0 {
 			t.Errorf("a moved machine is still on A:\n%s", r)
 		}
-		// A move keeps the machine's own hostname.
-		if r := l.must(t, "-H", B, "shell", movB, "--", "cat", "/etc/hostname", "/etc/e2e-marker"); r.stdout != name+"\nsent-by-a\n" {
+		// A move keeps the machine id; a hostname that was its name
+		// follows the new name, as with rename.
+		if r := l.must(t, "-H", B, "shell", movB, "--", "cat", "/etc/hostname", "/etc/e2e-marker", "/etc/machine-id"); !strings.HasPrefix(r.stdout, movB+"\nsent-by-a\n") || !strings.HasSuffix(r.stdout, "\n"+idA) {
 			t.Errorf("the moved machine on B:\n%s", r)
 		}
 	})

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/sirupsen/logrus"
@@ -76,7 +77,7 @@ func (m *Manager) PrepareSend(ctx context.Context, name string, o SendOptions) (
 
 func (g *Outgoing) read(ctx context.Context, o SendOptions) error {
 	m, name := g.m, g.name
-	g.offer = remote.Offer{KeepID: o.KeepID, Enabled: m.AutostartState(ctx, name) == "enabled"}
+	g.offer = remote.Offer{Name: name, KeepID: o.KeepID, Enabled: m.AutostartState(ctx, name) == "enabled"}
 	if b, err := os.ReadFile(m.settingsPath(name)); err == nil {
 		g.offer.Settings = string(b)
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -331,6 +332,19 @@ func (m *Manager) Receive(ctx context.Context, name string, in io.Reader, out io
 	}
 	personalise := func(tmp string) error {
 		if offer.KeepID {
+			// A move keeps its machine id; a hostname that was its old
+			// name follows the new one, as with rename.
+			if offer.Name == "" || offer.Name == name {
+				return nil
+			}
+			r, err := os.OpenRoot(tmp)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			if b, err := r.ReadFile("etc/hostname"); err == nil && strings.TrimSpace(string(b)) == offer.Name {
+				return host.WriteInRoot(r, "etc/hostname", name+"\n")
+			}
 			return nil
 		}
 		return bootstrap.Personalise(tmp, name)

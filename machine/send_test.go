@@ -87,6 +87,33 @@ func TestSendReceive(t *testing.T) {
 	noStaging(t, b)
 }
 
+func TestSendMoveKeepsIdentity(t *testing.T) {
+	a, b := realManager(t), realManager(t)
+	mkMachine(t, a, "web")
+	os.WriteFile(filepath.Join(a.Dir("web"), "etc", "hostname"), []byte("web\n"), 0o644)
+	os.WriteFile(filepath.Join(a.Dir("web"), "etc", "machine-id"), []byte("0123456789abcdef0123456789abcdef\n"), 0o444)
+	toR, toW := io.Pipe()
+	fromR, fromW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Receive(context.Background(), "web3", toR, fromW)
+		toR.CloseWithError(io.ErrClosedPipe)
+		fromW.Close()
+		done <- err
+	}()
+	_, serr := a.Send(context.Background(), "web", toW, fromR, SendOptions{KeepID: true})
+	toW.Close()
+	if rerr := <-done; serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	if h, _ := os.ReadFile(filepath.Join(b.Dir("web3"), "etc", "hostname")); string(h) != "web3\n" {
+		t.Errorf("a moved machine's hostname that was its name follows the new one: %q", h)
+	}
+	if id, _ := os.ReadFile(filepath.Join(b.Dir("web3"), "etc", "machine-id")); string(id) != "0123456789abcdef0123456789abcdef\n" {
+		t.Errorf("a moved machine keeps its machine id: %q", id)
+	}
+}
+
 func fileOwner(fi os.FileInfo) [2]int {
 	st := fi.Sys().(*syscall.Stat_t)
 	return [2]int{int(st.Uid), int(st.Gid)}

@@ -158,6 +158,7 @@ func (f *FrameReader) Sum() string { return hex.EncodeToString(f.sum.Sum(nil)) }
 // Offer is the first line of a send: what comes with the tree. Its JSON
 // is one line of at most MaxOfferLine bytes.
 type Offer struct {
+	Name     string          `json:"name,omitempty"`     // the machine's name on the sending side
 	Settings string          `json:"settings,omitempty"` // the .nspawn file's text
 	Limits   json.RawMessage `json:"limits,omitempty"`   // the limits file's JSON
 	Image    json.RawMessage `json:"image,omitempty"`    // the image record's JSON
