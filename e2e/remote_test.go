@@ -654,7 +654,7 @@ func remoteScenario(t *testing.T, e *env) {
 		var rawErr bytes.Buffer
 		raw.Stderr = &rawErr
 		rawOut, err := raw.Output()
-		if !errors.As(err, &ee) || ee.ExitCode() != 126 || len(rawOut) != 0 || !strings.HasPrefix(rawErr.String(), "nsbox-remote/1-1 ") {
+		if !errors.As(err, &ee) || ee.ExitCode() != 126 || len(rawOut) != 0 || !strings.HasPrefix(rawErr.String(), "nsbox-remote/1-2 ") {
 			t.Errorf("the remote side asked for protocol 9: %v, stdout %q, stderr %q", err, rawOut, rawErr.String())
 		}
 		// Values that would reach ssh's command line: refused first.
