@@ -127,7 +127,7 @@ func serve(t *testing.T, args ...string) (string, int) {
 }
 
 func TestServeRemoteVersions(t *testing.T) {
-	for _, v := range []string{"0", "2", "x", "-1"} {
+	for _, v := range []string{"0", "3", "x", "-1"} {
 		errText, code := serve(t, v, "list")
 		if code != remote.ExitProtocol {
 			t.Errorf("version %q: exit %d", v, code)

@@ -87,7 +87,7 @@ func commands() []*cli.Command {
 		cloneCommand(), renameCommand(), exportCommand(), pushCommand(), importCommand(), readOnlyCommand(), snapshotCommand(),
 		adoptCommand(), enableCommand(), disableCommand(), unitCommand(), setCommand(), logsCommand(), eventsCommand(), topCommand(),
 		bindCommand(), cpCommand(), diffCommand(), catCommand(), editCommand(), completionCommand(), manCommand(), runCommand(), runHelperCommand(),
-		cacheCommand(), pruneCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), portsCommand(), storageCommand(), socketProxyCommand(),
+		cacheCommand(), pruneCommand(), sendCommand(), receiveCommand(), doctorCommand(), superviseCommand(), networkUpCommand(), portsCommand(), storageCommand(), socketProxyCommand(),
 	}
 	quietUsage(cmds)
 	for _, c := range cmds {

@@ -149,8 +149,8 @@ KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
 PidFile %s/sshd_%d.pid
-SetEnv NSBOX_ROOT=%s NSBOX_CACHE_DIR=%s NSBOX_BACKEND=%s
-`, port, labServerAddr, l.sdir, l.sdir, l.sdir, port, root, e.cacheDir, e.name), 0o600)
+SetEnv NSBOX_ROOT=%s NSBOX_CACHE_DIR=%s NSBOX_BACKEND=%s "NSBOX_SSH=ssh -F %s/ssh_config.srv" NSBOX_REMOTE_PROGRAM=%s
+`, port, labServerAddr, l.sdir, l.sdir, l.sdir, port, root, e.cacheDir, e.name, l.sdir, e.nsbox), 0o600)
 		fmt.Fprintf(&known, "[%s]:%d %s\n", labServerAddr, port, keyOf(hostPub))
 		fmt.Fprintf(&wrong, "[%s]:%d %s\n", labServerAddr, port, keyOf(otherPub))
 		// sshd goes into the background once it listens; its pid file
@@ -166,6 +166,14 @@ SetEnv NSBOX_ROOT=%s NSBOX_CACHE_DIR=%s NSBOX_BACKEND=%s
 		return fmt.Sprintf("Host *\n  UserKnownHostsFile %s\n  GlobalKnownHostsFile /dev/null\n  IdentityFile %s/clientkey\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n", known, dir)
 	}
 	writeLab(t, l.sshConfig, config(filepath.Join(dir, "known_hosts")))
+	// The server's own ssh client, for nsbox send from host A to host B
+	// (NSBOX_SSH of the sshd sessions): the same key and known hosts.
+	clientKey, _ := os.ReadFile(filepath.Join(dir, "clientkey"))
+	if e.host != nil {
+		l.srvFile(t, l.sdir+"/clientkey", string(clientKey), 0o600)
+		l.srvFile(t, l.sdir+"/known_hosts", known.String(), 0o600)
+	}
+	l.srvFile(t, l.sdir+"/ssh_config.srv", strings.ReplaceAll(config(l.sdir+"/known_hosts"), dir+"/clientkey", l.sdir+"/clientkey"), 0o600)
 	writeLab(t, l.badConfig, config(filepath.Join(dir, "known_hosts.bad")))
 	// Both sshds answer before the scenario starts.
 	deadline := time.Now().Add(20 * time.Second)
@@ -646,7 +654,7 @@ func remoteScenario(t *testing.T, e *env) {
 		var rawErr bytes.Buffer
 		raw.Stderr = &rawErr
 		rawOut, err := raw.Output()
-		if !errors.As(err, &ee) || ee.ExitCode() != 126 || len(rawOut) != 0 || !strings.HasPrefix(rawErr.String(), "nsbox-remote/1-1 ") {
+		if !errors.As(err, &ee) || ee.ExitCode() != 126 || len(rawOut) != 0 || !strings.HasPrefix(rawErr.String(), "nsbox-remote/1-2 ") {
 			t.Errorf("the remote side asked for protocol 9: %v, stdout %q, stderr %q", err, rawOut, rawErr.String())
 		}
 		// Values that would reach ssh's command line: refused first.

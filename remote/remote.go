@@ -13,11 +13,15 @@ import (
 	"strings"
 )
 
-// Protocol is the version of the remote protocol this nsbox speaks; it
-// speaks no other (MinProtocol..Protocol).
+// Protocol is the highest version of the remote protocol this nsbox
+// speaks, MinProtocol the lowest. Protocol 2 is protocol 1 and the
+// receive command (nsbox send); -H asks for CommandProtocol, the version
+// every other command needs, so that an nsbox of protocol 1 serves them
+// still, and send asks for SendProtocol.
 const (
-	Protocol    = 1
-	MinProtocol = 1
+	Protocol        = 2
+	MinProtocol     = 1
+	CommandProtocol = 1
 )
 
 // Command is the hidden command the remote nsbox runs:

@@ -38,6 +38,8 @@ type Spec struct {
 	TTY     TTY
 	Program string // nsbox's name or path on the host
 	Args    []string
+	// Version is the protocol version asked for: CommandProtocol when 0.
+	Version int
 	Stdin   io.Reader
 	Stdout  io.Writer
 	Stderr  io.Writer
@@ -52,6 +54,22 @@ type Result struct {
 	// Header is the remote nsbox's header; Seen says whether one came.
 	Header Header
 	Seen   bool
+	// Asked is the protocol version that was asked for.
+	Asked int
+}
+
+func (s Spec) version() int {
+	if s.Version == 0 {
+		return CommandProtocol
+	}
+	return s.Version
+}
+
+func (r Result) asked() int {
+	if r.Asked == 0 {
+		return CommandProtocol
+	}
+	return r.Asked
 }
 
 // Run runs the command through ssh and waits for it. The header the
@@ -61,7 +79,7 @@ type Result struct {
 // SIGTERM: the connection closes, and the remote nsbox, which watches for
 // that, stops its work.
 func Run(ctx context.Context, s Spec) (Result, error) {
-	line, err := CommandLine(s.Program, Protocol, s.Args)
+	line, err := CommandLine(s.Program, s.version(), s.Args)
 	if err != nil {
 		return Result{}, err
 	}
@@ -83,7 +101,7 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 	}
 	err = cmd.Run()
 	_ = f.Flush()
-	var res Result
+	res := Result{Asked: s.version()}
 	res.Header, res.Seen = f.Header()
 	var ee *exec.ExitError
 	switch {
@@ -106,17 +124,18 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 // report when the status is not the remote command's own. local is this
 // nsbox's version text, for messages.
 func Outcome(h Host, r Result, local string) (int, error) {
+	asked := r.asked()
 	if r.Seen {
-		if r.Header.Speaks(Protocol) {
+		if r.Header.Speaks(asked) {
 			return r.Status, nil
 		}
 		fix := "upgrade nsbox on " + h.String()
-		if r.Header.Min > Protocol {
+		if r.Header.Min > asked {
 			fix = "upgrade nsbox here"
 		}
 		return ExitProtocol, &Error{Host: h, Status: ExitProtocol, Msg: fmt.Sprintf(
 			"%s: nsbox there speaks remote protocol %s (nsbox %s), this one speaks %d (nsbox %s): %s",
-			h, span(r.Header.Min, r.Header.Max), r.Header.Version, Protocol, local, fix)}
+			h, span(r.Header.Min, r.Header.Max), r.Header.Version, asked, local, fix)}
 	}
 	switch r.Status {
 	case ExitConnect:
@@ -128,7 +147,7 @@ func Outcome(h Host, r Result, local string) (int, error) {
 	}
 	return ExitProtocol, &Error{Host: h, Status: ExitProtocol, Msg: fmt.Sprintf(
 		"%s: nsbox there did not answer in the remote protocol (exit status %d; an nsbox without -H support, older than this one (nsbox %s, protocol %d)? upgrade nsbox on %s)",
-		h, r.Status, local, Protocol, h)}
+		h, r.Status, local, asked, h)}
 }
 
 // Explain is Outcome, and where a host answered without the protocol's
@@ -143,7 +162,7 @@ func Explain(ctx context.Context, s Spec, r Result, local string) (int, error) {
 	}
 	if v := RemoteVersion(ctx, s); v != "" {
 		e.Msg = fmt.Sprintf("%s: nsbox there (%s) does not speak the remote protocol; this one speaks %d (nsbox %s): upgrade nsbox on %s",
-			s.Host, v, Protocol, local, s.Host)
+			s.Host, v, r.asked(), local, s.Host)
 	}
 	return code, err
 }
