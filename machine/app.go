@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -44,19 +45,16 @@ type App struct {
 // Entrypoint then its Cmd (argv replaces the Cmd when given, as the
 // arguments of docker run do; entrypoint replaces the Entrypoint).
 func appFromImage(img *ImageRecord, cmd []string) *App {
-	a := &App{}
-	if img != nil {
-		a.Argv = append(append(a.Argv, img.Config.Entrypoint...), img.Config.Cmd...)
-		if cmd != nil {
-			a.Argv = append(append([]string(nil), img.Config.Entrypoint...), cmd...)
-		}
-		a.Workdir = img.Config.WorkingDir
-		if path.IsAbs(a.Workdir) {
-			a.Workdir = path.Clean(a.Workdir)
-		}
-		a.User = img.Config.User
-	} else {
-		a.Argv = cmd
+	if img == nil {
+		return &App{Argv: cmd}
+	}
+	c := img.Config
+	if cmd == nil {
+		cmd = c.Cmd
+	}
+	a := &App{Argv: append(slices.Clone(c.Entrypoint), cmd...), Workdir: c.WorkingDir, User: c.User}
+	if path.IsAbs(a.Workdir) {
+		a.Workdir = path.Clean(a.Workdir)
 	}
 	return a
 }

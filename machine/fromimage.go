@@ -53,6 +53,22 @@ func (m *Manager) ImageCache() *oci.Cache {
 	return &oci.Cache{Dir: filepath.Join(m.CacheDir, "oci")}
 }
 
+// shareImageCache takes the image cache's lock shared, waiting for a
+// prune or cache remove that holds it: a create from an image and an
+// export hold it while they use cached blobs, which prune (exclusive,
+// without waiting) then leaves alone.
+func (m *Manager) shareImageCache(ctx context.Context) (*oci.Cache, *host.FileLock, error) {
+	cache := m.ImageCache()
+	if err := os.MkdirAll(cache.Dir, 0o700); err != nil {
+		return nil, nil, err
+	}
+	l, err := host.LockFile(ctx, cache.LockPath(), false, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cache, l, nil
+}
+
 // createFromImage makes machine name from the container image o.From:
 // its layers pulled into the layer cache (those not there yet), then
 // flattened into a base of the base cache keyed by the image's manifest
@@ -90,14 +106,9 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 	if err := m.taken(name); err != nil {
 		return err
 	}
-	cache := m.ImageCache()
-	// Held shared from the pull until the machine's image record names
-	// its layers: prune, which takes it exclusive without waiting, never
-	// removes a layer a create is about to apply.
-	if err := os.MkdirAll(cache.Dir, 0o700); err != nil {
-		return err
-	}
-	cacheLock, err := host.LockFile(ctx, filepath.Join(cache.Dir, ".lck"), false, true)
+	// Held from the pull until the machine's image record names its
+	// layers: prune never removes a layer a create is about to apply.
+	cache, cacheLock, err := m.shareImageCache(ctx)
 	if err != nil {
 		return err
 	}

@@ -355,7 +355,7 @@ func (m *Manager) RemoveLayer(ctx context.Context, digest string) error {
 	if _, err := os.Lstat(p); err != nil {
 		return fmt.Errorf("no cached layer %s (see: nsbox cache list --layers)", digest)
 	}
-	l, err := host.LockFile(ctx, filepath.Join(c.Dir, ".lck"), true, false)
+	l, err := host.LockFile(ctx, c.LockPath(), true, false)
 	if errors.Is(err, host.ErrLocked) {
 		return fmt.Errorf("%w: a create from an image is using the layer cache; try again once it has ended", ErrBusy)
 	}

@@ -252,13 +252,8 @@ func (m *Manager) ociImage(ctx context.Context, name string, tmp int, o OCIOptio
 		return err
 	}
 	defer lock.Unlock()
-	cache := m.ImageCache()
-	if err := os.MkdirAll(cache.Dir, 0o700); err != nil {
-		return err
-	}
-	// Shared, as a create from an image holds it: prune does not take a
-	// cached base layer away meanwhile.
-	cacheLock, err := host.LockFile(ctx, filepath.Join(cache.Dir, ".lck"), false, true)
+	// Prune does not take a cached base layer away meanwhile.
+	_, cacheLock, err := m.shareImageCache(ctx)
 	if err != nil {
 		return err
 	}

@@ -496,7 +496,7 @@ func (m *Manager) pruneImageLayers(p *pruner, gone func(dir string) bool) {
 	if len(blobs) == 0 {
 		return
 	}
-	release, ok := p.lock(filepath.Join(c.Dir, ".lck"))
+	release, ok := p.lock(c.LockPath())
 	if !ok {
 		return
 	}

@@ -5,13 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"github.com/nsbox/nsbox/machine/download"
 	"hash"
 	"io"
 	"os"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -198,14 +196,7 @@ func CheckPush(dst Source, o Options) error {
 	if o.Stall <= 0 {
 		o.Stall = time.Minute
 	}
-	kc := o.Keychain
-	if kc == nil {
-		kc = authn.DefaultKeychain
-	}
-	tr := o.Transport
-	if tr == nil {
-		tr = download.Transport(o.Stall, false)
-	}
+	kc, tr := o.client()
 	if err := remote.CheckPushPermission(dst.Ref, kc, tr); err != nil {
 		return describeAs("", dst, o, err)
 	}

@@ -96,6 +96,11 @@ type Image struct {
 	Downloaded int64   `json:"-"` // bytes this pull fetched
 }
 
+// LockPath is the lock of the cache: held shared by what uses its
+// blobs (a create from an image, an export), exclusive by what removes
+// them (prune, cache remove).
+func (c *Cache) LockPath() string { return filepath.Join(c.Dir, ".lck") }
+
 // Blob is the path of the blob with digest ("sha256:HEX").
 func (c *Cache) Blob(digest string) (string, error) {
 	hex, ok := strings.CutPrefix(digest, "sha256:")
@@ -372,9 +377,9 @@ func (c *Cache) download(l v1.Layer, p string, ly Layer, o Options, prog Progres
 	return nil
 }
 
-// remoteOptions are the registry client's: credentials, nsbox's
-// transport, the context, short retries.
-func remoteOptions(ctx context.Context, o Options) []remote.Option {
+// client is the credentials and transport o gives, or the user's Docker
+// config and nsbox's guarded transport.
+func (o Options) client() (authn.Keychain, http.RoundTripper) {
 	kc := o.Keychain
 	if kc == nil {
 		kc = authn.DefaultKeychain
@@ -383,6 +388,13 @@ func remoteOptions(ctx context.Context, o Options) []remote.Option {
 	if tr == nil {
 		tr = download.Transport(o.Stall, false)
 	}
+	return kc, tr
+}
+
+// remoteOptions are the registry client's: credentials, nsbox's
+// transport, the context, short retries.
+func remoteOptions(ctx context.Context, o Options) []remote.Option {
+	kc, tr := o.client()
 	return []remote.Option{
 		remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithTransport(tr),
 		remote.WithUserAgent("nsbox"), remote.WithJobs(1),
