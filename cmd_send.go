@@ -75,11 +75,17 @@ type sendResult struct {
 	Name    string `json:"name"`
 	Host    string `json:"host"`
 	NewName string `json:"new_name"`
-	Bytes   int64  `json:"bytes"`
-	SHA256  string `json:"sha256"`
-	TimeNs  int64  `json:"time_ns"`
-	Moved   bool   `json:"moved"`
-	Enabled bool   `json:"enabled"`
+	// Mode is what went: "tree" (the whole tree), "upper" (an overlay
+	// machine's upper alone: HOST had its base version) or "base" (its
+	// base version, then its upper).
+	Mode string `json:"mode"`
+	// Bytes is every byte of the streams; BaseBytes those of the base.
+	Bytes     int64  `json:"bytes"`
+	BaseBytes int64  `json:"base_bytes"`
+	SHA256    string `json:"sha256"`
+	TimeNs    int64  `json:"time_ns"`
+	Moved     bool   `json:"moved"`
+	Enabled   bool   `json:"enabled"`
 }
 
 // parseDestination reads [USER@]HOST[:NEWNAME]; an IPv6 address goes in
@@ -162,7 +168,7 @@ func sendAction(c *cli.Context) error {
 		return err
 	}
 	elapsed := time.Since(start)
-	r := sendResult{Name: name, Host: h.String(), NewName: newName, Bytes: res.Bytes, SHA256: res.SHA256,
+	r := sendResult{Name: name, Host: h.String(), NewName: newName, Mode: res.Mode, Bytes: res.BaseBytes + res.Bytes, BaseBytes: res.BaseBytes, SHA256: res.SHA256,
 		TimeNs: elapsed.Nanoseconds(), Enabled: out.Enabled()}
 	if c.Bool("move") {
 		out.Close()
@@ -182,8 +188,15 @@ func sendAction(c *cli.Context) error {
 	if newName != name {
 		as = " as " + newName
 	}
-	fmt.Printf("%s %s to %s%s: %s in %s (%s/s)\n", verb, name, h, as, humanBytes(res.Bytes),
-		elapsed.Round(100*time.Millisecond), humanBytes(bytesPerSecond(res.Bytes, elapsed)))
+	what := ""
+	switch r.Mode {
+	case remote.ModeUpper:
+		what = ", its changes alone (" + h.String() + " has its base)"
+	case remote.ModeBase:
+		what = fmt.Sprintf(", its base first (%s, once) and then its changes", humanBytes(r.BaseBytes))
+	}
+	fmt.Printf("%s %s to %s%s: %s in %s (%s/s)%s\n", verb, name, h, as, humanBytes(r.Bytes),
+		elapsed.Round(100*time.Millisecond), humanBytes(bytesPerSecond(r.Bytes, elapsed)), what)
 	return nil
 }
 

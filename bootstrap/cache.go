@@ -51,8 +51,11 @@ type BaseInfo struct {
 	// Version names this bootstrap of the base (its time); Current is
 	// false for an earlier version kept for the machines over it, which
 	// Machines names. Runs is true while throwaway runs are over it.
-	Version  string   `json:"version"`
-	Current  bool     `json:"current"`
+	Version string `json:"version"`
+	Current bool   `json:"current"`
+	// ID tells this bootstrap from every other, on every host: a version
+	// sent to another host keeps it (see Identify).
+	ID       string   `json:"id,omitempty"`
 	Machines []string `json:"machines"`
 	Runs     bool     `json:"runs"`
 	// Image is set for a base flattened from a container image (create
@@ -344,7 +347,7 @@ func (c *BaseCache) stageBase(ctx context.Context, key string, fill func(ctx con
 		return BaseInfo{}, err
 	}
 	info.Key, info.Created = key, time.Now().UTC()
-	info.Version = versionOf(info.Created)
+	info.Version, info.ID = versionOf(info.Created), newBaseID()
 	info.Size, _ = host.DiskUsage(root)
 	b, _ := json.MarshalIndent(info, "", "  ")
 	if err := os.WriteFile(filepath.Join(tmp, "base.json"), append(b, '\n'), 0o644); err != nil {

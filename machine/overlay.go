@@ -162,11 +162,15 @@ func (m *Manager) lowerOf(rec storage.Record) (string, error) {
 	if rec.Version == "" {
 		return rec.Lower, nil
 	}
-	bc := m.Bases()
+	return m.basesOf(rec).VersionRoot(rec.Base, rec.Version)
+}
+
+// basesOf is the base cache machine rec's base is in.
+func (m *Manager) basesOf(rec storage.Record) *bootstrap.BaseCache {
 	if rec.Bases != "" {
-		bc = m.basesIn(rec.Bases)
+		return m.basesIn(rec.Bases)
 	}
-	return bc.VersionRoot(rec.Base, rec.Version)
+	return m.Bases()
 }
 
 // createOverlay makes machine name an overlay over the cached base for
@@ -214,6 +218,16 @@ func (m *Manager) cloneOverlay(ctx context.Context, src, dst string) error {
 // range). Its hostname is written through the overlay and given to the
 // machine's root.
 func (m *Manager) newOverlay(ctx context.Context, name string, base func() (storage.Record, error), fillUpper func(upper string, uid int) error) error {
+	return m.newOverlayWith(ctx, name, base, fillUpper, nil)
+}
+
+// newOverlayWith is newOverlay whose personalisation is personal's (given
+// the mounted tree, it returns the paths it wrote as host root) instead of
+// bootstrap.Personalise's; nil: Personalise's.
+func (m *Manager) newOverlayWith(ctx context.Context, name string, base func() (storage.Record, error), fillUpper func(upper string, uid int) error, personal func(tree string) ([]string, error)) error {
+	if personal == nil {
+		personal = func(tree string) ([]string, error) { return personalised, bootstrap.Personalise(tree, name) }
+	}
 	var rec storage.Record
 	lay := m.layout(name)
 	// Set once this create holds the name (newTree's lock) and has
@@ -261,13 +275,13 @@ func (m *Manager) newOverlay(ctx context.Context, name string, base func() (stor
 		if err := at.Mount(ctx, m.Runner, rec.Lower, rec.UIDBase); err != nil {
 			return err
 		}
-		err := bootstrap.Personalise(tmp, name)
+		paths, err := personal(tmp)
 		if uerr := at.Unmount(); err == nil {
 			err = uerr
 		}
 		if err == nil {
 			// What host root wrote belongs to the machine's root.
-			err = storage.ShiftPaths(lay.Upper(), personalised, rec.UIDBase)
+			err = storage.ShiftPaths(lay.Upper(), paths, rec.UIDBase)
 		}
 		return err
 	}
@@ -567,4 +581,46 @@ func (m *Manager) recordBase(name string, rec storage.Record) {
 	if err := m.writeStorage(name, rec); err != nil {
 		logrus.Warnf("%s: remember its base (for diff): %v", name, err)
 	}
+}
+
+// probeOverlay tries what an overlay machine here needs: a lower in the
+// base cache, mapped to a machine's range (an idmapped mount), under an
+// upper in the store. It leaves nothing. A receive asks it before it asks
+// for an overlay machine's upper alone, which it could not mount
+// otherwise.
+func (m *Manager) probeOverlay(ctx context.Context) error {
+	bases := m.Bases().Dir
+	if err := host.PrivateDir(bases); err != nil {
+		return err
+	}
+	lower, err := os.MkdirTemp(bases, ".#probe.")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(lower)
+	if err := os.MkdirAll(m.overlayDir(), 0o700); err != nil {
+		return err
+	}
+	defer os.Remove(m.overlayDir()) // when nothing else is there
+	dir, err := os.MkdirTemp(m.overlayDir(), ".#probe-")
+	if err != nil {
+		return err
+	}
+	lay := storage.Layout{Target: filepath.Join(dir, "tree"), Dir: dir}
+	defer func() {
+		_ = lay.Unmount()
+		host.UnmountUnder(dir)
+		_ = host.RemoveTree(dir)
+	}()
+	if err := os.Mkdir(lay.Target, 0o700); err != nil {
+		return err
+	}
+	uid, err := m.pickUIDBase()
+	if err != nil {
+		return err
+	}
+	if err := lay.Prepare(lower, uid); err != nil {
+		return err
+	}
+	return lay.Mount(ctx, m.Runner, lower, uid)
 }

@@ -43,8 +43,14 @@ type SendOptions struct {
 
 // SendResult is what a send moved.
 type SendResult struct {
-	Bytes  int64  // bytes of the zstd tar stream
+	// Mode is what the receiver asked for: remote.ModeTree, ModeUpper or
+	// ModeBase.
+	Mode   string
+	Bytes  int64  // bytes of the machine's stream (its tree, or its upper)
 	SHA256 string // its sum, which the receiver confirmed
+	// Of the base's stream, in ModeBase.
+	BaseBytes  int64
+	BaseSHA256 string
 }
 
 // Outgoing is a stopped machine being sent: locked as stopped from
@@ -54,6 +60,10 @@ type Outgoing struct {
 	name  string
 	lock  *Lock
 	offer remote.Offer
+	// Of an overlay machine whose base version can go apart: its record
+	// and base.
+	rec  storage.Record
+	base bootstrap.BaseInfo
 }
 
 // PrepareSend checks that name is a stopped machine of this host, locks
@@ -99,7 +109,30 @@ func (g *Outgoing) read(ctx context.Context, o SendOptions) error {
 		}
 		*f.to = json.RawMessage(bytes.TrimSpace(b))
 	}
+	g.offerBase(ctx)
 	return nil
+}
+
+// offerBase offers an overlay machine as its base version and its upper,
+// for a receiver that has the version or takes it. A base that cannot be
+// named (gone, or its base.json unreadable) leaves the offer as it is: the
+// whole tree is sent.
+func (g *Outgoing) offerBase(ctx context.Context) {
+	rec := g.m.storageOf(g.name)
+	if rec.Kind != storage.Overlay || rec.Version == "" || rec.Base == "" {
+		return
+	}
+	info, err := g.m.basesOf(rec).Identify(ctx, rec.Base, rec.Version)
+	if err != nil {
+		logrus.Debugf("send %s: the whole tree, not its base apart: %v", g.name, err)
+		return
+	}
+	desc := info
+	desc.Root, desc.Machines, desc.Current, desc.Runs = "", nil, false, false
+	raw, _ := json.Marshal(desc)
+	g.rec, g.base = rec, info
+	g.offer.Storage = &remote.StorageOffer{Kind: string(storage.Overlay),
+		Base: &remote.BaseOffer{Key: info.Key, Version: info.Version, ID: info.ID, Info: raw}}
 }
 
 // Enabled reports whether the machine boots with this host.
@@ -120,14 +153,15 @@ func (m *Manager) Send(ctx context.Context, name string, to io.Writer, from io.R
 
 // Stream sends the machine to a receiver (Receive, the remote "nsbox
 // receive" run through ssh): the offer on to, the receiver's Ready on
-// from, then the machine's tree as the machine sees it (an overlay's
-// merged tree, owners unshifted) as a zstd tar in the frames of
-// remote.FrameWriter, and last the receiver's Stored, whose byte count
-// and sum must be what was sent. Nothing here changes. A receiver that
-// ends before Ready is ErrRefused. progress, when set, is told the bytes
-// sent so far after every write.
+// from, then what the receiver asked for, each part a zstd stream in the
+// frames of remote.FrameWriter with its sum: the machine's tree as the
+// machine sees it (an overlay's merged tree, owners unshifted), or an
+// overlay machine's upper alone as an image layer, after its base
+// version's tree when the receiver does not have it. Last comes the
+// receiver's Stored, whose byte counts and sums must be what was sent.
+// Nothing here changes. A receiver that ends before Ready is ErrRefused.
+// progress, when set, is told the bytes sent so far after every write.
 func (g *Outgoing) Stream(ctx context.Context, to io.Writer, from io.Reader, progress func(int64)) (SendResult, error) {
-	m, name := g.m, g.name
 	var res SendResult
 	line, err := json.Marshal(g.offer)
 	if err != nil {
@@ -144,42 +178,110 @@ func (g *Outgoing) Stream(ctx context.Context, to io.Writer, from io.Reader, pro
 	if err := readReply(replies, &r); err != nil || !r.Ready {
 		return res, ErrRefused
 	}
-	fw := remote.NewFrameWriter(to)
-	var out io.Writer = fw
-	if progress != nil {
-		out = progressWriter{fw, progress}
+	res.Mode = r.Mode
+	if res.Mode == "" {
+		res.Mode = remote.ModeTree
 	}
-	enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	var sent int64
+	tell := func(n int64) {
+		if progress != nil {
+			progress(sent + n)
+		}
+	}
+	switch res.Mode {
+	case remote.ModeTree:
+		res.Bytes, res.SHA256, err = writeStream(to, tell, g.writeTree(ctx))
+	case remote.ModeBase, remote.ModeUpper:
+		if g.offer.Storage == nil {
+			return res, fmt.Errorf("%w: it asked for %q, which was not offered", remote.ErrStream, res.Mode)
+		}
+		if res.Mode == remote.ModeBase {
+			res.BaseBytes, res.BaseSHA256, err = writeStream(to, tell, g.writeBase(ctx))
+			if err != nil {
+				return res, err
+			}
+			sent = res.BaseBytes
+		}
+		res.Bytes, res.SHA256, err = writeStream(to, tell, g.writeUpper(ctx))
+	default:
+		return res, fmt.Errorf("%w: it asked for %q", remote.ErrStream, printable(res.Mode))
+	}
 	if err != nil {
 		return res, err
 	}
-	tar := func(root string) error {
+	if err := readReply(replies, &r); err != nil || r.Stored == "" {
+		return res, ErrNotConfirmed
+	}
+	if r.Bytes != res.Bytes || r.SHA256 != res.SHA256 || r.BaseBytes != res.BaseBytes || r.BaseSHA256 != res.BaseSHA256 {
+		return res, fmt.Errorf("%w: it confirmed %d bytes with sum %s, but %d bytes with sum %s were sent",
+			ErrNotConfirmed, r.BaseBytes+r.Bytes, printable(r.BaseSHA256+r.SHA256), res.BaseBytes+res.Bytes, res.BaseSHA256+res.SHA256)
+	}
+	return res, nil
+}
+
+// writeTree writes the machine's tree as the machine sees it, as GNU tar
+// does for export.
+func (g *Outgoing) writeTree(ctx context.Context) func(io.Writer) error {
+	m, name := g.m, g.name
+	return func(w io.Writer) error {
+		tar := func(root string) error {
+			args := append([]string{"--create", "--file=-", "--directory=" + root}, image.TarArgs...)
+			return m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: w})
+		}
+		if m.storageOf(name).Kind == storage.Overlay {
+			return m.withView(ctx, name, tar)
+		}
+		return tar(m.Dir(name))
+	}
+}
+
+// writeBase writes the overlay machine's base version's tree, as a copy
+// machine's, holding the base's lock so that no refresh moves it meanwhile.
+func (g *Outgoing) writeBase(ctx context.Context) func(io.Writer) error {
+	return func(w io.Writer) error {
+		bc := g.m.basesOf(g.rec)
+		unlock, err := bc.Hold(ctx, g.rec.Base)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		root, err := bc.VersionRoot(g.rec.Base, g.rec.Version)
+		if err != nil {
+			return err
+		}
 		args := append([]string{"--create", "--file=-", "--directory=" + root}, image.TarArgs...)
-		return m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: enc})
+		return g.m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: w})
 	}
-	if m.storageOf(name).Kind == storage.Overlay {
-		err = m.withView(ctx, name, tar)
-	} else {
-		err = tar(m.Dir(name))
+}
+
+// writeUpper writes the overlay machine's upper as an image layer (owners
+// as the machine sees them, whiteouts and opaque directories OCI's): what
+// it changed of its base, and nothing of the base.
+func (g *Outgoing) writeUpper(ctx context.Context) func(io.Writer) error {
+	return func(w io.Writer) error {
+		_, err := image.WriteLayer(ctx, g.m.layout(g.name).Upper(), w, image.LayerOptions{
+			Shift: g.rec.UpperBase(), Upper: true, Name: g.name + ":"})
+		return err
 	}
-	if err == nil {
-		err = enc.Close()
+}
+
+// writeStream writes what body writes to to as one zstd stream in frames
+// with its sum, and returns its length and sum.
+func writeStream(to io.Writer, progress func(int64), body func(io.Writer) error) (int64, string, error) {
+	fw := remote.NewFrameWriter(to)
+	out := io.Writer(progressWriter{fw, progress})
+	enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return 0, "", err
+	}
+	err = body(enc)
+	if cerr := enc.Close(); err == nil {
+		err = cerr
 	}
 	if err == nil {
 		err = fw.Close()
 	}
-	if err != nil {
-		return res, err
-	}
-	res.Bytes, res.SHA256 = fw.Bytes(), fw.Sum()
-	if err := readReply(replies, &r); err != nil || r.Stored == "" {
-		return res, ErrNotConfirmed
-	}
-	if r.Bytes != res.Bytes || r.SHA256 != res.SHA256 {
-		return res, fmt.Errorf("%w: it confirmed %d bytes with sum %s, but %d bytes with sum %s were sent",
-			ErrNotConfirmed, r.Bytes, printable(r.SHA256), res.Bytes, res.SHA256)
-	}
-	return res, nil
+	return fw.Bytes(), fw.Sum(), err
 }
 
 type progressWriter struct {
@@ -189,7 +291,9 @@ type progressWriter struct {
 
 func (p progressWriter) Write(b []byte) (int, error) {
 	n, err := p.w.Write(b)
-	p.fn(p.w.Bytes())
+	if p.fn != nil {
+		p.fn(p.w.Bytes())
+	}
 	return n, err
 }
 
@@ -234,20 +338,27 @@ func printable(s string) string {
 // ReceiveResult is what a receive stored.
 type ReceiveResult struct {
 	Name   string
+	Mode   string // what it asked for (remote.ModeTree, ModeUpper, ModeBase)
 	Bytes  int64
 	SHA256 string
+	// Of the base's stream, in ModeBase.
+	BaseBytes  int64
+	BaseSHA256 string
 }
 
 // Receive is the receiving side of Send, reading in and answering on
 // out: it checks name (valid, not taken here) and the offer (a settings
 // file nsbox reads, limits and an image record that are JSON) before it
-// answers Ready, so a refusal comes before any byte of the tree. The tree
-// goes into a staging tree (.#NAME.*) through the checks of import
-// (image.ArchiveChecker: every member, and the free space of the root
-// directory's file system less a reserve); only when the stream's sum
-// matches the sender's does the tree get its name, and then its settings,
-// limits, image record and autostart. Any failure, or a stream cut short,
-// leaves nothing.
+// answers Ready, so a refusal comes before any byte of the tree. Its Ready
+// says what it wants: of an overlay machine whose base version (by its ID)
+// it has, the upper alone; of one whose version it can take, the version
+// first (stored in the base cache) and then the upper; otherwise the
+// whole tree. Every stream goes into a staging tree (.#NAME.*, or the
+// base cache's own) through the checks of import (image.ArchiveChecker:
+// every member, and the free space of the file system less a reserve);
+// only when the streams' sums match the sender's does the machine get its
+// name, and then its settings, limits, image record and autostart. Any
+// failure, or a stream cut short, leaves nothing, a base it took included.
 func (m *Manager) Receive(ctx context.Context, name string, in io.Reader, out io.Writer) (ReceiveResult, error) {
 	res := ReceiveResult{Name: name}
 	if err := m.checkRootAndName(name, false); err != nil {
@@ -285,93 +396,284 @@ func (m *Manager) Receive(ctx context.Context, name string, in io.Reader, out io
 			return res, fmt.Errorf("its image record: %w", err)
 		}
 	}
-	space, err := image.FreeSpace(m.Store(), m.RootDir)
+	in2 := &incoming{m: m, name: name, offer: offer, br: br}
+	in2.mode = in2.choose(ctx)
+	res.Mode = in2.mode
+	if err := writeReply(out, remote.Reply{Ready: true, Mode: res.Mode}); err != nil {
+		return res, err
+	}
+	defer in2.release()
+	if res.Mode == remote.ModeTree {
+		err = in2.tree(ctx)
+	} else {
+		err = in2.overlay(ctx)
+	}
 	if err != nil {
-		return res, err
-	}
-	if err := writeReply(out, remote.Reply{Ready: true}); err != nil {
-		return res, err
-	}
-	fr := remote.NewFrameReader(br)
-	c := &image.ArchiveChecker{Space: &space}
-	fill := func(tmp string) error {
-		if err := os.Mkdir(tmp, 0o755); err != nil {
-			return err
-		}
-		if err := image.NoCasefold(tmp); err != nil {
-			return err
-		}
-		dec, err := zstd.NewReader(fr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
-		if err != nil {
-			return err
-		}
-		defer dec.Close()
-		err = image.Extract(ctx, m.Runner, dec, tmp, c)
-		if err == nil {
-			// Whatever follows the tar's end, to the stream's end and sum.
-			_, err = io.Copy(io.Discard, dec)
-		}
-		if err == nil {
-			_, err = io.Copy(io.Discard, fr)
-		}
-		if serr := fr.Err(); serr != nil {
-			// The stream's own failure (cut short, a wrong sum) is the
-			// cause of what the extraction saw.
-			return serr
-		}
-		if err != nil {
-			return err
-		}
-		if !fr.Done() {
-			return fmt.Errorf("%w: it has data after its end", remote.ErrStream)
-		}
-		if _, ok := readOSRelease(tmp); !ok {
-			return errors.New("the tree has no os-release: not a root file system")
-		}
-		return os.Lchown(tmp, 0, 0)
-	}
-	personalise := func(tmp string) error {
-		if offer.KeepID {
-			// A move keeps its machine id; a hostname that was its old
-			// name follows the new one, as with rename.
-			if offer.Name == "" || offer.Name == name {
-				return nil
-			}
-			r, err := os.OpenRoot(tmp)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			if b, err := r.ReadFile("etc/hostname"); err == nil && strings.TrimSpace(string(b)) == offer.Name {
-				return host.WriteInRoot(r, "etc/hostname", name+"\n")
-			}
-			return nil
-		}
-		return bootstrap.Personalise(tmp, name)
-	}
-	if err := m.newTreeWith(ctx, name, fill, personalise); err != nil {
 		return res, err
 	}
 	if err := m.receivedFiles(ctx, name, offer); err != nil {
 		// All or nothing: the machine goes again.
-		if rerr := m.Remove(context.WithoutCancel(ctx), name, false); rerr != nil {
-			logrus.Warnf("remove %s again: %v", name, rerr)
-		}
+		in2.removeAgain(ctx)
 		return res, err
 	}
-	if c.Devices > 0 {
-		logrus.Warnf("receive %s: left out %d device nodes (systemd-nspawn gives a machine its own /dev)", name, c.Devices)
+	if in2.devices > 0 {
+		logrus.Warnf("receive %s: left out %d device nodes (systemd-nspawn gives a machine its own /dev)", name, in2.devices)
 	}
-	res.Bytes, res.SHA256 = fr.Bytes(), fr.Sum()
-	if err := writeReply(out, remote.Reply{Stored: name, Bytes: res.Bytes, SHA256: res.SHA256}); err != nil {
+	res.Bytes, res.SHA256, res.BaseBytes, res.BaseSHA256 = in2.bytes, in2.sum, in2.baseBytes, in2.baseSum
+	if err := writeReply(out, remote.Reply{Stored: name, Bytes: res.Bytes, SHA256: res.SHA256, BaseBytes: res.BaseBytes, BaseSHA256: res.BaseSHA256}); err != nil {
 		// The sender is gone before it heard: it keeps its machine,
 		// and so must not find a second one here.
-		if rerr := m.Remove(context.WithoutCancel(ctx), name, false); rerr != nil {
-			logrus.Warnf("remove %s again: %v", name, rerr)
-		}
+		in2.removeAgain(ctx)
 		return res, fmt.Errorf("the sender is gone: %w", err)
 	}
+	in2.kept = true
 	return res, nil
+}
+
+// incoming is a receive under way.
+type incoming struct {
+	m     *Manager
+	name  string
+	offer remote.Offer
+	br    *bufio.Reader
+	mode  string // what it asked for
+
+	// What the streams were: bytes and sums, and the device nodes left
+	// out.
+	bytes, baseBytes int64
+	sum, baseSum     string
+	devices          int
+
+	// The base version (ModeUpper, ModeBase), and what release lets go
+	// of it: the base's lock, and, unless kept, the version this receive
+	// added.
+	base   bootstrap.BaseInfo
+	unlock func()
+	drop   func()
+	kept   bool
+}
+
+// choose decides what to ask the sender for. An overlay machine whose
+// base version (its ID) is here: its upper. One whose version can be
+// added here (a valid reference, no other bootstrap of that key under
+// that version name), where overlay machines can be made: the base and
+// the upper. Anything else: the whole tree.
+func (in *incoming) choose(ctx context.Context) string {
+	st := in.offer.Storage
+	if st == nil || st.Kind != string(storage.Overlay) || st.Base == nil {
+		return remote.ModeTree
+	}
+	b := st.Base
+	if err := bootstrap.CheckBaseRef(b.Key, b.Version, b.ID); err != nil {
+		logrus.Debugf("receive %s: the whole tree: %v", in.name, err)
+		return remote.ModeTree
+	}
+	bc := in.m.Bases()
+	if _, ok := bc.FindID(b.Key, b.ID); ok {
+		if err := in.m.probeOverlay(ctx); err != nil {
+			logrus.Debugf("receive %s: the whole tree: %v", in.name, err)
+			return remote.ModeTree
+		}
+		return remote.ModeUpper
+	}
+	if bc.HasVersion(b.Key, b.Version) {
+		logrus.Debugf("receive %s: the whole tree: base %s has another version %s here", in.name, b.Key, b.Version)
+		return remote.ModeTree
+	}
+	if err := in.m.probeOverlay(ctx); err != nil {
+		logrus.Debugf("receive %s: the whole tree: %v", in.name, err)
+		return remote.ModeTree
+	}
+	return remote.ModeBase
+}
+
+// release lets go of the base: its lock, and the version this receive
+// added unless the machine over it was kept.
+func (in *incoming) release() {
+	if in.drop != nil && !in.kept {
+		in.drop()
+	}
+	if in.unlock != nil {
+		in.unlock()
+	}
+}
+
+// removeAgain removes the received machine after a failure past its
+// publication.
+func (in *incoming) removeAgain(ctx context.Context) {
+	if err := in.m.Remove(context.WithoutCancel(ctx), in.name, false); err != nil {
+		logrus.Warnf("remove %s again: %v", in.name, err)
+	}
+}
+
+// readStream reads one zstd stream in frames from br: fill reads what it
+// decompresses; the rest of the stream (to its end and sum) is read after
+// it. The stream's own failure (cut short, a wrong sum) is the cause of
+// what fill saw.
+func readStream(br *bufio.Reader, fill func(io.Reader) error) (int64, string, error) {
+	fr := remote.NewFrameReader(br)
+	dec, err := zstd.NewReader(fr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
+	if err != nil {
+		return 0, "", err
+	}
+	defer dec.Close()
+	err = fill(dec)
+	if err == nil {
+		_, err = io.Copy(io.Discard, dec)
+	}
+	if err == nil {
+		_, err = io.Copy(io.Discard, fr)
+	}
+	if serr := fr.Err(); serr != nil {
+		return 0, "", serr
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	if !fr.Done() {
+		return 0, "", fmt.Errorf("%w: it has data after its end", remote.ErrStream)
+	}
+	return fr.Bytes(), fr.Sum(), nil
+}
+
+// extractInto fills the new directory dir (made 0755) with the checked
+// extraction of a tar stream, within the free space of dir's file system.
+func (in *incoming) extractInto(ctx context.Context, dir string) (func(io.Reader) error, error) {
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	if err := image.NoCasefold(dir); err != nil {
+		return nil, err
+	}
+	space, err := image.FreeSpace(dir, dir)
+	if err != nil {
+		return nil, err
+	}
+	c := &image.ArchiveChecker{Space: &space}
+	return func(r io.Reader) error {
+		err := image.Extract(ctx, in.m.Runner, r, dir, c)
+		in.devices += c.Devices
+		return err
+	}, nil
+}
+
+// isRootFS refuses a received tree that is not a root file system.
+func isRootFS(tree string) error {
+	if _, ok := readOSRelease(tree); !ok {
+		return errors.New("the tree has no os-release: not a root file system")
+	}
+	return nil
+}
+
+// tree receives the whole tree as a directory machine.
+func (in *incoming) tree(ctx context.Context) error {
+	fill := func(tmp string) error {
+		extract, err := in.extractInto(ctx, tmp)
+		if err != nil {
+			return err
+		}
+		if in.bytes, in.sum, err = readStream(in.br, extract); err != nil {
+			return err
+		}
+		if err := isRootFS(tmp); err != nil {
+			return err
+		}
+		return os.Lchown(tmp, 0, 0)
+	}
+	personalise := func(tmp string) error {
+		_, err := in.personalise(tmp)
+		return err
+	}
+	return in.m.newTreeWith(ctx, in.name, fill, personalise)
+}
+
+// personalise gives the received tree at tree its own hostname and
+// machine id, as a clone does; a move keeps its machine id, and a hostname
+// that was its old name follows the new one, as with rename. It returns
+// the paths it wrote.
+func (in *incoming) personalise(tree string) ([]string, error) {
+	if !in.offer.KeepID {
+		return personalised, bootstrap.Personalise(tree, in.name)
+	}
+	if in.offer.Name == "" || in.offer.Name == in.name {
+		return nil, nil
+	}
+	r, err := os.OpenRoot(tree)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	if b, err := r.ReadFile("etc/hostname"); err == nil && strings.TrimSpace(string(b)) == in.offer.Name {
+		return []string{"etc/hostname"}, host.WriteInRoot(r, "etc/hostname", in.name+"\n")
+	}
+	return nil, nil
+}
+
+// overlay receives an overlay machine: its base version first (ModeBase),
+// into the base cache, then its upper, over that version.
+func (in *incoming) overlay(ctx context.Context) error {
+	m, b := in.m, in.offer.Storage.Base
+	bc := m.Bases()
+	base := func() (storage.Record, error) {
+		var err error
+		if in.mode == remote.ModeBase {
+			var info bootstrap.BaseInfo
+			if err := json.Unmarshal(b.Info, &info); err != nil {
+				return storage.Record{}, fmt.Errorf("%w: its base: %v", remote.ErrStream, err)
+			}
+			info.Key, info.Version, info.ID = b.Key, b.Version, b.ID
+			filled := false
+			in.base, in.unlock, in.drop, err = bc.AddReceived(ctx, info, func(root string) error {
+				filled = true
+				extract, err := in.extractInto(ctx, root)
+				if err != nil {
+					return err
+				}
+				if in.baseBytes, in.baseSum, err = readStream(in.br, extract); err != nil {
+					return err
+				}
+				if err := isRootFS(root); err != nil {
+					return err
+				}
+				return os.Lchown(root, 0, 0)
+			})
+			if err == nil && !filled {
+				// Another receive brought the same version meanwhile:
+				// its stream is read, and checked, all the same.
+				in.baseBytes, in.baseSum, err = readStream(in.br, func(r io.Reader) error {
+					_, err := io.Copy(io.Discard, r)
+					return err
+				})
+			}
+		} else {
+			in.unlock, err = bc.Hold(ctx, b.Key)
+			if err == nil {
+				var ok bool
+				if in.base, ok = bc.FindID(b.Key, b.ID); !ok {
+					err = fmt.Errorf("base %s version %s went away while it was being received", b.Key, b.Version)
+				}
+			}
+		}
+		if err != nil {
+			return storage.Record{}, err
+		}
+		return storage.Record{Base: in.base.Key, Version: in.base.Version, Lower: in.base.Root, Bases: bc.Dir}, nil
+	}
+	fillUpper := func(upper string, uid int) error {
+		extract, err := in.extractInto(ctx, upper)
+		if err != nil {
+			return err
+		}
+		if in.bytes, in.sum, err = readStream(in.br, extract); err != nil {
+			return err
+		}
+		if err := storage.FromLayer(upper); err != nil {
+			return err
+		}
+		// Extracted as the machine sees it: its root becomes uid.
+		return storage.Shift(upper, 0, uid)
+	}
+	return m.newOverlayWith(ctx, in.name, base, fillUpper, in.personalise)
 }
 
 // receivedFiles writes what came with a received tree: its settings

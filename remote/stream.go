@@ -166,7 +166,39 @@ type Offer struct {
 	// KeepID keeps the machine's hostname and machine id (a move);
 	// otherwise the copy gets its own, as a clone does.
 	KeepID bool `json:"keep_id,omitempty"`
+	// Storage says how the machine is kept here, when a receiver that
+	// has (or takes) its base may take less than the whole tree: an
+	// overlay machine and its base version. An nsbox that does not know
+	// it answers without Mode and is sent the whole tree.
+	Storage *StorageOffer `json:"storage,omitempty"`
 }
+
+// StorageOffer is how a sent machine is kept: Kind "overlay", over Base.
+type StorageOffer struct {
+	Kind string     `json:"kind"`
+	Base *BaseOffer `json:"base,omitempty"`
+}
+
+// BaseOffer names the base version an overlay machine is over: its key,
+// version and ID (the same on every host that has it), and Info, its
+// base.json here (what it was made of), for a receiver that takes it.
+type BaseOffer struct {
+	Key     string          `json:"key"`
+	Version string          `json:"version"`
+	ID      string          `json:"id"`
+	Info    json.RawMessage `json:"info,omitempty"`
+}
+
+// The modes a receiver answers Ready with: what it wants sent.
+const (
+	// ModeTree (or no mode) is the whole tree as the machine sees it.
+	ModeTree = "tree"
+	// ModeUpper is an overlay machine's upper alone, as an image layer:
+	// the receiver has the base version.
+	ModeUpper = "upper"
+	// ModeBase is the base version's tree first, then the upper.
+	ModeBase = "base"
+)
 
 // MaxOfferLine caps the offer line.
 const MaxOfferLine = 1 << 20
@@ -176,10 +208,15 @@ const MaxOfferLine = 1 << 20
 // then Stored once the machine is in place, with the bytes and sum it
 // read, which the sender checks against its own.
 type Reply struct {
-	Ready  bool   `json:"ready,omitempty"`
-	Stored string `json:"stored,omitempty"`
-	Bytes  int64  `json:"bytes,omitempty"`
-	SHA256 string `json:"sha256,omitempty"`
+	Ready bool   `json:"ready,omitempty"`
+	Mode  string `json:"mode,omitempty"` // with Ready: ModeTree (""), ModeUpper or ModeBase
+	// Stored: the machine's stream (the tree, or the upper); Base: the
+	// base's stream, in ModeBase.
+	Stored     string `json:"stored,omitempty"`
+	Bytes      int64  `json:"bytes,omitempty"`
+	SHA256     string `json:"sha256,omitempty"`
+	BaseBytes  int64  `json:"base_bytes,omitempty"`
+	BaseSHA256 string `json:"base_sha256,omitempty"`
 }
 
 // Err is the stream's failure, if it had one (nil before its end and

@@ -358,8 +358,9 @@ func ShiftPaths(upper string, paths []string, to int) error {
 // Shift moves the owners of every file in tree whose ids lie in
 // [from, from+RangeSize) to the same place in [to, to+RangeSize): what
 // host root wrote into an overlay machine (from 0) becomes its root's, and
-// a cloned upper becomes its new range's. Whiteouts (0:0 character
-// devices) mean "deleted" whoever owns them, and are left.
+// a cloned upper becomes its new range's. File capabilities and ACLs move
+// with them (see shiftXattrs). Whiteouts (0:0 character devices) mean
+// "deleted" whoever owns them, and are left.
 func Shift(tree string, from, to int) error {
 	move := func(id uint32) (int, bool) {
 		if int(id) >= from && int(id) < from+RangeSize {
@@ -380,16 +381,22 @@ func Shift(tree string, from, to int) error {
 		}
 		uid, u := move(st.Uid)
 		gid, g := move(st.Gid)
-		if !u && !g {
+		xs := idXattrs(path, fi.Mode())
+		if !u && !g && len(xs) == 0 {
 			return nil
 		}
-		// Lchown clears setuid and setgid bits: they are put back.
-		if err := os.Lchown(path, uid, gid); err != nil {
-			return err
+		if u || g {
+			// Lchown clears setuid and setgid bits and the file
+			// capability: they are put back.
+			if err := os.Lchown(path, uid, gid); err != nil {
+				return err
+			}
+			if fi.Mode()&os.ModeSymlink == 0 && st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+				if err := unix.Chmod(path, st.Mode&0o7777); err != nil {
+					return err
+				}
+			}
 		}
-		if fi.Mode()&os.ModeSymlink == 0 && st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
-			return unix.Chmod(path, st.Mode&0o7777)
-		}
-		return nil
+		return shiftXattrs(path, xs, move, u || g)
 	})
 }

@@ -1,0 +1,233 @@
+package bootstrap
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"github.com/nsbox/nsbox/machine/host"
+)
+
+// A base version's ID says which bootstrap it is, on every host: a random
+// value given when it is made (or first asked for), kept in its base.json,
+// and carried with the tree when the version is sent to another host. Two
+// hosts with a version of one key and the same ID have the same tree, so a
+// send of an overlay machine over it need carry only the machine's upper.
+// Versions bootstrapped apart have other IDs, even of the same key and
+// second.
+
+var (
+	baseKeyRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,127}$`)
+	baseVersionRE = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z$`)
+	baseIDRE      = regexp.MustCompile(`^[0-9a-f]{32}$`)
+)
+
+// ErrBaseRef is a base key, version or ID that is not of the form nsbox
+// gives them (from another host: it becomes a path here).
+var ErrBaseRef = errors.New("not a base reference")
+
+// CheckBaseRef checks a base's key, version and ID as another host sent
+// them.
+func CheckBaseRef(key, version, id string) error {
+	switch {
+	case !baseKeyRE.MatchString(key):
+		return fmt.Errorf("%w: key %q", ErrBaseRef, key)
+	case !baseVersionRE.MatchString(version):
+		return fmt.Errorf("%w: version %q", ErrBaseRef, version)
+	case !baseIDRE.MatchString(id):
+		return fmt.Errorf("%w: id %q", ErrBaseRef, id)
+	}
+	return nil
+}
+
+func newBaseID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// versionDir is the directory of version of base key (its base.json and
+// root): the current base's, or that of an earlier version kept.
+func (c *BaseCache) versionDir(key, version string) (string, error) {
+	if info, err := c.read(key); err == nil && info.Version == version {
+		return c.dir(key), nil
+	}
+	dir := filepath.Join(c.versionsDir(key), version)
+	if _, err := os.Stat(filepath.Join(dir, "base.json")); err != nil {
+		return "", fmt.Errorf("version %s of base %s is gone", version, key)
+	}
+	return dir, nil
+}
+
+// Identify describes version of base key with its ID, giving it one first
+// when it has none (made by an nsbox from before IDs). It takes the base's
+// lock while it writes.
+func (c *BaseCache) Identify(ctx context.Context, key, version string) (BaseInfo, error) {
+	if info, err := c.VersionInfo(key, version); err == nil && info.ID != "" {
+		return info, nil
+	}
+	l, err := c.lock(ctx, key)
+	if err != nil {
+		return BaseInfo{}, err
+	}
+	defer l.Unlock()
+	info, err := c.VersionInfo(key, version)
+	if err != nil || info.ID != "" {
+		return info, err
+	}
+	dir, err := c.versionDir(key, version)
+	if err != nil {
+		return BaseInfo{}, err
+	}
+	path := filepath.Join(dir, "base.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return BaseInfo{}, err
+	}
+	// The file as it is, plus the ID: fields of a later nsbox stay.
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return BaseInfo{}, fmt.Errorf("%s: %w", path, err)
+	}
+	info.ID = newBaseID()
+	raw["id"], _ = json.Marshal(info.ID)
+	out, _ := json.MarshalIndent(raw, "", "  ")
+	if err := host.WriteFileAtomic(path, append(out, '\n'), 0o644); err != nil {
+		return BaseInfo{}, err
+	}
+	return info, nil
+}
+
+// FindID finds the version of base key whose ID is id.
+func (c *BaseCache) FindID(key, id string) (BaseInfo, bool) {
+	if id == "" {
+		return BaseInfo{}, false
+	}
+	for _, v := range c.all(key) {
+		if v.ID == id {
+			return v, true
+		}
+	}
+	return BaseInfo{}, false
+}
+
+// HasVersion reports whether base key has a version named version, of any
+// ID.
+func (c *BaseCache) HasVersion(key, version string) bool {
+	_, err := c.versionDir(key, version)
+	return err == nil
+}
+
+// Hold takes base key's lock (as a create does while it copies the base):
+// no refresh moves a version and no prune removes one until unlock.
+func (c *BaseCache) Hold(ctx context.Context, key string) (unlock func(), err error) {
+	l, err := c.lock(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return l.Unlock, nil
+}
+
+// ErrVersionTaken is a received version whose name this cache has for
+// another bootstrap of the base.
+var ErrVersionTaken = errors.New("version name taken by another bootstrap")
+
+// AddReceived stores a version of a base that another host sent: info
+// (its key, version, ID and what it was made of, as the sender described
+// it) and its tree, which fill writes into an empty directory (a btrfs
+// subvolume where the cache is on btrfs). When the cache has no base of
+// that key, the version becomes it, so a later create here uses it;
+// otherwise it is kept beside the current one as an earlier version. A
+// version of that ID already here is returned as it is, without fill.
+//
+// The base's lock is held until unlock, so that no prune takes the
+// version before the caller has recorded a machine over it; drop, called
+// before unlock, removes the version again when this call added it (a
+// send that failed after the base arrived).
+func (c *BaseCache) AddReceived(ctx context.Context, info BaseInfo, fill func(root string) error) (got BaseInfo, unlock, drop func(), err error) {
+	if err := CheckBaseRef(info.Key, info.Version, info.ID); err != nil {
+		return BaseInfo{}, nil, nil, err
+	}
+	key := info.Key
+	l, err := c.lock(ctx, key)
+	if err != nil {
+		return BaseInfo{}, nil, nil, fmt.Errorf("base %s: %w", key, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			l.Unlock()
+		}
+	}()
+	nothing := func() {}
+	if v, found := c.FindID(key, info.ID); found {
+		ok = true
+		return v, l.Unlock, nothing, nil
+	}
+	if c.HasVersion(key, info.Version) {
+		return BaseInfo{}, nil, nil, fmt.Errorf("%w: base %s version %s", ErrVersionTaken, key, info.Version)
+	}
+	c.sweep(key)
+	tmp, err := os.MkdirTemp(c.Dir, ".#"+key+".")
+	if err != nil {
+		return BaseInfo{}, nil, nil, err
+	}
+	defer func() {
+		if !ok {
+			host.UnmountUnder(tmp)
+			_ = host.RemoveTree(tmp)
+		}
+	}()
+	root := filepath.Join(tmp, "root")
+	if err := MakeTreeDir(ctx, c.Runner, root); err != nil {
+		return BaseInfo{}, nil, nil, err
+	}
+	if err := fill(root); err != nil {
+		return BaseInfo{}, nil, nil, err
+	}
+	rec := info
+	rec.Root, rec.Current, rec.Machines, rec.Runs = "", false, nil, false
+	rec.Size, _ = host.DiskUsage(root)
+	b, _ := json.MarshalIndent(rec, "", "  ")
+	if err := os.WriteFile(filepath.Join(tmp, "base.json"), append(b, '\n'), 0o644); err != nil {
+		return BaseInfo{}, nil, nil, err
+	}
+	var dst string
+	if _, err := os.Lstat(c.dir(key)); errors.Is(err, os.ErrNotExist) {
+		// No base of this key here: the received one is it.
+		if err := os.Rename(tmp, c.dir(key)); err != nil {
+			return BaseInfo{}, nil, nil, err
+		}
+		dst = c.dir(key)
+	} else {
+		if err := os.MkdirAll(c.versionsDir(key), 0o700); err != nil {
+			return BaseInfo{}, nil, nil, err
+		}
+		dst = filepath.Join(c.versionsDir(key), info.Version)
+		if err := os.Rename(tmp, dst); err != nil {
+			return BaseInfo{}, nil, nil, err
+		}
+	}
+	ok = true
+	got, err = c.VersionInfo(key, info.Version)
+	if err != nil {
+		l.Unlock()
+		return BaseInfo{}, nil, nil, err
+	}
+	drop = func() {
+		if dst == c.dir(key) {
+			_ = c.dropBase(key)
+		} else {
+			_ = c.dropVersion(key, info.Version)
+		}
+	}
+	return got, l.Unlock, drop, nil
+}

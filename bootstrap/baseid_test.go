@@ -1,0 +1,81 @@
+package bootstrap
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nsbox/nsbox/machine/host"
+)
+
+// A base from before IDs gets one when first asked, kept in its base.json;
+// a version received from another host keeps the sender's ID: as the
+// base when none of its key is here, as a kept version beside another
+// bootstrap of the key, not at all under a version name another bootstrap
+// has here, and found, not stored again, when its ID is here.
+func TestIdentifyAndAddReceived(t *testing.T) {
+	ctx := context.Background()
+	const key = "debian-bookworm-amd64-minbase-00000000"
+	t1 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	here := &BaseCache{Dir: t.TempDir(), Runner: host.ExecRunner{}}
+	fakeBase(t, filepath.Join(here.Dir, key), key, t1, "here")
+	info, err := here.Identify(ctx, key, versionOf(t1))
+	if err != nil || len(info.ID) != 32 {
+		t.Fatalf("identify: %+v %v", info, err)
+	}
+	again, _ := here.Identify(ctx, key, versionOf(t1))
+	if again.ID != info.ID {
+		t.Errorf("the ID changed: %s then %s", info.ID, again.ID)
+	}
+	fill := func(marker string) func(string) error {
+		return func(root string) error { return os.WriteFile(filepath.Join(root, "marker"), []byte(marker), 0o644) }
+	}
+
+	there := &BaseCache{Dir: t.TempDir(), Runner: host.ExecRunner{}}
+	got, unlock, _, err := there.AddReceived(ctx, info, fill("sent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if !got.Current || got.ID != info.ID || got.Version != info.Version {
+		t.Errorf("received into an empty cache: %+v", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(got.Root, "marker")); string(b) != "sent" {
+		t.Errorf("its tree: %q", b)
+	}
+	// Found again by its ID, fill not called.
+	_, unlock, _, err = there.AddReceived(ctx, info, func(string) error { t.Error("filled again"); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+
+	// Another bootstrap of the key under the same version name: refused.
+	other := info
+	other.ID = newBaseID()
+	if _, _, _, err := there.AddReceived(ctx, other, fill("other")); !errors.Is(err, ErrVersionTaken) {
+		t.Errorf("a version name taken: %v", err)
+	}
+	// Under another name: kept beside the current one; drop removes it.
+	other.Version = versionOf(t1.Add(time.Hour))
+	got, unlock, drop, err := there.AddReceived(ctx, other, fill("other"))
+	if err != nil || got.Current {
+		t.Fatalf("a second version: %+v %v", got, err)
+	}
+	if v, ok := there.FindID(key, other.ID); !ok || v.Version != other.Version {
+		t.Errorf("find it: %+v %v", v, ok)
+	}
+	drop()
+	unlock()
+	if _, ok := there.FindID(key, other.ID); ok || len(there.Versions(key)) != 0 {
+		t.Errorf("dropped, still there: %+v", there.Versions(key))
+	}
+	for _, bad := range []BaseInfo{{Key: "../x", Version: info.Version, ID: info.ID}, {Key: key, Version: "../../x", ID: info.ID}, {Key: key, Version: info.Version, ID: "x"}} {
+		if _, _, _, err := there.AddReceived(ctx, bad, fill("bad")); !errors.Is(err, ErrBaseRef) {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+}

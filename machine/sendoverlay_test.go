@@ -1,0 +1,248 @@
+package machine
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsbox/nsbox/machine/oci/ocitest"
+	"github.com/nsbox/nsbox/machine/storage"
+	"github.com/nsbox/nsbox/remote"
+)
+
+// overlayPair is two hosts' managers and an image both can make machines
+// from; a has overlay machine "o1" over the image's base, with changes of
+// every kind an upper holds.
+func overlayPair(t *testing.T) (a, b *Manager, ref string) {
+	t.Helper()
+	a, b = imageManager(t), imageManager(t)
+	reg := ocitest.NewRegistry(t)
+	ref = reg.Push(t, "app:1", ocitest.Image(t, hostPlatform, v1.Config{}, baseLayer(t)))
+	ctx := context.Background()
+	if err := a.Create(ctx, "o1", CreateOptions{From: ref}); err != nil {
+		t.Fatal(err)
+	}
+	if rec := a.storageOf("o1"); rec.Kind != storage.Overlay {
+		t.Skipf("no overlay here: %+v", rec)
+	}
+	err := a.withTree(ctx, "o1", func() error {
+		tree := a.Tree("o1")
+		// A new file, a deleted one (a whiteout), a directory made
+		// anew (opaque), and a file capability of the machine's root.
+		if err := os.WriteFile(filepath.Join(tree, "etc/motd"), []byte("changed on a\n"), 0o644); err != nil {
+			return err
+		}
+		if err := os.Remove(filepath.Join(tree, "usr/bin/gone")); err != nil {
+			return err
+		}
+		if err := os.RemoveAll(filepath.Join(tree, "var/cache")); err != nil {
+			return err
+		}
+		if err := os.Mkdir(filepath.Join(tree, "var/cache"), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(tree, "var/cache/new"), []byte("new"), 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := a.storageOf("o1")
+	// What host root wrote is the machine root's, as writeTree makes it.
+	for _, p := range []string{"etc/motd", "var/cache", "var/cache/new"} {
+		os.Lchown(filepath.Join(a.layout("o1").Upper(), p), rec.UIDBase, rec.UIDBase)
+	}
+	capFile := filepath.Join(a.layout("o1").Upper(), "usr/bin/ping")
+	if err := os.WriteFile(capFile, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(capFile, rec.UIDBase, rec.UIDBase)
+	if err := unix.Lsetxattr(capFile, "security.capability", capV3(rec.UIDBase), 0); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, ref
+}
+
+// capV3 is a file capability (cap_net_raw, permitted and effective) of the
+// root at host id root.
+func capV3(root int) []byte {
+	v := make([]byte, 24)
+	binary.LittleEndian.PutUint32(v, 0x03000000|1) // revision 3, effective
+	binary.LittleEndian.PutUint32(v[4:], 1<<13)    // permitted: cap_net_raw
+	binary.LittleEndian.PutUint32(v[20:], uint32(root))
+	return v
+}
+
+// An overlay machine goes as its base version, once, and its upper: the
+// second machine on that base sends its upper alone, and both arrive as
+// overlay machines over the one received base, with what their uppers
+// held (whiteouts, opaque directories, capabilities of their roots).
+func TestSendOverlayCarriesTheBaseOnce(t *testing.T) {
+	a, b, ref := overlayPair(t)
+	ctx := context.Background()
+	s1, r1, serr, rerr := sendTo(t, a, b, "o1", "c1")
+	if serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	if s1.Mode != remote.ModeBase || r1.Mode != remote.ModeBase || s1.BaseBytes == 0 || s1.BaseBytes != r1.BaseBytes || s1.Bytes != r1.Bytes {
+		t.Fatalf("first send: sent %+v, received %+v", s1, r1)
+	}
+	ra, rb := a.storageOf("o1"), b.storageOf("c1")
+	if rb.Kind != storage.Overlay || rb.Base != ra.Base || rb.Version != ra.Version || rb.UIDBase == 0 {
+		t.Fatalf("the received machine's storage: %+v (sent %+v)", rb, ra)
+	}
+	ia, _ := a.Bases().VersionInfo(ra.Base, ra.Version)
+	ib, _ := b.Bases().VersionInfo(rb.Base, rb.Version)
+	if ia.ID == "" || ia.ID != ib.ID {
+		t.Errorf("base IDs: here %q, there %q", ia.ID, ib.ID)
+	}
+	checkReceivedOverlay(t, b, "c1")
+
+	if err := a.Create(ctx, "o2", CreateOptions{From: ref}); err != nil {
+		t.Fatal(err)
+	}
+	s2, _, serr, rerr := sendTo(t, a, b, "o2", "c2")
+	if serr != nil || rerr != nil {
+		t.Fatalf("second send: %v; receive: %v", serr, rerr)
+	}
+	if s2.Mode != remote.ModeUpper || s2.BaseBytes != 0 || s2.Bytes >= s1.BaseBytes {
+		t.Errorf("second send on the same base: %+v (the first: %+v)", s2, s1)
+	}
+	if r := b.storageOf("c2"); r.Base != rb.Base || r.Version != rb.Version {
+		t.Errorf("c2 over %+v, c1 over %+v", r, rb)
+	}
+	if got := b.Bases().Versions(rb.Base); len(got) != 0 {
+		t.Errorf("the base was stored again: %+v", got)
+	}
+	noStaging(t, b)
+	if left := stagedBases(b); len(left) != 0 {
+		t.Errorf("left in b's base cache: %v", left)
+	}
+}
+
+// checkReceivedOverlay checks what overlayPair changed in o1, in machine
+// name of m.
+func checkReceivedOverlay(t *testing.T, m *Manager, name string) {
+	t.Helper()
+	ctx := context.Background()
+	rec := m.storageOf(name)
+	err := m.withTree(ctx, name, func() error {
+		tree := m.Tree(name)
+		for p, want := range map[string]string{"etc/motd": "changed on a\n", "var/cache/new": "new", "etc/hostname": name + "\n"} {
+			if b, err := os.ReadFile(filepath.Join(tree, p)); err != nil || string(b) != want {
+				t.Errorf("%s: %s: %q %v", name, p, b, err)
+			}
+		}
+		for _, p := range []string{"usr/bin/gone", "var/cache/old"} {
+			if _, err := os.Lstat(filepath.Join(tree, p)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s: %s is there again: %v", name, p, err)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(tree, "usr/bin/app")); err != nil {
+			t.Errorf("%s: the base's files: %v", name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upper := m.layout(name).Upper()
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(upper, "usr/bin/gone"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+		t.Errorf("%s: usr/bin/gone is not a whiteout in the upper: %+v %v", name, st, err)
+	}
+	buf := make([]byte, 64)
+	if n, err := unix.Lgetxattr(filepath.Join(upper, "var/cache"), "trusted.overlay.opaque", buf); err != nil || string(buf[:n]) != "y" {
+		t.Errorf("%s: var/cache is not opaque: %q %v", name, buf[:max(n, 0)], err)
+	}
+	fi, err := os.Lstat(filepath.Join(upper, "etc/motd"))
+	if err != nil || fileOwner(fi) != [2]int{rec.UIDBase, rec.UIDBase} {
+		t.Errorf("%s: etc/motd is not its root's (%d): %v", name, rec.UIDBase, err)
+	}
+	if n, err := unix.Lgetxattr(filepath.Join(upper, "usr/bin/ping"), "security.capability", buf); err != nil || n != 24 || string(buf[:n]) != string(capV3(rec.UIDBase)) {
+		t.Errorf("%s: usr/bin/ping's capability is not its root's: %x %v", name, buf[:max(n, 0)], err)
+	}
+}
+
+// A send of an overlay machine cut short after its base leaves nothing
+// there: no machine, no base version, no staging tree.
+func TestSendOverlayCutShortLeavesNoBase(t *testing.T) {
+	a, _, _ := overlayPair(t)
+	ctx := context.Background()
+	// streamTo sends o1 to a new host through w (which wraps the pipe),
+	// and returns what the receiver said and its manager.
+	streamTo := func(wrap func(io.WriteCloser) io.Writer) (*Manager, error) {
+		b := imageManager(t)
+		out, err := a.PrepareSend(ctx, "o1", SendOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
+		toR, toW := io.Pipe()
+		fromR, fromW := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			_, err := b.Receive(ctx, "c1", toR, fromW)
+			toR.CloseWithError(io.ErrClosedPipe)
+			fromW.Close()
+			done <- err
+		}()
+		_, _ = out.Stream(ctx, wrap(toW), fromR, nil)
+		toW.Close()
+		return b, <-done
+	}
+	var whole countWriter
+	if _, err := streamTo(func(w io.WriteCloser) io.Writer { whole.w = w; return &whole }); err != nil {
+		t.Fatalf("a whole send: %v", err)
+	}
+	// Cut just before the end: the base went whole, the upper did not.
+	b, err := streamTo(func(w io.WriteCloser) io.Writer { return &cutWriter{w: w, left: whole.n - 40} })
+	if err == nil {
+		t.Fatal("a receive cut short succeeded")
+	}
+	if b.exists("c1") {
+		t.Error("a machine of a cut send")
+	}
+	if infos, _ := b.Bases().List(); len(infos) != 0 {
+		t.Errorf("a base of a cut send is kept: %+v", infos)
+	}
+	noStaging(t, b)
+	if left := stagedBases(b); len(left) != 0 {
+		t.Errorf("left in the base cache: %v", left)
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// cutWriter passes left bytes, then closes its pipe as a broken connection.
+type cutWriter struct {
+	w    io.WriteCloser
+	left int64
+}
+
+func (c *cutWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > c.left {
+		n, _ := c.w.Write(p[:c.left])
+		c.left = 0
+		c.w.Close()
+		return n, io.ErrClosedPipe
+	}
+	n, err := c.w.Write(p)
+	c.left -= int64(n)
+	return n, err
+}
