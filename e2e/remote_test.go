@@ -40,6 +40,7 @@ type remoteLab struct {
 	hostA      string // root@ADDR:PORT of each sshd
 	hostB      string
 	rootB      string // the root directory of host B, on the server
+	cacheB     string // host B's cache directory: A's, unless labOwnCacheB
 	sshConfig  string
 	badConfig  string // known_hosts holds another key for the host
 	nsbox      string // the client's nsbox
@@ -74,7 +75,13 @@ func (l *remoteLab) srvFile(t *testing.T, path, text string, mode os.FileMode) {
 	}
 }
 
-func startRemoteLab(t *testing.T, e *env) *remoteLab {
+// labOption changes the lab: labOwnCacheB gives host B a base cache of
+// its own (l.cacheB), so that what A sends it finds no base there.
+type labOption int
+
+const labOwnCacheB labOption = 1
+
+func startRemoteLab(t *testing.T, e *env, opts ...labOption) *remoteLab {
 	t.Helper()
 	dir, err := os.MkdirTemp("/var/tmp", "nsbox-e2e-remote-")
 	if err != nil {
@@ -86,6 +93,12 @@ func startRemoteLab(t *testing.T, e *env) *remoteLab {
 		l.sdir = "/run/nsbox-remote-lab"
 	}
 	l.rootB = l.sdir + "/rootB"
+	l.cacheB = e.cacheDir
+	for _, o := range opts {
+		if o == labOwnCacheB {
+			l.cacheB = l.sdir + "/cacheB"
+		}
+	}
 	t.Cleanup(l.stop)
 	sh := func(script string) {
 		t.Helper()
@@ -134,9 +147,9 @@ ip link set lo up`, l.sdir, labServerAddr))
 	keyOf := func(b []byte) string { f := strings.Fields(string(b)); return f[0] + " " + f[1] }
 	var known, wrong strings.Builder
 	for i, port := range []int{2201, 2202} {
-		root := e.rootDir
+		root, cache := e.rootDir, e.cacheDir
 		if i == 1 {
-			root = l.rootB
+			root, cache = l.rootB, l.cacheB
 		}
 		conf := fmt.Sprintf("%s/sshd_%d.conf", l.sdir, port)
 		l.srvFile(t, conf, fmt.Sprintf(`Port %d
@@ -150,7 +163,7 @@ UsePAM no
 StrictModes no
 PidFile %s/sshd_%d.pid
 SetEnv NSBOX_ROOT=%s NSBOX_CACHE_DIR=%s NSBOX_BACKEND=%s "NSBOX_SSH=ssh -F %s/ssh_config.srv" NSBOX_REMOTE_PROGRAM=%s
-`, port, labServerAddr, l.sdir, l.sdir, l.sdir, port, root, e.cacheDir, e.name, l.sdir, e.nsbox), 0o600)
+`, port, labServerAddr, l.sdir, l.sdir, l.sdir, port, root, cache, e.name, l.sdir, e.nsbox), 0o600)
 		fmt.Fprintf(&known, "[%s]:%d %s\n", labServerAddr, port, keyOf(hostPub))
 		fmt.Fprintf(&wrong, "[%s]:%d %s\n", labServerAddr, port, keyOf(otherPub))
 		// sshd goes into the background once it listens; its pid file
@@ -201,7 +214,7 @@ func writeLab(t *testing.T, path, text string) {
 }
 
 func (l *remoteLab) stop() {
-	_, _ = l.srv("for p in " + l.sdir + "/sshd_*.pid; do [ -f \"$p\" ] && kill \"$(cat \"$p\")\"; done; rm -rf " + l.sdir + "/rootB; true")
+	_, _ = l.srv("for p in " + l.sdir + "/sshd_*.pid; do [ -f \"$p\" ] && kill \"$(cat \"$p\")\"; done; rm -rf " + l.sdir + "/rootB " + l.sdir + "/cacheB; true")
 	if l.e.host != nil {
 		_, _ = l.srv("rm -rf " + l.sdir)
 	} else {

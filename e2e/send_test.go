@@ -5,6 +5,8 @@ package e2e
 import (
 	"encoding/json"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,14 +16,50 @@ import (
 // run on host A through -H (its sshd sessions have an ssh client of their
 // own, NSBOX_SSH, to reach host B), so that it runs alike on both
 // backends.
+// sentJSON is send -o json.
+type sentJSON struct {
+	NewName   string `json:"new_name"`
+	Mode      string `json:"mode"`
+	Bytes     int64  `json:"bytes"`
+	BaseBytes int64  `json:"base_bytes"`
+	SHA256    string `json:"sha256"`
+	Moved     bool   `json:"moved"`
+}
+
+func sendJSON(t *testing.T, r result) sentJSON {
+	t.Helper()
+	var res sentJSON
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("send -o json: %v\n%s", err, r)
+	}
+	return res
+}
+
+// storageOf is how machine name on host h is kept (status -o json).
+func storageOf(t *testing.T, l *remoteLab, h, name string) string {
+	t.Helper()
+	var st struct {
+		Storage string `json:"storage"`
+	}
+	if err := json.Unmarshal([]byte(l.must(t, "-H", h, "status", "-o", "json", name).stdout), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Storage
+}
+
 func sendScenario(t *testing.T, e *env) {
-	l := startRemoteLab(t, e)
+	// Host B has a cache of its own: what A sends finds no base there.
+	l := startRemoteLab(t, e, labOwnCacheB)
 	A := l.hostA
 	const (
-		name  = "e2e-send"
-		copyB = "e2e-send-b"
-		intB  = "e2e-send-int"
-		movB  = "e2e-send-mv"
+		name   = "e2e-send"
+		copyB  = "e2e-send-b"
+		intB   = "e2e-send-int"
+		movB   = "e2e-send-mv"
+		name2  = "e2e-send-2"
+		copy2B = "e2e-send-2b"
+		plain  = "e2e-send-plain"
+		plainB = "e2e-send-plainb"
 	)
 	// Host B as host A's nsbox send reaches it: root@ADDR, and its port.
 	toB := func(newName string) []string {
@@ -29,11 +67,16 @@ func sendScenario(t *testing.T, e *env) {
 	}
 	B := l.hostB
 	defer func() {
-		l.run(t, "", nil, "-H", A, "remove", "--force", name)
-		for _, n := range []string{copyB, intB, movB} {
+		for _, n := range []string{name, name2, plain} {
+			l.run(t, "", nil, "-H", A, "remove", "--force", n)
+		}
+		for _, n := range []string{copyB, intB, movB, copy2B, plainB} {
 			l.run(t, "", nil, "-H", B, "remove", "--force", n)
 		}
 	}()
+	// What the first send did, and whether its machine is an overlay.
+	var first sentJSON
+	overlay := false
 	// staged lists the staging trees of host B's store.
 	staged := func() string {
 		out, _ := l.srv("ls -a " + l.rootB + "/.nsbox 2>/dev/null | grep '^\\.#" + "e2e-send' | grep -v '\\.lck$' || true")
@@ -50,15 +93,22 @@ func sendScenario(t *testing.T, e *env) {
 		// cat's first line names the file.
 		body := func(s string) string { _, rest, _ := strings.Cut(s, "\n"); return rest }
 		settingsA := body(l.must(t, "-H", A, "cat", name).stdout)
+		overlay = storageOf(t, l, A, name) == "overlay"
 		r := l.must(t, append([]string{"-H", A, "send", "-o", "json", name}, toB(copyB)...)...)
-		var res struct {
-			NewName string `json:"new_name"`
-			Bytes   int64  `json:"bytes"`
-			SHA256  string `json:"sha256"`
-			Moved   bool   `json:"moved"`
+		first = sendJSON(t, r)
+		if first.NewName != copyB || len(first.SHA256) != 64 || first.Moved {
+			t.Fatalf("send -o json: %+v\n%s", first, r)
 		}
-		if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.NewName != copyB || res.Bytes < 10<<20 || len(res.SHA256) != 64 || res.Moved {
-			t.Fatalf("send -o json: %v %+v\n%s", err, res, r)
+		// An overlay machine goes as its base, which B has not, and
+		// its upper; anything else as its whole tree.
+		if overlay && (first.Mode != "base" || first.BaseBytes < 10<<20 || first.Bytes-first.BaseBytes > first.BaseBytes/4) {
+			t.Errorf("the first send of an overlay machine (its base, then its upper): %+v", first)
+		}
+		if !overlay && (first.Mode != "tree" || first.Bytes < 10<<20) {
+			t.Errorf("the send of a machine that is not an overlay: %+v", first)
+		}
+		if overlay && storageOf(t, l, B, copyB) != "overlay" {
+			t.Errorf("the copy on B is not an overlay machine")
 		}
 		// Nothing changed on A.
 		if r := l.must(t, "-H", A, "status", name); !strings.Contains(r.stdout, "stopped") {
@@ -79,6 +129,58 @@ func sendScenario(t *testing.T, e *env) {
 		if s := staged(); s != "" {
 			t.Errorf("staging trees left on B: %s", s)
 		}
+	})
+
+	t.Run("a second machine on the same base sends its changes alone", func(t *testing.T) {
+		if !overlay {
+			t.Skip("no overlay machines on this host")
+		}
+		l.must(t, "-H", A, "create", name2, "--release", "bookworm")
+		marker := filepath.Join(l.dir, "e2e-marker2")
+		writeLab(t, marker, "made on a for the second send\n")
+		l.must(t, "-H", A, "cp", marker, name2+":/etc")
+		r := l.run(t, "", nil, append([]string{"-H", A, "send", "-o", "json", name2}, toB(copy2B)...)...)
+		if r.code != 0 {
+			t.Fatalf("send:\n%s", r)
+		}
+		second := sendJSON(t, r)
+		t.Logf("first send (base and upper): %d bytes, %d of them the base; second (upper alone): %d bytes", first.Bytes, first.BaseBytes, second.Bytes)
+		if second.Mode != "upper" || second.BaseBytes != 0 || second.Bytes > first.BaseBytes/20 {
+			t.Errorf("the second send on the same base: %+v (the first: %+v)", second, first)
+		}
+		if storageOf(t, l, B, copy2B) != "overlay" {
+			t.Errorf("the second copy on B is not an overlay machine")
+		}
+		// One base on B, of the ID A's has.
+		var ca, cb []struct {
+			Key string `json:"key"`
+			ID  string `json:"id"`
+		}
+		json.Unmarshal([]byte(l.must(t, "-H", A, "cache", "list", "-o", "json").stdout), &ca)
+		json.Unmarshal([]byte(l.must(t, "-H", B, "cache", "list", "-o", "json").stdout), &cb)
+		if len(cb) != 1 || cb[0].ID == "" || !slices.ContainsFunc(ca, func(b struct {
+			Key string `json:"key"`
+			ID  string `json:"id"`
+		}) bool {
+			return b.ID == cb[0].ID && b.Key == cb[0].Key
+		}) {
+			t.Errorf("bases on B %+v, on A %+v", cb, ca)
+		}
+		if r := l.must(t, "-H", B, "cp", copy2B+":/etc/e2e-marker2", "-"); !strings.Contains(r.stdout, "made on a for the second send") {
+			t.Errorf("the second copy's own file on B:\n%s", r)
+		}
+	})
+
+	t.Run("a machine that is no overlay goes whole", func(t *testing.T) {
+		l.must(t, "-H", A, "create", plain, "--release", "bookworm", "--storage", "copy")
+		res := sendJSON(t, l.must(t, append([]string{"-H", A, "send", "-o", "json", plain}, toB(plainB)...)...))
+		if res.Mode != "tree" || res.Bytes < 10<<20 || res.BaseBytes != 0 {
+			t.Errorf("the send of a copy machine: %+v", res)
+		}
+		if st := storageOf(t, l, B, plainB); st == "overlay" {
+			t.Errorf("a copy machine became an overlay on B")
+		}
+		l.must(t, "-H", A, "remove", plain)
 	})
 
 	t.Run("a name that exists there", func(t *testing.T) {
@@ -141,6 +243,9 @@ func sendScenario(t *testing.T, e *env) {
 		}
 		if r := l.run(t, "", nil, "-H", B, "status", intB); r.code == 0 {
 			t.Errorf("an interrupted send made the machine on B:\n%s", r)
+		}
+		if out, _ := l.srv("ls -a " + l.rootB + "/.nsbox/.overlay 2>/dev/null | grep -- " + intB + " || true"); strings.TrimSpace(string(out)) != "" {
+			t.Errorf("an interrupted send left an upper on B: %s", out)
 		}
 		if out, _ := l.srv("ls /etc/systemd/nspawn/" + intB + ".nspawn 2>&1 || true"); !strings.Contains(string(out), "No such file") {
 			t.Errorf("an interrupted send left a settings file on B: %s", out)

@@ -87,7 +87,7 @@ func (m *Manager) PrepareSend(ctx context.Context, name string, o SendOptions) (
 
 func (g *Outgoing) read(ctx context.Context, o SendOptions) error {
 	m, name := g.m, g.name
-	g.offer = remote.Offer{Name: name, KeepID: o.KeepID, Enabled: m.AutostartState(ctx, name) == "enabled"}
+	g.offer = remote.Offer{Name: name, KeepID: o.KeepID, Enabled: m.AutostartState(ctx, name) == "enabled", Sockets: m.Sockets(name)}
 	if b, err := os.ReadFile(m.settingsPath(name)); err == nil {
 		g.offer.Settings = string(b)
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -394,6 +394,11 @@ func (m *Manager) Receive(ctx context.Context, name string, in io.Reader, out io
 		var rec ImageRecord
 		if err := json.Unmarshal(offer.Image, &rec); err != nil {
 			return res, fmt.Errorf("its image record: %w", err)
+		}
+	}
+	for _, spec := range offer.Sockets {
+		if _, err := ParseSocket(spec); err != nil {
+			return res, fmt.Errorf("its sockets: %w", err)
 		}
 	}
 	in2 := &incoming{m: m, name: name, offer: offer, br: br}
@@ -710,6 +715,13 @@ func (m *Manager) receivedFiles(ctx context.Context, name string, offer remote.O
 		// machines at boot (no systemd) still takes it, and says so.
 		if err := m.Enable(ctx, name); err != nil {
 			logrus.Warnf("receive %s: it booted with the sending host, but enabling it here failed: %v (enable it: nsbox enable %s)", name, err, name)
+		}
+	}
+	if len(offer.Sockets) > 0 {
+		// As autostart: a host without socket activation, or whose
+		// ports are taken, keeps the machine and says so.
+		if err := m.EnableSockets(ctx, name, offer.Sockets); err != nil {
+			logrus.Warnf("receive %s: its sockets (%s) could not be made here: %v (make them: nsbox enable --socket ... %s)", name, strings.Join(offer.Sockets, " "), err, name)
 		}
 	}
 	return nil

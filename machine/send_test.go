@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -293,5 +295,34 @@ func TestPrepareSendRefuses(t *testing.T) {
 		if err == nil || tc.want != nil && !errors.Is(err, tc.want) {
 			t.Errorf("send %q: %v, want %v", tc.name, err, tc.want)
 		}
+	}
+}
+
+// A machine's sockets go with it, and are made there; a socket spec the
+// receiver cannot read refuses the offer.
+func TestSendCarriesSockets(t *testing.T) {
+	a, b := realManager(t), realManager(t)
+	for _, m := range []*Manager{a, b} {
+		m.Self = func() (string, error) { return "/usr/bin/nsbox", nil }
+	}
+	mkMachine(t, a, "web")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := "tcp:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port) + ":80"
+	l.Close()
+	if err := a.EnableSockets(context.Background(), "web", []string{spec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, serr, rerr := sendTo(t, a, b, "web", "web2"); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	if got := b.Sockets("web2"); len(got) != 1 || got[0] != spec {
+		t.Errorf("sockets there: %v, want %s", got, spec)
+	}
+	var out bytes.Buffer
+	if _, err := b.Receive(context.Background(), "web3", stream(t, `{"sockets":["tcp:1:2;rm -rf /"]}`, nil, false, false), &out); err == nil || b.exists("web3") {
+		t.Errorf("a bad socket spec: %v", err)
 	}
 }

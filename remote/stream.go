@@ -163,6 +163,7 @@ type Offer struct {
 	Limits   json.RawMessage `json:"limits,omitempty"`   // the limits file's JSON
 	Image    json.RawMessage `json:"image,omitempty"`    // the image record's JSON
 	Enabled  bool            `json:"enabled,omitempty"`  // autostart enabled here
+	Sockets  []string        `json:"sockets,omitempty"`  // its sockets here (enable --socket), "tcp:HOST:MACHINE"
 	// KeepID keeps the machine's hostname and machine id (a move);
 	// otherwise the copy gets its own, as a clone does.
 	KeepID bool `json:"keep_id,omitempty"`
