@@ -3,6 +3,7 @@ package bootstrap
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -20,7 +21,9 @@ import (
 // hosts with a version of one key and the same ID have the same tree, so a
 // send of an overlay machine over it need carry only the machine's upper.
 // Versions bootstrapped apart have other IDs, even of the same key and
-// second.
+// second. A base flattened from an image is the exception: its image's
+// digest and platform make its tree, and its ID (imageBaseID), on every
+// host that flattened it.
 
 var (
 	baseKeyRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,127}$`)
@@ -44,6 +47,15 @@ func CheckBaseRef(key, version, id string) error {
 		return fmt.Errorf("%w: id %q", ErrBaseRef, id)
 	}
 	return nil
+}
+
+// imageBaseID is the ID of a base flattened from an image: its manifest
+// digest and platform make the tree, so every host that flattened that
+// image has the same one, whether it pulled the image or was sent the
+// base.
+func imageBaseID(img *ImageBase) string {
+	sum := sha256.Sum256([]byte("nsbox image base\x00" + img.Digest + "\x00" + img.Platform))
+	return hex.EncodeToString(sum[:16])
 }
 
 func newBaseID() string {
@@ -98,6 +110,9 @@ func (c *BaseCache) Identify(ctx context.Context, key, version string) (BaseInfo
 		return BaseInfo{}, fmt.Errorf("%s: %w", path, err)
 	}
 	info.ID = newBaseID()
+	if info.Image != nil {
+		info.ID = imageBaseID(info.Image)
+	}
 	raw["id"], _ = json.Marshal(info.ID)
 	out, _ := json.MarshalIndent(raw, "", "  ")
 	if err := host.WriteFileAtomic(path, append(out, '\n'), 0o644); err != nil {

@@ -348,6 +348,9 @@ func (c *BaseCache) stageBase(ctx context.Context, key string, fill func(ctx con
 	}
 	info.Key, info.Created = key, time.Now().UTC()
 	info.Version, info.ID = versionOf(info.Created), newBaseID()
+	if info.Image != nil {
+		info.ID = imageBaseID(info.Image)
+	}
 	info.Size, _ = host.DiskUsage(root)
 	b, _ := json.MarshalIndent(info, "", "  ")
 	if err := os.WriteFile(filepath.Join(tmp, "base.json"), append(b, '\n'), 0o644); err != nil {

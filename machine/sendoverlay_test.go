@@ -246,3 +246,20 @@ func (c *cutWriter) Write(p []byte) (int, error) {
 	c.left -= int64(n)
 	return n, err
 }
+
+// Two hosts that flattened the same image have the same base: a send
+// between them is the upper alone from the first.
+func TestSendOverlayOverAnImageBothPulled(t *testing.T) {
+	a, b, ref := overlayPair(t)
+	if err := b.Create(context.Background(), "local", CreateOptions{From: ref}); err != nil {
+		t.Fatal(err)
+	}
+	s, _, serr, rerr := sendTo(t, a, b, "o1", "c1")
+	if serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	if s.Mode != remote.ModeUpper || s.BaseBytes != 0 {
+		t.Errorf("a send to a host that pulled the image too: %+v", s)
+	}
+	checkReceivedOverlay(t, b, "c1")
+}
