@@ -202,7 +202,7 @@ demo: deps build
     step ./nsbox list
     printf '\nThe machine is kept in /srv/demo; remove it with: ./nsbox remove demo\n'
 
-# benchmarks: nsbox side by side with cp -a, debootstrap, mmdebstrap, bare nspawn and crane export (root, minutes)
+# benchmarks: nsbox side by side with cp -a, debootstrap, mmdebstrap, bare nspawn, crane export and tar | ssh | tar (root, minutes)
 bench: deps
     #!/usr/bin/env bash
     set -euo pipefail
