@@ -20,6 +20,7 @@ import (
 //     and 12 MiB of random data) against tar | ssh | tar of the same
 //     tree, and tar | zstd | ssh | zstd -d | tar, through the same ssh
 //     config from host A to host B, the sides taking turns to lead;
+//     then the first two again on a link of 100 Mbit/s;
 //  2. two overlay machines on one base, each booted once and given
 //     10 MiB of random data of its own, sent one after the other to a
 //     host B whose cache is empty: the first may have to bring the base,
@@ -175,6 +176,35 @@ func TestBenchmarkSend(t *testing.T) {
 		bytesRow("the same, send vs tar | zstd -3 | ssh | zstd -d | tar", medianOf(ns, wire), medianOf(zs, wire)),
 		{"send's stream (-o json bytes)", mb(medianOf(ns, stream)), ""},
 	}
+
+	// 1b. The same on a link of 100 Mbit/s (a token bucket on the
+	// server's loopback, which carries A's connection to B), where the
+	// bytes on the wire tell: nsbox against tar | ssh | tar.
+	if out, err := l.srv("tc qdisc add dev lo root tbf rate 100mbit burst 256kb latency 50ms"); err != nil {
+		t.Fatalf("a 100 Mbit/s link: %v\n%s", err, out)
+	}
+	slow := (runs + 1) / 2
+	var nsSlow, tsSlow []sent
+	for i := 0; i < slow; i++ {
+		sides := []func(){
+			func() {
+				nsSlow = append(nsSlow, send(full, recv))
+				l.must(t, "-H", B, "remove", recv)
+			},
+			func() {
+				tsSlow = append(tsSlow, piped(tarSide))
+				check()
+				e.mustSh(t, "rm -rf "+dir)
+			},
+		}
+		for k := range sides {
+			sides[(i+k)%len(sides)]()
+		}
+	}
+	if out, err := l.srv("tc qdisc del dev lo root"); err != nil {
+		t.Fatalf("the 100 Mbit/s link back to loopback's own: %v\n%s", err, out)
+	}
+	rows = append(rows, ratioRow(fmt.Sprintf("the same on a link of 100 Mbit/s (medians of %d): send vs tar | ssh | tar", slow), median(times(nsSlow)), median(times(tsSlow)), "%.2f", ""))
 	e.mustNsb(t, "remove", full)
 
 	// 2. Two overlay machines on one base, sent one after the other to
