@@ -13,7 +13,7 @@ import (
 )
 
 // TestBenchmarkSend measures nsbox send between the two hosts of the
-// remote lab (startRemoteLab; host B with a base cache of its own), run
+// remote lab (startRemoteLab, host B with a base cache of its own), run
 // on host A through -H as the send scenario runs it:
 //
 //  1. a send of a copy machine of about 260 MB (the suite's bookworm base
@@ -23,8 +23,9 @@ import (
 //     then the first two again on a link of 100 Mbit/s;
 //  2. two overlay machines on one base, each booted once and given
 //     10 MiB of random data of its own, sent one after the other to a
-//     host B whose cache is empty: the first may have to bring the base,
-//     the second finds it there.
+//     host B whose cache is empty: the first brings its base version
+//     (send's mode base), the second finds it there and sends its upper
+//     alone (mode upper); a send of another mode fails the benchmark.
 //
 // Besides the time (from the client, ssh to host A included on every
 // side) it reports bytes: send's own count (-o json "bytes") and those
@@ -80,11 +81,12 @@ func TestBenchmarkSend(t *testing.T) {
 		return links[0].Stats.TX.Bytes
 	}
 	type sent struct {
-		took        time.Duration
-		bytes, wire int64
-		json        string
+		took                   time.Duration
+		mode                   string // send's: tree, base or upper
+		bytes, baseBytes, wire int64
+		json                   string
 	}
-	send := func(name, as string) sent {
+	send := func(name, as, mode string) sent {
 		t.Helper()
 		e.mustSh(t, "sync")
 		before := linkBytes()
@@ -94,13 +96,11 @@ func TestBenchmarkSend(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("send:\n%s", r)
 		}
-		var res struct {
-			Bytes int64 `json:"bytes"`
+		res := sendJSON(t, r)
+		if res.Bytes <= 0 || res.Mode != mode {
+			t.Fatalf("send -o json, not a send of mode %s:\n%s", mode, r.stdout)
 		}
-		if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.Bytes <= 0 {
-			t.Fatalf("send -o json: %v\n%s", err, r.stdout)
-		}
-		return sent{took, res.Bytes, linkBytes() - before, strings.TrimSpace(r.stdout)}
+		return sent{took, res.Mode, res.Bytes, res.BaseBytes, linkBytes() - before, strings.TrimSpace(r.stdout)}
 	}
 	piped := func(script string) sent {
 		t.Helper()
@@ -108,6 +108,66 @@ func TestBenchmarkSend(t *testing.T) {
 		before := linkBytes()
 		took := timed(t, onA(script)...)
 		return sent{took: took, wire: linkBytes() - before}
+	}
+
+	mb := func(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+	times := func(s []sent) []time.Duration {
+		var d []time.Duration
+		for _, x := range s {
+			d = append(d, x.took)
+		}
+		return d
+	}
+	medianOf := func(s []sent, f func(sent) int64) int64 {
+		var d []time.Duration
+		for _, x := range s {
+			d = append(d, time.Duration(f(x)))
+		}
+		return int64(median(d))
+	}
+	wire := func(x sent) int64 { return x.wire }
+	stream := func(x sent) int64 { return x.bytes }
+	bytesRow := func(what string, a, b int64) [3]string {
+		return [3]string{what, mb(a) + " vs " + mb(b), fmt.Sprintf("%.3f", float64(a)/float64(b))}
+	}
+
+	// 2 (run first: the shorter part, and the one that fails if send's
+	// modes change). Two overlay machines on one base, sent one after
+	// the other to a host B whose cache is empty, in each round.
+	for _, n := range []string{ov1, ov2} {
+		e.mustNsb(t, "create", n, "--release", "bookworm", "--storage", "overlay")
+		e.mustNsb(t, "boot", n, "--network", "none")
+		e.mustNsb(t, "stop", n)
+		e.mustNsb(t, "shell", n, "--", "sh", "-c", "head -c 10M /dev/urandom > /root/own")
+	}
+	upper := status(t, e, ov1, "--usage")
+	var first, second []sent
+	for i := 0; i < runs; i++ {
+		a, b := ov1, ov2
+		if i%2 == 1 {
+			a, b = b, a
+		}
+		// Names are the host's (both hosts are this one): another there.
+		first = append(first, send(a, a+"-b", "base"))
+		second = append(second, send(b, b+"-b", "upper"))
+		if i == 0 {
+			fmt.Printf("bench: send -o json of the first overlay machine: %s\nbench: of the second: %s\n", first[0].json, second[0].json)
+			fmt.Printf("bench: host B's cache after both:\n%s", e.mustSh(t, "ls -l "+l.cacheB+"/bases 2>&1 || true"))
+		}
+		for _, n := range []string{a, b} {
+			l.must(t, "-H", B, "remove", n+"-b")
+		}
+		e.mustSh(t, "rm -rf "+l.cacheB+"/* && sync")
+	}
+	rows2 := [][3]string{
+		{"send of the first overlay machine on a base, host B's cache empty (mode base: the base version's tree, then the upper)",
+			fmt.Sprintf("%s; %s on the link, %s in send's streams (%s of them the base's)", median(times(first)).Round(time.Millisecond),
+				mb(medianOf(first, wire)), mb(medianOf(first, stream)), mb(medianOf(first, func(x sent) int64 { return x.baseBytes }))), ""},
+		{"send of the second on the same base, next (mode upper: the upper alone)",
+			fmt.Sprintf("%s; %s on the link, %s in send's stream", median(times(second)).Round(time.Millisecond), mb(medianOf(second, wire)), mb(medianOf(second, stream))), ""},
+		ratioRow("the second send vs the first: time", median(times(second)), median(times(first)), "%.3f", ""),
+		bytesRow("the second send vs the first: bytes on the link", medianOf(second, wire), medianOf(first, wire)),
+		bytesRow("the second send vs the first: send's streams", medianOf(second, stream), medianOf(first, stream)),
 	}
 
 	// 1. A copy machine of about 260 MB.
@@ -130,7 +190,7 @@ func TestBenchmarkSend(t *testing.T) {
 	for i := 0; i < runs; i++ {
 		sides := []func(){
 			func() {
-				ns = append(ns, send(full, recv))
+				ns = append(ns, send(full, recv, "tree"))
 				l.must(t, "-H", B, "remove", recv)
 			},
 			func() {
@@ -149,26 +209,6 @@ func TestBenchmarkSend(t *testing.T) {
 		}
 	}
 	fmt.Printf("bench: send -o json of the copy machine: %s\n", ns[0].json)
-	mb := func(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
-	times := func(s []sent) []time.Duration {
-		var d []time.Duration
-		for _, x := range s {
-			d = append(d, x.took)
-		}
-		return d
-	}
-	medianOf := func(s []sent, f func(sent) int64) int64 {
-		var d []time.Duration
-		for _, x := range s {
-			d = append(d, time.Duration(f(x)))
-		}
-		return int64(median(d))
-	}
-	wire := func(x sent) int64 { return x.wire }
-	stream := func(x sent) int64 { return x.bytes }
-	bytesRow := func(what string, a, b int64) [3]string {
-		return [3]string{what, mb(a) + " vs " + mb(b), fmt.Sprintf("%.3f", float64(a)/float64(b))}
-	}
 	rows := [][3]string{
 		ratioRow("send of a copy machine vs tar | ssh | tar of its tree", median(times(ns)), median(times(ts)), "%.2f", ""),
 		ratioRow("send of a copy machine vs tar | zstd -3 | ssh | zstd -d | tar of its tree", median(times(ns)), median(times(zs)), "%.2f", ""),
@@ -188,7 +228,7 @@ func TestBenchmarkSend(t *testing.T) {
 	for i := 0; i < slow; i++ {
 		sides := []func(){
 			func() {
-				nsSlow = append(nsSlow, send(full, recv))
+				nsSlow = append(nsSlow, send(full, recv, "tree"))
 				l.must(t, "-H", B, "remove", recv)
 			},
 			func() {
@@ -206,43 +246,8 @@ func TestBenchmarkSend(t *testing.T) {
 	}
 	rows = append(rows, ratioRow(fmt.Sprintf("the same on a link of 100 Mbit/s (medians of %d): send vs tar | ssh | tar", slow), median(times(nsSlow)), median(times(tsSlow)), "%.2f", ""))
 	e.mustNsb(t, "remove", full)
+	rows = append(rows, rows2...)
 
-	// 2. Two overlay machines on one base, sent one after the other to
-	// a host B whose cache is empty, in each round.
-	for _, n := range []string{ov1, ov2} {
-		e.mustNsb(t, "create", n, "--release", "bookworm", "--storage", "overlay")
-		e.mustNsb(t, "boot", n, "--network", "none")
-		e.mustNsb(t, "stop", n)
-		e.mustNsb(t, "shell", n, "--", "sh", "-c", "head -c 10M /dev/urandom > /root/own")
-	}
-	upper := status(t, e, ov1, "--usage")
-	var first, second []sent
-	for i := 0; i < runs; i++ {
-		a, b := ov1, ov2
-		if i%2 == 1 {
-			a, b = b, a
-		}
-		// Names are the host's (both hosts are this one): another there.
-		first = append(first, send(a, a+"-b"))
-		second = append(second, send(b, b+"-b"))
-		if i == 0 {
-			fmt.Printf("bench: send -o json of the first overlay machine: %s\nbench: of the second: %s\n", first[0].json, second[0].json)
-			fmt.Printf("bench: host B's cache after both:\n%s", e.mustSh(t, "ls -l "+l.cacheB+"/bases 2>&1 || true"))
-		}
-		for _, n := range []string{a, b} {
-			l.must(t, "-H", B, "remove", n+"-b")
-		}
-		e.mustSh(t, "rm -rf "+l.cacheB+"/* && sync")
-	}
-	rows = append(rows,
-		[3]string{"send of the first overlay machine on a base (host B's cache empty)",
-			fmt.Sprintf("%s, %s on the link, %s in send's stream", median(times(first)).Round(time.Millisecond), mb(medianOf(first, wire)), mb(medianOf(first, stream))), ""},
-		[3]string{"send of the second on the same base, next",
-			fmt.Sprintf("%s, %s on the link, %s in send's stream", median(times(second)).Round(time.Millisecond), mb(medianOf(second, wire)), mb(medianOf(second, stream))), ""},
-		ratioRow("the second send vs the first: time", median(times(second)), median(times(first)), "%.3f", ""),
-		bytesRow("the second send vs the first: bytes on the link", medianOf(second, wire), medianOf(first, wire)),
-		bytesRow("the second send vs the first: send's stream", medianOf(second, stream), medianOf(first, stream)),
-	)
 	apparent, _ := strconv.ParseInt(size[0], 10, 64)
 	onDisk, _ := strconv.ParseInt(size[2], 10, 64)
 	printRows(t, e, fmt.Sprintf("medians of %d runs; the copy machine: %s of files (%s on disk, %s names); an overlay machine's own: %s, its base's %s",
