@@ -82,7 +82,8 @@ func TestBenchmarkSend(t *testing.T) {
 	}
 	type sent struct {
 		took                   time.Duration
-		mode                   string // send's: tree, base or upper
+		onA                    time.Duration // send's time_ns: nsbox on host A, from its start to B's confirmation
+		mode                   string        // send's: tree, base or upper
 		bytes, baseBytes, wire int64
 		json                   string
 	}
@@ -100,7 +101,13 @@ func TestBenchmarkSend(t *testing.T) {
 		if res.Bytes <= 0 || res.Mode != mode {
 			t.Fatalf("send -o json, not a send of mode %s:\n%s", mode, r.stdout)
 		}
-		return sent{took, res.Mode, res.Bytes, res.BaseBytes, linkBytes() - before, strings.TrimSpace(r.stdout)}
+		var ns struct {
+			TimeNs int64 `json:"time_ns"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &ns); err != nil || ns.TimeNs <= 0 {
+			t.Fatalf("send -o json, time_ns: %v\n%s", err, r.stdout)
+		}
+		return sent{took, time.Duration(ns.TimeNs), res.Mode, res.Bytes, res.BaseBytes, linkBytes() - before, strings.TrimSpace(r.stdout)}
 	}
 	piped := func(script string) sent {
 		t.Helper()
@@ -118,6 +125,21 @@ func TestBenchmarkSend(t *testing.T) {
 		}
 		return d
 	}
+	onAs := func(s []sent) []time.Duration {
+		var d []time.Duration
+		for _, x := range s {
+			d = append(d, x.onA)
+		}
+		return d
+	}
+	// Every run's time, for the spread.
+	each := func(what string, s []sent) {
+		var w []string
+		for _, x := range s {
+			w = append(w, x.took.Round(10*time.Millisecond).String())
+		}
+		fmt.Printf("bench: %s: %s\n", what, strings.Join(w, " "))
+	}
 	medianOf := func(s []sent, f func(sent) int64) int64 {
 		var d []time.Duration
 		for _, x := range s {
@@ -129,6 +151,13 @@ func TestBenchmarkSend(t *testing.T) {
 	stream := func(x sent) int64 { return x.bytes }
 	bytesRow := func(what string, a, b int64) [3]string {
 		return [3]string{what, mb(a) + " vs " + mb(b), fmt.Sprintf("%.3f", float64(a)/float64(b))}
+	}
+
+	// What any side pays before a byte of the tree: ssh to host A, and
+	// from there to host B.
+	var floor []time.Duration
+	for i := 0; i < runs; i++ {
+		floor = append(floor, timed(t, onA(sshB+" true")...))
 	}
 
 	// 2 (run first: the shorter part, and the one that fails if send's
@@ -165,6 +194,7 @@ func TestBenchmarkSend(t *testing.T) {
 				mb(medianOf(first, wire)), mb(medianOf(first, stream)), mb(medianOf(first, func(x sent) int64 { return x.baseBytes }))), ""},
 		{"send of the second on the same base, next (mode upper: the upper alone)",
 			fmt.Sprintf("%s; %s on the link, %s in send's stream", median(times(second)).Round(time.Millisecond), mb(medianOf(second, wire)), mb(medianOf(second, stream))), ""},
+		{"of which nsbox on host A (send's time_ns), first and second", median(onAs(first)).Round(time.Millisecond).String() + ", " + median(onAs(second)).Round(time.Millisecond).String(), ""},
 		ratioRow("the second send vs the first: time", median(times(second)), median(times(first)), "%.3f", ""),
 		bytesRow("the second send vs the first: bytes on the link", medianOf(second, wire), medianOf(first, wire)),
 		bytesRow("the second send vs the first: send's streams", medianOf(second, stream), medianOf(first, stream)),
@@ -214,7 +244,7 @@ func TestBenchmarkSend(t *testing.T) {
 		ratioRow("send of a copy machine vs tar | zstd -3 | ssh | zstd -d | tar of its tree", median(times(ns)), median(times(zs)), "%.2f", ""),
 		bytesRow("bytes from host A to host B (TCP, both ways): send vs tar | ssh | tar", medianOf(ns, wire), medianOf(ts, wire)),
 		bytesRow("the same, send vs tar | zstd -3 | ssh | zstd -d | tar", medianOf(ns, wire), medianOf(zs, wire)),
-		{"send's stream (-o json bytes)", mb(medianOf(ns, stream)), ""},
+		{"send's stream (-o json bytes); send's time on host A (time_ns)", mb(medianOf(ns, stream)) + "; " + median(onAs(ns)).Round(time.Millisecond).String(), ""},
 	}
 
 	// 1b. The same on a link of 100 Mbit/s (a token bucket on the
@@ -247,6 +277,14 @@ func TestBenchmarkSend(t *testing.T) {
 	rows = append(rows, ratioRow(fmt.Sprintf("the same on a link of 100 Mbit/s (medians of %d): send vs tar | ssh | tar", slow), median(times(nsSlow)), median(times(tsSlow)), "%.2f", ""))
 	e.mustNsb(t, "remove", full)
 	rows = append(rows, rows2...)
+	rows = append(rows, [3]string{"ssh to host A, and from there to host B: true (what every side pays first)", median(floor).Round(time.Millisecond).String(), ""})
+	each("send of the copy machine", ns)
+	each("tar | ssh | tar", ts)
+	each("tar | zstd | ssh | zstd -d | tar", zs)
+	each("send, 100 Mbit/s", nsSlow)
+	each("tar | ssh | tar, 100 Mbit/s", tsSlow)
+	each("first overlay send", first)
+	each("second overlay send", second)
 
 	apparent, _ := strconv.ParseInt(size[0], 10, 64)
 	onDisk, _ := strconv.ParseInt(size[2], 10, 64)
