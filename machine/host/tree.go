@@ -57,7 +57,7 @@ func RemoveTreeAt(parent int, name string, want *unix.Stat_t) error {
 // it opens must still be that directory and no mount's root, so a mount
 // made in the meantime is never entered. Another device that is no mount
 // root is a btrfs subvolume (a base snapshotted inside a tree), which goes
-// with the tree; where the kernel cannot tell mount roots (before Linux
+// with the tree (a read-only one through the kernel, whole); where the kernel cannot tell mount roots (before Linux
 // 5.8), another device is taken for a mount.
 func removeAt(parent int, name string, want *unix.Stat_t, parentDev uint64) error {
 	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -75,6 +75,11 @@ func removeAt(parent int, name string, want *unix.Stat_t, parentDev uint64) erro
 	}
 	if root, known := fdMountRoot(fd); root || (!known && got.Dev != parentDev) {
 		return ErrMounted
+	}
+	if readOnlySubvolumeFd(fd) {
+		// Nothing can be unlinked in a read-only subvolume (a received
+		// one, a snapshot kept as a parent): it goes whole.
+		return destroyAt(parent, name, &got)
 	}
 	dev := got.Dev
 	for {
