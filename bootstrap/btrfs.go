@@ -83,7 +83,6 @@ var errReceiveEnded = errors.New("btrfs receive ended")
 // src may still be blocked in a read: the caller ends src (its
 // connection) as it gives up.
 func ReceiveSubvolume(ctx context.Context, r host.Runner, src io.Reader, dir string, c *SendStreamCheck) (string, host.SubvolInfo, error) {
-	sub := filepath.Join(dir, c.Name)
 	fail := func(err error) (string, host.SubvolInfo, error) {
 		if ents, _ := os.ReadDir(dir); len(ents) > 0 {
 			for _, e := range ents {
@@ -168,6 +167,7 @@ func ReceiveSubvolume(ctx context.Context, r host.Runner, src io.Reader, dir str
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 || ents[0].Name() != c.Name {
 		return fail(fmt.Errorf("%w: btrfs receive left other than %s in %s", ErrSendStream, c.Name, dir))
 	}
+	sub := filepath.Join(dir, c.Name)
 	info, err := host.Subvolume(sub)
 	if err != nil {
 		return fail(err)

@@ -79,7 +79,7 @@ const (
 )
 
 // SendStreamCheck is what a received btrfs send stream may do: make the
-// one subvolume Name (a full stream), or, with Parent set, make Name as a
+// one subvolume Name (any one name, then set, when empty) (a full stream), or, with Parent set, make Name as a
 // snapshot of the subvolume received from Parent (an incremental one),
 // whose tree is ParentRoot on this host. Every path stays inside the
 // subvolume (no absolute path, no ".."); clones read only the subvolume
@@ -249,9 +249,11 @@ func (c *SendStreamCheck) check(cmd uint16, payload []byte) (keep bool, err erro
 			return false, refuse("it makes a second subvolume")
 		}
 		c.started = true
-		if string(a[attrPath]) != c.Name {
-			return false, refuse("it makes subvolume %q, not %q", a[attrPath], c.Name)
+		got := string(a[attrPath])
+		if c.Name == "" && (got == "" || got == "." || strings.Contains(got, "/")) || c.Name != "" && got != c.Name {
+			return false, refuse("it makes subvolume %q, not %q", got, c.Name)
 		}
+		c.Name = got
 		if len(a[attrUUID]) != 16 {
 			return false, refuse("its subvolume has no UUID")
 		}

@@ -64,6 +64,11 @@ type Outgoing struct {
 	// and base.
 	rec  storage.Record
 	base bootstrap.BaseInfo
+	// Of a btrfs machine: its base version's read-only snapshot, which
+	// btrfs streams of it are incremental from, and what lets go of the
+	// version.
+	parent        string
+	releaseParent func()
 }
 
 // PrepareSend checks that name is a stopped machine of this host, locks
@@ -110,6 +115,9 @@ func (g *Outgoing) read(ctx context.Context, o SendOptions) error {
 		*f.to = json.RawMessage(bytes.TrimSpace(b))
 	}
 	g.offerBase(ctx)
+	if g.offer.Storage == nil {
+		g.offerBtrfs(ctx)
+	}
 	return nil
 }
 
@@ -139,7 +147,12 @@ func (g *Outgoing) offerBase(ctx context.Context) {
 func (g *Outgoing) Enabled() bool { return g.offer.Enabled }
 
 // Close releases the machine.
-func (g *Outgoing) Close() { g.lock.Unlock() }
+func (g *Outgoing) Close() {
+	if g.releaseParent != nil {
+		g.releaseParent()
+	}
+	g.lock.Unlock()
+}
 
 // Send is PrepareSend, Stream and Close.
 func (m *Manager) Send(ctx context.Context, name string, to io.Writer, from io.Reader, o SendOptions) (SendResult, error) {
@@ -203,6 +216,8 @@ func (g *Outgoing) Stream(ctx context.Context, to io.Writer, from io.Reader, pro
 			sent = res.BaseBytes
 		}
 		res.Bytes, res.SHA256, err = writeStream(to, tell, g.writeUpper(ctx))
+	case remote.ModeBtrfs, remote.ModeBtrfsBase:
+		err = g.streamBtrfs(ctx, to, &res, tell, &sent)
 	default:
 		return res, fmt.Errorf("%w: it asked for %q", remote.ErrStream, printable(res.Mode))
 	}
@@ -408,9 +423,12 @@ func (m *Manager) Receive(ctx context.Context, name string, in io.Reader, out io
 		return res, err
 	}
 	defer in2.release()
-	if res.Mode == remote.ModeTree {
+	switch res.Mode {
+	case remote.ModeTree:
 		err = in2.tree(ctx)
-	} else {
+	case remote.ModeBtrfs, remote.ModeBtrfsBase:
+		err = in2.btrfs(ctx)
+	default:
 		err = in2.overlay(ctx)
 	}
 	if err != nil {
@@ -465,6 +483,9 @@ type incoming struct {
 // the upper. Anything else: the whole tree.
 func (in *incoming) choose(ctx context.Context) string {
 	st := in.offer.Storage
+	if st != nil && st.Kind == string(storage.Btrfs) {
+		return in.chooseBtrfs(ctx)
+	}
 	if st == nil || st.Kind != string(storage.Overlay) || st.Base == nil {
 		return remote.ModeTree
 	}

@@ -174,10 +174,15 @@ type Offer struct {
 	Storage *StorageOffer `json:"storage,omitempty"`
 }
 
-// StorageOffer is how a sent machine is kept: Kind "overlay", over Base.
+// StorageOffer is how a sent machine is kept: Kind "overlay" or "btrfs",
+// over Base. Of a btrfs machine, Parent is the UUID (as btrfs send calls
+// it) of the read-only snapshot of its base version that a btrfs send of
+// the machine is incremental from: a receiver that has received it has a
+// subvolume whose received UUID it is.
 type StorageOffer struct {
-	Kind string     `json:"kind"`
-	Base *BaseOffer `json:"base,omitempty"`
+	Kind   string     `json:"kind"`
+	Base   *BaseOffer `json:"base,omitempty"`
+	Parent string     `json:"parent,omitempty"`
 }
 
 // BaseOffer names the base version an overlay machine is over: its key,
@@ -199,6 +204,13 @@ const (
 	ModeUpper = "upper"
 	// ModeBase is the base version's tree first, then the upper.
 	ModeBase = "base"
+	// ModeBtrfs is a btrfs machine as a btrfs send stream incremental
+	// from its base's read-only snapshot (StorageOffer.Parent), which the
+	// receiver has received.
+	ModeBtrfs = "btrfs"
+	// ModeBtrfsBase is that read-only snapshot first, as a full btrfs
+	// send stream, then the machine as in ModeBtrfs.
+	ModeBtrfsBase = "btrfs-base"
 )
 
 // MaxOfferLine caps the offer line.

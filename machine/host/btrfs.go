@@ -272,3 +272,25 @@ func destroyAt(parent int, name string, want *unix.Stat_t) error {
 	}
 	return ioctlPtr(parent, btrfsIocSnapDestroy, unsafe.Pointer(a))
 }
+
+// btrfsIocFsInfo is _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024
+// bytes, the file system's UUID at offset 16.
+const btrfsIocFsInfo = 0x8400941f
+
+// BtrfsFilesystem returns the UUID of the btrfs file system dir is on
+// (BTRFS_IOC_FS_INFO): two directories with the same one can share
+// snapshots, whatever subvolumes they are in.
+func BtrfsFilesystem(dir string) (UUID, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return UUID{}, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	var a [1024]byte
+	if err := ioctlPtr(fd, btrfsIocFsInfo, unsafe.Pointer(&a)); err != nil {
+		return UUID{}, fmt.Errorf("%s: BTRFS_IOC_FS_INFO: %w", dir, err)
+	}
+	var u UUID
+	copy(u[:], a[16:32])
+	return u, nil
+}

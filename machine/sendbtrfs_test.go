@@ -1,0 +1,177 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/nsbox/nsbox/machine/host"
+	"github.com/nsbox/nsbox/machine/oci/ocitest"
+	"github.com/nsbox/nsbox/machine/storage"
+	"github.com/nsbox/nsbox/remote"
+)
+
+// btrfsManager is imageManager with its root and cache directories on a
+// loop btrfs file system of its own (skipped where one cannot be made:
+// not root, no btrfs-progs, no loop devices).
+func btrfsManager(t *testing.T) *Manager {
+	t.Helper()
+	m := imageManager(t)
+	if _, err := exec.LookPath("mkfs.btrfs"); err != nil {
+		t.Skip("no mkfs.btrfs (btrfs-progs)")
+	}
+	dir := t.TempDir()
+	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o700)
+	for _, c := range [][]string{{"truncate", "-s", "300M", img}, {"mkfs.btrfs", "-q", img}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", c, err, out)
+		}
+	}
+	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+		t.Skipf("mount a loop btrfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	m.RootDir, m.CacheDir = filepath.Join(mnt, "srv"), filepath.Join(mnt, "cache")
+	os.MkdirAll(m.RootDir, 0o700)
+	os.MkdirAll(m.CacheDir, 0o700)
+	return m
+}
+
+// A btrfs machine goes as btrfs send streams: the first with its base's
+// read-only snapshot whole, the second machine on that base as its own
+// changes alone; both arrive as writable snapshots of the received base,
+// personalised, with nothing read-only or staged left on either side.
+func TestSendBtrfsCarriesTheBaseOnce(t *testing.T) {
+	a, b := btrfsManager(t), btrfsManager(t)
+	ctx := context.Background()
+	reg := ocitest.NewRegistry(t)
+	// Bytes zstd cannot shrink, so that the base's weight shows.
+	noise := make([]byte, 1<<20)
+	_, _ = rand.NewChaCha8([32]byte{1}).Read(noise)
+	big := ocitest.File("usr/lib/big", string(noise))
+	ref := reg.Push(t, "app:1", ocitest.Image(t, hostPlatform, v1.Config{}, baseLayer(t), ocitest.Layer(t, ocitest.Dir("usr/lib/"), big)))
+	for _, n := range []string{"b1", "b2"} {
+		if err := a.Create(ctx, n, CreateOptions{From: ref, Storage: storage.Btrfs}); err != nil {
+			t.Fatal(err)
+		}
+		if rec := a.storageOf(n); rec.Kind != storage.Btrfs || rec.Base == "" {
+			t.Fatalf("%s: %+v", n, rec)
+		}
+		if err := os.WriteFile(filepath.Join(a.Tree(n), "etc/motd"), []byte("own of "+n+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s1, r1, serr, rerr := sendTo(t, a, b, "b1", "c1")
+	if serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	if s1.Mode != remote.ModeBtrfsBase || r1.Mode != s1.Mode || s1.BaseBytes < 1<<20 || s1.BaseBytes != r1.BaseBytes || s1.Bytes != r1.Bytes {
+		t.Fatalf("first send: sent %+v, received %+v", s1, r1)
+	}
+	s2, r2, serr, rerr := sendTo(t, a, b, "b2", "c2")
+	if serr != nil || rerr != nil {
+		t.Fatalf("second send: %v; receive: %v", serr, rerr)
+	}
+	if s2.Mode != remote.ModeBtrfs || r2.Mode != s2.Mode || s2.BaseBytes != 0 || s2.Bytes > s1.BaseBytes/20 {
+		t.Errorf("second send on the same base: %+v (the first: %+v)", s2, s1)
+	}
+	ra := a.storageOf("b1")
+	for _, n := range []string{"c1", "c2"} {
+		rb := b.storageOf(n)
+		if rb.Kind != storage.Btrfs || rb.Base != ra.Base || rb.Version != ra.Version {
+			t.Errorf("%s: %+v (sent %+v)", n, rb, ra)
+		}
+		info, err := host.Subvolume(b.Tree(n))
+		if err != nil || info.ReadOnly {
+			t.Errorf("%s's tree: %+v %v", n, info, err)
+		}
+		for p, want := range map[string]string{"etc/hostname": n + "\n", "etc/motd": "own of b" + n[1:] + "\n", "etc/os-release": "ID=debian\n"} {
+			if got, err := os.ReadFile(filepath.Join(b.Tree(n), p)); err != nil || string(got) != want {
+				t.Errorf("%s: %s: %q %v", n, p, got, err)
+			}
+		}
+	}
+	// The received base is the version both are snapshots of: its root
+	// the received read-only subvolume.
+	v, err := b.Bases().VersionInfo(ra.Base, ra.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := host.Subvolume(v.Root); err != nil || !info.ReadOnly || info.Received.IsZero() {
+		t.Errorf("the received base: %+v %v", info, err)
+	}
+	noBtrfsStaging(t, a)
+	noBtrfsStaging(t, b)
+
+	// An interrupted send of a third leaves nothing on either side.
+	if err := a.Create(ctx, "b3", CreateOptions{From: ref, Storage: storage.Btrfs}); err != nil {
+		t.Fatal(err)
+	}
+	toR, toW := io.Pipe()
+	fromR, fromW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Receive(ctx, "c3", &cutReader{r: toR, left: 2000}, fromW)
+		toR.CloseWithError(io.ErrClosedPipe)
+		fromW.Close()
+		done <- err
+	}()
+	_, serr = a.Send(ctx, "b3", toW, fromR, SendOptions{})
+	toW.Close()
+	if rerr := <-done; rerr == nil || serr == nil {
+		t.Fatalf("a cut send: send %v, receive %v", serr, rerr)
+	}
+	if _, err := os.Lstat(b.Tree("c3")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("c3 is there: %v", err)
+	}
+	noBtrfsStaging(t, a)
+	noBtrfsStaging(t, b)
+	if _, err := os.Lstat(a.Tree("b3")); err != nil {
+		t.Errorf("the sent machine: %v", err)
+	}
+}
+
+// cutReader ends after left bytes, as a dropped connection does.
+type cutReader struct {
+	r    io.Reader
+	left int
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	if len(p) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= n
+	return n, err
+}
+
+// noBtrfsStaging fails when the store or the base cache has a staging tree
+// (.#*) or a read-only snapshot of a machine left.
+func noBtrfsStaging(t *testing.T, m *Manager) {
+	t.Helper()
+	for _, dir := range []string{m.Store(), m.Bases().Dir} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".#") && !strings.HasSuffix(e.Name(), ".lck") {
+				t.Errorf("left in %s: %s", dir, e.Name())
+			}
+		}
+	}
+}
