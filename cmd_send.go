@@ -77,7 +77,9 @@ type sendResult struct {
 	NewName string `json:"new_name"`
 	// Mode is what went: "tree" (the whole tree), "upper" (an overlay
 	// machine's upper alone: HOST had its base version) or "base" (its
-	// base version, then its upper).
+	// base version, then its upper); of a btrfs machine "btrfs" (a btrfs
+	// send stream incremental from its base's read-only snapshot, which
+	// HOST had received) or "btrfs-base" (that snapshot whole first).
 	Mode string `json:"mode"`
 	// Bytes is every byte of the streams; BaseBytes those of the base.
 	Bytes     int64  `json:"bytes"`
