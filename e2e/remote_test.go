@@ -83,6 +83,15 @@ const labOwnCacheB labOption = 1
 
 func startRemoteLab(t *testing.T, e *env, opts ...labOption) *remoteLab {
 	t.Helper()
+	return startRemoteLabWith(t, e, labDirs{}, opts...)
+}
+
+// labDirs are root directories and caches of the lab's two hosts of the
+// caller's (a loop btrfs each, say); empty ones are the lab's defaults.
+type labDirs struct{ rootA, cacheA, rootB, cacheB string }
+
+func startRemoteLabWith(t *testing.T, e *env, d labDirs, opts ...labOption) *remoteLab {
+	t.Helper()
 	dir, err := os.MkdirTemp("/var/tmp", "nsbox-e2e-remote-")
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +107,12 @@ func startRemoteLab(t *testing.T, e *env, opts ...labOption) *remoteLab {
 		if o == labOwnCacheB {
 			l.cacheB = l.sdir + "/cacheB"
 		}
+	}
+	if d.rootB != "" {
+		l.rootB = d.rootB
+	}
+	if d.cacheB != "" {
+		l.cacheB = d.cacheB
 	}
 	t.Cleanup(l.stop)
 	sh := func(script string) {
@@ -148,6 +163,12 @@ ip link set lo up`, l.sdir, labServerAddr))
 	var known, wrong strings.Builder
 	for i, port := range []int{2201, 2202} {
 		root, cache := e.rootDir, e.cacheDir
+		if d.rootA != "" {
+			root = d.rootA
+		}
+		if d.cacheA != "" {
+			cache = d.cacheA
+		}
 		if i == 1 {
 			root, cache = l.rootB, l.cacheB
 		}

@@ -708,6 +708,7 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("cp", func(t *testing.T) { cpScenario(t, e) })
 	t.Run("remote", func(t *testing.T) { remoteScenario(t, e) })
 	t.Run("send", func(t *testing.T) { sendScenario(t, e) })
+	t.Run("send btrfs", func(t *testing.T) { sendBtrfsScenario(t, e) })
 	t.Run("oci", func(t *testing.T) { ociScenario(t, e) })
 	t.Run("app machine", func(t *testing.T) { appScenario(t, e) })
 	t.Run("url", func(t *testing.T) { urlScenario(t, e) })
