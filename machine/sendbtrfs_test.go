@@ -1,7 +1,9 @@
 package machine
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -13,6 +15,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/oci/ocitest"
 	"github.com/nsbox/nsbox/machine/storage"
@@ -173,5 +176,89 @@ func noBtrfsStaging(t *testing.T, m *Manager) {
 				t.Errorf("left in %s: %s", dir, e.Name())
 			}
 		}
+	}
+}
+
+// A sender that offers one parent and sends another subvolume as the
+// base, or a machine stream that is not incremental from the agreed
+// parent, is refused, and the receiver keeps nothing: no version, no
+// staging tree, no subvolume.
+func TestReceiveBtrfsRefusesAnotherBase(t *testing.T) {
+	a, b := btrfsManager(t), btrfsManager(t)
+	ctx := context.Background()
+	// Any subvolume of a's, read-only, as a stream.
+	src := filepath.Join(a.RootDir, "src")
+	if out, err := exec.Command("btrfs", "subvolume", "create", src).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	os.MkdirAll(filepath.Join(src, "etc"), 0o755)
+	os.WriteFile(filepath.Join(src, "etc/os-release"), []byte("ID=debian\n"), 0o644)
+	ro := filepath.Join(a.RootDir, "src.ro")
+	if err := host.SnapshotReadOnly(src, ro); err != nil {
+		t.Fatal(err)
+	}
+	info, err := host.Subvolume(ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offered := host.UUID{0xde, 0xad}
+	for _, tc := range []struct {
+		name, parent, want string
+	}{
+		{"another base than offered", offered.String(), "not the " + offered.String() + " it offered"},
+		{"a full stream as its base, where its machine is due", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			parent := tc.parent
+			if parent == "" {
+				parent = info.UUID.String()
+			}
+			raw, _ := json.Marshal(map[string]any{"key": "k1", "created": "2026-11-30T10:00:00Z"})
+			offer := remote.Offer{Name: "src", Storage: &remote.StorageOffer{Kind: string(storage.Btrfs), Parent: parent,
+				Base: &remote.BaseOffer{Key: "k1", Version: "20261130T100000Z", ID: strings.Repeat("ab", 16), Info: raw}}}
+			toR, toW := io.Pipe()
+			fromR, fromW := io.Pipe()
+			done := make(chan error, 1)
+			go func() {
+				_, err := b.Receive(ctx, "c", toR, fromW)
+				toR.CloseWithError(io.ErrClosedPipe)
+				fromW.Close()
+				done <- err
+			}()
+			line, _ := json.Marshal(offer)
+			toW.Write(append(line, '\n'))
+			replies := bufio.NewReader(fromR)
+			var r remote.Reply
+			if err := readReply(replies, &r); err != nil || r.Mode != remote.ModeBtrfsBase {
+				t.Fatalf("reply %+v %v", r, err)
+			}
+			body := func(w io.Writer) error { return bootstrap.SendSubvolume(ctx, a.Runner, ro, "", w) }
+			// The base; then, for the second case, the same full stream
+			// where the machine's incremental one is due.
+			for range 2 {
+				if _, _, err := writeStream(toW, nil, body); err != nil {
+					break
+				}
+			}
+			toW.Close()
+			go io.Copy(io.Discard, fromR)
+			err := <-done
+			if err == nil || tc.want != "" && !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("receive: %v", err)
+			}
+			if tc.want == "" && !errors.Is(err, bootstrap.ErrSendStream) {
+				t.Errorf("receive: %v is not a refused stream", err)
+			}
+			if _, err := os.Lstat(b.Tree("c")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("c is there: %v", err)
+			}
+			if vs, _ := b.Bases().List(); len(vs) > 0 {
+				t.Errorf("bases left: %+v", vs)
+			}
+			noBtrfsStaging(t, b)
+			if out, _ := exec.Command("btrfs", "subvolume", "list", b.RootDir).CombinedOutput(); len(out) > 0 {
+				t.Errorf("subvolumes left:\n%s", out)
+			}
+		})
 	}
 }
