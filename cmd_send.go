@@ -196,6 +196,10 @@ func sendAction(c *cli.Context) error {
 		what = ", its changes alone (" + h.String() + " has its base)"
 	case remote.ModeBase:
 		what = fmt.Sprintf(", its base first (%s, once) and then its changes", humanBytes(r.BaseBytes))
+	case remote.ModeBtrfs:
+		what = ", its changes alone by btrfs send (" + h.String() + " has its base)"
+	case remote.ModeBtrfsBase:
+		what = fmt.Sprintf(", by btrfs send: its base first (%s, once) and then its changes", humanBytes(r.BaseBytes))
 	}
 	fmt.Printf("%s %s to %s%s: %s in %s (%s/s)%s\n", verb, name, h, as, humanBytes(r.Bytes),
 		elapsed.Round(100*time.Millisecond), humanBytes(bytesPerSecond(r.Bytes, elapsed)), what)
