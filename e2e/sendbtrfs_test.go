@@ -43,11 +43,13 @@ func sendBtrfsScenario(t *testing.T, e *env) {
 	toB := func(newName string) []string {
 		return []string{"root@" + labServerAddr + ":" + newName, "--port", "2202"}
 	}
+	// Names are unique on a host, and the lab's two hosts are one: each
+	// machine goes to B under a name of its own (NAME + "b").
 	names := []string{"e2e-bs1", "e2e-bs2", "e2e-bs3"}
 	defer func() {
 		for _, n := range names {
 			l.run(t, "", nil, "-H", A, "remove", "--force", n)
-			l.run(t, "", nil, "-H", B, "remove", "--force", n)
+			l.run(t, "", nil, "-H", B, "remove", "--force", n+"b")
 		}
 	}()
 	type sent struct {
@@ -57,7 +59,7 @@ func sendBtrfsScenario(t *testing.T, e *env) {
 	}
 	send := func(t *testing.T, name string) sent {
 		t.Helper()
-		r := l.must(t, append([]string{"-H", A, "send", "-o", "json", name}, toB(name)...)...)
+		r := l.must(t, append([]string{"-H", A, "send", "-o", "json", name}, toB(name+"b")...)...)
 		var s sent
 		if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 			t.Fatalf("send -o json: %v\n%s", err, r)
@@ -85,7 +87,7 @@ func sendBtrfsScenario(t *testing.T, e *env) {
 		if first.Mode != "btrfs-base" || first.BaseBytes < 50<<20 || first.Bytes-first.BaseBytes < 20<<20 || first.Bytes-first.BaseBytes > 25<<20 {
 			t.Errorf("the first send: %+v", first)
 		}
-		if out := e.mustSh(t, "btrfs subvolume show "+b+"/srv/.nsbox/e2e-bs1"); !strings.Contains(out, "Flags: \t\t\t-") {
+		if out := e.mustSh(t, "btrfs subvolume show "+b+"/srv/.nsbox/e2e-bs1b"); !strings.Contains(out, "Flags: \t\t\t-") {
 			t.Errorf("the received machine is not a writable subvolume:\n%s", out)
 		}
 		if s := leftovers(); s != "" {
@@ -103,11 +105,11 @@ func sendBtrfsScenario(t *testing.T, e *env) {
 		if s.Mode != "btrfs" || s.BaseBytes != 0 || s.Bytes < 2<<20 || s.Bytes > 4<<20 {
 			t.Errorf("the second send: %+v (the first: %+v)", s, first)
 		}
-		l.must(t, "-H", B, "boot", "e2e-bs2")
-		if r := l.must(t, "-H", B, "shell", "e2e-bs2", "--", "cat", "/etc/e2e-marker", "/etc/hostname"); r.stdout != "e2e-bs2\ne2e-bs2\n" {
-			t.Errorf("in the copy on B:\n%s", r)
+		l.must(t, "-H", B, "boot", "e2e-bs2b")
+		if r := l.must(t, "-H", B, "shell", "e2e-bs2b", "--", "cat", "/etc/e2e-marker", "/etc/hostname"); r.stdout != "e2e-bs2\ne2e-bs2b\n" {
+			t.Errorf("in the copy on B (its marker, its own hostname):\n%s", r)
 		}
-		l.must(t, "-H", B, "stop", "e2e-bs2")
+		l.must(t, "-H", B, "stop", "e2e-bs2b")
 		if s := leftovers(); s != "" {
 			t.Errorf("left: %s", s)
 		}
@@ -116,7 +118,7 @@ func sendBtrfsScenario(t *testing.T, e *env) {
 	t.Run("interrupted", func(t *testing.T) {
 		l.must(t, "-H", A, "create", "e2e-bs3", "--release", "bookworm", "--storage", "btrfs")
 		own("e2e-bs3", 600)
-		argv := l.argv(nil, append([]string{"-H", A, "send", "e2e-bs3"}, toB("e2e-bs3")...)...)
+		argv := l.argv(nil, append([]string{"-H", A, "send", "e2e-bs3"}, toB("e2e-bs3b")...)...)
 		cmd := exec.Command(argv[0], argv[1:]...)
 		var out safeBuffer
 		cmd.Stdout, cmd.Stderr = &out, &out
@@ -133,7 +135,7 @@ func sendBtrfsScenario(t *testing.T, e *env) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		pid, err := l.srv("pgrep -n -f '[s]sh -F " + l.sdir + "/ssh_config.srv .*receive.*e2e-bs3'")
+		pid, err := l.srv("pgrep -n -f '[s]sh -F " + l.sdir + "/ssh_config.srv .*receive.*e2e-bs3b'")
 		if err != nil {
 			t.Fatalf("no ssh of the send: %s", pid)
 		}
@@ -151,7 +153,7 @@ func sendBtrfsScenario(t *testing.T, e *env) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		if r := l.run(t, "", nil, "-H", B, "status", "e2e-bs3"); r.code == 0 {
+		if r := l.run(t, "", nil, "-H", B, "status", "e2e-bs3b"); r.code == 0 {
 			t.Errorf("an interrupted send made the machine on B:\n%s", r)
 		}
 		if r := l.must(t, "-H", A, "status", "e2e-bs3"); !strings.Contains(r.stdout, "stopped") {
