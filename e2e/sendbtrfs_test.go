@@ -64,6 +64,7 @@ func sendBtrfsScenario(t *testing.T, e *env) {
 		if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 			t.Fatalf("send -o json: %v\n%s", err, r)
 		}
+		t.Logf("send %s: %+v", name, s)
 		return s
 	}
 	// Bytes that do not compress, written into a machine's tree here.
