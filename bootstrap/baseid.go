@@ -158,10 +158,13 @@ var ErrVersionTaken = errors.New("version name taken by another bootstrap")
 // AddReceived stores a version of a base that another host sent: info
 // (its key, version, ID and what it was made of, as the sender described
 // it) and its tree, which fill writes into an empty directory (a btrfs
-// subvolume where the cache is on btrfs). When the cache has no base of
-// that key, the version becomes it, so a later create here uses it;
-// otherwise it is kept beside the current one as an earlier version. A
-// version of that ID already here is returned as it is, without fill.
+// subvolume where the cache is on btrfs). It is kept as an earlier
+// version of its key, never as the base of the key, even where the cache
+// has none: the sender chose the key, which is what a create here would
+// compute, and the tree, which this host cannot check, so the version
+// serves the machines received over it alone (prune removes it after the
+// last). A version of that ID already here is returned as it is, without
+// fill.
 //
 // The base's lock is held until unlock, so that no prune takes the
 // version before the caller has recorded a machine over it; drop, called
@@ -215,21 +218,11 @@ func (c *BaseCache) AddReceived(ctx context.Context, info BaseInfo, fill func(ro
 	if err := os.WriteFile(filepath.Join(tmp, "base.json"), append(b, '\n'), 0o644); err != nil {
 		return BaseInfo{}, nil, nil, err
 	}
-	var dst string
-	if _, err := os.Lstat(c.dir(key)); errors.Is(err, os.ErrNotExist) {
-		// No base of this key here: the received one is it.
-		if err := os.Rename(tmp, c.dir(key)); err != nil {
-			return BaseInfo{}, nil, nil, err
-		}
-		dst = c.dir(key)
-	} else {
-		if err := os.MkdirAll(c.versionsDir(key), 0o700); err != nil {
-			return BaseInfo{}, nil, nil, err
-		}
-		dst = filepath.Join(c.versionsDir(key), info.Version)
-		if err := os.Rename(tmp, dst); err != nil {
-			return BaseInfo{}, nil, nil, err
-		}
+	if err := os.MkdirAll(c.versionsDir(key), 0o700); err != nil {
+		return BaseInfo{}, nil, nil, err
+	}
+	if err := os.Rename(tmp, filepath.Join(c.versionsDir(key), info.Version)); err != nil {
+		return BaseInfo{}, nil, nil, err
 	}
 	ok = true
 	got, err = c.VersionInfo(key, info.Version)
@@ -237,12 +230,33 @@ func (c *BaseCache) AddReceived(ctx context.Context, info BaseInfo, fill func(ro
 		l.Unlock()
 		return BaseInfo{}, nil, nil, err
 	}
-	drop = func() {
-		if dst == c.dir(key) {
-			_ = c.dropBase(key)
-		} else {
-			_ = c.dropVersion(key, info.Version)
+	drop = func() { _ = c.dropVersion(key, info.Version) }
+	return got, l.Unlock, drop, nil
+}
+
+// keys are the keys of the bases this cache has: the current base, or
+// only versions kept for machines (those received from other hosts).
+func (c *BaseCache) keys() []string {
+	ents, _ := os.ReadDir(c.Dir)
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() && baseKeyRE.MatchString(e.Name()) {
+			out = append(out, e.Name())
 		}
 	}
-	return got, l.Unlock, drop, nil
+	return out
+}
+
+// KeptOnly describes the versions kept of the keys that have no current
+// base here (versions received from other hosts, for the machines over
+// them), which List leaves out.
+func (c *BaseCache) KeptOnly() []BaseInfo {
+	var out []BaseInfo
+	for _, key := range c.keys() {
+		if _, err := c.read(key); err == nil {
+			continue
+		}
+		out = append(out, c.Versions(key)...)
+	}
+	return out
 }

@@ -12,9 +12,8 @@ import (
 )
 
 // A base from before IDs gets one when first asked, kept in its base.json;
-// a version received from another host keeps the sender's ID: as the
-// base when none of its key is here, as a kept version beside another
-// bootstrap of the key, not at all under a version name another bootstrap
+// a version received from another host keeps the sender's ID, as a kept
+// version (never the base of its key: TestReceivedVersionIsNeverTheBase), not at all under a version name another bootstrap
 // has here, and found, not stored again, when its ID is here.
 func TestIdentifyAndAddReceived(t *testing.T) {
 	ctx := context.Background()
@@ -40,7 +39,7 @@ func TestIdentifyAndAddReceived(t *testing.T) {
 		t.Fatal(err)
 	}
 	unlock()
-	if !got.Current || got.ID != info.ID || got.Version != info.Version {
+	if got.Current || got.ID != info.ID || got.Version != info.Version {
 		t.Errorf("received into an empty cache: %+v", got)
 	}
 	if b, _ := os.ReadFile(filepath.Join(got.Root, "marker")); string(b) != "sent" {
@@ -59,7 +58,7 @@ func TestIdentifyAndAddReceived(t *testing.T) {
 	if _, _, _, err := there.AddReceived(ctx, other, fill("other")); !errors.Is(err, ErrVersionTaken) {
 		t.Errorf("a version name taken: %v", err)
 	}
-	// Under another name: kept beside the current one; drop removes it.
+	// Under another name: kept beside the first; drop removes it.
 	other.Version = versionOf(t1.Add(time.Hour))
 	got, unlock, drop, err := there.AddReceived(ctx, other, fill("other"))
 	if err != nil || got.Current {
@@ -70,12 +69,51 @@ func TestIdentifyAndAddReceived(t *testing.T) {
 	}
 	drop()
 	unlock()
-	if _, ok := there.FindID(key, other.ID); ok || len(there.Versions(key)) != 0 {
+	if _, ok := there.FindID(key, other.ID); ok || len(there.Versions(key)) != 1 {
 		t.Errorf("dropped, still there: %+v", there.Versions(key))
 	}
 	for _, bad := range []BaseInfo{{Key: "../x", Version: info.Version, ID: info.ID}, {Key: key, Version: "../../x", ID: info.ID}, {Key: key, Version: info.Version, ID: "x"}} {
 		if _, _, _, err := there.AddReceived(ctx, bad, fill("bad")); !errors.Is(err, ErrBaseRef) {
 			t.Errorf("%+v: %v", bad, err)
 		}
+	}
+}
+
+// A version another host sent is never this host's base of its key: the
+// key is what a create here would compute (BaseKey of a release, ImageKey
+// of an image), so a sender that could make it the base would choose what
+// every later create of that release is made from here, and what a
+// refresh bootstraps (its mirror, packages and bootstrapper come from the
+// sender's base.json). It is kept as an earlier version, for the machines
+// over it alone, and prune removes it after them.
+func TestReceivedVersionIsNeverTheBase(t *testing.T) {
+	ctx := context.Background()
+	key := BaseKey(Options{Release: Release{Name: "bookworm", Distro: Distros["debian"]}})
+	t1 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	there := &BaseCache{Dir: t.TempDir(), Runner: host.ExecRunner{}}
+	sent := BaseInfo{Key: key, Version: versionOf(t1), ID: newBaseID(), Mirror: "http://sender.invalid/debian"}
+	got, unlock, _, err := there.AddReceived(ctx, sent, func(root string) error {
+		return os.WriteFile(filepath.Join(root, "marker"), []byte("sender's"), 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if got.Current {
+		t.Errorf("the received version is the base of %s here: %+v", key, got)
+	}
+	if cur, err := there.read(key); err == nil {
+		t.Errorf("a create of %s here would use the sender's tree %s", key, cur.Root)
+	}
+	if v, ok := there.FindID(key, sent.ID); !ok || v.Version != sent.Version {
+		t.Errorf("not found by its ID: %+v %v", v, ok)
+	}
+	// No machine over it: prune takes it, and leaves no directory of the key.
+	gone, err := there.Prune(ctx, false)
+	if err != nil || len(gone) != 1 || gone[0].ID != sent.ID {
+		t.Errorf("prune: %+v %v", gone, err)
+	}
+	if _, err := os.Lstat(there.dir(key)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("left after prune: %v", err)
 	}
 }

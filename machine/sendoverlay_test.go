@@ -117,8 +117,11 @@ func TestSendOverlayCarriesTheBaseOnce(t *testing.T) {
 	if r := b.storageOf("c2"); r.Base != rb.Base || r.Version != rb.Version {
 		t.Errorf("c2 over %+v, c1 over %+v", r, rb)
 	}
-	if got := b.Bases().Versions(rb.Base); len(got) != 0 {
+	if got := b.Bases().Versions(rb.Base); len(got) != 1 {
 		t.Errorf("the base was stored again: %+v", got)
+	}
+	if cur, _ := b.Bases().List(); len(cur) != 0 {
+		t.Errorf("a received version is the base of its key there: %+v", cur)
 	}
 	noStaging(t, b)
 	if left := stagedBases(b); len(left) != 0 {
@@ -209,8 +212,8 @@ func TestSendOverlayCutShortLeavesNoBase(t *testing.T) {
 	if b.exists("c1") {
 		t.Error("a machine of a cut send")
 	}
-	if infos, _ := b.Bases().List(); len(infos) != 0 {
-		t.Errorf("a base of a cut send is kept: %+v", infos)
+	if infos, _ := b.Bases().List(); len(infos) != 0 || len(b.Bases().KeptOnly()) != 0 {
+		t.Errorf("a base of a cut send is kept: %+v %+v", infos, b.Bases().KeptOnly())
 	}
 	noStaging(t, b)
 	if left := stagedBases(b); len(left) != 0 {
