@@ -34,11 +34,11 @@ func TestIdentifyAndAddReceived(t *testing.T) {
 	}
 
 	there := &BaseCache{Dir: t.TempDir(), Runner: host.ExecRunner{}}
-	got, unlock, _, err := there.AddReceived(ctx, info, fill("sent"))
+	got, hold, err := there.AddReceived(ctx, info, fill("sent"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	unlock()
+	hold.Release(true)
 	if got.Current || got.ID != info.ID || got.Version != info.Version {
 		t.Errorf("received into an empty cache: %+v", got)
 	}
@@ -46,34 +46,33 @@ func TestIdentifyAndAddReceived(t *testing.T) {
 		t.Errorf("its tree: %q", b)
 	}
 	// Found again by its ID, fill not called.
-	_, unlock, _, err = there.AddReceived(ctx, info, func(string) error { t.Error("filled again"); return nil })
+	_, hold, err = there.AddReceived(ctx, info, func(string) error { t.Error("filled again"); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
-	unlock()
+	hold.Release(false) // not added by this call: kept
 
 	// Another bootstrap of the key under the same version name: refused.
 	other := info
 	other.ID = newBaseID()
-	if _, _, _, err := there.AddReceived(ctx, other, fill("other")); !errors.Is(err, ErrVersionTaken) {
+	if _, _, err := there.AddReceived(ctx, other, fill("other")); !errors.Is(err, ErrVersionTaken) {
 		t.Errorf("a version name taken: %v", err)
 	}
 	// Under another name: kept beside the first; drop removes it.
 	other.Version = versionOf(t1.Add(time.Hour))
-	got, unlock, drop, err := there.AddReceived(ctx, other, fill("other"))
+	got, hold, err = there.AddReceived(ctx, other, fill("other"))
 	if err != nil || got.Current {
 		t.Fatalf("a second version: %+v %v", got, err)
 	}
 	if v, ok := there.FindID(key, other.ID); !ok || v.Version != other.Version {
 		t.Errorf("find it: %+v %v", v, ok)
 	}
-	drop()
-	unlock()
+	hold.Release(false)
 	if _, ok := there.FindID(key, other.ID); ok || len(there.Versions(key)) != 1 {
 		t.Errorf("dropped, still there: %+v", there.Versions(key))
 	}
 	for _, bad := range []BaseInfo{{Key: "../x", Version: info.Version, ID: info.ID}, {Key: key, Version: "../../x", ID: info.ID}, {Key: key, Version: info.Version, ID: "x"}} {
-		if _, _, _, err := there.AddReceived(ctx, bad, fill("bad")); !errors.Is(err, ErrBaseRef) {
+		if _, _, err := there.AddReceived(ctx, bad, fill("bad")); !errors.Is(err, ErrBaseRef) {
 			t.Errorf("%+v: %v", bad, err)
 		}
 	}
@@ -92,13 +91,13 @@ func TestReceivedVersionIsNeverTheBase(t *testing.T) {
 	t1 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	there := &BaseCache{Dir: t.TempDir(), Runner: host.ExecRunner{}}
 	sent := BaseInfo{Key: key, Version: versionOf(t1), ID: newBaseID(), Mirror: "http://sender.invalid/debian"}
-	got, unlock, _, err := there.AddReceived(ctx, sent, func(root string) error {
+	got, hold, err := there.AddReceived(ctx, sent, func(root string) error {
 		return os.WriteFile(filepath.Join(root, "marker"), []byte("sender's"), 0o644)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	unlock()
+	hold.Release(true)
 	if got.Current {
 		t.Errorf("the received version is the base of %s here: %+v", key, got)
 	}
@@ -115,5 +114,45 @@ func TestReceivedVersionIsNeverTheBase(t *testing.T) {
 	}
 	if _, err := os.Lstat(there.dir(key)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("left after prune: %v", err)
+	}
+}
+
+// A receive fills its staging tree without the base's lock, under the
+// tree's own: sweep (of a create or another receive) and prune's
+// leftovers leave it while it is held, and take it once its receive was
+// killed (the lock died with it).
+func TestReceiveStagingSurvivesSweepWhileHeld(t *testing.T) {
+	ctx := context.Background()
+	const key = "debian-bookworm-amd64-minbase-00000000"
+	c := &BaseCache{Dir: t.TempDir(), Runner: host.ExecRunner{}}
+	if err := host.PrivateDir(c.Dir); err != nil {
+		t.Fatal(err)
+	}
+	live, killed := filepath.Join(c.Dir, ".#"+key+".111"), filepath.Join(c.Dir, ".#"+key+".222")
+	for _, d := range []string{live, killed} {
+		if err := os.MkdirAll(filepath.Join(d, "root"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := host.LockFile(ctx, stagingLock(live), true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	c.Leftovers(ctx, func(kind, path string, _ int64, _ func() error) { found = append(found, path) })
+	if len(found) != 1 || found[0] != killed {
+		t.Errorf("leftovers: %v, want %s alone", found, killed)
+	}
+	c.sweep(key)
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("a live receive's tree was swept: %v", err)
+	}
+	if _, err := os.Stat(killed); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a killed receive's tree is left: %v", err)
+	}
+	l.Unlock()
+	c.sweep(key)
+	if _, err := os.Stat(live); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("left once its lock is gone: %v", err)
 	}
 }

@@ -414,10 +414,17 @@ func (c *BaseCache) sweep(key string) {
 		if strings.HasSuffix(d, ".lck") {
 			continue
 		}
+		// A receive fills its tree without the base's lock, under a
+		// lock of the tree's own.
+		l, err := host.LockFile(context.Background(), stagingLock(d), true, false)
+		if err != nil {
+			continue
+		}
 		host.UnmountUnder(d)
 		if err := host.RemoveTree(d); err != nil {
 			logrus.Warnf("could not remove %s: %v", d, err)
 		}
+		l.Unlock()
 	}
 }
 

@@ -84,11 +84,18 @@ func (c *BaseCache) stagingLeftovers(found Found) {
 			continue
 		}
 		dir := filepath.Join(c.Dir, e.Name())
+		// A receive's tree, filled without the base's lock, has its own.
+		sl, err := host.LockFile(context.Background(), stagingLock(dir), true, false)
+		if err != nil {
+			l.Unlock()
+			continue
+		}
 		size, _ := host.DiskUsage(dir)
 		found("staging", dir, size, func() error {
 			host.UnmountUnder(dir)
 			return host.RemoveTree(dir)
 		})
+		sl.Unlock()
 		l.Unlock()
 	}
 }

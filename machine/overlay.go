@@ -272,8 +272,21 @@ func (m *Manager) newOverlayWith(ctx context.Context, name string, base func() (
 	}
 	personalise := func(tmp string) error {
 		at := storage.Layout{Target: tmp, Dir: lay.Dir}
-		if err := at.Mount(ctx, m.Runner, rec.Lower, rec.UIDBase); err != nil {
-			return err
+		// A base version held without the base's lock (a receive's, a
+		// clone's) may have moved since base() (a refresh made it an
+		// earlier version): found again, and once more when a refresh
+		// moved it between the lookup and the mount, as MountStorage.
+		for try := 0; ; try++ {
+			lower, err := m.lowerOf(rec)
+			if err == nil {
+				err = at.Mount(ctx, m.Runner, lower, rec.UIDBase)
+			}
+			if err == nil {
+				break
+			}
+			if try > 0 {
+				return err
+			}
 		}
 		paths, err := personal(tmp)
 		if uerr := at.Unmount(); err == nil {

@@ -449,13 +449,11 @@ type incoming struct {
 	sum, baseSum     string
 	devices          int
 
-	// The base version (ModeUpper, ModeBase), and what release lets go
-	// of it: the base's lock, and, unless kept, the version this receive
-	// added.
-	base   bootstrap.BaseInfo
-	unlock func()
-	drop   func()
-	kept   bool
+	// The base version (ModeUpper, ModeBase), held until release, which
+	// also removes it, unless kept, when this receive added it.
+	base bootstrap.BaseInfo
+	hold *bootstrap.VersionHold
+	kept bool
 }
 
 // choose decides what to ask the sender for. An overlay machine whose
@@ -492,15 +490,10 @@ func (in *incoming) choose(ctx context.Context) string {
 	return remote.ModeBase
 }
 
-// release lets go of the base: its lock, and the version this receive
+// release lets go of the base version, and removes the one this receive
 // added unless the machine over it was kept.
 func (in *incoming) release() {
-	if in.drop != nil && !in.kept {
-		in.drop()
-	}
-	if in.unlock != nil {
-		in.unlock()
-	}
+	in.hold.Release(in.kept)
 }
 
 // removeAgain removes the received machine after a failure past its
@@ -628,7 +621,7 @@ func (in *incoming) overlay(ctx context.Context) error {
 			}
 			info.Key, info.Version, info.ID = b.Key, b.Version, b.ID
 			filled := false
-			in.base, in.unlock, in.drop, err = bc.AddReceived(ctx, info, func(root string) error {
+			in.base, in.hold, err = bc.AddReceived(ctx, info, func(root string) error {
 				filled = true
 				extract, err := in.extractInto(ctx, root)
 				if err != nil {
@@ -651,12 +644,9 @@ func (in *incoming) overlay(ctx context.Context) error {
 				})
 			}
 		} else {
-			in.unlock, err = bc.Hold(ctx, b.Key)
-			if err == nil {
-				var ok bool
-				if in.base, ok = bc.FindID(b.Key, b.ID); !ok {
-					err = fmt.Errorf("base %s version %s went away while it was being received", b.Key, b.Version)
-				}
+			in.base, in.hold, err = bc.HoldID(ctx, b.Key, b.ID)
+			if err != nil {
+				err = fmt.Errorf("base %s version %s went away before it was received: %w", b.Key, b.Version, err)
 			}
 		}
 		if err != nil {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
@@ -265,4 +267,103 @@ func TestSendOverlayOverAnImageBothPulled(t *testing.T) {
 		t.Errorf("a send to a host that pulled the image too: %+v", s)
 	}
 	checkReceivedOverlay(t, b, "c1")
+}
+
+// pauseWriter passes the offer line, then stops at the first frame of the
+// streams until resume is closed, after saying so on paused.
+type pauseWriter struct {
+	w       io.Writer
+	writes  int
+	paused  chan struct{}
+	resume  chan struct{}
+	stopped bool
+}
+
+func (p *pauseWriter) Write(b []byte) (int, error) {
+	p.writes++
+	if p.writes == 2 && !p.stopped {
+		p.stopped = true
+		close(p.paused)
+		<-p.resume
+	}
+	return p.w.Write(b)
+}
+
+// While a receive reads a machine over a base version (a slow or stalled
+// sender), the base's lock is free: a create of that base, a refresh, a
+// prune or a cache remove on the receiving host does not wait for the
+// network. The version is held all the same: prune keeps it, though no
+// machine is over it yet.
+func TestReceiveDoesNotHoldTheBaseLockWhileItReads(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	ctx := context.Background()
+	if _, _, serr, rerr := sendTo(t, a, b, "o1", "c1"); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	rb := b.storageOf("c1")
+	if err := b.Remove(ctx, "c1", false); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{remote.ModeUpper, remote.ModeBase} {
+		if mode == remote.ModeBase {
+			// A receiver that has the version no more: it comes again.
+			if err := b.Remove(ctx, "c-"+remote.ModeUpper, false); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Bases().Prune(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, err := a.PrepareSend(ctx, "o1", SendOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		toR, toW := io.Pipe()
+		fromR, fromW := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			res, err := b.Receive(ctx, "c-"+mode, toR, fromW)
+			if err == nil && res.Mode != mode {
+				err = fmt.Errorf("mode %s, want %s", res.Mode, mode)
+			}
+			toR.CloseWithError(io.ErrClosedPipe)
+			fromW.Close()
+			done <- err
+		}()
+		pw := &pauseWriter{w: toW, paused: make(chan struct{}), resume: make(chan struct{})}
+		sent := make(chan error, 1)
+		go func() {
+			_, err := out.Stream(ctx, pw, fromR, nil)
+			toW.Close()
+			sent <- err
+		}()
+		<-pw.paused
+		// The stream has not begun: the receiver waits for it.
+		tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		unlock, err := b.Bases().Hold(tctx, rb.Base)
+		cancel()
+		if err != nil {
+			t.Errorf("%s: the base's lock is held while the receive waits for the sender: %v", mode, err)
+		} else {
+			unlock()
+		}
+		tctx, cancel = context.WithTimeout(ctx, 3*time.Second)
+		gone, err := b.Bases().Prune(tctx, false)
+		cancel()
+		if err != nil || len(gone) != 0 {
+			t.Errorf("%s: prune while a receive is over the version: %+v %v", mode, gone, err)
+		}
+		b.Bases().Leftovers(ctx, func(kind, path string, _ int64, _ func() error) {
+			t.Errorf("%s: a leftover while a receive runs: %s %s", mode, kind, path)
+		})
+		close(pw.resume)
+		if err := <-sent; err != nil {
+			t.Errorf("%s: send: %v", mode, err)
+		}
+		out.Close()
+		if err := <-done; err != nil {
+			t.Fatalf("%s: receive: %v", mode, err)
+		}
+		checkReceivedOverlay(t, b, "c-"+mode)
+	}
 }
