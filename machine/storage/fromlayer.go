@@ -121,6 +121,7 @@ func shiftXattrs(path string, xs map[string][]byte, move func(uint32) (int, bool
 	le := binary.LittleEndian
 	for n, v := range xs {
 		out := v
+	attr:
 		switch n {
 		case xattrCapability:
 			const rev2, rev3, revMask, v2Size, v3Size = 0x02000000, 0x03000000, 0xFF000000, 20, 24
@@ -135,7 +136,7 @@ func shiftXattrs(path string, xs map[string][]byte, move func(uint32) (int, bool
 			case magic&revMask == rev3 && len(v) >= v3Size:
 				root = le.Uint32(v[v2Size:])
 			default:
-				break // restored as it was
+				break attr // restored as it was
 			}
 			to, ok := move(root)
 			if !ok {
