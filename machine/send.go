@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -122,6 +123,11 @@ func (g *Outgoing) offerBase(ctx context.Context) {
 	if rec.Kind != storage.Overlay || rec.Version == "" || rec.Base == "" {
 		return
 	}
+	if p, ok := layerMarkerIn(g.m.layout(g.name).Upper()); ok {
+		// Any user of the machine can make one where it may write.
+		logrus.Debugf("send %s: the whole tree, not its upper: %s would be a whiteout in an image layer", g.name, p)
+		return
+	}
 	info, err := g.m.basesOf(rec).Identify(ctx, rec.Base, rec.Version)
 	if err != nil {
 		logrus.Debugf("send %s: the whole tree, not its base apart: %v", g.name, err)
@@ -133,6 +139,24 @@ func (g *Outgoing) offerBase(ctx context.Context) {
 	g.rec, g.base = rec, info
 	g.offer.Storage = &remote.StorageOffer{Kind: string(storage.Overlay),
 		Base: &remote.BaseOffer{Key: info.Key, Version: info.Version, ID: info.ID, Info: raw}}
+}
+
+// layerMarkerIn finds a file in upper whose name an image layer takes for
+// a whiteout or an opaque marker (".wh." and more): its upper cannot be
+// sent as a layer without hiding what it does not hide here.
+func layerMarkerIn(upper string) (string, bool) {
+	var found string
+	_ = filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), ".wh.") {
+			found, _ = filepath.Rel(upper, p)
+			return fs.SkipAll
+		}
+		return nil
+	})
+	return found, found != ""
 }
 
 // Enabled reports whether the machine boots with this host.

@@ -367,3 +367,38 @@ func TestReceiveDoesNotHoldTheBaseLockWhileItReads(t *testing.T) {
 		checkReceivedOverlay(t, b, "c-"+mode)
 	}
 }
+
+// A machine may hold files whose names an image layer takes for
+// whiteouts (".wh.NAME", ".wh..wh..opq"): any user of it can make one in
+// a directory it can write. Sent as an upper, they would hide NAME, or the
+// whole directory's base, on the receiving host: such a machine goes as
+// its whole tree, and arrives as it is.
+func TestSendOverlayWithWhiteoutNamesGoesWhole(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	rec := a.storageOf("o1")
+	upper := a.layout("o1").Upper()
+	for _, p := range []string{"usr/bin/.wh.app", "usr/bin/.wh..wh..opq"} {
+		if err := os.WriteFile(filepath.Join(upper, p), []byte("a user's file\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Lchown(filepath.Join(upper, p), rec.UIDBase+1000, rec.UIDBase+1000)
+	}
+	s, _, serr, rerr := sendTo(t, a, b, "o1", "c1")
+	if serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	if s.Mode != remote.ModeTree {
+		t.Errorf("sent as %s", s.Mode)
+	}
+	err := b.withTree(context.Background(), "c1", func() error {
+		for _, p := range []string{"usr/bin/app", "usr/bin/.wh.app", "usr/bin/.wh..wh..opq"} {
+			if _, err := os.Lstat(filepath.Join(b.Tree("c1"), p)); err != nil {
+				t.Errorf("c1: %s: %v", p, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
