@@ -596,6 +596,10 @@ func (m *Manager) recordBase(name string, rec storage.Record) {
 	}
 }
 
+// probePrefix starts the names of probeOverlay's tries in the overlay
+// directory.
+const probePrefix = ".#probe-"
+
 // probeOverlay tries what an overlay machine here needs: a lower in the
 // base cache, mapped to a machine's range (an idmapped mount), under an
 // upper in the store. It leaves nothing. A receive asks it before it asks
@@ -615,8 +619,21 @@ func (m *Manager) probeOverlay(ctx context.Context) error {
 		return err
 	}
 	defer os.Remove(m.overlayDir()) // when nothing else is there
-	dir, err := os.MkdirTemp(m.overlayDir(), ".#probe-")
+	// Locked before its directory is made: prune takes the directory of
+	// a probe that was killed (pruneProbes), never of one at work.
+	lf, err := os.CreateTemp(m.overlayDir(), probePrefix+"*.lck")
 	if err != nil {
+		return err
+	}
+	lf.Close()
+	l, err := host.LockFile(ctx, lf.Name(), true, false)
+	if err != nil {
+		_ = os.Remove(lf.Name())
+		return err
+	}
+	defer l.Unlock()
+	dir := strings.TrimSuffix(lf.Name(), ".lck")
+	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
 	}
 	lay := storage.Layout{Target: filepath.Join(dir, "tree"), Dir: dir}

@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/oci/ocitest"
 	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/nsbox/nsbox/remote"
@@ -400,5 +401,41 @@ func TestSendOverlayWithWhiteoutNamesGoesWhole(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A receive killed (SIGKILL) while it tried an overlay mount leaves the
+// try's directory, maybe with the mount: prune unmounts and removes it,
+// and leaves a try that is at work (its lock held).
+func TestPruneTakesAKilledOverlayProbe(t *testing.T) {
+	m := imageManager(t)
+	ctx := context.Background()
+	if err := m.probeOverlay(ctx); err != nil {
+		t.Skipf("no overlay here: %v", err)
+	}
+	killed := filepath.Join(m.overlayDir(), ".#probe-1234")
+	live := filepath.Join(m.overlayDir(), ".#probe-5678")
+	for _, d := range []string{killed, live} {
+		if err := os.MkdirAll(filepath.Join(d, "tree"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount("tmpfs", filepath.Join(killed, "tree"), "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(filepath.Join(killed, "tree"), unix.MNT_DETACH)
+	l, err := host.LockFile(ctx, live+".lck", true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if _, err := m.Prune(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(killed); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a killed probe is left: %v (mounts %v)", err, host.MountsUnder(killed))
+	}
+	if _, err := os.Lstat(live); err != nil {
+		t.Errorf("a probe at work was taken: %v", err)
 	}
 }
