@@ -273,7 +273,9 @@ func (g *Outgoing) writeBase(ctx context.Context) func(io.Writer) error {
 		if err != nil {
 			return err
 		}
-		args := append([]string{"--create", "--file=-", "--directory=" + root}, image.TarArgs...)
+		// ACLs by their ids (a receiver that asks for the base reads
+		// them so).
+		args := append([]string{"--create", "--file=-", "--directory=" + root}, image.XattrACLTarArgs...)
 		return g.m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: w})
 	}
 }
@@ -571,7 +573,8 @@ func (in *incoming) extractInto(ctx context.Context, dir string) (func(io.Reader
 	if err != nil {
 		return nil, err
 	}
-	c := &image.ArchiveChecker{Space: &space}
+	// The base's and the upper's streams carry ACLs as attributes.
+	c := &image.ArchiveChecker{Space: &space, XattrACLs: in.mode != remote.ModeTree}
 	return func(r io.Reader) error {
 		err := image.Extract(ctx, in.m.Runner, r, dir, c)
 		in.devices += c.Devices

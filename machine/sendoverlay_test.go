@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -437,5 +438,57 @@ func TestPruneTakesAKilledOverlayProbe(t *testing.T) {
 	}
 	if _, err := os.Lstat(live); err != nil {
 		t.Errorf("a probe at work was taken: %v", err)
+	}
+}
+
+// aclOf is an access ACL (xattr form) naming user uid and group gid.
+func aclOf(uid, gid int) []byte {
+	le := binary.LittleEndian
+	v := make([]byte, 4)
+	le.PutUint32(v, 2)
+	for _, e := range [][3]uint32{{0x01, 6, 0xFFFFFFFF}, {0x02, 7, uint32(uid)}, {0x04, 4, 0xFFFFFFFF}, {0x08, 5, uint32(gid)}, {0x10, 7, 0xFFFFFFFF}, {0x20, 4, 0xFFFFFFFF}} {
+		b := make([]byte, 8)
+		le.PutUint16(b, uint16(e[0]))
+		le.PutUint16(b[2:], uint16(e[1]))
+		le.PutUint32(b[4:], e[2])
+		v = append(v, b...)
+	}
+	return v
+}
+
+// ACLs go with an overlay machine, by their numeric ids as the machine
+// sees them: of a file in its upper, and of a file of its base version
+// (the base's stream), whatever names the hosts' own user databases give
+// those ids.
+func TestSendOverlayCarriesACLs(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	ra := a.storageOf("o1")
+	inUpper := filepath.Join(a.layout("o1").Upper(), "etc/motd")
+	if err := unix.Lsetxattr(inUpper, "system.posix_acl_access", aclOf(ra.UIDBase+1000, ra.UIDBase+1001), 0); err != nil {
+		t.Skipf("no ACLs here: %v", err)
+	}
+	lower, err := a.lowerOf(ra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Lsetxattr(filepath.Join(lower, "usr/bin/app"), "system.posix_acl_access", aclOf(1000, 1001), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, serr, rerr := sendTo(t, a, b, "o1", "c1"); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	rb := b.storageOf("c1")
+	buf := make([]byte, 256)
+	n, err := unix.Lgetxattr(filepath.Join(b.layout("c1").Upper(), "etc/motd"), "system.posix_acl_access", buf)
+	if want := aclOf(rb.UIDBase+1000, rb.UIDBase+1001); err != nil || !bytes.Equal(buf[:n], want) {
+		t.Errorf("the upper's ACL: %x %v, want %x", buf[:max(n, 0)], err, want)
+	}
+	lb, err := b.lowerOf(rb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err = unix.Lgetxattr(filepath.Join(lb, "usr/bin/app"), "system.posix_acl_access", buf)
+	if want := aclOf(1000, 1001); err != nil || !bytes.Equal(buf[:n], want) {
+		t.Errorf("the base's ACL: %x %v, want %x", buf[:max(n, 0)], err, want)
 	}
 }
