@@ -156,3 +156,53 @@ func TestReceiveStagingSurvivesSweepWhileHeld(t *testing.T) {
 		t.Errorf("left once its lock is gone: %v", err)
 	}
 }
+
+// Two receives of one version at once both read their streams (neither
+// waits for the other's network); the first to finish stores it, the
+// other finds it then, discards its own tree and holds the first's. The
+// one that added it keeps it on a failure while the other is over it.
+func TestTwoReceivesOfOneVersion(t *testing.T) {
+	ctx := context.Background()
+	const key = "debian-bookworm-amd64-minbase-00000000"
+	c := &BaseCache{Dir: t.TempDir(), Runner: host.ExecRunner{}}
+	info := BaseInfo{Key: key, Version: "20261101T000000Z", ID: newBaseID()}
+	inFill, goOn := make(chan struct{}), make(chan struct{})
+	type result struct {
+		got  BaseInfo
+		hold *VersionHold
+		err  error
+	}
+	slow := make(chan result, 1)
+	go func() {
+		got, hold, err := c.AddReceived(ctx, info, func(root string) error {
+			close(inFill)
+			<-goOn
+			return os.WriteFile(filepath.Join(root, "marker"), []byte("slow"), 0o644)
+		})
+		slow <- result{got, hold, err}
+	}()
+	<-inFill
+	fast, fastHold, err := c.AddReceived(ctx, info, func(root string) error {
+		return os.WriteFile(filepath.Join(root, "marker"), []byte("fast"), 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(goOn)
+	r := <-slow
+	if r.err != nil || r.got.Root != fast.Root {
+		t.Fatalf("the slow receive: %+v %v (the fast one stored %s)", r.got, r.err, fast.Root)
+	}
+	if b, _ := os.ReadFile(filepath.Join(fast.Root, "marker")); string(b) != "fast" {
+		t.Errorf("the version's tree: %q", b)
+	}
+	// The fast one fails: the slow one is over the version, which stays.
+	fastHold.Release(false)
+	if _, ok := c.FindID(key, info.ID); !ok {
+		t.Error("dropped while another receive holds it")
+	}
+	r.hold.Release(true)
+	if left, _ := filepath.Glob(filepath.Join(c.Dir, ".#*")); len(left) != 0 {
+		t.Errorf("left in the cache: %v", left)
+	}
+}

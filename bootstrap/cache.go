@@ -510,7 +510,7 @@ func (c *BaseCache) Remove(ctx context.Context, key string) error {
 		return fmt.Errorf("%w: base %s is the lower layer of %s (remove them first)", ErrBaseInUse, key, strings.Join(users, ", "))
 	}
 	if c.runs(key) {
-		return fmt.Errorf("%w: base %s is the lower layer of a throwaway run (nsbox run); try again once it has ended", ErrBaseInUse, key)
+		return fmt.Errorf("%w: base %s is the lower layer of a throwaway run (nsbox run) or of a machine being received; try again once it has ended", ErrBaseInUse, key)
 	}
 	return c.dropBase(key)
 }
