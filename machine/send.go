@@ -15,6 +15,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/backend"
@@ -260,7 +261,11 @@ func (g *Outgoing) writeTree(ctx context.Context) func(io.Writer) error {
 }
 
 // writeBase writes the overlay machine's base version's tree, as a copy
-// machine's, holding the base's lock so that no refresh moves it meanwhile.
+// machine's. The base's lock is held only to find the version and open
+// it: tar reads it through that open directory, so a refresh that moves
+// the version meanwhile changes nothing, and no create, refresh or prune
+// of the base waits for the network. (The machine over it keeps the
+// version from prune and remove.)
 func (g *Outgoing) writeBase(ctx context.Context) func(io.Writer) error {
 	return func(w io.Writer) error {
 		bc := g.m.basesOf(g.rec)
@@ -268,14 +273,19 @@ func (g *Outgoing) writeBase(ctx context.Context) func(io.Writer) error {
 		if err != nil {
 			return err
 		}
-		defer unlock()
 		root, err := bc.VersionRoot(g.rec.Base, g.rec.Version)
+		var dir *os.File
+		if err == nil {
+			dir, err = os.OpenFile(root, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		}
+		unlock()
 		if err != nil {
 			return err
 		}
+		defer dir.Close()
 		// ACLs by their ids (a receiver that asks for the base reads
 		// them so).
-		args := append([]string{"--create", "--file=-", "--directory=" + root}, image.XattrACLTarArgs...)
+		args := append([]string{"--create", "--file=-", fmt.Sprintf("--directory=/proc/%d/fd/%d", os.Getpid(), dir.Fd())}, image.XattrACLTarArgs...)
 		return g.m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: w})
 	}
 }

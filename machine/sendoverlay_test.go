@@ -3,6 +3,7 @@ package machine
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -306,6 +307,16 @@ func TestReceiveDoesNotHoldTheBaseLockWhileItReads(t *testing.T) {
 	if err := b.Remove(ctx, "c1", false); err != nil {
 		t.Fatal(err)
 	}
+	// A base of more than a frame's worth, that zstd cannot shrink.
+	lower, err := a.lowerOf(a.storageOf("o1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 8<<20)
+	rand.Read(big)
+	if err := os.WriteFile(filepath.Join(lower, "usr/bin/big"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, mode := range []string{remote.ModeUpper, remote.ModeBase} {
 		if mode == remote.ModeBase {
 			// A receiver that has the version no more: it comes again.
@@ -348,6 +359,18 @@ func TestReceiveDoesNotHoldTheBaseLockWhileItReads(t *testing.T) {
 			t.Errorf("%s: the base's lock is held while the receive waits for the sender: %v", mode, err)
 		} else {
 			unlock()
+		}
+		if mode == remote.ModeBase {
+			// Nor does the sender hold its base's lock while it sends the
+			// base (which is larger than a frame: tar is at work).
+			tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			unlock, err := a.Bases().Hold(tctx, rb.Base)
+			cancel()
+			if err != nil {
+				t.Errorf("%s: the sender holds its base's lock while the receiver reads: %v", mode, err)
+			} else {
+				unlock()
+			}
 		}
 		tctx, cancel = context.WithTimeout(ctx, 3*time.Second)
 		gone, err := b.Bases().Prune(tctx, false)
