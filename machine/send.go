@@ -438,12 +438,12 @@ func (m *Manager) Receive(ctx context.Context, name string, in io.Reader, out io
 		}
 	}
 	in2 := &incoming{m: m, name: name, offer: offer, br: br}
+	defer in2.release()
 	in2.mode = in2.choose(ctx)
 	res.Mode = in2.mode
 	if err := writeReply(out, remote.Reply{Ready: true, Mode: res.Mode}); err != nil {
 		return res, err
 	}
-	defer in2.release()
 	if res.Mode == remote.ModeTree {
 		err = in2.tree(ctx)
 	} else {
@@ -513,6 +513,14 @@ func (in *incoming) choose(ctx context.Context) string {
 			logrus.Debugf("receive %s: the whole tree: %v", in.name, err)
 			return remote.ModeTree
 		}
+		// Held from here, so that no prune takes it before the upper
+		// comes (release lets go of it).
+		v, hold, err := bc.HoldID(ctx, b.Key, b.ID)
+		if err != nil {
+			logrus.Debugf("receive %s: the whole tree: %v", in.name, err)
+			return remote.ModeTree
+		}
+		in.base, in.hold = v, hold
 		return remote.ModeUpper
 	}
 	if bc.HasVersion(b.Key, b.Version) {
@@ -679,11 +687,6 @@ func (in *incoming) overlay(ctx context.Context) error {
 					_, err := io.Copy(io.Discard, r)
 					return err
 				})
-			}
-		} else {
-			in.base, in.hold, err = bc.HoldID(ctx, b.Key, b.ID)
-			if err != nil {
-				err = fmt.Errorf("base %s version %s went away before it was received: %w", b.Key, b.Version, err)
 			}
 		}
 		if err != nil {
