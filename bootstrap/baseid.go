@@ -11,6 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/nsbox/nsbox/machine/host"
 )
@@ -179,8 +182,13 @@ func (h *VersionHold) Release(keep bool) {
 	if !h.added || keep {
 		return
 	}
-	l, err := h.c.lock(context.Background(), h.key)
+	// A bootstrap of the base holds its lock for minutes: a failed
+	// receive does not wait for it, and leaves the version to prune.
+	ctx, cancel := context.WithTimeout(context.Background(), releaseWait)
+	defer cancel()
+	l, err := h.c.lock(ctx, h.key)
 	if err != nil {
+		logrus.Warnf("base %s: version %s, which a failed receive added, is left for prune: %v", h.key, h.version, err)
 		return
 	}
 	defer l.Unlock()
@@ -188,6 +196,9 @@ func (h *VersionHold) Release(keep bool) {
 		_ = h.c.dropVersion(h.key, h.version)
 	}
 }
+
+// releaseWait is how long Release waits for the base's lock.
+var releaseWait = 10 * time.Second
 
 // holdID holds the version of base key whose ID is id, if there is one.
 // The caller holds the base's lock, so that no refresh moves the version

@@ -206,3 +206,32 @@ func TestTwoReceivesOfOneVersion(t *testing.T) {
 		t.Errorf("left in the cache: %v", left)
 	}
 }
+
+// A failed receive does not wait for a bootstrap of the base (which holds
+// its lock for minutes) to remove the version it added: it leaves it, and
+// prune takes it.
+func TestReleaseDoesNotWaitForABootstrap(t *testing.T) {
+	ctx := context.Background()
+	defer func(w time.Duration) { releaseWait = w }(releaseWait)
+	releaseWait = 200 * time.Millisecond
+	const key = "debian-bookworm-amd64-minbase-00000000"
+	c := &BaseCache{Dir: t.TempDir(), Runner: host.ExecRunner{}}
+	info := BaseInfo{Key: key, Version: "20261101T000000Z", ID: newBaseID()}
+	_, hold, err := c.AddReceived(ctx, info, func(string) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := c.Hold(ctx, key) // a bootstrap of the base
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	hold.Release(false)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("release waited %v", d)
+	}
+	unlock()
+	if gone, err := c.Prune(ctx, false); err != nil || len(gone) != 1 {
+		t.Errorf("prune: %+v %v", gone, err)
+	}
+}
