@@ -705,6 +705,10 @@ func (in *incoming) overlay(ctx context.Context) error {
 		if err := storage.FromLayer(upper); err != nil {
 			return err
 		}
+		// Its ids, as the sender chose them, are the machine's alone.
+		if err := storage.Confine(upper); err != nil {
+			return err
+		}
 		// Extracted as the machine sees it: its root becomes uid.
 		return storage.Shift(upper, 0, uid)
 	}

@@ -1,12 +1,16 @@
 package machine
 
 import (
+	"archive/tar"
+	"syscall"
+
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/klauspost/compress/zstd"
 	"io"
 	"os"
 	"path/filepath"
@@ -513,5 +517,84 @@ func TestSendOverlayCarriesACLs(t *testing.T) {
 	n, err = unix.Lgetxattr(filepath.Join(lb, "usr/bin/app"), "system.posix_acl_access", buf)
 	if want := aclOf(1000, 1001); err != nil || !bytes.Equal(buf[:n], want) {
 		t.Errorf("the base's ACL: %x %v, want %x", buf[:max(n, 0)], err, want)
+	}
+}
+
+// A hostile sender's upper may name host ids outside the machine's range:
+// owners, a file capability's root, ACL entries (another machine's range
+// here, a host user's). The received upper holds the machine's own ids
+// alone: those become its nobody (65534), a setuid bit goes with such an
+// owner, and a capability of another root goes.
+func TestReceivedUpperHoldsItsOwnIDsAlone(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	if _, _, serr, rerr := sendTo(t, a, b, "o1", "c1"); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	rec := b.storageOf("c1")
+	info, err := b.Bases().VersionInfo(rec.Base, rec.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const foreign = 0x900000
+	var raw bytes.Buffer
+	z, _ := zstd.NewWriter(&raw)
+	tw := tar.NewWriter(z)
+	hdrs := []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "./usr/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "./usr/bin/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "./usr/bin/suid", Typeflag: tar.TypeReg, Mode: 0o4755, Uid: foreign, Gid: foreign, Size: 3},
+		{Name: "./usr/bin/capped", Typeflag: tar.TypeReg, Mode: 0o755, Size: 3,
+			PAXRecords: map[string]string{"SCHILY.xattr.security.capability": string(capV3(foreign))}},
+		{Name: "./usr/bin/acl", Typeflag: tar.TypeReg, Mode: 0o674, Size: 3, Uid: 1000,
+			PAXRecords: map[string]string{"SCHILY.xattr.system.posix_acl_access": string(aclOf(foreign, 1001))}},
+		{Name: "./usr/bin/mine", Typeflag: tar.TypeReg, Mode: 0o4755, Uid: 1000, Gid: 1000, Size: 3},
+	}
+	for _, h := range hdrs {
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			tw.Write([]byte("x\n\n"))
+		}
+	}
+	tw.Close()
+	z.Close()
+	offer := fmt.Sprintf(`{"storage":{"kind":"overlay","base":{"key":%q,"version":%q,"id":%q}}}`, info.Key, info.Version, info.ID)
+	var out bytes.Buffer
+	res, err := b.Receive(context.Background(), "hostile", stream(t, offer, raw.Bytes(), false, false), &out)
+	if err != nil || res.Mode != remote.ModeUpper {
+		t.Fatalf("receive: %+v %v", res, err)
+	}
+	hr := b.storageOf("hostile")
+	upper := b.layout("hostile").Upper()
+	buf := make([]byte, 256)
+	filepath.Walk(upper, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		for _, id := range []uint32{st.Uid, st.Gid} {
+			if int(id) < hr.UIDBase || int(id) >= hr.UIDBase+storage.RangeSize {
+				t.Errorf("%s: owner %d:%d, outside the machine's range %d", p, st.Uid, st.Gid, hr.UIDBase)
+				break
+			}
+		}
+		if n, err := unix.Lgetxattr(p, "security.capability", buf); err == nil {
+			t.Errorf("%s: a capability %x", p, buf[:n])
+		}
+		return nil
+	})
+	nobody := hr.UIDBase + 65534
+	if fi, err := os.Lstat(filepath.Join(upper, "usr/bin/suid")); err != nil || fi.Mode()&os.ModeSetuid != 0 || fileOwner(fi) != [2]int{nobody, nobody} {
+		t.Errorf("suid: %v %v", fi.Mode(), err)
+	}
+	if fi, err := os.Lstat(filepath.Join(upper, "usr/bin/mine")); err != nil || fi.Mode()&os.ModeSetuid == 0 {
+		t.Errorf("a setuid file of the machine's own lost its bit: %v %v", fi.Mode(), err)
+	}
+	n, err := unix.Lgetxattr(filepath.Join(upper, "usr/bin/acl"), "system.posix_acl_access", buf)
+	if want := aclOf(nobody, hr.UIDBase+1001); err != nil || !bytes.Equal(buf[:n], want) {
+		t.Errorf("acl: %x %v, want %x", buf[:max(n, 0)], err, want)
 	}
 }
