@@ -598,3 +598,79 @@ func TestReceivedUpperHoldsItsOwnIDsAlone(t *testing.T) {
 		t.Errorf("acl: %x %v, want %x", buf[:max(n, 0)], err, want)
 	}
 }
+
+// A refresh on the receiving host while the upper comes (possible now
+// that the receive does not hold the base's lock) makes the version it
+// is over an earlier one: the machine is made over it all the same.
+func TestReceiveWhileARefreshMovesTheVersion(t *testing.T) {
+	a, b, ref := overlayPair(t)
+	ctx := context.Background()
+	// b flattened the same image: its current base has the version's ID.
+	if err := b.Create(ctx, "local", CreateOptions{From: ref}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Remove(ctx, "local", false); err != nil {
+		t.Fatal(err)
+	}
+	out, err := a.PrepareSend(ctx, "o1", SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	toR, toW := io.Pipe()
+	fromR, fromW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		res, err := b.Receive(ctx, "c1", toR, fromW)
+		if err == nil && res.Mode != remote.ModeUpper {
+			err = fmt.Errorf("mode %s", res.Mode)
+		}
+		toR.CloseWithError(io.ErrClosedPipe)
+		fromW.Close()
+		done <- err
+	}()
+	pw := &pauseWriter{w: toW, paused: make(chan struct{}), resume: make(chan struct{})}
+	sent := make(chan error, 1)
+	go func() {
+		_, err := out.Stream(ctx, pw, fromR, nil)
+		toW.Close()
+		sent <- err
+	}()
+	<-pw.paused
+	// What a refresh does (install): the current version moves to the
+	// versions kept (it is held), and a new one takes its place.
+	bc := b.Bases()
+	cur, err := bc.List()
+	if err != nil || len(cur) != 1 {
+		t.Fatalf("b's bases: %+v %v", cur, err)
+	}
+	key, dir := cur[0].Key, filepath.Dir(cur[0].Root)
+	unlock, err := bc.Hold(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(bc.Dir, ".#old-"+key)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Rename(dir, old))
+	// The new version's root is not there yet: the old path leads
+	// nowhere (a mount of it would fail, or mount the new version).
+	must(os.MkdirAll(filepath.Join(dir, "versions"), 0o700))
+	must(os.Rename(old, filepath.Join(dir, "versions", cur[0].Version)))
+	unlock()
+	close(pw.resume)
+	if err := <-sent; err != nil {
+		t.Errorf("send: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	if r := b.storageOf("c1"); r.Version != cur[0].Version {
+		t.Errorf("c1 over %s, want %s", r.Version, cur[0].Version)
+	}
+	checkReceivedOverlay(t, b, "c1")
+}
