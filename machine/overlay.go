@@ -258,6 +258,13 @@ func (m *Manager) newOverlayWith(ctx context.Context, name string, base func() (
 		if err := lay.Prepare(rec.Lower, uid); err != nil {
 			return err
 		}
+		// Recorded before the machine exists (a machine is never there
+		// without it), and before the upper is filled (a clone's copy, a
+		// receive's stream): prune finds the upper of a create killed
+		// meanwhile by this record, with its staging tree.
+		if err := m.writeStorage(name, rec); err != nil {
+			return err
+		}
 		if fillUpper != nil {
 			if err := os.Remove(lay.Upper()); err != nil {
 				return err
@@ -266,9 +273,7 @@ func (m *Manager) newOverlayWith(ctx context.Context, name string, base func() (
 				return err
 			}
 		}
-		// Recorded before the machine exists: a machine is never there
-		// without it.
-		return m.writeStorage(name, rec)
+		return nil
 	}
 	personalise := func(tmp string) error {
 		at := storage.Layout{Target: tmp, Dir: lay.Dir}

@@ -674,3 +674,48 @@ func TestReceiveWhileARefreshMovesTheVersion(t *testing.T) {
 	}
 	checkReceivedOverlay(t, b, "c1")
 }
+
+// While a receive reads a machine's upper (for as long as the network
+// takes), the upper's directory is named by the machine's storage record,
+// so that prune, which takes the staging tree of a receive killed there,
+// takes its upper with it: without the record, the upper (all that came)
+// was left for good.
+func TestReceiveRecordsItsUpperBeforeItComes(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	ctx := context.Background()
+	if _, _, serr, rerr := sendTo(t, a, b, "o1", "c1"); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	out, err := a.PrepareSend(ctx, "o1", SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	toR, toW := io.Pipe()
+	fromR, fromW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Receive(ctx, "c2", toR, fromW)
+		toR.CloseWithError(io.ErrClosedPipe)
+		fromW.Close()
+		done <- err
+	}()
+	pw := &pauseWriter{w: toW, paused: make(chan struct{}), resume: make(chan struct{})}
+	go func() {
+		out.Stream(ctx, pw, fromR, nil)
+		toW.Close()
+	}()
+	<-pw.paused
+	// The receiver is in the upper's stream once its upper is there.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, err := os.Lstat(b.layout("c2").Upper()); err != nil && time.Now().Before(deadline); _, err = os.Lstat(b.layout("c2").Upper()) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if rec := b.storageOf("c2"); rec.Tree != b.Tree("c2") || rec.Kind != storage.Overlay {
+		t.Errorf("c2's upper is being filled, but its record is %+v", rec)
+	}
+	close(pw.resume)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
