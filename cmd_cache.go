@@ -56,6 +56,9 @@ func cacheCommand() *cli.Command {
 						list = append(list, b)
 						list = append(list, bc.Versions(b.Key)...)
 					}
+					// Versions received from other hosts, of keys
+					// that have no base here.
+					list = append(list, bc.KeptOnly()...)
 					if c.String("output") == "json" {
 						// docs/json.md: empty lists are [], never null.
 						if list == nil {

@@ -11,6 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/nsbox/nsbox/machine/host"
 )
@@ -155,94 +158,207 @@ func (c *BaseCache) Hold(ctx context.Context, key string) (unlock func(), err er
 // another bootstrap of the base.
 var ErrVersionTaken = errors.New("version name taken by another bootstrap")
 
+// VersionHold keeps a version of a base while a receive reads a machine
+// over it: a shared hold of the version's runs lock (as a throwaway run
+// takes), so that prune, remove and a refresh keep it, without the base's
+// lock, which would keep every create, refresh and prune of the base
+// waiting for the network.
+type VersionHold struct {
+	c            *BaseCache
+	key, version string
+	f            *os.File
+	added        bool // the receive added the version
+}
+
+// Release lets go of the version. One that this receive added is
+// removed again unless keep (a machine over it was recorded), when no
+// machine and no other hold is over it by then.
+func (h *VersionHold) Release(keep bool) {
+	if h == nil || h.f == nil {
+		return
+	}
+	h.f.Close()
+	h.f = nil
+	if !h.added || keep {
+		return
+	}
+	// A bootstrap of the base holds its lock for minutes: a failed
+	// receive does not wait for it, and leaves the version to prune.
+	ctx, cancel := context.WithTimeout(context.Background(), releaseWait)
+	defer cancel()
+	l, err := h.c.lock(ctx, h.key)
+	if err != nil {
+		logrus.Warnf("base %s: version %s, which a failed receive added, is left for prune: %v", h.key, h.version, err)
+		return
+	}
+	defer l.Unlock()
+	if v, err := h.c.VersionInfo(h.key, h.version); err == nil && !v.Current && !v.InUse() {
+		_ = h.c.dropVersion(h.key, h.version)
+	}
+}
+
+// releaseWait is how long Release waits for the base's lock.
+var releaseWait = 10 * time.Second
+
+// holdID holds the version of base key whose ID is id, if there is one.
+// The caller holds the base's lock, so that no refresh moves the version
+// between the lookup and the hold.
+func (c *BaseCache) holdID(key, id string) (BaseInfo, *VersionHold, bool, error) {
+	v, ok := c.FindID(key, id)
+	if !ok {
+		return BaseInfo{}, nil, false, nil
+	}
+	f, err := host.HoldShared(runsLock(v.Root))
+	if err != nil {
+		return BaseInfo{}, nil, true, err
+	}
+	return v, &VersionHold{c: c, key: key, version: v.Version, f: f}, true, nil
+}
+
+// HoldID finds the version of base key whose ID is id and holds it until
+// the hold's Release.
+func (c *BaseCache) HoldID(ctx context.Context, key, id string) (BaseInfo, *VersionHold, error) {
+	if !baseKeyRE.MatchString(key) || !baseIDRE.MatchString(id) {
+		return BaseInfo{}, nil, fmt.Errorf("%w: key %q, id %q", ErrBaseRef, key, id)
+	}
+	l, err := c.lock(ctx, key)
+	if err != nil {
+		return BaseInfo{}, nil, fmt.Errorf("base %s: %w", key, err)
+	}
+	defer l.Unlock()
+	v, h, ok, err := c.holdID(key, id)
+	if err == nil && !ok {
+		err = fmt.Errorf("base %s has no version of id %s", key, id)
+	}
+	return v, h, err
+}
+
+// stagingLock is the lock a receive holds on its staging tree dir while
+// it fills it without the base's lock: sweep and prune leave the tree
+// while it is held.
+func stagingLock(dir string) string { return dir + ".lck" }
+
 // AddReceived stores a version of a base that another host sent: info
 // (its key, version, ID and what it was made of, as the sender described
 // it) and its tree, which fill writes into an empty directory (a btrfs
-// subvolume where the cache is on btrfs). When the cache has no base of
-// that key, the version becomes it, so a later create here uses it;
-// otherwise it is kept beside the current one as an earlier version. A
-// version of that ID already here is returned as it is, without fill.
+// subvolume where the cache is on btrfs). It is kept as an earlier
+// version of its key, never as the base of the key, even where the cache
+// has none: the sender chose the key, which is what a create here would
+// compute, and the tree, which this host cannot check, so the version
+// serves the machines received over it alone (prune removes it after the
+// last). A version of that ID already here (or stored by another receive
+// while fill ran) is returned as it is, and fill's tree discarded; fill
+// is not called when it was here before.
 //
-// The base's lock is held until unlock, so that no prune takes the
-// version before the caller has recorded a machine over it; drop, called
-// before unlock, removes the version again when this call added it (a
-// send that failed after the base arrived).
-func (c *BaseCache) AddReceived(ctx context.Context, info BaseInfo, fill func(root string) error) (got BaseInfo, unlock, drop func(), err error) {
+// fill runs without the base's lock (it reads the network), in a staging
+// tree of its own lock. The version is returned held (see VersionHold):
+// Release(false) removes it again when this call added it and nothing
+// else came over it (a send that failed after the base arrived).
+func (c *BaseCache) AddReceived(ctx context.Context, info BaseInfo, fill func(root string) error) (BaseInfo, *VersionHold, error) {
 	if err := CheckBaseRef(info.Key, info.Version, info.ID); err != nil {
-		return BaseInfo{}, nil, nil, err
+		return BaseInfo{}, nil, err
 	}
 	key := info.Key
 	l, err := c.lock(ctx, key)
 	if err != nil {
-		return BaseInfo{}, nil, nil, fmt.Errorf("base %s: %w", key, err)
+		return BaseInfo{}, nil, fmt.Errorf("base %s: %w", key, err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
+	locked := true
+	unlock := func() {
+		if locked {
 			l.Unlock()
+			locked = false
 		}
-	}()
-	nothing := func() {}
-	if v, found := c.FindID(key, info.ID); found {
-		ok = true
-		return v, l.Unlock, nothing, nil
+	}
+	defer unlock()
+	if v, h, ok, err := c.holdID(key, info.ID); ok || err != nil {
+		return v, h, err
 	}
 	if c.HasVersion(key, info.Version) {
-		return BaseInfo{}, nil, nil, fmt.Errorf("%w: base %s version %s", ErrVersionTaken, key, info.Version)
+		return BaseInfo{}, nil, fmt.Errorf("%w: base %s version %s", ErrVersionTaken, key, info.Version)
 	}
 	c.sweep(key)
 	tmp, err := os.MkdirTemp(c.Dir, ".#"+key+".")
 	if err != nil {
-		return BaseInfo{}, nil, nil, err
+		return BaseInfo{}, nil, err
+	}
+	sl, err := host.LockFile(ctx, stagingLock(tmp), true, false)
+	if err != nil {
+		_ = os.Remove(tmp)
+		return BaseInfo{}, nil, err
 	}
 	defer func() {
-		if !ok {
-			host.UnmountUnder(tmp)
-			_ = host.RemoveTree(tmp)
-		}
+		host.UnmountUnder(tmp)
+		_ = host.RemoveTree(tmp) // gone already when it became the version
+		sl.Unlock()
 	}()
+	unlock()
 	root := filepath.Join(tmp, "root")
 	if err := MakeTreeDir(ctx, c.Runner, root); err != nil {
-		return BaseInfo{}, nil, nil, err
+		return BaseInfo{}, nil, err
 	}
 	if err := fill(root); err != nil {
-		return BaseInfo{}, nil, nil, err
+		return BaseInfo{}, nil, err
 	}
 	rec := info
 	rec.Root, rec.Current, rec.Machines, rec.Runs = "", false, nil, false
 	rec.Size, _ = host.DiskUsage(root)
 	b, _ := json.MarshalIndent(rec, "", "  ")
 	if err := os.WriteFile(filepath.Join(tmp, "base.json"), append(b, '\n'), 0o644); err != nil {
-		return BaseInfo{}, nil, nil, err
+		return BaseInfo{}, nil, err
 	}
-	var dst string
-	if _, err := os.Lstat(c.dir(key)); errors.Is(err, os.ErrNotExist) {
-		// No base of this key here: the received one is it.
-		if err := os.Rename(tmp, c.dir(key)); err != nil {
-			return BaseInfo{}, nil, nil, err
-		}
-		dst = c.dir(key)
-	} else {
-		if err := os.MkdirAll(c.versionsDir(key), 0o700); err != nil {
-			return BaseInfo{}, nil, nil, err
-		}
-		dst = filepath.Join(c.versionsDir(key), info.Version)
-		if err := os.Rename(tmp, dst); err != nil {
-			return BaseInfo{}, nil, nil, err
-		}
+	if l, err = c.lock(ctx, key); err != nil {
+		return BaseInfo{}, nil, fmt.Errorf("base %s: %w", key, err)
 	}
-	ok = true
-	got, err = c.VersionInfo(key, info.Version)
+	locked = true
+	// Another receive may have stored it meanwhile.
+	if v, h, ok, err := c.holdID(key, info.ID); ok || err != nil {
+		return v, h, err
+	}
+	if c.HasVersion(key, info.Version) {
+		return BaseInfo{}, nil, fmt.Errorf("%w: base %s version %s", ErrVersionTaken, key, info.Version)
+	}
+	if err := os.MkdirAll(c.versionsDir(key), 0o700); err != nil {
+		return BaseInfo{}, nil, err
+	}
+	if err := os.Rename(tmp, filepath.Join(c.versionsDir(key), info.Version)); err != nil {
+		return BaseInfo{}, nil, err
+	}
+	v, h, ok, err := c.holdID(key, info.ID)
+	if err == nil && !ok {
+		err = fmt.Errorf("version %s of base %s is gone", info.Version, key)
+	}
 	if err != nil {
-		l.Unlock()
-		return BaseInfo{}, nil, nil, err
+		_ = c.dropVersion(key, info.Version)
+		return BaseInfo{}, nil, err
 	}
-	drop = func() {
-		if dst == c.dir(key) {
-			_ = c.dropBase(key)
-		} else {
-			_ = c.dropVersion(key, info.Version)
+	h.added = true
+	return v, h, nil
+}
+
+// keys are the keys of the bases this cache has: the current base, or
+// only versions kept for machines (those received from other hosts).
+func (c *BaseCache) keys() []string {
+	ents, _ := os.ReadDir(c.Dir)
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() && baseKeyRE.MatchString(e.Name()) {
+			out = append(out, e.Name())
 		}
 	}
-	return got, l.Unlock, drop, nil
+	return out
+}
+
+// KeptOnly describes the versions kept of the keys that have no current
+// base here (versions received from other hosts, for the machines over
+// them), which List leaves out.
+func (c *BaseCache) KeptOnly() []BaseInfo {
+	var out []BaseInfo
+	for _, key := range c.keys() {
+		if _, err := c.read(key); err == nil {
+			continue
+		}
+		out = append(out, c.Versions(key)...)
+	}
+	return out
 }

@@ -414,10 +414,17 @@ func (c *BaseCache) sweep(key string) {
 		if strings.HasSuffix(d, ".lck") {
 			continue
 		}
+		// A receive fills its tree without the base's lock, under a
+		// lock of the tree's own.
+		l, err := host.LockFile(context.Background(), stagingLock(d), true, false)
+		if err != nil {
+			continue
+		}
 		host.UnmountUnder(d)
 		if err := host.RemoveTree(d); err != nil {
 			logrus.Warnf("could not remove %s: %v", d, err)
 		}
+		l.Unlock()
 	}
 }
 
@@ -503,7 +510,7 @@ func (c *BaseCache) Remove(ctx context.Context, key string) error {
 		return fmt.Errorf("%w: base %s is the lower layer of %s (remove them first)", ErrBaseInUse, key, strings.Join(users, ", "))
 	}
 	if c.runs(key) {
-		return fmt.Errorf("%w: base %s is the lower layer of a throwaway run (nsbox run); try again once it has ended", ErrBaseInUse, key)
+		return fmt.Errorf("%w: base %s is the lower layer of a throwaway run (nsbox run) or of a machine being received; try again once it has ended", ErrBaseInUse, key)
 	}
 	return c.dropBase(key)
 }
@@ -557,38 +564,32 @@ func (c *BaseCache) users(key string) []string {
 // over, and the bases made from images that no machine was made from, and
 // returns them; with dryRun it only says which.
 func (c *BaseCache) Prune(ctx context.Context, dryRun bool) ([]BaseInfo, error) {
-	bases, err := c.List()
-	if err != nil {
-		return nil, err
-	}
 	var gone []BaseInfo
-	for _, b := range bases {
-		l, err := c.lock(ctx, b.Key)
+	for _, key := range c.keys() {
+		l, err := c.lock(ctx, key)
 		if err != nil {
 			return gone, err
 		}
-		for _, v := range c.Versions(b.Key) {
+		for _, v := range c.Versions(key) {
 			if v.InUse() {
 				continue
 			}
 			if !dryRun {
-				if err := c.dropVersion(b.Key, v.Version); err != nil {
+				if err := c.dropVersion(key, v.Version); err != nil {
 					l.Unlock()
 					return gone, err
 				}
 			}
 			gone = append(gone, v)
 		}
-		if b.Image != nil {
-			if cur, err := c.read(b.Key); err == nil && !cur.InUse() {
-				if !dryRun {
-					if err := c.dropBase(b.Key); err != nil {
-						l.Unlock()
-						return gone, err
-					}
+		if cur, err := c.read(key); err == nil && cur.Image != nil && !cur.InUse() {
+			if !dryRun {
+				if err := c.dropBase(key); err != nil {
+					l.Unlock()
+					return gone, err
 				}
-				gone = append(gone, cur)
 			}
+			gone = append(gone, cur)
 		}
 		l.Unlock()
 	}

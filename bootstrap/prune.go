@@ -27,24 +27,23 @@ type Found func(kind, path string, size int64, remove func() error)
 // prune holds (the base's lock, the package cache's lock) is left.
 func (c *BaseCache) Leftovers(ctx context.Context, found Found) {
 	c.stagingLeftovers(found)
-	bases, _ := c.List()
-	for _, b := range bases {
-		l, err := host.LockFile(ctx, c.lockPath(b.Key), true, false)
+	for _, key := range c.keys() {
+		l, err := host.LockFile(ctx, c.lockPath(key), true, false)
 		if err != nil {
 			continue // a bootstrap or refresh of it runs
 		}
-		for _, v := range c.Versions(b.Key) {
+		for _, v := range c.Versions(key) {
 			if v.InUse() {
 				continue
 			}
 			dir := filepath.Dir(v.Root)
 			size, _ := host.DiskUsage(dir)
-			found("base", dir, size, func() error { return c.dropVersion(b.Key, v.Version) })
+			found("base", dir, size, func() error { return c.dropVersion(key, v.Version) })
 		}
 		// An image base no machine was made from: its image is one pull
 		// away, its layers in the layer cache while kept.
-		if b.Image != nil {
-			if b, err := c.read(b.Key); err == nil && !b.InUse() {
+		if b, err := c.read(key); err == nil && b.Image != nil {
+			if !b.InUse() {
 				dir := c.dir(b.Key)
 				size, _ := host.DiskUsage(dir)
 				found("base", dir, size, func() error { return c.dropBase(b.Key) })
@@ -52,6 +51,7 @@ func (c *BaseCache) Leftovers(ctx context.Context, found Found) {
 		}
 		l.Unlock()
 	}
+	bases, _ := c.List()
 	c.packageLeftovers(ctx, bases, found)
 }
 
@@ -84,11 +84,18 @@ func (c *BaseCache) stagingLeftovers(found Found) {
 			continue
 		}
 		dir := filepath.Join(c.Dir, e.Name())
+		// A receive's tree, filled without the base's lock, has its own.
+		sl, err := host.LockFile(context.Background(), stagingLock(dir), true, false)
+		if err != nil {
+			l.Unlock()
+			continue
+		}
 		size, _ := host.DiskUsage(dir)
 		found("staging", dir, size, func() error {
 			host.UnmountUnder(dir)
 			return host.RemoveTree(dir)
 		})
+		sl.Unlock()
 		l.Unlock()
 	}
 }
@@ -110,6 +117,7 @@ func (c *BaseCache) dropVersion(key, version string) error {
 		return err
 	}
 	_ = os.Remove(c.versionsDir(key)) // when it was the last
+	_ = os.Remove(c.dir(key))         // when it had no current base either
 	return nil
 }
 

@@ -258,6 +258,13 @@ func (m *Manager) newOverlayWith(ctx context.Context, name string, base func() (
 		if err := lay.Prepare(rec.Lower, uid); err != nil {
 			return err
 		}
+		// Recorded before the machine exists (a machine is never there
+		// without it), and before the upper is filled (a clone's copy, a
+		// receive's stream): prune finds the upper of a create killed
+		// meanwhile by this record, with its staging tree.
+		if err := m.writeStorage(name, rec); err != nil {
+			return err
+		}
 		if fillUpper != nil {
 			if err := os.Remove(lay.Upper()); err != nil {
 				return err
@@ -266,14 +273,25 @@ func (m *Manager) newOverlayWith(ctx context.Context, name string, base func() (
 				return err
 			}
 		}
-		// Recorded before the machine exists: a machine is never there
-		// without it.
-		return m.writeStorage(name, rec)
+		return nil
 	}
 	personalise := func(tmp string) error {
 		at := storage.Layout{Target: tmp, Dir: lay.Dir}
-		if err := at.Mount(ctx, m.Runner, rec.Lower, rec.UIDBase); err != nil {
-			return err
+		// A base version held without the base's lock (a receive's, a
+		// clone's) may have moved since base() (a refresh made it an
+		// earlier version): found again, and once more when a refresh
+		// moved it between the lookup and the mount, as MountStorage.
+		for try := 0; ; try++ {
+			lower, err := m.lowerOf(rec)
+			if err == nil {
+				err = at.Mount(ctx, m.Runner, lower, rec.UIDBase)
+			}
+			if err == nil {
+				break
+			}
+			if try > 0 {
+				return err
+			}
 		}
 		paths, err := personal(tmp)
 		if uerr := at.Unmount(); err == nil {
@@ -583,6 +601,10 @@ func (m *Manager) recordBase(name string, rec storage.Record) {
 	}
 }
 
+// probePrefix starts the names of probeOverlay's tries in the overlay
+// directory.
+const probePrefix = ".#probe-"
+
 // probeOverlay tries what an overlay machine here needs: a lower in the
 // base cache, mapped to a machine's range (an idmapped mount), under an
 // upper in the store. It leaves nothing. A receive asks it before it asks
@@ -602,8 +624,21 @@ func (m *Manager) probeOverlay(ctx context.Context) error {
 		return err
 	}
 	defer os.Remove(m.overlayDir()) // when nothing else is there
-	dir, err := os.MkdirTemp(m.overlayDir(), ".#probe-")
+	// Locked before its directory is made: prune takes the directory of
+	// a probe that was killed (pruneProbes), never of one at work.
+	lf, err := os.CreateTemp(m.overlayDir(), probePrefix+"*.lck")
 	if err != nil {
+		return err
+	}
+	lf.Close()
+	l, err := host.LockFile(ctx, lf.Name(), true, false)
+	if err != nil {
+		_ = os.Remove(lf.Name())
+		return err
+	}
+	defer l.Unlock()
+	dir := strings.TrimSuffix(lf.Name(), ".lck")
+	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
 	}
 	lay := storage.Layout{Target: filepath.Join(dir, "tree"), Dir: dir}

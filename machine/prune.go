@@ -125,6 +125,7 @@ func (m *Manager) Prune(ctx context.Context, dryRun bool) ([]PruneItem, error) {
 	staged := m.pruneStaging(p)
 	m.pruneSnapshots(ctx, p)
 	m.pruneEphemeral(ctx, p)
+	m.pruneProbes(p)
 	m.pruneRecords(ctx, p, staged)
 	m.pruneLocks(p)
 	// Bases first: a layer that only an unused image base names goes
@@ -192,6 +193,27 @@ func (m *Manager) pruneStaging(p *pruner) map[string]bool {
 		}
 	}
 	return names
+}
+
+// pruneProbes finds the overlay tries of receives that were killed
+// (probeOverlay's, whose lock nobody holds), and their mounts.
+func (m *Manager) pruneProbes(p *pruner) {
+	ents, _ := os.ReadDir(m.overlayDir())
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), probePrefix) {
+			continue
+		}
+		dir := filepath.Join(m.overlayDir(), e.Name())
+		release, ok := p.lock(dir + ".lck")
+		if !ok {
+			continue // a probe at work
+		}
+		p.found(PruneStaging, dir, usage(dir), func() error {
+			host.UnmountUnder(dir)
+			return host.RemoveTree(dir)
+		})
+		release()
+	}
 }
 
 // pruneSnapshots finds what snapshot commands that were killed left

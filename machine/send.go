@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsbox/nsbox/bootstrap"
 	"github.com/nsbox/nsbox/machine/backend"
@@ -130,6 +132,11 @@ func (g *Outgoing) offerBase(ctx context.Context) {
 	if rec.Kind != storage.Overlay || rec.Version == "" || rec.Base == "" {
 		return
 	}
+	if p, ok := layerMarkerIn(g.m.layout(g.name).Upper()); ok {
+		// Any user of the machine can make one where it may write.
+		logrus.Debugf("send %s: the whole tree, not its upper: %s would be a whiteout in an image layer", g.name, p)
+		return
+	}
 	info, err := g.m.basesOf(rec).Identify(ctx, rec.Base, rec.Version)
 	if err != nil {
 		logrus.Debugf("send %s: the whole tree, not its base apart: %v", g.name, err)
@@ -141,6 +148,24 @@ func (g *Outgoing) offerBase(ctx context.Context) {
 	g.rec, g.base = rec, info
 	g.offer.Storage = &remote.StorageOffer{Kind: string(storage.Overlay),
 		Base: &remote.BaseOffer{Key: info.Key, Version: info.Version, ID: info.ID, Info: raw}}
+}
+
+// layerMarkerIn finds a file in upper whose name an image layer takes for
+// a whiteout or an opaque marker (".wh." and more): its upper cannot be
+// sent as a layer without hiding what it does not hide here.
+func layerMarkerIn(upper string) (string, bool) {
+	var found string
+	_ = filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), ".wh.") {
+			found, _ = filepath.Rel(upper, p)
+			return fs.SkipAll
+		}
+		return nil
+	})
+	return found, found != ""
 }
 
 // Enabled reports whether the machine boots with this host.
@@ -251,7 +276,11 @@ func (g *Outgoing) writeTree(ctx context.Context) func(io.Writer) error {
 }
 
 // writeBase writes the overlay machine's base version's tree, as a copy
-// machine's, holding the base's lock so that no refresh moves it meanwhile.
+// machine's. The base's lock is held only to find the version and open
+// it: tar reads it through that open directory, so a refresh that moves
+// the version meanwhile changes nothing, and no create, refresh or prune
+// of the base waits for the network. (The machine over it keeps the
+// version from prune and remove.)
 func (g *Outgoing) writeBase(ctx context.Context) func(io.Writer) error {
 	return func(w io.Writer) error {
 		bc := g.m.basesOf(g.rec)
@@ -259,12 +288,19 @@ func (g *Outgoing) writeBase(ctx context.Context) func(io.Writer) error {
 		if err != nil {
 			return err
 		}
-		defer unlock()
 		root, err := bc.VersionRoot(g.rec.Base, g.rec.Version)
+		var dir *os.File
+		if err == nil {
+			dir, err = os.OpenFile(root, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		}
+		unlock()
 		if err != nil {
 			return err
 		}
-		args := append([]string{"--create", "--file=-", "--directory=" + root}, image.TarArgs...)
+		defer dir.Close()
+		// ACLs by their ids (a receiver that asks for the base reads
+		// them so).
+		args := append([]string{"--create", "--file=-", fmt.Sprintf("--directory=/proc/%d/fd/%d", os.Getpid(), dir.Fd())}, image.XattrACLTarArgs...)
 		return g.m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: w})
 	}
 }
@@ -417,12 +453,12 @@ func (m *Manager) Receive(ctx context.Context, name string, in io.Reader, out io
 		}
 	}
 	in2 := &incoming{m: m, name: name, offer: offer, br: br}
+	defer in2.release()
 	in2.mode = in2.choose(ctx)
 	res.Mode = in2.mode
 	if err := writeReply(out, remote.Reply{Ready: true, Mode: res.Mode}); err != nil {
 		return res, err
 	}
-	defer in2.release()
 	switch res.Mode {
 	case remote.ModeTree:
 		err = in2.tree(ctx)
@@ -467,13 +503,13 @@ type incoming struct {
 	sum, baseSum     string
 	devices          int
 
-	// The base version (ModeUpper, ModeBase), and what release lets go
-	// of it: the base's lock, and, unless kept, the version this receive
-	// added.
-	base   bootstrap.BaseInfo
-	unlock func()
-	drop   func()
-	kept   bool
+	// The base version (ModeUpper, ModeBase), held until release, which
+	// also removes it, unless kept, when this receive added it.
+	base bootstrap.BaseInfo
+	hold *bootstrap.VersionHold
+	kept bool
+	// unhold lets go of a version held as a btrfs receive's parent.
+	unhold func()
 }
 
 // choose decides what to ask the sender for. An overlay machine whose
@@ -500,6 +536,14 @@ func (in *incoming) choose(ctx context.Context) string {
 			logrus.Debugf("receive %s: the whole tree: %v", in.name, err)
 			return remote.ModeTree
 		}
+		// Held from here, so that no prune takes it before the upper
+		// comes (release lets go of it).
+		v, hold, err := bc.HoldID(ctx, b.Key, b.ID)
+		if err != nil {
+			logrus.Debugf("receive %s: the whole tree: %v", in.name, err)
+			return remote.ModeTree
+		}
+		in.base, in.hold = v, hold
 		return remote.ModeUpper
 	}
 	if bc.HasVersion(b.Key, b.Version) {
@@ -513,14 +557,12 @@ func (in *incoming) choose(ctx context.Context) string {
 	return remote.ModeBase
 }
 
-// release lets go of the base: its lock, and the version this receive
+// release lets go of the base version, and removes the one this receive
 // added unless the machine over it was kept.
 func (in *incoming) release() {
-	if in.drop != nil && !in.kept {
-		in.drop()
-	}
-	if in.unlock != nil {
-		in.unlock()
+	in.hold.Release(in.kept)
+	if in.unhold != nil {
+		in.unhold()
 	}
 }
 
@@ -575,7 +617,8 @@ func (in *incoming) extractInto(ctx context.Context, dir string) (func(io.Reader
 	if err != nil {
 		return nil, err
 	}
-	c := &image.ArchiveChecker{Space: &space}
+	// The base's and the upper's streams carry ACLs as attributes.
+	c := &image.ArchiveChecker{Space: &space, XattrACLs: in.mode != remote.ModeTree}
 	return func(r io.Reader) error {
 		err := image.Extract(ctx, in.m.Runner, r, dir, c)
 		in.devices += c.Devices
@@ -649,7 +692,7 @@ func (in *incoming) overlay(ctx context.Context) error {
 			}
 			info.Key, info.Version, info.ID = b.Key, b.Version, b.ID
 			filled := false
-			in.base, in.unlock, in.drop, err = bc.AddReceived(ctx, info, func(root string) error {
+			in.base, in.hold, err = bc.AddReceived(ctx, info, func(root string) error {
 				filled = true
 				extract, err := in.extractInto(ctx, root)
 				if err != nil {
@@ -671,14 +714,6 @@ func (in *incoming) overlay(ctx context.Context) error {
 					return err
 				})
 			}
-		} else {
-			in.unlock, err = bc.Hold(ctx, b.Key)
-			if err == nil {
-				var ok bool
-				if in.base, ok = bc.FindID(b.Key, b.ID); !ok {
-					err = fmt.Errorf("base %s version %s went away while it was being received", b.Key, b.Version)
-				}
-			}
 		}
 		if err != nil {
 			return storage.Record{}, err
@@ -694,6 +729,10 @@ func (in *incoming) overlay(ctx context.Context) error {
 			return err
 		}
 		if err := storage.FromLayer(upper); err != nil {
+			return err
+		}
+		// Its ids, as the sender chose them, are the machine's alone.
+		if err := storage.Confine(upper); err != nil {
 			return err
 		}
 		// Extracted as the machine sees it: its root becomes uid.

@@ -124,7 +124,7 @@ func (in *incoming) chooseBtrfs(ctx context.Context) string {
 		return why(err)
 	}
 	if ok {
-		in.base, in.unlock = v, release
+		in.base, in.unhold = v, release
 		return remote.ModeBtrfs
 	}
 	if _, ok := bc.FindID(b.Key, b.ID); ok || bc.HasVersion(b.Key, b.Version) {
@@ -163,7 +163,7 @@ func (in *incoming) btrfs(ctx context.Context) error {
 		}
 		info.Key, info.Version, info.ID = b.Key, b.Version, b.ID
 		filled := false
-		in.base, in.unlock, in.drop, err = bc.AddReceived(ctx, info, func(root string) error {
+		in.base, in.hold, err = bc.AddReceived(ctx, info, func(root string) error {
 			filled = true
 			// The received subvolume takes the place of the empty one
 			// made for the tree: a read-only subvolume cannot move into

@@ -1,17 +1,26 @@
 package machine
 
 import (
+	"archive/tar"
+	"syscall"
+
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"github.com/klauspost/compress/zstd"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsbox/nsbox/machine/host"
 	"github.com/nsbox/nsbox/machine/oci/ocitest"
 	"github.com/nsbox/nsbox/machine/storage"
 	"github.com/nsbox/nsbox/remote"
@@ -117,8 +126,11 @@ func TestSendOverlayCarriesTheBaseOnce(t *testing.T) {
 	if r := b.storageOf("c2"); r.Base != rb.Base || r.Version != rb.Version {
 		t.Errorf("c2 over %+v, c1 over %+v", r, rb)
 	}
-	if got := b.Bases().Versions(rb.Base); len(got) != 0 {
+	if got := b.Bases().Versions(rb.Base); len(got) != 1 {
 		t.Errorf("the base was stored again: %+v", got)
+	}
+	if cur, _ := b.Bases().List(); len(cur) != 0 {
+		t.Errorf("a received version is the base of its key there: %+v", cur)
 	}
 	noStaging(t, b)
 	if left := stagedBases(b); len(left) != 0 {
@@ -209,8 +221,8 @@ func TestSendOverlayCutShortLeavesNoBase(t *testing.T) {
 	if b.exists("c1") {
 		t.Error("a machine of a cut send")
 	}
-	if infos, _ := b.Bases().List(); len(infos) != 0 {
-		t.Errorf("a base of a cut send is kept: %+v", infos)
+	if infos, _ := b.Bases().List(); len(infos) != 0 || len(b.Bases().KeptOnly()) != 0 {
+		t.Errorf("a base of a cut send is kept: %+v %+v", infos, b.Bases().KeptOnly())
 	}
 	noStaging(t, b)
 	if left := stagedBases(b); len(left) != 0 {
@@ -262,4 +274,448 @@ func TestSendOverlayOverAnImageBothPulled(t *testing.T) {
 		t.Errorf("a send to a host that pulled the image too: %+v", s)
 	}
 	checkReceivedOverlay(t, b, "c1")
+}
+
+// pauseWriter passes the offer line, then stops at the first frame of the
+// streams until resume is closed, after saying so on paused.
+type pauseWriter struct {
+	w       io.Writer
+	writes  int
+	paused  chan struct{}
+	resume  chan struct{}
+	stopped bool
+}
+
+func (p *pauseWriter) Write(b []byte) (int, error) {
+	p.writes++
+	if p.writes == 2 && !p.stopped {
+		p.stopped = true
+		close(p.paused)
+		<-p.resume
+	}
+	return p.w.Write(b)
+}
+
+// While a receive reads a machine over a base version (a slow or stalled
+// sender), the base's lock is free: a create of that base, a refresh, a
+// prune or a cache remove on the receiving host does not wait for the
+// network. The version is held all the same: prune keeps it, though no
+// machine is over it yet.
+func TestReceiveDoesNotHoldTheBaseLockWhileItReads(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	ctx := context.Background()
+	if _, _, serr, rerr := sendTo(t, a, b, "o1", "c1"); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	rb := b.storageOf("c1")
+	if err := b.Remove(ctx, "c1", false); err != nil {
+		t.Fatal(err)
+	}
+	// A base of more than a frame's worth, that zstd cannot shrink.
+	lower, err := a.lowerOf(a.storageOf("o1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 8<<20)
+	rand.Read(big)
+	if err := os.WriteFile(filepath.Join(lower, "usr/bin/big"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{remote.ModeUpper, remote.ModeBase} {
+		if mode == remote.ModeBase {
+			// A receiver that has the version no more: it comes again.
+			if err := b.Remove(ctx, "c-"+remote.ModeUpper, false); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Bases().Prune(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, err := a.PrepareSend(ctx, "o1", SendOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		toR, toW := io.Pipe()
+		fromR, fromW := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			res, err := b.Receive(ctx, "c-"+mode, toR, fromW)
+			if err == nil && res.Mode != mode {
+				err = fmt.Errorf("mode %s, want %s", res.Mode, mode)
+			}
+			toR.CloseWithError(io.ErrClosedPipe)
+			fromW.Close()
+			done <- err
+		}()
+		pw := &pauseWriter{w: toW, paused: make(chan struct{}), resume: make(chan struct{})}
+		sent := make(chan error, 1)
+		go func() {
+			_, err := out.Stream(ctx, pw, fromR, nil)
+			toW.Close()
+			sent <- err
+		}()
+		<-pw.paused
+		// The stream has not begun: the receiver waits for it.
+		tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		unlock, err := b.Bases().Hold(tctx, rb.Base)
+		cancel()
+		if err != nil {
+			t.Errorf("%s: the base's lock is held while the receive waits for the sender: %v", mode, err)
+		} else {
+			unlock()
+		}
+		if mode == remote.ModeBase {
+			// Nor does the sender hold its base's lock while it sends the
+			// base (which is larger than a frame: tar is at work).
+			tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			unlock, err := a.Bases().Hold(tctx, rb.Base)
+			cancel()
+			if err != nil {
+				t.Errorf("%s: the sender holds its base's lock while the receiver reads: %v", mode, err)
+			} else {
+				unlock()
+			}
+		}
+		tctx, cancel = context.WithTimeout(ctx, 3*time.Second)
+		gone, err := b.Bases().Prune(tctx, false)
+		cancel()
+		if err != nil || len(gone) != 0 {
+			t.Errorf("%s: prune while a receive is over the version: %+v %v", mode, gone, err)
+		}
+		b.Bases().Leftovers(ctx, func(kind, path string, _ int64, _ func() error) {
+			t.Errorf("%s: a leftover while a receive runs: %s %s", mode, kind, path)
+		})
+		close(pw.resume)
+		if err := <-sent; err != nil {
+			t.Errorf("%s: send: %v", mode, err)
+		}
+		out.Close()
+		if err := <-done; err != nil {
+			t.Fatalf("%s: receive: %v", mode, err)
+		}
+		checkReceivedOverlay(t, b, "c-"+mode)
+	}
+}
+
+// A machine may hold files whose names an image layer takes for
+// whiteouts (".wh.NAME", ".wh..wh..opq"): any user of it can make one in
+// a directory it can write. Sent as an upper, they would hide NAME, or the
+// whole directory's base, on the receiving host: such a machine goes as
+// its whole tree, and arrives as it is.
+func TestSendOverlayWithWhiteoutNamesGoesWhole(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	rec := a.storageOf("o1")
+	upper := a.layout("o1").Upper()
+	for _, p := range []string{"usr/bin/.wh.app", "usr/bin/.wh..wh..opq"} {
+		if err := os.WriteFile(filepath.Join(upper, p), []byte("a user's file\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Lchown(filepath.Join(upper, p), rec.UIDBase+1000, rec.UIDBase+1000)
+	}
+	s, _, serr, rerr := sendTo(t, a, b, "o1", "c1")
+	if serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	if s.Mode != remote.ModeTree {
+		t.Errorf("sent as %s", s.Mode)
+	}
+	err := b.withTree(context.Background(), "c1", func() error {
+		for _, p := range []string{"usr/bin/app", "usr/bin/.wh.app", "usr/bin/.wh..wh..opq"} {
+			if _, err := os.Lstat(filepath.Join(b.Tree("c1"), p)); err != nil {
+				t.Errorf("c1: %s: %v", p, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A receive killed (SIGKILL) while it tried an overlay mount leaves the
+// try's directory, maybe with the mount: prune unmounts and removes it,
+// and leaves a try that is at work (its lock held).
+func TestPruneTakesAKilledOverlayProbe(t *testing.T) {
+	m := imageManager(t)
+	ctx := context.Background()
+	if err := m.probeOverlay(ctx); err != nil {
+		t.Skipf("no overlay here: %v", err)
+	}
+	killed := filepath.Join(m.overlayDir(), ".#probe-1234")
+	live := filepath.Join(m.overlayDir(), ".#probe-5678")
+	for _, d := range []string{killed, live} {
+		if err := os.MkdirAll(filepath.Join(d, "tree"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount("tmpfs", filepath.Join(killed, "tree"), "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(filepath.Join(killed, "tree"), unix.MNT_DETACH)
+	l, err := host.LockFile(ctx, live+".lck", true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if _, err := m.Prune(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(killed); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a killed probe is left: %v (mounts %v)", err, host.MountsUnder(killed))
+	}
+	if _, err := os.Lstat(live); err != nil {
+		t.Errorf("a probe at work was taken: %v", err)
+	}
+}
+
+// aclOf is an access ACL (xattr form) naming user uid and group gid.
+func aclOf(uid, gid int) []byte {
+	le := binary.LittleEndian
+	v := make([]byte, 4)
+	le.PutUint32(v, 2)
+	for _, e := range [][3]uint32{{0x01, 6, 0xFFFFFFFF}, {0x02, 7, uint32(uid)}, {0x04, 4, 0xFFFFFFFF}, {0x08, 5, uint32(gid)}, {0x10, 7, 0xFFFFFFFF}, {0x20, 4, 0xFFFFFFFF}} {
+		b := make([]byte, 8)
+		le.PutUint16(b, uint16(e[0]))
+		le.PutUint16(b[2:], uint16(e[1]))
+		le.PutUint32(b[4:], e[2])
+		v = append(v, b...)
+	}
+	return v
+}
+
+// ACLs go with an overlay machine, by their numeric ids as the machine
+// sees them: of a file in its upper, and of a file of its base version
+// (the base's stream), whatever names the hosts' own user databases give
+// those ids.
+func TestSendOverlayCarriesACLs(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	ra := a.storageOf("o1")
+	inUpper := filepath.Join(a.layout("o1").Upper(), "etc/motd")
+	if err := unix.Lsetxattr(inUpper, "system.posix_acl_access", aclOf(ra.UIDBase+1000, ra.UIDBase+1001), 0); err != nil {
+		t.Skipf("no ACLs here: %v", err)
+	}
+	lower, err := a.lowerOf(ra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Lsetxattr(filepath.Join(lower, "usr/bin/app"), "system.posix_acl_access", aclOf(1000, 1001), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, serr, rerr := sendTo(t, a, b, "o1", "c1"); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	rb := b.storageOf("c1")
+	buf := make([]byte, 256)
+	n, err := unix.Lgetxattr(filepath.Join(b.layout("c1").Upper(), "etc/motd"), "system.posix_acl_access", buf)
+	if want := aclOf(rb.UIDBase+1000, rb.UIDBase+1001); err != nil || !bytes.Equal(buf[:n], want) {
+		t.Errorf("the upper's ACL: %x %v, want %x", buf[:max(n, 0)], err, want)
+	}
+	lb, err := b.lowerOf(rb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err = unix.Lgetxattr(filepath.Join(lb, "usr/bin/app"), "system.posix_acl_access", buf)
+	if want := aclOf(1000, 1001); err != nil || !bytes.Equal(buf[:n], want) {
+		t.Errorf("the base's ACL: %x %v, want %x", buf[:max(n, 0)], err, want)
+	}
+}
+
+// A hostile sender's upper may name host ids outside the machine's range:
+// owners, a file capability's root, ACL entries (another machine's range
+// here, a host user's). The received upper holds the machine's own ids
+// alone: those become its nobody (65534), a setuid bit goes with such an
+// owner, and a capability of another root goes.
+func TestReceivedUpperHoldsItsOwnIDsAlone(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	if _, _, serr, rerr := sendTo(t, a, b, "o1", "c1"); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	rec := b.storageOf("c1")
+	info, err := b.Bases().VersionInfo(rec.Base, rec.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const foreign = 0x900000
+	var raw bytes.Buffer
+	z, _ := zstd.NewWriter(&raw)
+	tw := tar.NewWriter(z)
+	hdrs := []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "./usr/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "./usr/bin/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "./usr/bin/suid", Typeflag: tar.TypeReg, Mode: 0o4755, Uid: foreign, Gid: foreign, Size: 3},
+		{Name: "./usr/bin/capped", Typeflag: tar.TypeReg, Mode: 0o755, Size: 3,
+			PAXRecords: map[string]string{"SCHILY.xattr.security.capability": string(capV3(foreign))}},
+		{Name: "./usr/bin/acl", Typeflag: tar.TypeReg, Mode: 0o674, Size: 3, Uid: 1000,
+			PAXRecords: map[string]string{"SCHILY.xattr.system.posix_acl_access": string(aclOf(foreign, 1001))}},
+		{Name: "./usr/bin/mine", Typeflag: tar.TypeReg, Mode: 0o4755, Uid: 1000, Gid: 1000, Size: 3},
+	}
+	for _, h := range hdrs {
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			tw.Write([]byte("x\n\n"))
+		}
+	}
+	tw.Close()
+	z.Close()
+	offer := fmt.Sprintf(`{"storage":{"kind":"overlay","base":{"key":%q,"version":%q,"id":%q}}}`, info.Key, info.Version, info.ID)
+	var out bytes.Buffer
+	res, err := b.Receive(context.Background(), "hostile", stream(t, offer, raw.Bytes(), false, false), &out)
+	if err != nil || res.Mode != remote.ModeUpper {
+		t.Fatalf("receive: %+v %v", res, err)
+	}
+	hr := b.storageOf("hostile")
+	upper := b.layout("hostile").Upper()
+	buf := make([]byte, 256)
+	filepath.Walk(upper, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		for _, id := range []uint32{st.Uid, st.Gid} {
+			if int(id) < hr.UIDBase || int(id) >= hr.UIDBase+storage.RangeSize {
+				t.Errorf("%s: owner %d:%d, outside the machine's range %d", p, st.Uid, st.Gid, hr.UIDBase)
+				break
+			}
+		}
+		if n, err := unix.Lgetxattr(p, "security.capability", buf); err == nil {
+			t.Errorf("%s: a capability %x", p, buf[:n])
+		}
+		return nil
+	})
+	nobody := hr.UIDBase + 65534
+	if fi, err := os.Lstat(filepath.Join(upper, "usr/bin/suid")); err != nil || fi.Mode()&os.ModeSetuid != 0 || fileOwner(fi) != [2]int{nobody, nobody} {
+		t.Errorf("suid: %v %v", fi.Mode(), err)
+	}
+	if fi, err := os.Lstat(filepath.Join(upper, "usr/bin/mine")); err != nil || fi.Mode()&os.ModeSetuid == 0 {
+		t.Errorf("a setuid file of the machine's own lost its bit: %v %v", fi.Mode(), err)
+	}
+	n, err := unix.Lgetxattr(filepath.Join(upper, "usr/bin/acl"), "system.posix_acl_access", buf)
+	if want := aclOf(nobody, hr.UIDBase+1001); err != nil || !bytes.Equal(buf[:n], want) {
+		t.Errorf("acl: %x %v, want %x", buf[:max(n, 0)], err, want)
+	}
+}
+
+// A refresh on the receiving host while the upper comes (possible now
+// that the receive does not hold the base's lock) makes the version it
+// is over an earlier one: the machine is made over it all the same.
+func TestReceiveWhileARefreshMovesTheVersion(t *testing.T) {
+	a, b, ref := overlayPair(t)
+	ctx := context.Background()
+	// b flattened the same image: its current base has the version's ID.
+	if err := b.Create(ctx, "local", CreateOptions{From: ref}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Remove(ctx, "local", false); err != nil {
+		t.Fatal(err)
+	}
+	out, err := a.PrepareSend(ctx, "o1", SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	toR, toW := io.Pipe()
+	fromR, fromW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		res, err := b.Receive(ctx, "c1", toR, fromW)
+		if err == nil && res.Mode != remote.ModeUpper {
+			err = fmt.Errorf("mode %s", res.Mode)
+		}
+		toR.CloseWithError(io.ErrClosedPipe)
+		fromW.Close()
+		done <- err
+	}()
+	pw := &pauseWriter{w: toW, paused: make(chan struct{}), resume: make(chan struct{})}
+	sent := make(chan error, 1)
+	go func() {
+		_, err := out.Stream(ctx, pw, fromR, nil)
+		toW.Close()
+		sent <- err
+	}()
+	<-pw.paused
+	// What a refresh does (install): the current version moves to the
+	// versions kept (it is held), and a new one takes its place.
+	bc := b.Bases()
+	cur, err := bc.List()
+	if err != nil || len(cur) != 1 {
+		t.Fatalf("b's bases: %+v %v", cur, err)
+	}
+	key, dir := cur[0].Key, filepath.Dir(cur[0].Root)
+	unlock, err := bc.Hold(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(bc.Dir, ".#old-"+key)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Rename(dir, old))
+	// The new version's root is not there yet: the old path leads
+	// nowhere (a mount of it would fail, or mount the new version).
+	must(os.MkdirAll(filepath.Join(dir, "versions"), 0o700))
+	must(os.Rename(old, filepath.Join(dir, "versions", cur[0].Version)))
+	unlock()
+	close(pw.resume)
+	if err := <-sent; err != nil {
+		t.Errorf("send: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	if r := b.storageOf("c1"); r.Version != cur[0].Version {
+		t.Errorf("c1 over %s, want %s", r.Version, cur[0].Version)
+	}
+	checkReceivedOverlay(t, b, "c1")
+}
+
+// While a receive reads a machine's upper (for as long as the network
+// takes), the upper's directory is named by the machine's storage record,
+// so that prune, which takes the staging tree of a receive killed there,
+// takes its upper with it: without the record, the upper (all that came)
+// was left for good.
+func TestReceiveRecordsItsUpperBeforeItComes(t *testing.T) {
+	a, b, _ := overlayPair(t)
+	ctx := context.Background()
+	if _, _, serr, rerr := sendTo(t, a, b, "o1", "c1"); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	out, err := a.PrepareSend(ctx, "o1", SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	toR, toW := io.Pipe()
+	fromR, fromW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Receive(ctx, "c2", toR, fromW)
+		toR.CloseWithError(io.ErrClosedPipe)
+		fromW.Close()
+		done <- err
+	}()
+	pw := &pauseWriter{w: toW, paused: make(chan struct{}), resume: make(chan struct{})}
+	go func() {
+		out.Stream(ctx, pw, fromR, nil)
+		toW.Close()
+	}()
+	<-pw.paused
+	// The receiver is in the upper's stream once its upper is there.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, err := os.Lstat(b.layout("c2").Upper()); err != nil && time.Now().Before(deadline); _, err = os.Lstat(b.layout("c2").Upper()) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if rec := b.storageOf("c2"); rec.Tree != b.Tree("c2") || rec.Kind != storage.Overlay {
+		t.Errorf("c2's upper is being filled, but its record is %+v", rec)
+	}
+	close(pw.resume)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }

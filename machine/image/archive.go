@@ -53,6 +53,11 @@ type ArchiveChecker struct {
 	// whatever the space: an image's layers (ErrTooLarge).
 	Cap int64
 
+	// XattrACLs extracts with XattrACLTarArgs: the archive's ACLs are
+	// extended attributes (an image layer's, a send's base and upper),
+	// which GNU tar's --acls would ignore.
+	XattrACLs bool
+
 	links   map[string]bool // paths the archive made symbolic links
 	dropped map[string]bool // paths of dropped device nodes
 	full    bool            // Space was exceeded: only counting from here

@@ -263,3 +263,11 @@ func openFollowingRoot(path string, flags int) (*os.File, error) {
 // TarArgs keeps what a root file system needs: numeric owners, modes,
 // extended attributes (file capabilities) and ACLs.
 var TarArgs = []string{"--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--one-file-system"}
+
+// XattrACLTarArgs is TarArgs with ACLs as the extended attributes the
+// kernel keeps them in (system.posix_acl_access and _default, numeric
+// ids), as an image layer carries them, instead of GNU tar's --acls text:
+// GNU tar 1.34 writes that text with the names this host's user database
+// gives the ids (--numeric-owner or not), which another host reads as its
+// own users, and with --acls it ignores the attributes on extraction.
+var XattrACLTarArgs = []string{"--numeric-owner", "--xattrs", "--xattrs-include=*", "--one-file-system"}

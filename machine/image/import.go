@@ -171,7 +171,11 @@ func Extract(ctx context.Context, r host.Runner, src io.Reader, dir string, c *A
 		}
 		done <- err
 	}()
-	args := append([]string{"--extract", "--file=-", "--directory=" + dir, "--same-permissions", "--same-owner"}, TarArgs...)
+	tarArgs := TarArgs
+	if c.XattrACLs {
+		tarArgs = XattrACLTarArgs
+	}
+	args := append([]string{"--extract", "--file=-", "--directory=" + dir, "--same-permissions", "--same-owner"}, tarArgs...)
 	tarErr := r.Run(ctx, &host.Cmd{Path: "tar", Args: args, Stdin: pr})
 	// A write GNU tar will no longer read fails (EPIPE).
 	pr.Close()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -121,6 +122,7 @@ func shiftXattrs(path string, xs map[string][]byte, move func(uint32) (int, bool
 	le := binary.LittleEndian
 	for n, v := range xs {
 		out := v
+	attr:
 		switch n {
 		case xattrCapability:
 			const rev2, rev3, revMask, v2Size, v3Size = 0x02000000, 0x03000000, 0xFF000000, 20, 24
@@ -135,7 +137,7 @@ func shiftXattrs(path string, xs map[string][]byte, move func(uint32) (int, bool
 			case magic&revMask == rev3 && len(v) >= v3Size:
 				root = le.Uint32(v[v2Size:])
 			default:
-				break // restored as it was
+				break attr // restored as it was
 			}
 			to, ok := move(root)
 			if !ok {
@@ -166,4 +168,87 @@ func shiftXattrs(path string, xs map[string][]byte, move func(uint32) (int, bool
 		}
 	}
 	return nil
+}
+
+// overflowID is the id a machine sees for a host id it does not map
+// (nobody).
+const overflowID = 65534
+
+// Confine keeps tree, received as the machine sees it (ids 0 to
+// RangeSize-1), to ids of that range alone, before Shift moves it into
+// the machine's range: an owner, or a named user or group of an ACL,
+// outside it (a host id the sender chose: a host user's, another
+// machine's range here) becomes nobody (overflowID), and the setuid or
+// setgid bit of such an owner goes; a file capability of a root outside
+// it (revision 3) goes. Whiteouts (0:0 character devices) are left.
+func Confine(tree string) error {
+	out := func(id uint32) bool { return id >= RangeSize }
+	return filepath.Walk(tree, func(path string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no owner to read", path)
+		}
+		if fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0 {
+			return nil
+		}
+		xs := idXattrs(path, fi.Mode())
+		le := binary.LittleEndian
+		if v, ok := xs[xattrCapability]; ok && len(v) >= 24 && le.Uint32(v)&0xFF000000 == 0x03000000 && out(le.Uint32(v[20:])) {
+			if err := unix.Lremovexattr(path, xattrCapability); err != nil {
+				return &os.PathError{Op: "removexattr", Path: path, Err: err}
+			}
+			delete(xs, xattrCapability)
+		}
+		for _, n := range []string{xattrACLAccess, xattrACLDefault} {
+			v, ok := xs[n]
+			if !ok || len(v) < 4 || le.Uint32(v) != 2 || (len(v)-4)%8 != 0 {
+				continue
+			}
+			changed := false
+			for off := 4; off+8 <= len(v); off += 8 {
+				if tag := le.Uint16(v[off:]); (tag == 0x02 || tag == 0x08) && out(le.Uint32(v[off+4:])) {
+					le.PutUint32(v[off+4:], overflowID)
+					changed = true
+				}
+			}
+			if changed {
+				if err := unix.Lsetxattr(path, n, v, 0); err != nil {
+					return &os.PathError{Op: "setxattr " + n, Path: path, Err: err}
+				}
+			}
+		}
+		if !out(st.Uid) && !out(st.Gid) {
+			return nil
+		}
+		uid, gid := int(st.Uid), int(st.Gid)
+		mode := st.Mode & 0o7777
+		if out(st.Uid) {
+			uid, mode = overflowID, mode&^unix.S_ISUID
+		}
+		if out(st.Gid) {
+			gid, mode = overflowID, mode&^unix.S_ISGID
+		}
+		// Lchown clears setuid, setgid and the file capability: what
+		// stays is put back.
+		if err := os.Lchown(path, uid, gid); err != nil {
+			return err
+		}
+		if fi.Mode()&os.ModeSymlink != 0 {
+			return nil
+		}
+		if mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+			if err := unix.Chmod(path, mode); err != nil {
+				return err
+			}
+		}
+		if v, ok := xs[xattrCapability]; ok {
+			if err := unix.Lsetxattr(path, xattrCapability, v, 0); err != nil {
+				return &os.PathError{Op: "setxattr", Path: path, Err: err}
+			}
+		}
+		return nil
+	})
 }
