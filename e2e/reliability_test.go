@@ -86,8 +86,8 @@ func reliability(t *testing.T, e *env, name string) {
 			r := e.sh(t, "pgrep -fa '[s]leep 60; : e2e-hand'")
 			return r.code == 0, r.stdout
 		})
-		wantFail(t, e.nsb(t, "remove", name), 1, "in use")
-		wantFail(t, e.nsb(t, "boot", name), 1, "in use")
+		wantFail(t, e.nsb(t, "remove", name), exitBusy, "in use")
+		wantFail(t, e.nsb(t, "boot", name), exitBusy, "in use")
 		e.mustSh(t, "test -f "+root+"/etc/os-release")
 	})
 

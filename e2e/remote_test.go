@@ -684,7 +684,7 @@ func remoteScenario(t *testing.T, e *env) {
 
 	t.Run("remove", func(t *testing.T) {
 		l.must(t, "-H", A, "remove", name)
-		if r := l.run(t, "", nil, "-H", A, "status", name); r.code != 1 || !strings.Contains(r.stderr, "no such machine") {
+		if r := l.run(t, "", nil, "-H", A, "status", name); r.code != exitNotFound || !strings.Contains(r.stderr, "no such machine") {
 			t.Errorf("status after remove:\n%s", r)
 		}
 		waitNoRemote(t, "")
