@@ -256,6 +256,10 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("exec options", func(t *testing.T) { execRunning(t, e, name) })
 
 	t.Run("errors", func(t *testing.T) {
+		// The same release again: there already, nothing changed.
+		if r := e.nsb(t, "create", name, "--release", "bookworm"); r.code != 0 || !strings.Contains(r.stderr, name+" exists already, made from release bookworm") {
+			t.Errorf("a create again of the same release:\n%s", r)
+		}
 		wantFail(t, e.nsb(t, "create", name, "--release", "trixie"), exitExists, "already exists")
 		wantFail(t, e.nsb(t, "boot", "e2e-nope"), exitNotFound, "no such machine")
 		wantFail(t, e.nsb(t, "boot", name), exitRunning, "is running")
@@ -720,6 +724,7 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("send", func(t *testing.T) { sendScenario(t, e) })
 	t.Run("oci", func(t *testing.T) { ociScenario(t, e) })
 	t.Run("app machine", func(t *testing.T) { appScenario(t, e) })
+	t.Run("fleet", func(t *testing.T) { fleetScenario(t, e) })
 	t.Run("url", func(t *testing.T) { urlScenario(t, e) })
 	t.Run("image bases", func(t *testing.T) { imageBaseScenario(t, e) })
 	t.Run("oci out", func(t *testing.T) { ociOutScenario(t, e) })
