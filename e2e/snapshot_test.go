@@ -71,7 +71,7 @@ func snapshotScenario(t *testing.T, e *env) {
 
 			// Live: a running machine, frozen for the moment of the copy.
 			e.mustNsb(t, "boot", name)
-			wantFail(t, e.nsb(t, "snapshot", name, "s2"), 1, "--live")
+			wantFail(t, e.nsb(t, "snapshot", name, "s2"), exitRunning, "--live")
 			inside(t, name, "echo live > /root/live && sync")
 			e.mustNsb(t, "snapshot", name, "s2", "--live")
 			if st := inside(t, name, "systemctl is-system-running || true"); !strings.Contains(st, "running") && !strings.Contains(st, "degraded") {
