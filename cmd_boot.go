@@ -165,7 +165,7 @@ func bootCommand() *cli.Command {
 				}
 			}
 			if failed > 0 {
-				return exitCode(exitError)
+				return exitCode(commonStatus(errs))
 			}
 			return nil
 		},

@@ -64,10 +64,14 @@ func createCommand() *cli.Command {
 			&cli.StringFlag{Name: "keyring", Usage: "with --verify=signature: the OpenPGP public keys to trust (default: systemd's import-pubring.gpg)"},
 			&cli.BoolFlag{Name: "boot", Usage: "with --from: boot the image's init (the default for an image that has one)"},
 			&cli.StringFlag{Name: "cmd", Usage: "with --from: an app machine running `CMD` (words split as a shell would, nothing expanded) in place of the image's Cmd"},
+			outputFlag,
 		},
 		Action: func(c *cli.Context) error {
 			name, err := nameArg(c)
 			if err != nil {
+				return err
+			}
+			if err := checkOutput(c); err != nil {
 				return err
 			}
 			kind, err := machine.ParseStorage(c.String("storage"))
@@ -104,7 +108,7 @@ func createCommand() *cli.Command {
 				include = strings.Split(s, ",")
 			}
 			p := newProgress(os.Stderr, quiet(c), logrus.IsLevelEnabled(logrus.InfoLevel))
-			err = m.Create(c.Context, name, machine.CreateOptions{
+			res, err := m.Create(c.Context, name, machine.CreateOptions{
 				Release: c.String("release"), Distro: c.String("distro"), Mirror: c.String("mirror"),
 				Variant: c.String("variant"), Include: include, Arch: c.String("arch"),
 				NoCache: c.Bool("no-cache"), Bootstrapper: c.String("bootstrapper"), MaxAge: c.Duration("refresh-older-than"),
@@ -117,12 +121,38 @@ func createCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("create %s: %w", name, err)
 			}
-			if !quiet(c) {
+			if c.String("output") == "json" {
+				return writeJSON(os.Stdout, createResult{Name: name, Path: m.Path(name), Created: !res.Existed, Origin: originJSON(res.Origin)})
+			}
+			if quiet(c) {
+				return nil
+			}
+			if res.Existed {
+				fmt.Fprintf(os.Stderr, "%s exists already, made from %s: nothing changed\n", name, machine.Printable(res.Origin.String()))
+			} else {
 				fmt.Fprintf(os.Stderr, "created %s in %s (%s); boot it with: nsbox boot %s\n", name, m.Path(name), p.elapsed(), name)
 			}
 			return nil
 		},
 	}
+}
+
+// createResult is create -o json (docs/json.md).
+type createResult struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+	// Created is false when the machine was there already, made from
+	// the same source, and nothing changed.
+	Created bool            `json:"created"`
+	Origin  *machine.Origin `json:"origin"`
+}
+
+// originJSON is o for JSON: null when nothing was recorded.
+func originJSON(o machine.Origin) *machine.Origin {
+	if o.Kind == "" {
+		return nil
+	}
+	return &o
 }
 
 // progress shows a bootstrap's stage: one live line on a terminal, a line

@@ -33,8 +33,8 @@ func simple(name, usage string, flags []cli.Flag, act func(c *cli.Context, m *ma
 
 // several builds a command that acts on one or more machines, as
 // machinectl's do: side by side, each failure reported on its own line,
-// one failure stopping none of the others; the exit status is 1 if any
-// failed.
+// one failure stopping none of the others; the exit status is that of
+// the failures when they agree (all were running, say), 1 otherwise.
 func several(name, usage string, flags []cli.Flag, act func(c *cli.Context, m *machine.Manager, n string) error) *cli.Command {
 	return &cli.Command{
 		Name: name, Usage: usage, ArgsUsage: "NAME...", Flags: flags,
@@ -71,7 +71,7 @@ func several(name, usage string, flags []cli.Flag, act func(c *cli.Context, m *m
 				}
 			}
 			if failed {
-				return exitCode(exitError)
+				return exitCode(commonStatus(errs))
 			}
 			return nil
 		},

@@ -27,7 +27,8 @@ import (
 	"golang.org/x/term"
 )
 
-// Exit statuses (documented in the README).
+// Exit statuses (documented in the README; those that say why a command
+// was refused are in exitstatus.go).
 const (
 	exitError       = 1
 	exitUsage       = 2
@@ -403,5 +404,5 @@ func reportTo(w io.Writer, err error) int {
 	if errors.As(err, &ue) {
 		return exitUsage
 	}
-	return exitError
+	return statusOf(err)
 }

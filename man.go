@@ -31,7 +31,26 @@ func manPage(app *cli.App) string {
 	for _, c := range app.VisibleCommands() {
 		roffCommand(&b, c, "")
 	}
+	b.WriteString(".SH EXIT STATUS\n")
+	for _, s := range exitStatuses {
+		fmt.Fprintf(&b, ".TP\n.B %s\n%s\n", s.status, roffText(s.means))
+	}
 	return b.String()
+}
+
+// exitStatuses are the man page's EXIT STATUS (README "Exit status").
+var exitStatuses = []struct{ status, means string }{
+	{"0", "success; also a create of a machine that exists, made from the same source (nothing changed)"},
+	{"1", "an error: the operation failed"},
+	{"2", "a usage error (command, flag or flag value)"},
+	{fmt.Sprint(exitNotFound), "no such machine (nor snapshot, nor machinectl image to adopt)"},
+	{fmt.Sprint(exitExists), "the name is taken: a create from another source, a clone, rename, import, adopt or receive to a machine that exists, a name of another root directory, a snapshot that exists"},
+	{fmt.Sprint(exitRunning), "refused because the machine runs (boot of a running machine, remove without --force, rename, clone, export, snapshot without --live, ...)"},
+	{fmt.Sprint(exitNotRunning), "refused because the machine does not run (stop, reboot, terminate, kill, bind)"},
+	{fmt.Sprint(exitBusy), "another nsbox or a systemd-nspawn holds the machine: try again"},
+	{"129, 130, 143", "the remote side of -H lost its connection; interrupted by SIGINT; by SIGTERM"},
+	{"126, 127, 255", "with -H, when no remote nsbox answered: another protocol version, no nsbox on the host, ssh could not connect"},
+	{"CMD's", "shell -- CMD and run -- CMD exit with the command's status"},
 }
 
 // roffCommand writes one command, and its subcommands after it.

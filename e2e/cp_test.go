@@ -139,7 +139,7 @@ func cpScenario(t *testing.T, e *env) {
 		}
 		wantFail(t, cp(work+"/a", work+"/b"), 2, "neither")
 		wantFail(t, cp("-", "-"), 2, "only one side")
-		wantFail(t, cp("e2e-nope:/etc/hostname", work), 1, "no such machine")
+		wantFail(t, cp("e2e-nope:/etc/hostname", work), exitNotFound, "no such machine")
 		wantFail(t, cp("bad_name!:/x", work), 2, "host path with a colon")
 		wantFail(t, cp(work+"/payload"), 2, "usage")
 		noTemps(t)

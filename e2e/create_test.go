@@ -237,7 +237,7 @@ func btrfsStorage(t *testing.T, e *env, bt *env) {
 	}
 	bt.mustNsb(t, "shell", name, "--", "sh", "-c", "echo two > /root/mark; rm /etc/issue")
 	bt.mustNsb(t, "boot", name, "--network", "none")
-	wantFail(t, bt.nsb(t, "snapshot", "restore", name, "s1"), 1, "machine is running")
+	wantFail(t, bt.nsb(t, "snapshot", "restore", name, "s1"), exitRunning, "machine is running")
 	bt.mustNsb(t, "snapshot", name, "live", "--live")
 	bt.mustNsb(t, "stop", name)
 	bt.mustNsb(t, "snapshot", "restore", name, "s1")

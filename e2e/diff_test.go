@@ -129,7 +129,7 @@ func diffScenario(t *testing.T, e *env) {
 		e.mustNsb(t, "import", "e2e-diff-imp", min+"/min.tar")
 		defer e.nsb(t, "remove", "e2e-diff-imp")
 		wantFail(t, e.nsb(t, "diff", "e2e-diff-imp"), 1, "e2e-diff-imp was not made from a cached base")
-		wantFail(t, e.nsb(t, "diff", "e2e-diff-none"), 1, "no such machine")
+		wantFail(t, e.nsb(t, "diff", "e2e-diff-none"), exitNotFound, "no such machine")
 		wantFail(t, e.nsb(t, "diff", "../etc"), 2, "invalid machine name")
 		wantFail(t, e.nsb(t, "diff"), 2, "usage: nsbox diff NAME")
 		wantFail(t, e.nsb(t, "diff", "e2e-diff-imp", "/etc", "x"), 2, "usage: nsbox diff NAME")

@@ -85,7 +85,7 @@ func execErrors(t *testing.T, e *env, name string) {
 	wantFail(t, e.nsb(t, append([]string{"shell", name, "-e", "X=a\x1bb"}, touch...)...), 2, "control character")
 	wantFail(t, e.nsb(t, append([]string{"shell", name, "-e", "E2E_SURELY_UNSET"}, touch...)...), 2, "is not set here")
 	wantFail(t, e.nsb(t, append([]string{"shell", name, "-t", "-T"}, touch...)...), 2, "-t (--tty) and -T")
-	wantFail(t, e.nsb(t, "shell", "e2e-nope", "-e", "A=b", "-w", "/tmp", "--", "true"), 1, "no such machine")
+	wantFail(t, e.nsb(t, "shell", "e2e-nope", "-e", "A=b", "-w", "/tmp", "--", "true"), exitNotFound, "no such machine")
 	e.mustSh(t, "test ! -e "+mark)
 }
 

@@ -204,9 +204,9 @@ func isolation(t *testing.T, e *env) {
 		o := func(args ...string) result {
 			return e.run(t, append([]string{e.nsbox, "--backend", e.name, "--root-dir", other, "--cache-dir", e.cacheDir}, args...)...)
 		}
-		wantFail(t, o("create", name, "--release", "bookworm"), 1, "is under "+e.rootDir)
-		wantFail(t, o("remove", "--force", name), 1, "is under "+e.rootDir)
-		wantFail(t, o("stop", name), 1, "is under "+e.rootDir)
+		wantFail(t, o("create", name, "--release", "bookworm"), exitExists, "is under "+e.rootDir)
+		wantFail(t, o("remove", "--force", name), exitExists, "is under "+e.rootDir)
+		wantFail(t, o("stop", name), exitExists, "is under "+e.rootDir)
 		if i := status(t, e, name); i.State != "running" {
 			t.Errorf("a command under another root directory stopped the machine: %+v", i)
 		}

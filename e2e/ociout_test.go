@@ -83,8 +83,8 @@ func ociOutScenario(t *testing.T, e *env) {
 	}, " && "))
 
 	t.Run("refused while running", func(t *testing.T) {
-		wantFail(t, e.nsb(t, "export", src, "--format", "oci", work+"/lay"), 1, "running")
-		wantFail(t, e.nsb(t, "push", src, "docker://127.0.0.1:1/e2e/x:1"), 1, "running")
+		wantFail(t, e.nsb(t, "export", src, "--format", "oci", work+"/lay"), exitRunning, "running")
+		wantFail(t, e.nsb(t, "push", src, "docker://127.0.0.1:1/e2e/x:1"), exitRunning, "running")
 		e.mustSh(t, "test ! -e "+work+"/lay")
 	})
 	e.mustNsb(t, "stop", src)
@@ -140,7 +140,7 @@ func ociOutScenario(t *testing.T, e *env) {
 	})
 
 	t.Run("export refusals", func(t *testing.T) {
-		wantFail(t, e.nsb(t, "export", "e2e-ociout-none", "--format", "oci", work+"/x"), 1, "no such machine")
+		wantFail(t, e.nsb(t, "export", "e2e-ociout-none", "--format", "oci", work+"/x"), exitNotFound, "no such machine")
 		wantFail(t, e.nsb(t, "export", src, "--format", "oci", work+"/lay"), 1, "not empty")
 		e.mustSh(t, "echo mine > "+work+"/file")
 		wantFail(t, e.nsb(t, "export", src, "--format", "oci", work+"/file"), 1, "not a directory")

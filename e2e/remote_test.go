@@ -349,6 +349,25 @@ func remoteScenario(t *testing.T, e *env) {
 		}
 	})
 
+	t.Run("fleet statuses", func(t *testing.T) {
+		// The remote's exit statuses pass through ssh unchanged.
+		if r := l.run(t, "", nil, "-H", A, "create", name, "--release", "bookworm"); r.code != 0 || !strings.Contains(r.stderr, name+" exists already") {
+			t.Errorf("a create again through -H:\n%s", r)
+		}
+		for _, c := range []struct {
+			args []string
+			code int
+			says string
+		}{
+			{[]string{"create", name, "--release", "trixie"}, exitExists, "already exists"},
+			{[]string{"boot", name}, exitRunning, "is running"},
+			{[]string{"remove", name}, exitRunning, "is running"},
+			{[]string{"boot", "e2e-remote-nope"}, exitNotFound, "no such machine"},
+		} {
+			wantFail(t, l.run(t, "", nil, append([]string{"-H", A}, c.args...)...), c.code, c.says)
+		}
+	})
+
 	t.Run("shell exit statuses and words", func(t *testing.T) {
 		if r := l.run(t, "", nil, "-H", A, "shell", name, "--", "sh", "-c", "exit 7"); r.code != 7 {
 			t.Errorf("exit 7 came back as %d\n%s", r.code, r)
@@ -718,7 +737,7 @@ func remoteScenario(t *testing.T, e *env) {
 
 	t.Run("remove", func(t *testing.T) {
 		l.must(t, "-H", A, "remove", name)
-		if r := l.run(t, "", nil, "-H", A, "status", name); r.code != 1 || !strings.Contains(r.stderr, "no such machine") {
+		if r := l.run(t, "", nil, "-H", A, "status", name); r.code != exitNotFound || !strings.Contains(r.stderr, "no such machine") {
 			t.Errorf("status after remove:\n%s", r)
 		}
 		waitNoRemote(t, "")

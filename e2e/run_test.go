@@ -89,7 +89,7 @@ func runScenario(t *testing.T, e *env) {
 		wantFail(t, e.nsb(t, "run", "--", "true"), 2, "--release")
 		wantFail(t, e.nsb(t, run()...), 2, "no command")
 		wantFail(t, e.nsb(t, run("--network", "veth", "--", "true")...), 2, "needs --boot")
-		wantFail(t, e.nsb(t, "run", "--from", "e2e-nope", "--", "true"), 1, "no such machine")
+		wantFail(t, e.nsb(t, "run", "--from", "e2e-nope", "--", "true"), exitNotFound, "no such machine")
 	})
 
 	t.Run("boot", func(t *testing.T) {
@@ -178,7 +178,7 @@ func runScenario(t *testing.T, e *env) {
 			tree := e.mustSh(t, snapshot)
 
 			e.mustNsb(t, "boot", "--ephemeral", name, "--network", "none")
-			wantFail(t, e.nsb(t, "run", "--from", name, "--", "true"), 1, "is running")
+			wantFail(t, e.nsb(t, "run", "--from", name, "--", "true"), exitRunning, "is running")
 			if r := e.mustNsb(t, "shell", name, "--", "sh", "-c", "cat /root/mark; echo eph > /root/eph; echo x > /root/mark"); r.stdout != "mine\n" {
 				t.Errorf("ephemeral %s: %s", name, r)
 			}

@@ -88,6 +88,16 @@ func status(t *testing.T, e *env, name string, extra ...string) info {
 	return i
 }
 
+// nsbox's exit statuses for a refusal (README "Exit status"): what an
+// orchestrator tells apart from a failure (1) and a usage error (2).
+const (
+	exitNotFound   = 3
+	exitExists     = 4
+	exitRunning    = 5
+	exitNotRunning = 6
+	exitBusy       = 7
+)
+
 // wantFail checks an error the user caused: the given exit status, one
 // error line on stderr ("nsbox: ...") that says what, nothing on stdout.
 // Progress lines of a long operation may come before it.
@@ -246,14 +256,18 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("exec options", func(t *testing.T) { execRunning(t, e, name) })
 
 	t.Run("errors", func(t *testing.T) {
-		wantFail(t, e.nsb(t, "create", name, "--release", "bookworm"), 1, "already exists")
-		wantFail(t, e.nsb(t, "boot", "e2e-nope"), 1, "no such machine")
-		wantFail(t, e.nsb(t, "boot", name), 1, "is running")
-		wantFail(t, e.nsb(t, "remove", name), 1, "is running")
-		wantFail(t, e.nsb(t, "shell", "e2e-nope", "--", "true"), 1, "no such machine")
+		// The same release again: there already, nothing changed.
+		if r := e.nsb(t, "create", name, "--release", "bookworm"); r.code != 0 || !strings.Contains(r.stderr, name+" exists already, made from release bookworm") {
+			t.Errorf("a create again of the same release:\n%s", r)
+		}
+		wantFail(t, e.nsb(t, "create", name, "--release", "trixie"), exitExists, "already exists")
+		wantFail(t, e.nsb(t, "boot", "e2e-nope"), exitNotFound, "no such machine")
+		wantFail(t, e.nsb(t, "boot", name), exitRunning, "is running")
+		wantFail(t, e.nsb(t, "remove", name), exitRunning, "is running")
+		wantFail(t, e.nsb(t, "shell", "e2e-nope", "--", "true"), exitNotFound, "no such machine")
 		wantFail(t, e.nsb(t, "create", "../etc", "--release", "bookworm"), 1, "invalid machine name")
 		wantFail(t, e.nsb(t, "create", "e2e-x", "--release", "hamm"), 1, "unknown release")
-		wantFail(t, e.nsb(t, "stop", "e2e-nope"), 1, "no such machine")
+		wantFail(t, e.nsb(t, "stop", "e2e-nope"), exitNotFound, "no such machine")
 		wantFail(t, e.nsb(t, "boot", name, "--network", "wifi"), 2, "network")
 		wantFail(t, e.nsb(t, "frobnicate"), 2, "unknown command")
 		wantFail(t, e.nsb(t, "list", "--bogus"), 2, "bogus")
@@ -281,7 +295,7 @@ func scenarios(t *testing.T, e *env) {
 				t.Errorf("unit left after stop: %s", out)
 			}
 		}
-		wantFail(t, e.nsb(t, "stop", name), 1, "not running")
+		wantFail(t, e.nsb(t, "stop", name), exitNotRunning, "not running")
 		t.Run("exec options", func(t *testing.T) { execStopped(t, e, name) })
 	})
 
@@ -327,7 +341,7 @@ func scenarios(t *testing.T, e *env) {
 			t.Errorf("write through a read-only live bind: %s", r)
 		}
 		wantFail(t, e.nsb(t, "bind", name, "/nonexistent-e2e", "/mnt/x"), 1, "does not exist")
-		wantFail(t, e.nsb(t, "bind", "e2e-nope", "/var/tmp", "/mnt/x"), 1, "no such machine")
+		wantFail(t, e.nsb(t, "bind", "e2e-nope", "/var/tmp", "/mnt/x"), exitNotFound, "no such machine")
 	})
 
 	t.Run("cat and edit", func(t *testing.T) { settingsScenario(t, e, name) })
@@ -620,7 +634,7 @@ func scenarios(t *testing.T, e *env) {
 		}
 		// Several names, as machinectl takes them: a mistyped one stops
 		// none; otherwise all stop, side by side.
-		wantFail(t, e.nsb(t, "stop", name, other, "e2e-nope"), 1, `no such machine "e2e-nope"`)
+		wantFail(t, e.nsb(t, "stop", name, other, "e2e-nope"), exitNotFound, `no such machine "e2e-nope"`)
 		if a, b := status(t, e, name), status(t, e, other); a.State != "running" || b.State != "running" {
 			t.Fatalf("a refused stop stopped %+v %+v", a, b)
 		}
@@ -659,16 +673,16 @@ func scenarios(t *testing.T, e *env) {
 	}
 
 	t.Run("image operations", func(t *testing.T) {
-		wantFail(t, e.nsb(t, "clone", name, "e2e-clone"), 1, "is running")
+		wantFail(t, e.nsb(t, "clone", name, "e2e-clone"), exitRunning, "is running")
 		e.mustNsb(t, "stop", name)
 		e.mustNsb(t, "clone", name, "e2e-clone")
-		wantFail(t, e.nsb(t, "clone", name, "e2e-clone"), 1, "already exists")
+		wantFail(t, e.nsb(t, "clone", name, "e2e-clone"), exitExists, "already exists")
 		wantFail(t, e.nsb(t, "clone", name, "bad..name"), 1, "invalid machine name")
 		if got := e.mustSh(t, "cat "+e.rootDir+"/e2e-clone/etc/hostname; test -f /etc/systemd/nspawn/e2e-clone.nspawn && echo settings"); got != "e2e-clone\nsettings\n" {
 			t.Errorf("clone: %q", got)
 		}
 		e.mustNsb(t, "rename", "e2e-clone", "e2e-ren")
-		wantFail(t, e.nsb(t, "rename", "e2e-ren", name), 1, "already exists")
+		wantFail(t, e.nsb(t, "rename", "e2e-ren", name), exitExists, "already exists")
 		e.mustSh(t, "test ! -e "+e.rootDir+"/e2e-clone && test ! -e /var/lib/machines/e2e-clone && test \"$(readlink /var/lib/machines/e2e-ren)\" = "+e.rootDir+"/.nsbox/e2e-ren")
 		e.mustSh(t, "test \"$(cat "+e.rootDir+"/e2e-ren/etc/hostname)\" = e2e-ren")
 
@@ -711,6 +725,7 @@ func scenarios(t *testing.T, e *env) {
 	t.Run("send btrfs", func(t *testing.T) { sendBtrfsScenario(t, e) })
 	t.Run("oci", func(t *testing.T) { ociScenario(t, e) })
 	t.Run("app machine", func(t *testing.T) { appScenario(t, e) })
+	t.Run("fleet", func(t *testing.T) { fleetScenario(t, e) })
 	t.Run("url", func(t *testing.T) { urlScenario(t, e) })
 	t.Run("image bases", func(t *testing.T) { imageBaseScenario(t, e) })
 	t.Run("oci out", func(t *testing.T) { ociOutScenario(t, e) })
@@ -733,7 +748,7 @@ func scenarios(t *testing.T, e *env) {
 		if _, ok := list(t, e)[name]; ok {
 			t.Errorf("%s still listed after remove", name)
 		}
-		wantFail(t, e.nsb(t, "remove", name), 1, "no such machine")
+		wantFail(t, e.nsb(t, "remove", name), exitNotFound, "no such machine")
 	})
 
 	t.Run("nothing left behind", func(t *testing.T) {

@@ -261,7 +261,7 @@ func sendScenario(t *testing.T, e *env) {
 	t.Run("a running machine is refused", func(t *testing.T) {
 		l.must(t, "-H", A, "boot", name)
 		r := l.run(t, "", nil, append([]string{"-H", A, "send", name}, toB(movB)...)...)
-		if r.code != 1 || !strings.Contains(r.stderr, "stop it first") {
+		if r.code != exitRunning || !strings.Contains(r.stderr, "stop it first") {
 			t.Errorf("send of a running machine:\n%s", r)
 		}
 		l.must(t, "-H", A, "stop", name)

@@ -68,9 +68,9 @@ func settingsScenario(t *testing.T, e *env, name string) {
 		t.Errorf("bad edit: the problems are not said:\n%s", r)
 	}
 	wantFail(t, edit("false", name), 1, "the editor (false) failed")
-	wantFail(t, edit(good, "e2e-nope"), 1, "no such machine")
+	wantFail(t, edit(good, "e2e-nope"), exitNotFound, "no such machine")
 	wantFail(t, edit(good, "../etc"), 1, "invalid machine name")
-	wantFail(t, e.nsb(t, "cat", "e2e-nope"), 1, "no such machine")
+	wantFail(t, e.nsb(t, "cat", "e2e-nope"), exitNotFound, "no such machine")
 	if after := sum(); after != before {
 		t.Errorf("refused edits changed %s: %s, was %s", file, after, before)
 	}

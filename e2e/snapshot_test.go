@@ -58,10 +58,10 @@ func snapshotScenario(t *testing.T, e *env) {
 			inside(t, name, "echo two > /root/kept && rm /etc/e2e-gone && echo back > /etc/issue.net && echo new > /root/new")
 
 			// Mistakes: one line each, and nothing changes.
-			wantFail(t, e.nsb(t, "snapshot", "restore", name, "nope"), 1, "no snapshot nope of "+name+" (see: nsbox snapshot list "+name+")")
-			wantFail(t, e.nsb(t, "snapshot", name, "s1"), 1, "snapshot s1 of "+name+" exists")
+			wantFail(t, e.nsb(t, "snapshot", "restore", name, "nope"), exitNotFound, "no snapshot nope of "+name+" (see: nsbox snapshot list "+name+")")
+			wantFail(t, e.nsb(t, "snapshot", name, "s1"), exitExists, "snapshot s1 of "+name+" exists")
 			wantFail(t, e.nsb(t, "snapshot", name, "bad/name"), 1, "snapshot name")
-			wantFail(t, e.nsb(t, "snapshot", "e2e-snap-nope"), 1, "no such machine")
+			wantFail(t, e.nsb(t, "snapshot", "e2e-snap-nope"), exitNotFound, "no such machine")
 
 			e.mustNsb(t, "snapshot", "restore", name, "s1")
 			got := inside(t, name, "cat /root/kept /etc/e2e-gone; test -e /etc/issue.net && echo issue; test -e /root/new && echo new; true")
@@ -71,13 +71,13 @@ func snapshotScenario(t *testing.T, e *env) {
 
 			// Live: a running machine, frozen for the moment of the copy.
 			e.mustNsb(t, "boot", name)
-			wantFail(t, e.nsb(t, "snapshot", name, "s2"), 1, "--live")
+			wantFail(t, e.nsb(t, "snapshot", name, "s2"), exitRunning, "--live")
 			inside(t, name, "echo live > /root/live && sync")
 			e.mustNsb(t, "snapshot", name, "s2", "--live")
 			if st := inside(t, name, "systemctl is-system-running || true"); !strings.Contains(st, "running") && !strings.Contains(st, "degraded") {
 				t.Errorf("after a live snapshot the machine is %q", st)
 			}
-			wantFail(t, e.nsb(t, "snapshot", "restore", name, "s2"), 1, "machine is running")
+			wantFail(t, e.nsb(t, "snapshot", "restore", name, "s2"), exitRunning, "machine is running")
 			e.mustNsb(t, "stop", name)
 			inside(t, name, "rm /root/live && echo three > /root/kept")
 			e.mustNsb(t, "snapshot", "restore", name, "s2")
@@ -86,7 +86,7 @@ func snapshotScenario(t *testing.T, e *env) {
 			}
 
 			e.mustNsb(t, "snapshot", "remove", name, "s1")
-			wantFail(t, e.nsb(t, "snapshot", "remove", name, "s1"), 1, "no snapshot s1 of "+name)
+			wantFail(t, e.nsb(t, "snapshot", "remove", name, "s1"), exitNotFound, "no snapshot s1 of "+name)
 			if got := snapshots(t, name); strings.Join(got, " ") != "s2" {
 				t.Errorf("snapshots %v, want [s2]", got)
 			}

@@ -66,5 +66,5 @@ systemctl enable --now e2e-web.socket`)
 	if i := status(t, e, name); i.State != "running" || len(i.Sockets) != 0 {
 		t.Errorf("after disable: %+v", i)
 	}
-	wantFail(t, e.nsb(t, "enable", "e2e-nope", "--socket", port), 1, "no such machine")
+	wantFail(t, e.nsb(t, "enable", "e2e-nope", "--socket", port), exitNotFound, "no such machine")
 }

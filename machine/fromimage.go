@@ -84,6 +84,11 @@ func (m *Manager) createFromImage(ctx context.Context, name string, o CreateOpti
 	if err != nil {
 		return fmt.Errorf("%w: --from %v", ErrInvalidOption, err)
 	}
+	if src.Kind != oci.Registry {
+		// Its record names the directory or file, whatever the working
+		// directory of a later create that compares it.
+		src.Text = src.Canonical()
+	}
 	platform, err := oci.ParsePlatform(o.Platform, o.Arch)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidOption, err)

@@ -182,6 +182,8 @@ func (m *Manager) createFromURL(ctx context.Context, name string, o CreateOption
 	if err := m.extractTree(ctx, "create", name, tb.f, src.Name, &image.ArchiveChecker{Space: &space, Cap: maxBytes}); err != nil {
 		return err
 	}
+	// What a create of it again compares.
+	m.recordBase(name, storage.Record{Source: src.String()})
 	if err := tb.keep(); err != nil {
 		logrus.Warnf("%s: keep the download for the next create: %v", src, err)
 	}

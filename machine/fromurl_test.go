@@ -53,7 +53,7 @@ func TestCreateFromURL(t *testing.T) {
 	var phases []string
 	o := CreateOptions{From: url, Notice: func(l string) { notices = append(notices, l) },
 		Progress: func(st Stage) { phases = append(phases, st.Line) }}
-	if err := m.Create(context.Background(), "web", o); err != nil {
+	if err := m.createErr(context.Background(), "web", o); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(m.Tree("web"), "etc/hostname")); err != nil || string(b) != "web\n" {
@@ -67,7 +67,7 @@ func TestCreateFromURL(t *testing.T) {
 	}
 	// The verified download is kept: a second create does not fetch it.
 	notices = nil
-	if err := m.Create(context.Background(), "web2", o); err != nil {
+	if err := m.createErr(context.Background(), "web2", o); err != nil {
 		t.Fatal(err)
 	}
 	if n := s.Gets("/img/r.tar.gz"); n != 1 {
@@ -84,12 +84,12 @@ func TestCreateFromURL(t *testing.T) {
 	if err := os.WriteFile(ents[0], []byte("damaged"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Create(context.Background(), "web3", o); err != nil || s.Gets("/img/r.tar.gz") != 2 {
+	if err := m.createErr(context.Background(), "web3", o); err != nil || s.Gets("/img/r.tar.gz") != 2 {
 		t.Errorf("after damage: %v, %d gets", err, s.Gets("/img/r.tar.gz"))
 	}
 	// Signed, with the signer's key.
 	o.Verify, o.Keyring, notices = VerifySignature, signer.Keyring, nil
-	if err := m.Create(context.Background(), "signed", o); err != nil {
+	if err := m.createErr(context.Background(), "signed", o); err != nil {
 		t.Fatal(err)
 	}
 	if len(notices) != 1 || !strings.Contains(notices[0], "signed by key ") {
@@ -97,7 +97,7 @@ func TestCreateFromURL(t *testing.T) {
 	}
 	// Not verified: nothing kept.
 	o = CreateOptions{From: url, Verify: VerifyNo}
-	if err := m.Create(context.Background(), "unverified", o); err != nil {
+	if err := m.createErr(context.Background(), "unverified", o); err != nil {
 		t.Fatal(err)
 	}
 	if ents, _ = filepath.Glob(filepath.Join(m.DownloadsDir(), "*")); len(ents) != 1 {
@@ -187,7 +187,7 @@ func TestCreateFromURLRefusals(t *testing.T) {
 		{"missing keyring", CreateOptions{From: u + "/img/r.tar.gz", Verify: VerifySignature, Keyring: "/nonexistent.gpg"}, nil, "keyring"},
 		{"overlay", CreateOptions{From: u + "/img/r.tar.gz", Storage: StorageOverlay}, ErrInvalidOption, "a copy for now"},
 	} {
-		err := m.Create(context.Background(), "refused", c.o)
+		err := m.createErr(context.Background(), "refused", c.o)
 		if err == nil || (c.is != nil && !errors.Is(err, c.is)) || !strings.Contains(err.Error(), c.text) || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "secret") {
 			t.Errorf("%s: %v, want %q", c.what, err, c.text)
 		}
@@ -209,7 +209,7 @@ func TestCreateFromURLInterrupted(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- m.Create(ctx, "slow", CreateOptions{From: s.URL + "/slow/r.tar.gz"}) }()
+	go func() { done <- m.createErr(ctx, "slow", CreateOptions{From: s.URL + "/slow/r.tar.gz"}) }()
 	<-started
 	poll(t, "the download started", func() bool {
 		ents, _ := filepath.Glob(filepath.Join(m.DownloadsDir(), ".#*"))
@@ -229,7 +229,7 @@ func TestCreateFromURLInterrupted(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(m.DownloadsDir(), ".#killed.123"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Create(context.Background(), "web", CreateOptions{From: s.URL + "/img/r.tar.gz", Verify: VerifyNo}); err != nil {
+	if err := m.createErr(context.Background(), "web", CreateOptions{From: s.URL + "/img/r.tar.gz", Verify: VerifyNo}); err != nil {
 		t.Fatal(err)
 	}
 	nothingLeft(t, m, "refused", "after a kill")

@@ -83,8 +83,10 @@ func (m *Manager) newTreeWith(ctx context.Context, dst string, fill, personalise
 	if err := personalise(tmp); err != nil {
 		return err
 	}
-	if err := renameNoReplace(tmp, target); err != nil {
+	if err := renameNoReplace(tmp, target); errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("%w: %s", ErrExists, m.Path(dst))
+	} else if err != nil {
+		return err
 	}
 	ok = true
 	m.published(dst)
@@ -186,7 +188,7 @@ func (m *Manager) Rename(ctx context.Context, old, new string) error {
 			_ = os.Rename(m.Tree(new), oldTree)
 			return err
 		}
-	} else if rec := m.storageOf(old); rec.Base != "" {
+	} else if rec := m.storageOf(old); rec.Base != "" || rec.Source != "" {
 		m.recordBase(new, rec)
 		_ = os.Remove(m.storagePath(old))
 	}

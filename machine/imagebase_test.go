@@ -39,7 +39,7 @@ func TestMachinesFromOneImageShareItsBase(t *testing.T) {
 	bl, top := baseLayer(t), ocitest.Layer(t, ocitest.File("srv/index.html", "hello"))
 	ref := reg.Push(t, "app:1", ocitest.Image(t, hostPlatform, v1.Config{}, bl, top))
 	ctx := context.Background()
-	if err := m.Create(ctx, "one", CreateOptions{From: ref, Storage: storage.Copy}); err != nil {
+	if err := m.createErr(ctx, "one", CreateOptions{From: ref, Storage: storage.Copy}); err != nil {
 		t.Fatal(err)
 	}
 	bases, _ := m.Bases().List()
@@ -52,7 +52,7 @@ func TestMachinesFromOneImageShareItsBase(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(first.Root, "marker"), []byte("base"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Create(ctx, "two", CreateOptions{From: ref, Storage: storage.Copy}); err != nil {
+	if err := m.createErr(ctx, "two", CreateOptions{From: ref, Storage: storage.Copy}); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range []v1.Layer{bl, top} {
@@ -165,7 +165,7 @@ func TestConcurrentCreatesFromOneImage(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = m.Create(context.Background(), n, CreateOptions{From: ref, Storage: storage.Copy})
+			errs[i] = m.createErr(context.Background(), n, CreateOptions{From: ref, Storage: storage.Copy})
 		}()
 	}
 	wg.Wait()
@@ -195,7 +195,7 @@ func TestPrunedImageIsPulledAgain(t *testing.T) {
 	bl := baseLayer(t)
 	ref := reg.Push(t, "app:1", ocitest.Image(t, hostPlatform, v1.Config{}, bl))
 	d, _ := bl.Digest()
-	if err := m.Create(context.Background(), "ok", CreateOptions{From: ref, Storage: storage.Copy}); err != nil {
+	if err := m.createErr(context.Background(), "ok", CreateOptions{From: ref, Storage: storage.Copy}); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Remove(context.Background(), "ok", false); err != nil {
@@ -204,7 +204,7 @@ func TestPrunedImageIsPulledAgain(t *testing.T) {
 	if _, err := m.Prune(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Create(context.Background(), "ok", CreateOptions{From: ref, Storage: storage.Copy}); err != nil {
+	if err := m.createErr(context.Background(), "ok", CreateOptions{From: ref, Storage: storage.Copy}); err != nil {
 		t.Fatal(err)
 	}
 	if n := reg.BlobGets(d); n != 2 {
@@ -220,7 +220,7 @@ func TestOverlaysOverOneImageBase(t *testing.T) {
 	ref := reg.Push(t, "app:1", ocitest.Image(t, hostPlatform, v1.Config{}, baseLayer(t)))
 	ctx := context.Background()
 	for _, n := range []string{"o1", "o2"} {
-		if err := m.Create(ctx, n, CreateOptions{From: ref}); err != nil {
+		if err := m.createErr(ctx, n, CreateOptions{From: ref}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -316,13 +316,41 @@ func ResolveRelease(name string, o CreateOptions) (bootstrap.Release, error) {
 	return bootstrap.LookupRelease(rel, o.Distro)
 }
 
-// Create bootstraps a new machine into RootDir/name, or copies the cached
+// Create makes machine name from a release, an image or a tarball's URL
+// (create), under the create lock of name (createLock). When the machine
+// exists already, made from the same source (Origin.Same), it changes
+// nothing and says so (Created.Existed); made from another source, or
+// from none nsbox recorded, it is ErrExists, saying what it was made
+// from.
+func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) (Created, error) {
+	if err := m.checkName(name, false); err != nil {
+		return Created{}, err
+	}
+	want, err := wantOrigin(name, o)
+	if err != nil {
+		return Created{}, err
+	}
+	if m.Euid == 0 {
+		// (Without root, the create says so after its own checks.)
+		lock, err := m.createLock(ctx, name, o.Notice)
+		if err != nil {
+			return Created{}, err
+		}
+		defer lock.Unlock()
+		if m.exists(name) {
+			return m.keepOrRefuse(name, want)
+		}
+	}
+	if err := m.create(ctx, name, o); err != nil {
+		return Created{}, err
+	}
+	return Created{Origin: m.OriginOf(name)}, nil
+}
+
+// create bootstraps a new machine into RootDir/name, or copies the cached
 // base of its release: in a staging tree that becomes the machine only
 // when whole (newTree), so an interrupted or failed create leaves nothing.
-func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) error {
-	if err := m.checkName(name, false); err != nil {
-		return err
-	}
+func (m *Manager) create(ctx context.Context, name string, o CreateOptions) error {
 	if IsURLSource(o.From) {
 		return m.createFromURL(ctx, name, o)
 	}

@@ -589,7 +589,7 @@ func (m *Manager) renameStorage(old, new string) error {
 // diff compares it with. A record that cannot be written leaves the
 // machine whole: diff then says it has no base.
 func (m *Manager) recordBase(name string, rec storage.Record) {
-	if rec.Base == "" || rec.Version == "" {
+	if (rec.Base == "" || rec.Version == "") && rec.Source == "" {
 		return
 	}
 	rec.Kind, rec.Tree = storage.Copy, m.Tree(name)

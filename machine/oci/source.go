@@ -7,6 +7,7 @@ package oci
 
 import (
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"strings"
 
@@ -149,4 +150,35 @@ func matches(got, want v1.Platform) bool {
 		return true
 	}
 	return got.Variant == "" && want.Architecture == "arm64" && want.Variant == "v8"
+}
+
+// Canonical is the source in one spelling, to tell whether two name the
+// same image: a registry reference with its registry and repository in
+// full and its tag ("docker://debian" is
+// "docker://index.docker.io/library/debian:latest"), a layout's or
+// archive's path made absolute against the working directory and
+// cleaned.
+func (s Source) Canonical() string {
+	switch s.Kind {
+	case Registry:
+		return "docker://" + s.Ref.Name()
+	case Layout:
+		out := "oci:" + absPath(s.Path)
+		if s.Tag != "" {
+			out += ":" + s.Tag
+		}
+		return out
+	case DockerArchive:
+		return "docker-archive:" + absPath(s.Path)
+	}
+	return s.Text
+}
+
+// absPath is p made absolute and cleaned; p as it is when there is no
+// working directory to resolve it against.
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }

@@ -93,6 +93,9 @@ type Record struct {
 	// the machine sees (it last ran without a user namespace); otherwise
 	// under UIDBase plus those ids.
 	Unshifted bool `json:"unshifted,omitempty"`
+	// Source is the URL of the tarball a create --from URL made the
+	// machine from (what a create of it again compares).
+	Source string `json:"source,omitempty"`
 }
 
 // UpperBase is the host id of the machine's root in its upper as stored:
