@@ -277,6 +277,10 @@ func sendThrough(ctx context.Context, s *remoteSetup, h remote.Host, name, newNa
 		// how above); -H's exit status for it.
 		return sres, &remote.Error{Host: h, Status: remote.ExitConnect, Msg: fmt.Sprintf(
 			"send %s: the connection to %s broke before it had the machine; nothing changed here", name, h)}
+	case serr != nil && errors.Is(serr, machine.ErrRefused) && code == exitExists:
+		// The name is taken there: the status a create to a taken name
+		// has, so that a fleet tells it from a failure.
+		return sres, fmt.Errorf("send %s: %s refused it (it said why above): %w", name, h, machine.ErrExists)
 	case serr != nil && errors.Is(serr, machine.ErrRefused):
 		return sres, fmt.Errorf("send %s: %s refused it (it said why above)%s", name, h, statusText(code))
 	case serr != nil && parent.Err() == nil && code != 0:

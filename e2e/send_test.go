@@ -185,7 +185,7 @@ func sendScenario(t *testing.T, e *env) {
 
 	t.Run("a name that exists there", func(t *testing.T) {
 		r := l.run(t, "", nil, append([]string{"-H", A, "send", name}, toB(copyB)...)...)
-		if r.code != 1 || !strings.Contains(r.stderr, "already exists") || !strings.Contains(r.stderr, "refused") {
+		if r.code != 4 || !strings.Contains(r.stderr, "already exists") || !strings.Contains(r.stderr, "refused") {
 			t.Errorf("a send to a name that exists there:\n%s", r)
 		}
 		if s := staged(); s != "" {
