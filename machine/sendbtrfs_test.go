@@ -67,7 +67,7 @@ func TestSendBtrfsCarriesTheBaseOnce(t *testing.T) {
 	big := ocitest.File("usr/lib/big", string(noise))
 	ref := reg.Push(t, "app:1", ocitest.Image(t, hostPlatform, v1.Config{}, baseLayer(t), ocitest.Layer(t, ocitest.Dir("usr/lib/"), big)))
 	for _, n := range []string{"b1", "b2"} {
-		if err := a.Create(ctx, n, CreateOptions{From: ref, Storage: storage.Btrfs}); err != nil {
+		if _, err := a.Create(ctx, n, CreateOptions{From: ref, Storage: storage.Btrfs}); err != nil {
 			t.Fatal(err)
 		}
 		if rec := a.storageOf(n); rec.Kind != storage.Btrfs || rec.Base == "" {
@@ -120,7 +120,7 @@ func TestSendBtrfsCarriesTheBaseOnce(t *testing.T) {
 	noBtrfsStaging(t, b)
 
 	// An interrupted send of a third leaves nothing on either side.
-	if err := a.Create(ctx, "b3", CreateOptions{From: ref, Storage: storage.Btrfs}); err != nil {
+	if _, err := a.Create(ctx, "b3", CreateOptions{From: ref, Storage: storage.Btrfs}); err != nil {
 		t.Fatal(err)
 	}
 	toR, toW := io.Pipe()

@@ -35,7 +35,7 @@ func overlayPair(t *testing.T) (a, b *Manager, ref string) {
 	reg := ocitest.NewRegistry(t)
 	ref = reg.Push(t, "app:1", ocitest.Image(t, hostPlatform, v1.Config{}, baseLayer(t)))
 	ctx := context.Background()
-	if err := a.Create(ctx, "o1", CreateOptions{From: ref}); err != nil {
+	if _, err := a.Create(ctx, "o1", CreateOptions{From: ref}); err != nil {
 		t.Fatal(err)
 	}
 	if rec := a.storageOf("o1"); rec.Kind != storage.Overlay {
@@ -113,7 +113,7 @@ func TestSendOverlayCarriesTheBaseOnce(t *testing.T) {
 	}
 	checkReceivedOverlay(t, b, "c1")
 
-	if err := a.Create(ctx, "o2", CreateOptions{From: ref}); err != nil {
+	if _, err := a.Create(ctx, "o2", CreateOptions{From: ref}); err != nil {
 		t.Fatal(err)
 	}
 	s2, _, serr, rerr := sendTo(t, a, b, "o2", "c2")
@@ -263,7 +263,7 @@ func (c *cutWriter) Write(p []byte) (int, error) {
 // between them is the upper alone from the first.
 func TestSendOverlayOverAnImageBothPulled(t *testing.T) {
 	a, b, ref := overlayPair(t)
-	if err := b.Create(context.Background(), "local", CreateOptions{From: ref}); err != nil {
+	if _, err := b.Create(context.Background(), "local", CreateOptions{From: ref}); err != nil {
 		t.Fatal(err)
 	}
 	s, _, serr, rerr := sendTo(t, a, b, "o1", "c1")
@@ -606,7 +606,7 @@ func TestReceiveWhileARefreshMovesTheVersion(t *testing.T) {
 	a, b, ref := overlayPair(t)
 	ctx := context.Background()
 	// b flattened the same image: its current base has the version's ID.
-	if err := b.Create(ctx, "local", CreateOptions{From: ref}); err != nil {
+	if _, err := b.Create(ctx, "local", CreateOptions{From: ref}); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Remove(ctx, "local", false); err != nil {
