@@ -220,7 +220,7 @@ func correctBoot(t *testing.T, e *env) {
 	})
 
 	t.Run("names checked first", func(t *testing.T) {
-		wantFail(t, e.nsb(t, "boot", a, "e2e-p-wbe"), 1, "e2e-p-wbe")
+		wantFail(t, e.nsb(t, "boot", a, "e2e-p-wbe"), 3, "e2e-p-wbe") // no such machine
 		if i := status(t, e, a); i.State != "stopped" {
 			t.Errorf("%s booted although another name was mistyped: %s", a, i.State)
 		}
