@@ -58,7 +58,33 @@ func (g *Outgoing) streamBtrfs(ctx context.Context, to io.Writer, res *SendResul
 		return fmt.Errorf("%w: it asked for %q, which was not offered", remote.ErrStream, res.Mode)
 	}
 	m := g.m
-	dir, held, err := m.stage(g.name)
+	return m.withStaging(g.name, func(dir string) error {
+		snap := filepath.Join(dir, "tree")
+		if err := host.SnapshotReadOnly(m.Dir(g.name), snap); err != nil {
+			return err
+		}
+		var err error
+		if res.Mode == remote.ModeBtrfsBase {
+			res.BaseBytes, res.BaseSHA256, err = writeStream(to, tell, func(w io.Writer) error {
+				return bootstrap.SendSubvolume(ctx, m.Runner, g.parent, "", w)
+			})
+			if err != nil {
+				return err
+			}
+			*sent = res.BaseBytes
+		}
+		res.Bytes, res.SHA256, err = writeStream(to, tell, func(w io.Writer) error {
+			return bootstrap.SendSubvolume(ctx, m.Runner, snap, g.parent, w)
+		})
+		return err
+	})
+}
+
+// withStaging runs fn with a staging directory of machine name's (.#NAME.*,
+// held, swept as any when a kill leaves it), removed after fn whatever
+// happens.
+func (m *Manager) withStaging(name string, fn func(dir string) error) error {
+	dir, held, err := m.stage(name)
 	if err != nil {
 		return err
 	}
@@ -68,23 +94,7 @@ func (g *Outgoing) streamBtrfs(ctx context.Context, to io.Writer, res *SendResul
 		}
 		held.Close()
 	}()
-	snap := filepath.Join(dir, "tree")
-	if err := host.SnapshotReadOnly(m.Dir(g.name), snap); err != nil {
-		return err
-	}
-	if res.Mode == remote.ModeBtrfsBase {
-		res.BaseBytes, res.BaseSHA256, err = writeStream(to, tell, func(w io.Writer) error {
-			return bootstrap.SendSubvolume(ctx, m.Runner, g.parent, "", w)
-		})
-		if err != nil {
-			return err
-		}
-		*sent = res.BaseBytes
-	}
-	res.Bytes, res.SHA256, err = writeStream(to, tell, func(w io.Writer) error {
-		return bootstrap.SendSubvolume(ctx, m.Runner, snap, g.parent, w)
-	})
-	return err
+	return fn(dir)
 }
 
 // chooseBtrfs decides what to ask for of a btrfs machine: where the root
@@ -202,31 +212,23 @@ func (in *incoming) btrfs(ctx context.Context) error {
 		}
 	}
 	fill := func(tmp string) error {
-		dir, held, err := m.stage(in.name)
-		if err != nil {
-			return err
-		}
-		defer func() {
-			if err := host.RemoveTree(dir); err != nil {
-				logrus.Warnf("could not remove %s: %v", dir, err)
+		return m.withStaging(in.name, func(dir string) error {
+			chk, err := btrfsCheck(dir, parent, in.base.Root)
+			if err != nil {
+				return err
 			}
-			held.Close()
-		}()
-		chk, err := btrfsCheck(dir, parent, in.base.Root)
-		if err != nil {
-			return err
-		}
-		var got string
-		if in.bytes, in.sum, err = readStream(in.br, func(r io.Reader) error {
-			got, _, err = bootstrap.ReceiveSubvolume(ctx, m.Runner, r, dir, chk)
-			return err
-		}); err != nil {
-			return err
-		}
-		if err := bootstrap.CopyTree(ctx, m.Runner, got, tmp); err != nil {
-			return err
-		}
-		return isRootFS(tmp)
+			var got string
+			if in.bytes, in.sum, err = readStream(in.br, func(r io.Reader) error {
+				got, _, err = bootstrap.ReceiveSubvolume(ctx, m.Runner, r, dir, chk)
+				return err
+			}); err != nil {
+				return err
+			}
+			if err := bootstrap.CopyTree(ctx, m.Runner, got, tmp); err != nil {
+				return err
+			}
+			return isRootFS(tmp)
+		})
 	}
 	personalise := func(tmp string) error {
 		_, err := in.personalise(tmp)

@@ -148,16 +148,9 @@ func shiftXattrs(path string, xs map[string][]byte, move func(uint32) (int, bool
 			le.PutUint32(out, rev3|magic&^revMask)
 			le.PutUint32(out[v2Size:], uint32(to))
 		case xattrACLAccess, xattrACLDefault:
-			if len(v) < 4 || le.Uint32(v) != 2 || (len(v)-4)%8 != 0 {
+			var ok bool
+			if out, ok = mapACL(v, move); !ok {
 				continue
-			}
-			out = append([]byte(nil), v...)
-			for off := 4; off+8 <= len(out); off += 8 {
-				if tag := le.Uint16(out[off:]); tag == 0x02 || tag == 0x08 { // ACL_USER, ACL_GROUP
-					if id, ok := move(le.Uint32(out[off+4:])); ok {
-						le.PutUint32(out[off+4:], uint32(id))
-					}
-				}
 			}
 		}
 		if bytes.Equal(out, v) && !(n == xattrCapability && chowned) {
@@ -183,17 +176,7 @@ const overflowID = 65534
 // it (revision 3) goes. Whiteouts (0:0 character devices) are left.
 func Confine(tree string) error {
 	out := func(id uint32) bool { return id >= RangeSize }
-	return filepath.Walk(tree, func(path string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return fmt.Errorf("%s: no owner to read", path)
-		}
-		if fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0 {
-			return nil
-		}
+	return walkOwned(tree, func(path string, fi os.FileInfo, st *syscall.Stat_t) error {
 		xs := idXattrs(path, fi.Mode())
 		le := binary.LittleEndian
 		if v, ok := xs[xattrCapability]; ok && len(v) >= 24 && le.Uint32(v)&0xFF000000 == 0x03000000 && out(le.Uint32(v[20:])) {
@@ -202,20 +185,14 @@ func Confine(tree string) error {
 			}
 			delete(xs, xattrCapability)
 		}
+		nobody := func(id uint32) (int, bool) { return overflowID, out(id) }
 		for _, n := range []string{xattrACLAccess, xattrACLDefault} {
 			v, ok := xs[n]
-			if !ok || len(v) < 4 || le.Uint32(v) != 2 || (len(v)-4)%8 != 0 {
+			if !ok {
 				continue
 			}
-			changed := false
-			for off := 4; off+8 <= len(v); off += 8 {
-				if tag := le.Uint16(v[off:]); (tag == 0x02 || tag == 0x08) && out(le.Uint32(v[off+4:])) {
-					le.PutUint32(v[off+4:], overflowID)
-					changed = true
-				}
-			}
-			if changed {
-				if err := unix.Lsetxattr(path, n, v, 0); err != nil {
+			if m, ok := mapACL(v, nobody); ok && !bytes.Equal(m, v) {
+				if err := unix.Lsetxattr(path, n, m, 0); err != nil {
 					return &os.PathError{Op: "setxattr " + n, Path: path, Err: err}
 				}
 			}
@@ -250,5 +227,43 @@ func Confine(tree string) error {
 			}
 		}
 		return nil
+	})
+}
+
+// mapACL returns a POSIX ACL (as the system.posix_acl_* attributes hold
+// it: a version word, then 8-byte entries of tag, permissions and id) with
+// the ids of its named users and groups that move says move changed; not
+// ok for what is not such an ACL.
+func mapACL(v []byte, move func(uint32) (int, bool)) ([]byte, bool) {
+	le := binary.LittleEndian
+	if len(v) < 4 || le.Uint32(v) != 2 || (len(v)-4)%8 != 0 {
+		return nil, false
+	}
+	out := append([]byte(nil), v...)
+	for off := 4; off+8 <= len(out); off += 8 {
+		if tag := le.Uint16(out[off:]); tag == 0x02 || tag == 0x08 { // ACL_USER, ACL_GROUP
+			if id, ok := move(le.Uint32(out[off+4:])); ok {
+				le.PutUint32(out[off+4:], uint32(id))
+			}
+		}
+	}
+	return out, true
+}
+
+// walkOwned calls fn for every file of tree (lstat's), but whiteouts (0:0
+// character devices), which mean "deleted" whoever owns them.
+func walkOwned(tree string, fn func(path string, fi os.FileInfo, st *syscall.Stat_t) error) error {
+	return filepath.Walk(tree, func(path string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no owner to read", path)
+		}
+		if fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0 {
+			return nil
+		}
+		return fn(path, fi, st)
 	})
 }

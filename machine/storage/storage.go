@@ -371,17 +371,7 @@ func Shift(tree string, from, to int) error {
 		}
 		return int(id), false
 	}
-	return filepath.Walk(tree, func(path string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return fmt.Errorf("%s: no owner to read", path)
-		}
-		if fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0 {
-			return nil
-		}
+	return walkOwned(tree, func(path string, fi os.FileInfo, st *syscall.Stat_t) error {
 		uid, u := move(st.Uid)
 		gid, g := move(st.Gid)
 		xs := idXattrs(path, fi.Mode())
