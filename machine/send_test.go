@@ -23,25 +23,40 @@ import (
 	"github.com/nsbox/nsbox/remote"
 )
 
+// received is how a Receive that receiving ran ended.
+type received struct {
+	res ReceiveResult
+	err error
+}
+
+// receiving runs b's Receive of newName on pipes, as ssh joins a sender
+// to the remote receive: the sender writes to to and reads the answers
+// from from; done has the receive's end once its ends closed, as a
+// remote process's do when it exits. wrap, when set, stands between the
+// pipe and Receive (a connection that drops).
+func receiving(b *Manager, newName string, wrap func(io.Reader) io.Reader) (to *io.PipeWriter, from *io.PipeReader, done <-chan received) {
+	toR, toW := io.Pipe()
+	fromR, fromW := io.Pipe()
+	var in io.Reader = toR
+	if wrap != nil {
+		in = wrap(toR)
+	}
+	ch := make(chan received, 1)
+	go func() {
+		res, err := b.Receive(context.Background(), newName, in, fromW)
+		toR.CloseWithError(io.ErrClosedPipe)
+		fromW.Close()
+		ch <- received{res, err}
+	}()
+	return toW, fromR, ch
+}
+
 // sendTo runs a send of name from a into b's Receive of newName, joined
 // by pipes as ssh joins them.
 func sendTo(t *testing.T, a, b *Manager, name, newName string) (SendResult, ReceiveResult, error, error) {
 	t.Helper()
 	ctx := context.Background()
-	toR, toW := io.Pipe()
-	fromR, fromW := io.Pipe()
-	type recv struct {
-		res ReceiveResult
-		err error
-	}
-	done := make(chan recv, 1)
-	go func() {
-		res, err := b.Receive(ctx, newName, toR, fromW)
-		// As the remote process exits: its ends close.
-		toR.CloseWithError(io.ErrClosedPipe)
-		fromW.Close()
-		done <- recv{res, err}
-	}()
+	toW, fromR, done := receiving(b, newName, nil)
 	sres, serr := a.Send(ctx, name, toW, fromR, SendOptions{})
 	toW.Close()
 	r := <-done
@@ -94,18 +109,10 @@ func TestSendMoveKeepsIdentity(t *testing.T) {
 	mkMachine(t, a, "web")
 	os.WriteFile(filepath.Join(a.Dir("web"), "etc", "hostname"), []byte("web\n"), 0o644)
 	os.WriteFile(filepath.Join(a.Dir("web"), "etc", "machine-id"), []byte("0123456789abcdef0123456789abcdef\n"), 0o444)
-	toR, toW := io.Pipe()
-	fromR, fromW := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		_, err := b.Receive(context.Background(), "web3", toR, fromW)
-		toR.CloseWithError(io.ErrClosedPipe)
-		fromW.Close()
-		done <- err
-	}()
+	toW, fromR, done := receiving(b, "web3", nil)
 	_, serr := a.Send(context.Background(), "web", toW, fromR, SendOptions{KeepID: true})
 	toW.Close()
-	if rerr := <-done; serr != nil || rerr != nil {
+	if rerr := (<-done).err; serr != nil || rerr != nil {
 		t.Fatalf("send: %v; receive: %v", serr, rerr)
 	}
 	if h, _ := os.ReadFile(filepath.Join(b.Dir("web3"), "etc", "hostname")); string(h) != "web3\n" {

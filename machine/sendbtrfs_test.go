@@ -123,18 +123,10 @@ func TestSendBtrfsCarriesTheBaseOnce(t *testing.T) {
 	if _, err := a.Create(ctx, "b3", CreateOptions{From: ref, Storage: storage.Btrfs}); err != nil {
 		t.Fatal(err)
 	}
-	toR, toW := io.Pipe()
-	fromR, fromW := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		_, err := b.Receive(ctx, "c3", &cutReader{r: toR, left: 2000}, fromW)
-		toR.CloseWithError(io.ErrClosedPipe)
-		fromW.Close()
-		done <- err
-	}()
+	toW, fromR, done := receiving(b, "c3", func(r io.Reader) io.Reader { return &cutReader{r: r, left: 2000} })
 	_, serr = a.Send(ctx, "b3", toW, fromR, SendOptions{})
 	toW.Close()
-	if rerr := <-done; rerr == nil || serr == nil {
+	if rerr := (<-done).err; rerr == nil || serr == nil {
 		t.Fatalf("a cut send: send %v, receive %v", serr, rerr)
 	}
 	if _, err := os.Lstat(b.Tree("c3")); !errors.Is(err, os.ErrNotExist) {
@@ -216,15 +208,7 @@ func TestReceiveBtrfsRefusesAnotherBase(t *testing.T) {
 			raw, _ := json.Marshal(map[string]any{"key": "k1", "created": "2026-11-30T10:00:00Z"})
 			offer := remote.Offer{Name: "src", Storage: &remote.StorageOffer{Kind: string(storage.Btrfs), Parent: parent,
 				Base: &remote.BaseOffer{Key: "k1", Version: "20261130T100000Z", ID: strings.Repeat("ab", 16), Info: raw}}}
-			toR, toW := io.Pipe()
-			fromR, fromW := io.Pipe()
-			done := make(chan error, 1)
-			go func() {
-				_, err := b.Receive(ctx, "c", toR, fromW)
-				toR.CloseWithError(io.ErrClosedPipe)
-				fromW.Close()
-				done <- err
-			}()
+			toW, fromR, done := receiving(b, "c", nil)
 			line, _ := json.Marshal(offer)
 			toW.Write(append(line, '\n'))
 			replies := bufio.NewReader(fromR)
@@ -242,7 +226,7 @@ func TestReceiveBtrfsRefusesAnotherBase(t *testing.T) {
 			}
 			toW.Close()
 			go io.Copy(io.Discard, fromR)
-			err := <-done
+			err := (<-done).err
 			if err == nil || tc.want != "" && !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("receive: %v", err)
 			}

@@ -196,18 +196,10 @@ func TestSendOverlayCutShortLeavesNoBase(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer out.Close()
-		toR, toW := io.Pipe()
-		fromR, fromW := io.Pipe()
-		done := make(chan error, 1)
-		go func() {
-			_, err := b.Receive(ctx, "c1", toR, fromW)
-			toR.CloseWithError(io.ErrClosedPipe)
-			fromW.Close()
-			done <- err
-		}()
+		toW, fromR, done := receiving(b, "c1", nil)
 		_, _ = out.Stream(ctx, wrap(toW), fromR, nil)
 		toW.Close()
-		return b, <-done
+		return b, (<-done).err
 	}
 	var whole countWriter
 	if _, err := streamTo(func(w io.WriteCloser) io.Writer { whole.w = w; return &whole }); err != nil {
@@ -335,18 +327,7 @@ func TestReceiveDoesNotHoldTheBaseLockWhileItReads(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		toR, toW := io.Pipe()
-		fromR, fromW := io.Pipe()
-		done := make(chan error, 1)
-		go func() {
-			res, err := b.Receive(ctx, "c-"+mode, toR, fromW)
-			if err == nil && res.Mode != mode {
-				err = fmt.Errorf("mode %s, want %s", res.Mode, mode)
-			}
-			toR.CloseWithError(io.ErrClosedPipe)
-			fromW.Close()
-			done <- err
-		}()
+		toW, fromR, done := receiving(b, "c-"+mode, nil)
 		pw := &pauseWriter{w: toW, paused: make(chan struct{}), resume: make(chan struct{})}
 		sent := make(chan error, 1)
 		go func() {
@@ -390,8 +371,8 @@ func TestReceiveDoesNotHoldTheBaseLockWhileItReads(t *testing.T) {
 			t.Errorf("%s: send: %v", mode, err)
 		}
 		out.Close()
-		if err := <-done; err != nil {
-			t.Fatalf("%s: receive: %v", mode, err)
+		if r := <-done; r.err != nil || r.res.Mode != mode {
+			t.Fatalf("%s: receive: %v (mode %s)", mode, r.err, r.res.Mode)
 		}
 		checkReceivedOverlay(t, b, "c-"+mode)
 	}
@@ -617,18 +598,7 @@ func TestReceiveWhileARefreshMovesTheVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	toR, toW := io.Pipe()
-	fromR, fromW := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		res, err := b.Receive(ctx, "c1", toR, fromW)
-		if err == nil && res.Mode != remote.ModeUpper {
-			err = fmt.Errorf("mode %s", res.Mode)
-		}
-		toR.CloseWithError(io.ErrClosedPipe)
-		fromW.Close()
-		done <- err
-	}()
+	toW, fromR, done := receiving(b, "c1", nil)
 	pw := &pauseWriter{w: toW, paused: make(chan struct{}), resume: make(chan struct{})}
 	sent := make(chan error, 1)
 	go func() {
@@ -666,8 +636,8 @@ func TestReceiveWhileARefreshMovesTheVersion(t *testing.T) {
 	if err := <-sent; err != nil {
 		t.Errorf("send: %v", err)
 	}
-	if err := <-done; err != nil {
-		t.Fatalf("receive: %v", err)
+	if r := <-done; r.err != nil || r.res.Mode != remote.ModeUpper {
+		t.Fatalf("receive: %v (mode %s)", r.err, r.res.Mode)
 	}
 	if r := b.storageOf("c1"); r.Version != cur[0].Version {
 		t.Errorf("c1 over %s, want %s", r.Version, cur[0].Version)
@@ -691,15 +661,7 @@ func TestReceiveRecordsItsUpperBeforeItComes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	toR, toW := io.Pipe()
-	fromR, fromW := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		_, err := b.Receive(ctx, "c2", toR, fromW)
-		toR.CloseWithError(io.ErrClosedPipe)
-		fromW.Close()
-		done <- err
-	}()
+	toW, fromR, done := receiving(b, "c2", nil)
 	pw := &pauseWriter{w: toW, paused: make(chan struct{}), resume: make(chan struct{})}
 	go func() {
 		out.Stream(ctx, pw, fromR, nil)
@@ -715,7 +677,7 @@ func TestReceiveRecordsItsUpperBeforeItComes(t *testing.T) {
 		t.Errorf("c2's upper is being filled, but its record is %+v", rec)
 	}
 	close(pw.resume)
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	if r := <-done; r.err != nil {
+		t.Fatal(r.err)
 	}
 }
