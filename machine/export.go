@@ -3,6 +3,7 @@ package machine
 import (
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
 
 	"github.com/nsbox/nsbox/machine/host"
@@ -58,23 +59,29 @@ func (m *Manager) ExportTo(ctx context.Context, name, file string, replace bool)
 	if !replace && out.Exists() {
 		return fmt.Errorf("%s already exists (remove it, or pass --force to replace it)", file)
 	}
-	tar := func(root string) error {
-		args := append([]string{"--create", "--file=-", "--directory=" + root}, image.TarArgs...)
-		if comp != "" {
-			args = append(args, comp)
-		}
-		// The runner's error names tar, its status and its stderr; the
-		// caller names the command and the machine.
-		return m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: out.File})
+	var extra []string
+	if comp != "" {
+		extra = append(extra, comp)
 	}
-	if m.storageOf(name).Kind == storage.Overlay {
-		// The merged tree, with the owners the machine sees.
-		err = m.withView(ctx, name, tar)
-	} else {
-		err = tar(m.Dir(name))
-	}
-	if err != nil {
+	if err := m.writeTar(ctx, name, out.File, extra...); err != nil {
 		return err
 	}
 	return out.Publish()
+}
+
+// writeTar writes to w GNU tar's archive of stopped machine name's tree
+// as the machine sees it (an overlay machine's merged tree, with the
+// owners the machine sees), with nsbox's tar options (image.TarArgs) and
+// extra (a compressor): what export and send write.
+func (m *Manager) writeTar(ctx context.Context, name string, w io.Writer, extra ...string) error {
+	tar := func(root string) error {
+		args := append(append([]string{"--create", "--file=-", "--directory=" + root}, image.TarArgs...), extra...)
+		// The runner's error names tar, its status and its stderr; the
+		// caller names the command and the machine.
+		return m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: w})
+	}
+	if m.storageOf(name).Kind == storage.Overlay {
+		return m.withView(ctx, name, tar)
+	}
+	return tar(m.Dir(name))
 }

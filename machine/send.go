@@ -259,20 +259,10 @@ func (g *Outgoing) Stream(ctx context.Context, to io.Writer, from io.Reader, pro
 	return res, nil
 }
 
-// writeTree writes the machine's tree as the machine sees it, as GNU tar
-// does for export.
+// writeTree writes the machine's tree as the machine sees it, as export
+// does.
 func (g *Outgoing) writeTree(ctx context.Context) func(io.Writer) error {
-	m, name := g.m, g.name
-	return func(w io.Writer) error {
-		tar := func(root string) error {
-			args := append([]string{"--create", "--file=-", "--directory=" + root}, image.TarArgs...)
-			return m.Runner.Run(ctx, &host.Cmd{Path: "tar", Args: append(args, "."), Stdout: w})
-		}
-		if m.storageOf(name).Kind == storage.Overlay {
-			return m.withView(ctx, name, tar)
-		}
-		return tar(m.Dir(name))
-	}
+	return func(w io.Writer) error { return g.m.writeTar(ctx, g.name, w) }
 }
 
 // writeBase writes the overlay machine's base version's tree, as a copy
